@@ -1,0 +1,16 @@
+//! MetaHub's domain.
+//!
+//! Layering rule, kept: transports (HTTP router, Lambda, CLI) → this crate ← adapters (stores, upstream client).
+//! Nothing here names an AWS, HTTP or Lambda type; adapters implement the traits in [`ports`].
+
+pub mod cache;
+pub mod error;
+pub mod filter;
+pub mod machine;
+pub mod password;
+pub mod ports;
+pub mod reference;
+pub mod service;
+pub mod token;
+
+pub use error::{Error, ErrorCode, Result};

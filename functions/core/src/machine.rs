@@ -1,0 +1,211 @@
+//! Machine types and their features: `cpu:<archspec name>`, `nvcap:<major>.<minor>`, anything else by equality.
+
+use crate::error::{Error, ErrorCode, Result};
+use archspec::cpu::Microarchitecture;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// One parsed feature. Index entries carry features as strings; an unparseable one is treated as `Other`
+/// there, while machine types are validated strictly on write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feature {
+    Cpu(String),
+    NvCap { major: u32, minor: u32 },
+    Other(String),
+}
+
+impl Feature {
+    /// Lenient parse, for features found in upstream indexes.
+    pub fn parse_lenient(s: &str) -> Feature {
+        Feature::from_str(s).unwrap_or_else(|_| Feature::Other(s.to_owned()))
+    }
+
+    /// The archspec node of a `cpu:` feature, when archspec knows the name.
+    pub fn microarchitecture(&self) -> Option<&'static Arc<Microarchitecture>> {
+        match self {
+            Feature::Cpu(name) => Microarchitecture::known_targets().get(name),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Feature {
+    type Err = Error;
+    /// Strict parse, for machine types: unknown cpu names and malformed nvcaps are refused.
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = |why: String| Error::new(ErrorCode::ManifestInvalid, format!("invalid feature {s:?}: {why}"));
+        let (key, value) = s
+            .split_once(':')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or_else(|| invalid("expected key:value".into()))?;
+        if s.len() > 128 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+            return Err(invalid("at most 128 characters, no spaces, commas or control characters".into()));
+        }
+        match key {
+            "cpu" => {
+                if Microarchitecture::known_targets().contains_key(value) {
+                    Ok(Feature::Cpu(value.to_owned()))
+                } else {
+                    Err(invalid(format!("unknown cpu; did you mean {}?", nearest_cpu_names(value).join(", "))))
+                }
+            }
+            "nvcap" => {
+                let parsed = value.split_once('.').and_then(|(ma, mi)| {
+                    let digits = |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
+                    (digits(ma) && digits(mi)).then(|| (ma.parse().ok(), mi.parse().ok()))
+                });
+                match parsed {
+                    Some((Some(major), Some(minor))) => Ok(Feature::NvCap { major, minor }),
+                    _ => Err(invalid("nvcap is <major>.<minor>, e.g. nvcap:7.0".into())),
+                }
+            }
+            _ => Ok(Feature::Other(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Feature::Cpu(name) => write!(f, "cpu:{name}"),
+            Feature::NvCap { major, minor } => write!(f, "nvcap:{major}.{minor}"),
+            Feature::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The three archspec names closest to `wanted` (edit distance), to suggest on a typo.
+pub fn nearest_cpu_names(wanted: &str) -> Vec<String> {
+    let mut names: Vec<(usize, &String)> = Microarchitecture::known_targets()
+        .keys()
+        .map(|k| (edit_distance(wanted, k), k))
+        .collect();
+    names.sort();
+    names.into_iter().take(3).map(|(_, k)| k.clone()).collect()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    /// Per platform group, the most specific entry the machine can run.
+    #[default]
+    Best,
+    /// Only entries whose feature set equals the machine's (the 2019 semantics).
+    Exact,
+}
+
+impl FromStr for MatchMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "best" => Ok(MatchMode::Best),
+            "exact" => Ok(MatchMode::Exact),
+            _ => Err(Error::new(ErrorCode::ManifestInvalid, format!("match mode {s:?} is neither best nor exact"))),
+        }
+    }
+}
+
+impl fmt::Display for MatchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MatchMode::Best => "best",
+            MatchMode::Exact => "exact",
+        })
+    }
+}
+
+/// A machine type: what every account of it is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineType {
+    pub name: String,
+    pub features: Vec<String>,
+    #[serde(default, rename = "match")]
+    pub match_mode: MatchMode,
+}
+
+impl MachineType {
+    /// Validates the name and every feature (strictly), refusing duplicates and two cpus or two nvcaps.
+    pub fn new(name: &str, features: Vec<String>, match_mode: MatchMode) -> Result<Self> {
+        validate_name("machine type", name)?;
+        let mut parsed = Vec::new();
+        for f in &features {
+            let feature: Feature = f.parse()?;
+            if parsed.contains(&feature) {
+                return Err(Error::new(ErrorCode::ManifestInvalid, format!("feature {f:?} is listed twice")));
+            }
+            parsed.push(feature);
+        }
+        let cpus = parsed.iter().filter(|f| matches!(f, Feature::Cpu(_))).count();
+        let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
+        if cpus > 1 || nvcaps > 1 {
+            return Err(Error::new(ErrorCode::ManifestInvalid, "a machine type has at most one cpu: and one nvcap: feature"));
+        }
+        Ok(MachineType { name: name.to_owned(), features: parsed.iter().map(Feature::to_string).collect(), match_mode })
+    }
+
+    /// Re-validates a machine type read from a store, naming the item when it is malformed.
+    pub fn validated(self) -> Result<Self> {
+        let name = self.name.clone();
+        MachineType::new(&self.name, self.features, self.match_mode)
+            .map_err(|e| Error::internal(format!("stored machine type {name:?} is malformed: {}", e.message)))
+    }
+
+    pub fn parsed_features(&self) -> Vec<Feature> {
+        self.features.iter().map(|f| Feature::parse_lenient(f)).collect()
+    }
+}
+
+/// Names of machine types and logins: 1-64 of `[A-Za-z0-9._@-]`, so they are safe in keys, URLs and logs.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorCode::NameInvalid, format!("{what} name {name:?} must be 1 to 64 of [A-Za-z0-9._@-]")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_parse_strictly() {
+        assert_eq!("cpu:skylake".parse::<Feature>().unwrap(), Feature::Cpu("skylake".into()));
+        assert_eq!("nvcap:8.6".parse::<Feature>().unwrap(), Feature::NvCap { major: 8, minor: 6 });
+        assert_eq!("fabric:efa".parse::<Feature>().unwrap(), Feature::Other("fabric:efa".into()));
+        let e = "cpu:skylak".parse::<Feature>().unwrap_err();
+        assert!(e.message.contains("skylake"), "{}", e.message);
+        for bad in ["nvcap:8", "nvcap:a.b", "nvcap:8.", "novalue:", ":x", "plain", "a:b c"] {
+            assert!(bad.parse::<Feature>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn machine_types_refuse_duplicates() {
+        assert!(MachineType::new("m", vec!["cpu:haswell".into(), "cpu:haswell".into()], MatchMode::Best).is_err());
+        assert!(MachineType::new("m", vec!["cpu:haswell".into(), "cpu:zen2".into()], MatchMode::Best).is_err());
+        assert!(MachineType::new("bad name", vec![], MatchMode::Best).is_err());
+        let m = MachineType::new("hsw-m60", vec!["cpu:haswell".into(), "nvcap:5.2".into()], MatchMode::Exact).unwrap();
+        assert_eq!(m.features, ["cpu:haswell", "nvcap:5.2"]);
+    }
+}

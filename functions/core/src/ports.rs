@@ -1,0 +1,87 @@
+//! The ports: what the domain needs from a store and from an upstream registry. Adapters implement them; the
+//! domain and the transports only ever see these traits.
+
+use crate::error::Result;
+use crate::machine::MachineType;
+use crate::reference::{Digest, Reference, RepositoryName};
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A login and the machine type it pulls as. The hash is an argon2id PHC string, never the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub login: String,
+    pub machine_type: String,
+    pub password_hash: String,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("login", &self.login)
+            .field("machine_type", &self.machine_type)
+            .field("password_hash", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A manifest's exact bytes, digest and media type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// What a HEAD of a manifest tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// Where a client fetches a blob without MetaHub's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub url: String,
+}
+
+/// Persistent state: machine types, accounts, generated indexes, the token signing key.
+///
+/// Every method answers a registry error on failure (`UNAVAILABLE` when the store cannot be reached).
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>>;
+    /// Creates or replaces a machine type.
+    async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()>;
+    async fn list_machine_types(&self) -> Result<Vec<MachineType>>;
+    /// Deletes a machine type; refused with `DENIED` naming the accounts when any still use it. `Ok(false)` when absent.
+    async fn delete_machine_type(&self, name: &str) -> Result<bool>;
+
+    async fn account(&self, login: &str) -> Result<Option<Account>>;
+    /// Creates or replaces an account; refused when its machine type does not exist.
+    async fn put_account(&self, account: &Account) -> Result<()>;
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+    async fn delete_account(&self, login: &str) -> Result<bool>;
+
+    /// A filtered index MetaHub generated for `repository`, by its digest.
+    async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>>;
+    async fn put_generated_manifest(&self, repository: &RepositoryName, manifest: &Manifest) -> Result<()>;
+
+    /// The token signing key: the stored one, or `candidate` stored atomically when there is none yet.
+    async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// An upstream registry, reached only for names the configuration routes to it.
+#[async_trait]
+pub trait Upstream: Send + Sync {
+    /// HEAD a manifest: its digest and media type, without counting against pull rate limits.
+    async fn head_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<ManifestHead>;
+    /// GET a manifest's exact bytes. Implementations verify the digest when fetched by digest.
+    async fn get_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<Manifest>;
+    /// Where the client fetches a blob: the upstream's presigned storage URL when it redirects, else its blob URL.
+    async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation>;
+}
