@@ -1,1 +1,211 @@
+//! The caching decorator of the upstream port, and the small bounded map it and the service use.
+//!
+//! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD on every
+//! request (free against Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD.
+//! An optional tag TTL (off by default) reuses a HEAD's answer for a while.
 
+use crate::error::Result;
+use crate::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
+use crate::reference::{Digest, Reference, RepositoryName};
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// A map that forgets its oldest entries past `capacity` (insertion order). Immutable values only need this much:
+/// no entry ever goes stale, so recency tracking buys little for its cost on every hit.
+pub struct BoundedMap<K, V> {
+    capacity: usize,
+    inner: Mutex<(HashMap<K, V>, VecDeque<K>)>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> BoundedMap<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        BoundedMap { capacity: capacity.max(1), inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (HashMap<K, V>, VecDeque<K>)> {
+        // A panic while holding this lock cannot leave the map inconsistent: take it back.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.lock().0.get(key).cloned()
+    }
+
+    pub fn insert(&self, key: K, value: V) {
+        let mut guard = self.lock();
+        let (map, order) = &mut *guard;
+        if map.insert(key.clone(), value).is_none() {
+            order.push_back(key);
+            while order.len() > self.capacity {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+type TagKey = (RepositoryName, Reference);
+
+/// The upstream port, decorated: single-flight tag HEADs, cached immutable manifests, optional tag TTL.
+pub struct CachingUpstream {
+    inner: Arc<dyn Upstream>,
+    manifests: BoundedMap<(RepositoryName, Digest), Manifest>,
+    in_flight: Mutex<HashMap<TagKey, Arc<OnceCell<Result<ManifestHead>>>>>,
+    tag_ttl: Option<Duration>,
+    recent_heads: BoundedMap<TagKey, (Instant, ManifestHead)>,
+}
+
+impl CachingUpstream {
+    pub fn new(inner: Arc<dyn Upstream>, manifest_capacity: usize, tag_ttl: Option<Duration>) -> Self {
+        CachingUpstream {
+            inner,
+            manifests: BoundedMap::new(manifest_capacity),
+            in_flight: Mutex::new(HashMap::new()),
+            tag_ttl,
+            recent_heads: BoundedMap::new(manifest_capacity),
+        }
+    }
+
+    /// A manifest already fetched by digest, without asking upstream.
+    pub fn cached(&self, repository: &RepositoryName, digest: &Digest) -> Option<Manifest> {
+        self.manifests.get(&(repository.clone(), digest.clone()))
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<TagKey, Arc<OnceCell<Result<ManifestHead>>>>> {
+        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn shared_head(&self, key: TagKey, accept: &[String]) -> Result<ManifestHead> {
+        let cell = self.in_flight().entry(key.clone()).or_default().clone();
+        let result = cell.get_or_init(|| self.inner.head_manifest(&key.0, &key.1, accept)).await.clone();
+        // The first waiter to finish retires the cell, so the next request checks upstream afresh.
+        let mut in_flight = self.in_flight();
+        if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            in_flight.remove(&key);
+        }
+        drop(in_flight);
+        if let (Ok(head), Some(_)) = (&result, self.tag_ttl) {
+            self.recent_heads.insert(key, (Instant::now(), head.clone()));
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Upstream for CachingUpstream {
+    async fn head_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
+        if let Reference::Digest(digest) = reference
+            && let Some(m) = self.cached(repository, digest)
+        {
+            return Ok(ManifestHead { digest: m.digest, media_type: m.media_type, size: m.bytes.len() as u64 });
+        }
+        let key = (repository.clone(), reference.clone());
+        if let Some(ttl) = self.tag_ttl
+            && let Some((at, head)) = self.recent_heads.get(&key)
+            && at.elapsed() < ttl
+        {
+            return Ok(head);
+        }
+        self.shared_head(key, accept).await
+    }
+
+    async fn get_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+        if let Reference::Digest(digest) = reference
+            && let Some(m) = self.cached(repository, digest)
+        {
+            return Ok(m);
+        }
+        let manifest = self.inner.get_manifest(repository, reference, accept).await?;
+        // Whatever the reference, the bytes are immutable under their digest (the adapter verified it).
+        self.manifests.insert((repository.clone(), manifest.digest.clone()), manifest.clone());
+        Ok(manifest)
+    }
+
+    async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
+        self.inner.blob_location(repository, digest).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A spy upstream that counts calls and answers slowly enough for HEADs to overlap.
+    #[derive(Default)]
+    struct Spy {
+        heads: AtomicUsize,
+        gets: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Upstream for Spy {
+        async fn head_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<ManifestHead> {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(ManifestHead { digest: Digest::sha256_of(b"m"), media_type: "x".into(), size: 1 })
+        }
+        async fn get_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            Ok(Manifest { digest: Digest::sha256_of(b"m"), media_type: "x".into(), bytes: Bytes::from_static(b"m") })
+        }
+        async fn blob_location(&self, _: &RepositoryName, _: &Digest) -> Result<BlobLocation> {
+            Err(Error::internal("unused"))
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_tag_checks_share_one_head_and_digests_are_cached() {
+        let spy = Arc::new(Spy::default());
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, None));
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let tag: Reference = "latest".parse().unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, repo, tag) = (cache.clone(), repo.clone(), tag.clone());
+                tokio::spawn(async move { cache.head_manifest(&repo, &tag, &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap().is_ok());
+        }
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 1);
+        cache.head_manifest(&repo, &tag, &[]).await.unwrap();
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 2, "a later check goes upstream again");
+
+        let by_digest = Reference::Digest(Digest::sha256_of(b"m"));
+        for _ in 0..3 {
+            cache.get_manifest(&repo, &by_digest, &[]).await.unwrap();
+            cache.head_manifest(&repo, &by_digest, &[]).await.unwrap();
+        }
+        assert_eq!(spy.gets.load(Ordering::SeqCst), 1);
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn tag_ttl_reuses_a_recent_head() {
+        let spy = Arc::new(Spy::default());
+        let cache = CachingUpstream::new(spy.clone(), 16, Some(Duration::from_secs(60)));
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let tag: Reference = "latest".parse().unwrap();
+        for _ in 0..3 {
+            cache.head_manifest(&repo, &tag, &[]).await.unwrap();
+        }
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn bounded_map_forgets_oldest() {
+        let m = BoundedMap::new(2);
+        m.insert(1, "a");
+        m.insert(2, "b");
+        m.insert(3, "c");
+        assert_eq!((m.get(&1), m.get(&2), m.get(&3)), (None, Some("b"), Some("c")));
+    }
+}

@@ -14,6 +14,12 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
+pub const DOCKER_MANIFEST_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// What MetaHub asks the upstream for, whatever the client sent: with every type listed, a Docker manifest list is
+/// never downgraded to its amd64 child for a client that only named single manifests.
+pub const ACCEPT_ALL: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_MANIFEST_V1_SIGNED];
+
 const ATTESTATION_TYPE: &str = "vnd.docker.reference.type";
 const ATTESTATION_SUBJECT: &str = "vnd.docker.reference.digest";
 
