@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Unauthorized,
     Denied,
     Unsupported,
+    /// A path MetaHub has no route for.
+    NotFound,
     TooManyRequests,
     /// A dependency (upstream registry, store) failed or timed out.
     Unavailable,
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => ("UNAUTHORIZED", 401),
             ErrorCode::Denied => ("DENIED", 403),
             ErrorCode::Unsupported => ("UNSUPPORTED", 405),
+            ErrorCode::NotFound => ("NOT_FOUND", 404),
             ErrorCode::TooManyRequests => ("TOOMANYREQUESTS", 429),
             ErrorCode::Unavailable => ("UNAVAILABLE", 503),
             ErrorCode::BadGateway => ("UPSTREAM_INVALID", 502),

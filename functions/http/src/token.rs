@@ -1,0 +1,133 @@
+//! `/token`: GET with Basic auth (docker, podman, skopeo) and POST with the OAuth2 password form (containerd).
+
+use crate::App;
+use crate::auth::source_of;
+use crate::response::ApiError;
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use base64::Engine;
+use bytes::Bytes;
+use metahub_core::password::verify_password;
+use metahub_core::token::Access;
+use metahub_core::{Error, ErrorCode};
+use serde_json::{Value, json};
+use std::sync::{Arc, LazyLock};
+
+/// Compared against when the login is unknown, so that unknown and known logins take the same time.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| metahub_core::password::hash_password("metahub-dummy-password").unwrap_or_default());
+
+struct TokenRequest {
+    credentials: Option<(String, String)>,
+    service: Option<String>,
+    scopes: Vec<String>,
+}
+
+fn form_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw).into_owned().collect()
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let malformed = || ApiError::from(Error::unauthorized("malformed Basic credentials"));
+    let encoded = value.to_str().ok().and_then(|v| v.strip_prefix("Basic ")).ok_or_else(malformed)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (login, password) = text.split_once(':').ok_or_else(malformed)?;
+    Ok(Some((login.to_owned(), password.to_owned())))
+}
+
+pub async fn get_token(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+    let pairs = form_pairs(query.unwrap_or_default().as_bytes());
+    let request = TokenRequest {
+        credentials: basic_credentials(&headers)?,
+        service: pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()),
+        scopes: pairs.into_iter().filter(|(k, _)| k == "scope").map(|(_, v)| v).collect(),
+    };
+    issue(&app, &headers, request).await
+}
+
+pub async fn post_token(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let pairs = form_pairs(&body);
+    let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    match field("grant_type").as_deref() {
+        Some("password") => {}
+        other => {
+            return Err(Error::new(ErrorCode::Unsupported, format!("grant_type {other:?} is not supported; use password")).into());
+        }
+    }
+    let credentials = match (field("username"), field("password")) {
+        (Some(u), Some(p)) => Some((u, p)),
+        _ => return Err(Error::unauthorized("username and password are required").into()),
+    };
+    let request = TokenRequest {
+        credentials,
+        service: field("service"),
+        // OAuth2 joins scopes with spaces; the registry scopes themselves never contain one.
+        scopes: pairs.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split(' ').map(str::to_owned)).collect(),
+    };
+    issue(&app, &headers, request).await
+}
+
+async fn issue(app: &App, headers: &HeaderMap, request: TokenRequest) -> Result<Json<Value>, ApiError> {
+    if let Some(service) = &request.service
+        && service != &app.config.service
+    {
+        return Err(Error::unauthorized(format!("unknown service {service:?}")).into());
+    }
+    let machine_type = match request.credentials {
+        Some((login, password)) => login_machine_type(app, headers, &login, password).await.map(|mt| (login, mt))?,
+        None => match &app.config.anonymous_machine_type {
+            Some(mt) => ("anonymous".to_owned(), mt.clone()),
+            None => {
+                return Err(ApiError::from(Error::unauthorized("credentials required"))
+                    .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"metahub\"")));
+            }
+        },
+    };
+    let (login, machine_type) = machine_type;
+    let access = request.scopes.iter().filter_map(|s| Access::granted_for_scope(s)).collect();
+    let issued = app.keys.issue(&login, &machine_type, access)?;
+    Ok(Json(json!({
+        "token": issued.token,
+        "access_token": issued.token,
+        "expires_in": issued.expires_in,
+        "issued_at": rfc3339(issued.issued_at),
+    })))
+}
+
+/// Checks the password (throttled per account and source) and returns the account's machine type.
+async fn login_machine_type(app: &App, headers: &HeaderMap, login: &str, password: String) -> Result<String, ApiError> {
+    let source = source_of(headers);
+    app.throttle.check(login, source.as_deref())?;
+    let account = app.registry.store().account(login).await?;
+    let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());
+    // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
+    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .map_err(|_| Error::internal("password check failed"))?;
+    match account {
+        Some(account) if matches => Ok(account.machine_type),
+        _ => {
+            app.throttle.record_failure(login, source.as_deref());
+            tracing::info!(login, "failed login");
+            Err(Error::unauthorized("invalid username or password").into())
+        }
+    }
+}
+
+/// Seconds since the epoch as RFC 3339 UTC, as the token spec's `issued_at` wants.
+fn rfc3339(seconds: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
