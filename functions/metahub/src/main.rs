@@ -1,1 +1,25 @@
-fn main() {}
+//! `metahub`: wiring only. Commands live in their modules; errors end the process with one line naming what was wrong.
+
+mod cli;
+mod manage;
+mod serve;
+mod store;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "metahub=info,warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    match cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metahub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,368 @@
-//! stub
+//! MetaHub's embedded store: one [redb](https://docs.rs/redb) file with four tables, values as JSON.
+//!
+//! | table           | key                | value                                   |
+//! |-----------------|--------------------|-----------------------------------------|
+//! | `machine_types` | name               | JSON `{"name","features","match"}`       |
+//! | `accounts`      | login              | JSON `{"login","machine_type","password_hash"}` |
+//! | `manifests`     | `<repo>@<digest>`  | (media type, exact bytes)               |
+//! | `meta`          | `signing_key`      | key bytes                               |
+//!
+//! The file is opened in redb's multi-writer mode, so `metahub machine-type put --store file:X` works while
+//! `metahub serve --store file:X` has the same file open: every process takes the file's write lock per
+//! transaction and sees the others' commits. The invariants (an account's machine type exists; a machine type in use
+//! is not deleted; one signing key) are each checked and written in a single write transaction, and redb runs one
+//! write transaction at a time across all processes, so no race can break them.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use metahub_core::machine::{MachineType, validate_name};
+use metahub_core::ports::{Account, Manifest, Store};
+use metahub_core::reference::{Digest, RepositoryName};
+use metahub_core::{Error, ErrorCode, Result};
+use redb::{
+    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde_json::json;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MACHINE_TYPES: TableDefinition<&str, &str> = TableDefinition::new("machine_types");
+const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
+const MANIFESTS: TableDefinition<&str, (&str, &[u8])> = TableDefinition::new("manifests");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SIGNING_KEY: &str = "signing_key";
+
+/// redb's page cache defaults to 1 GiB; the store holds kilobytes to a few megabytes.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The embedded store. Cheap to clone; clones share the open file.
+#[derive(Clone)]
+pub struct FileStore {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore").field("path", &self.path).finish()
+    }
+}
+
+impl FileStore {
+    /// Opens the store at `path`, creating the parent directories and the file when missing.
+    pub fn open(path: &Path) -> Result<FileStore> {
+        let shown = path.display();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Error::unavailable(format!("store file {shown}: cannot create directory {}: {e}", parent.display()))
+            })?;
+        }
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => Error::unavailable(format!(
+                    "store file {shown} is in use by another metahub process (or another redb version); stop it or use another --store"
+                )),
+                DatabaseError::UpgradeRequired(v) => {
+                    Error::unavailable(format!("store file {shown} has an old file format ({v}) that must be upgraded"))
+                }
+                other => Error::unavailable(format!("store file {shown} cannot be opened: {other}")),
+            })?;
+        let store = FileStore { db: Arc::new(db), path: Arc::new(path.to_owned()) };
+        // Create every table once, so read transactions never meet a missing one.
+        let txn = store.db.begin_write().map_err(|e| store.fail(e))?;
+        for table in [MACHINE_TYPES, ACCOUNTS] {
+            txn.open_table(table).map_err(|e| store.fail(e))?;
+        }
+        txn.open_table(MANIFESTS).map_err(|e| store.fail(e))?;
+        txn.open_table(META).map_err(|e| store.fail(e))?;
+        txn.commit().map_err(|e| store.fail(e))?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a machine type's stored JSON as is, bypassing validation: only for tests of malformed items.
+    #[cfg(feature = "conformance")]
+    pub fn put_raw_machine_type(&self, name: &str, json: &str) -> Result<()> {
+        self.write(|txn| {
+            let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| self.fail(e))?;
+            table.insert(name, json).map_err(|e| self.fail(e))?;
+            Ok(())
+        })
+    }
+
+    fn fail(&self, e: impl Display) -> Error {
+        Error::unavailable(format!("store file {}: {e}", self.path.display()))
+    }
+
+    /// Runs `f` on the blocking pool: redb calls do file I/O and every commit fsyncs, which must not stall the
+    /// async workers serving other requests.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&FileStore) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| Error::internal(format!("store file {}: task failed: {e}", self.path.display())))?
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let out = f(&txn)?; // dropping an uncommitted transaction aborts it
+        txn.commit().map_err(|e| self.fail(e))?;
+        Ok(out)
+    }
+
+    fn decode_machine_type(name: &str, json: &str) -> Result<MachineType> {
+        let malformed = |why: String| Error::internal(format!("stored machine type {name:?} is malformed: {why}"));
+        let mt: MachineType = serde_json::from_str(json).map_err(|e| malformed(e.to_string()))?;
+        if mt.name != name {
+            return Err(malformed(format!("its name field is {:?}", mt.name)));
+        }
+        mt.validated()
+    }
+
+    fn decode_account(login: &str, json: &str) -> Result<Account> {
+        let account: Account = serde_json::from_str(json)
+            .map_err(|e| Error::internal(format!("stored account {login:?} is malformed: {e}")))?;
+        if account.login != login {
+            return Err(Error::internal(format!("stored account {login:?} is malformed: its login field is {:?}", account.login)));
+        }
+        Ok(account)
+    }
+}
+
+fn manifest_key(repository: &RepositoryName, digest: &Digest) -> String {
+    format!("{}@{}", repository.as_str(), digest.as_str())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::internal(format!("encoding a store value: {e}")))
+}
+
+/// Logins of the accounts using `machine_type`, sorted. A scan: accounts number in the tens to hundreds, and this
+/// runs only when a machine type is deleted.
+fn accounts_using(store: &FileStore, txn: &WriteTransaction, machine_type: &str) -> Result<Vec<String>> {
+    let table = txn.open_table(ACCOUNTS).map_err(|e| store.fail(e))?;
+    let mut users = Vec::new();
+    for entry in table.iter().map_err(|e| store.fail(e))? {
+        let (k, v) = entry.map_err(|e| store.fail(e))?;
+        let account = FileStore::decode_account(k.value(), v.value())?;
+        if account.machine_type == machine_type {
+            users.push(account.login);
+        }
+    }
+    users.sort();
+    Ok(users)
+}
+
+#[async_trait]
+impl Store for FileStore {
+    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
+        let name = name.to_owned();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
+            let value = table.get(name.as_str()).map_err(|e| s.fail(e))?;
+            value.map(|v| FileStore::decode_machine_type(&name, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
+        let mt = MachineType::new(&machine_type.name, machine_type.features.clone(), machine_type.match_mode)?;
+        let json = to_json(&mt)?;
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
+                table.insert(mt.name.as_str(), json.as_str()).map_err(|e| s.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
+        self.blocking(|s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
+            let mut out = Vec::new();
+            // redb iterates keys in byte order, which is the name order.
+            for entry in table.iter().map_err(|e| s.fail(e))? {
+                let (k, v) = entry.map_err(|e| s.fail(e))?;
+                out.push(FileStore::decode_machine_type(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let users = accounts_using(s, txn, &name)?;
+                if !users.is_empty() {
+                    return Err(in_use(&name, &users));
+                }
+                let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
+                let removed = table.remove(name.as_str()).map_err(|e| s.fail(e))?.is_some();
+                Ok(removed)
+            })
+        })
+        .await
+    }
+
+    async fn account(&self, login: &str) -> Result<Option<Account>> {
+        let login = login.to_owned();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
+            let value = table.get(login.as_str()).map_err(|e| s.fail(e))?;
+            value.map(|v| FileStore::decode_account(&login, v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn put_account(&self, account: &Account) -> Result<()> {
+        validate_name("login", &account.login)?;
+        let json = to_json(account)?;
+        let account = account.clone();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                // Checked in the same transaction as the insert: a concurrent delete cannot slip in between.
+                let types = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
+                if types.get(account.machine_type.as_str()).map_err(|e| s.fail(e))?.is_none() {
+                    return Err(no_machine_type(&account.machine_type));
+                }
+                let mut table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
+                table.insert(account.login.as_str(), json.as_str()).map_err(|e| s.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        self.blocking(|s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| s.fail(e))? {
+                let (k, v) = entry.map_err(|e| s.fail(e))?;
+                out.push(FileStore::decode_account(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, login: &str) -> Result<bool> {
+        let login = login.to_owned();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
+                let removed = table.remove(login.as_str()).map_err(|e| s.fail(e))?.is_some();
+                Ok(removed)
+            })
+        })
+        .await
+    }
+
+    async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>> {
+        let key = manifest_key(repository, digest);
+        let digest = digest.clone();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(MANIFESTS).map_err(|e| s.fail(e))?;
+            let Some(value) = table.get(key.as_str()).map_err(|e| s.fail(e))? else {
+                return Ok(None);
+            };
+            let (media_type, bytes) = value.value();
+            if !digest.verifies(bytes) {
+                return Err(Error::internal(format!("stored manifest {key} does not match its digest")));
+            }
+            Ok(Some(Manifest { digest, media_type: media_type.to_owned(), bytes: Bytes::copy_from_slice(bytes) }))
+        })
+        .await
+    }
+
+    async fn put_generated_manifest(&self, repository: &RepositoryName, manifest: &Manifest) -> Result<()> {
+        check_manifest(manifest)?;
+        let key = manifest_key(repository, &manifest.digest);
+        let manifest = manifest.clone();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(MANIFESTS).map_err(|e| s.fail(e))?;
+                table.insert(key.as_str(), (manifest.media_type.as_str(), &manifest.bytes[..])).map_err(|e| s.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>> {
+        // Fast path without the write lock: the key exists on every call but the very first.
+        let existing = self
+            .blocking(|s| {
+                let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+                let table = txn.open_table(META).map_err(|e| s.fail(e))?;
+                Ok(table.get(SIGNING_KEY).map_err(|e| s.fail(e))?.map(|v| v.value().to_vec()))
+            })
+            .await?;
+        if let Some(key) = existing {
+            return Ok(key);
+        }
+        let candidate = candidate.to_vec();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(META).map_err(|e| s.fail(e))?;
+                if let Some(key) = table.get(SIGNING_KEY).map_err(|e| s.fail(e))? {
+                    return Ok(key.value().to_vec());
+                }
+                table.insert(SIGNING_KEY, candidate.as_slice()).map_err(|e| s.fail(e))?;
+                Ok(candidate)
+            })
+        })
+        .await
+    }
+}
+
+/// The refusal of deleting a machine type that accounts still use; `users` sorted.
+pub fn in_use(machine_type: &str, users: &[String]) -> Error {
+    Error::denied(format!(
+        "machine type {machine_type:?} is used by {} account(s): {}; delete them or move them to another machine type first",
+        users.len(),
+        users.join(", ")
+    ))
+    .with_detail(json!({"machineType": machine_type, "accounts": users}))
+}
+
+/// The refusal of an account whose machine type does not exist.
+pub fn no_machine_type(machine_type: &str) -> Error {
+    Error::new(
+        ErrorCode::NameUnknown,
+        format!("machine type {machine_type:?} does not exist; create it first with `metahub machine-type put`"),
+    )
+    .with_detail(json!({"machineType": machine_type}))
+}
+
+/// A generated manifest must be stored under its own digest.
+pub fn check_manifest(manifest: &Manifest) -> Result<()> {
+    if manifest.digest.verifies(&manifest.bytes) {
+        Ok(())
+    } else {
+        Err(Error::internal(format!("manifest bytes do not match digest {}", manifest.digest)))
+    }
+}

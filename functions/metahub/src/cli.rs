@@ -1,0 +1,54 @@
+//! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
+
+use crate::{manage, serve};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+
+#[derive(Parser)]
+#[command(name = "metahub", version, about = "A registry front that serves every machine the image built for it")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct StoreArg {
+    /// `file:PATH` (embedded, the default) or `dynamodb:TABLE` (region, credentials and AWS_ENDPOINT_URL from the
+    /// standard AWS environment).
+    #[arg(long, env = "METAHUB_STORE", default_value_t = crate::store::default_spec())]
+    pub store: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve /v2/ and /token on one machine.
+    Serve(serve::ServeArgs),
+    /// Define the machine types accounts pull as.
+    #[command(subcommand)]
+    MachineType(manage::MachineTypeCommand),
+    /// The logins machines use, each with its machine type.
+    #[command(subcommand)]
+    Account(manage::AccountCommand),
+    /// The store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Create the DynamoDB table (a no-op for the embedded store, which creates itself).
+    Init(StoreArg),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::MachineType(cmd) => manage::machine_type(cmd).await,
+        Command::Account(cmd) => manage::account(cmd).await,
+        Command::Store(StoreCommand::Init(arg)) => crate::store::init(&arg.store).await,
+    }
+}
+
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5000))
+}

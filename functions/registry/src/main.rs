@@ -1,0 +1,8 @@
+//! The registry function: `/v2/*`. Wiring only; see `metahub-lambda` for configuration.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    metahub_lambda::init_tracing();
+    let app = metahub_lambda::app_or_exit().await;
+    metahub_lambda::serve(metahub_http::registry_router(app)).await
+}

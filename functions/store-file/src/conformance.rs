@@ -1,0 +1,274 @@
+//! The conformance suite every [`Store`] adapter passes: the same scenarios, run against a fresh store each.
+//!
+//! An adapter's test implements [`Fixture`] and calls [`run_all`]; a failing scenario panics with its name.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use metahub_core::machine::{MachineType, MatchMode};
+use metahub_core::ports::{Account, Manifest, Store};
+use metahub_core::reference::{Digest, RepositoryName};
+use metahub_core::{Error, ErrorCode};
+use std::sync::Arc;
+
+/// How the suite gets stores.
+#[async_trait]
+pub trait Fixture: Send + Sync {
+    /// A fresh, empty store. It becomes the fixture's current store.
+    async fn fresh(&self) -> Arc<dyn Store>;
+    /// Writes, into the current store, a machine type item `name` that bypasses validation and is malformed (e.g. an
+    /// unknown cpu feature), as an operator's hand-typed item could be.
+    async fn put_malformed_machine_type(&self, name: &str);
+}
+
+pub fn machine_type(name: &str, features: &[&str]) -> MachineType {
+    MachineType::new(name, features.iter().map(|f| f.to_string()).collect(), MatchMode::Best).expect("valid machine type")
+}
+
+pub fn account(login: &str, machine_type: &str) -> Account {
+    Account {
+        login: login.into(),
+        machine_type: machine_type.into(),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${login}"),
+    }
+}
+
+/// Every scenario, in order, each on a fresh store.
+pub async fn run_all(fixture: &dyn Fixture) {
+    eprintln!("conformance: machine types");
+    machine_types(fixture.fresh().await).await;
+    eprintln!("conformance: accounts");
+    accounts(fixture.fresh().await).await;
+    eprintln!("conformance: delete refused naming the accounts");
+    delete_refused_names_accounts(fixture.fresh().await).await;
+    eprintln!("conformance: manifests");
+    manifests(fixture.fresh().await).await;
+    eprintln!("conformance: signing key race");
+    signing_key_race(fixture.fresh().await).await;
+    eprintln!("conformance: concurrent machine type updates");
+    concurrent_machine_type_updates(fixture.fresh().await).await;
+    eprintln!("conformance: put_account vs delete_machine_type");
+    put_account_vs_delete(fixture.fresh().await).await;
+    eprintln!("conformance: malformed machine type");
+    malformed_machine_type(fixture).await;
+}
+
+pub async fn machine_types(store: Arc<dyn Store>) {
+    assert_eq!(store.machine_type("skylake-v100").await.unwrap(), None);
+    assert!(store.list_machine_types().await.unwrap().is_empty());
+    assert!(!store.delete_machine_type("skylake-v100").await.unwrap(), "deleting an absent type is Ok(false)");
+
+    for (name, features) in [("zen3", vec!["cpu:zen3"]), ("skylake-v100", vec!["cpu:skylake", "nvcap:7.0"]), ("any", vec![])] {
+        store.put_machine_type(&machine_type(name, &features)).await.unwrap();
+    }
+    let got = store.machine_type("skylake-v100").await.unwrap().unwrap();
+    assert_eq!(got, machine_type("skylake-v100", &["cpu:skylake", "nvcap:7.0"]));
+    assert_eq!(store.machine_type("any").await.unwrap().unwrap().features, Vec::<String>::new());
+
+    // Replace, with another match mode and features in a given order.
+    let mut exact = machine_type("skylake-v100", &["nvcap:7.0", "cpu:skylake", "fabric:efa"]);
+    exact.match_mode = MatchMode::Exact;
+    store.put_machine_type(&exact).await.unwrap();
+    assert_eq!(store.machine_type("skylake-v100").await.unwrap().unwrap(), exact);
+
+    let names: Vec<String> = store.list_machine_types().await.unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, ["any", "skylake-v100", "zen3"], "sorted by name");
+
+    // Writes are validated: a bad feature is a client error, never stored.
+    let bad = MachineType { name: "bad".into(), features: vec!["cpu:skylak".into()], match_mode: MatchMode::Best };
+    let e = store.put_machine_type(&bad).await.unwrap_err();
+    assert_ne!(e.code, ErrorCode::Unavailable, "{e}");
+    assert_eq!(store.machine_type("bad").await.unwrap(), None);
+
+    assert!(store.delete_machine_type("zen3").await.unwrap());
+    assert_eq!(store.machine_type("zen3").await.unwrap(), None);
+    assert!(!store.delete_machine_type("zen3").await.unwrap());
+    assert_eq!(store.list_machine_types().await.unwrap().len(), 2);
+}
+
+pub async fn accounts(store: Arc<dyn Store>) {
+    assert_eq!(store.account("node-1").await.unwrap(), None);
+    assert!(store.list_accounts().await.unwrap().is_empty());
+
+    let e = store.put_account(&account("node-1", "missing-type")).await.unwrap_err();
+    assert!(matches!(e.code, ErrorCode::NameUnknown | ErrorCode::Denied), "{e}");
+    assert!(e.message.contains("missing-type"), "{e}");
+    assert_eq!(store.account("node-1").await.unwrap(), None);
+
+    store.put_machine_type(&machine_type("hsw", &["cpu:haswell"])).await.unwrap();
+    store.put_machine_type(&machine_type("zen2", &["cpu:zen2"])).await.unwrap();
+    for login in ["node-2", "node-1", "admin@site"] {
+        store.put_account(&account(login, "hsw")).await.unwrap();
+    }
+    assert_eq!(store.account("node-1").await.unwrap().unwrap(), account("node-1", "hsw"));
+
+    // Replace: another machine type and hash.
+    let mut moved = account("node-1", "zen2");
+    moved.password_hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$other".into();
+    store.put_account(&moved).await.unwrap();
+    assert_eq!(store.account("node-1").await.unwrap().unwrap(), moved);
+
+    let logins: Vec<String> = store.list_accounts().await.unwrap().into_iter().map(|a| a.login).collect();
+    assert_eq!(logins, ["admin@site", "node-1", "node-2"], "sorted by login");
+
+    // node-1 left hsw: hsw is still used by the two others, zen2 by node-1 only.
+    let e = store.delete_machine_type("hsw").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert!(e.message.contains("admin@site") && e.message.contains("node-2") && !e.message.contains("node-1"), "{e}");
+
+    assert!(store.delete_account("node-1").await.unwrap());
+    assert!(!store.delete_account("node-1").await.unwrap());
+    assert_eq!(store.account("node-1").await.unwrap(), None);
+    assert!(store.delete_machine_type("zen2").await.unwrap(), "zen2 has no account left");
+    assert_eq!(store.list_accounts().await.unwrap().len(), 2);
+}
+
+pub async fn delete_refused_names_accounts(store: Arc<dyn Store>) {
+    store.put_machine_type(&machine_type("gpu-box", &["cpu:cascadelake", "nvcap:7.5"])).await.unwrap();
+    for login in ["zed", "amy", "mia"] {
+        store.put_account(&account(login, "gpu-box")).await.unwrap();
+    }
+    let e: Error = store.delete_machine_type("gpu-box").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied, "{e}");
+    let (amy, mia, zed) = (e.message.find("amy"), e.message.find("mia"), e.message.find("zed"));
+    assert!(amy.is_some() && amy < mia && mia < zed, "accounts named, sorted: {e}");
+    let detail = e.detail.clone().expect("detail");
+    assert_eq!(detail["accounts"], serde_json::json!(["amy", "mia", "zed"]), "{detail}");
+    assert!(store.machine_type("gpu-box").await.unwrap().is_some(), "not deleted");
+
+    for login in ["zed", "amy", "mia"] {
+        assert!(store.delete_account(login).await.unwrap());
+    }
+    assert!(store.delete_machine_type("gpu-box").await.unwrap());
+}
+
+pub async fn manifests(store: Arc<dyn Store>) {
+    let repo: RepositoryName = "org/image".parse().unwrap();
+    let other: RepositoryName = "org/other".parse().unwrap();
+    let bytes = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
+    let manifest = Manifest {
+        digest: Digest::sha256_of(&bytes),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        bytes: bytes.clone(),
+    };
+    assert_eq!(store.generated_manifest(&repo, &manifest.digest).await.unwrap(), None);
+    store.put_generated_manifest(&repo, &manifest).await.unwrap();
+    store.put_generated_manifest(&repo, &manifest).await.unwrap(); // idempotent
+    assert_eq!(store.generated_manifest(&repo, &manifest.digest).await.unwrap(), Some(manifest.clone()));
+    assert_eq!(store.generated_manifest(&other, &manifest.digest).await.unwrap(), None, "keyed by repository too");
+
+    // A big index (hundreds of entries) round-trips byte for byte.
+    let big = Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000)));
+    let big = Manifest { digest: Digest::sha256_of(&big), media_type: "application/json".into(), bytes: big };
+    store.put_generated_manifest(&other, &big).await.unwrap();
+    assert_eq!(store.generated_manifest(&other, &big.digest).await.unwrap(), Some(big));
+
+    let lying = Manifest { digest: Digest::sha256_of(b"something else"), ..manifest };
+    assert!(store.put_generated_manifest(&repo, &lying).await.is_err(), "stored only under its own digest");
+}
+
+pub async fn signing_key_race(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..24u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.signing_key_or_insert(&[i; 32]).await.unwrap() })
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for t in tasks {
+        keys.push(t.await.unwrap());
+    }
+    let first = keys[0].clone();
+    assert!(keys.iter().all(|k| *k == first), "every task got the same key");
+    assert!(first.len() == 32 && first.iter().all(|b| *b == first[0]) && first[0] < 24, "one of the candidates");
+    assert_eq!(store.signing_key_or_insert(&[99; 32]).await.unwrap(), first, "later callers get the stored key");
+}
+
+pub async fn concurrent_machine_type_updates(store: Arc<dyn Store>) {
+    // Many tasks rewrite one machine type, and each writes one of its own: no error, no lost write.
+    let tasks: Vec<_> = (0..16u32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let shared = machine_type("shared", &["cpu:skylake", &format!("nvcap:{i}.0")]);
+                store.put_machine_type(&shared).await.unwrap();
+                store.put_machine_type(&machine_type(&format!("own-{i:02}"), &["cpu:haswell"])).await.unwrap();
+                store.put_machine_type(&shared).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let shared = store.machine_type("shared").await.unwrap().unwrap();
+    assert_eq!(shared.features.len(), 2);
+    assert!((0..16).any(|i| shared.features[1] == format!("nvcap:{i}.0")), "{shared:?}");
+    let names: Vec<String> = store.list_machine_types().await.unwrap().into_iter().map(|m| m.name).collect();
+    let mut expected: Vec<String> = (0..16).map(|i| format!("own-{i:02}")).collect();
+    expected.push("shared".into());
+    assert_eq!(names, expected);
+}
+
+pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
+    for round in 0..4 {
+        let mt = format!("racy-{round}");
+        store.put_machine_type(&machine_type(&mt, &["cpu:zen3"])).await.unwrap();
+        let puts: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, mt) = (store.clone(), mt.clone());
+                tokio::spawn(async move {
+                    match store.put_account(&account(&format!("r{round}-{i}"), &mt)).await {
+                        Ok(()) => true,
+                        Err(e) if matches!(e.code, ErrorCode::NameUnknown | ErrorCode::Denied) => false,
+                        Err(e) => panic!("put_account failed: {e}"),
+                    }
+                })
+            })
+            .collect();
+        let deleter = {
+            let (store, mt) = (store.clone(), mt.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    match store.delete_machine_type(&mt).await {
+                        Ok(true) => return true,
+                        Ok(false) => panic!("machine type vanished"),
+                        Err(e) if e.code == ErrorCode::Denied => tokio::task::yield_now().await,
+                        Err(e) => panic!("delete_machine_type failed: {e}"),
+                    }
+                }
+                false
+            })
+        };
+        let mut stored = 0;
+        for p in puts {
+            stored += usize::from(p.await.unwrap());
+        }
+        let deleted = deleter.await.unwrap();
+        let left = store.list_accounts().await.unwrap();
+        let on_mt = left.iter().filter(|a| a.machine_type == mt).count();
+        let exists = store.machine_type(&mt).await.unwrap().is_some();
+        assert_eq!(exists, !deleted);
+        assert_eq!(on_mt, stored, "round {round}: every successful put_account is there");
+        if deleted {
+            assert_eq!(on_mt, 0, "round {round}: an account points at deleted type {mt}: {left:?}");
+        }
+        for a in left {
+            assert!(store.delete_account(&a.login).await.unwrap());
+        }
+        store.delete_machine_type(&mt).await.unwrap();
+    }
+}
+
+pub async fn malformed_machine_type(fixture: &dyn Fixture) {
+    let store = fixture.fresh().await;
+    store.put_machine_type(&machine_type("fine", &["cpu:haswell"])).await.unwrap();
+    fixture.put_malformed_machine_type("broken-type").await;
+    let e = store.machine_type("broken-type").await.unwrap_err();
+    assert!(e.message.contains("broken-type"), "names the item: {e}");
+    assert_ne!(e.code, ErrorCode::Unavailable, "{e}");
+    let e = store.list_machine_types().await.unwrap_err();
+    assert!(e.message.contains("broken-type"), "names the item: {e}");
+    assert!(store.machine_type("fine").await.unwrap().is_some(), "other items still read");
+    // And it can be repaired by writing it again.
+    store.put_machine_type(&machine_type("broken-type", &["cpu:zen2"])).await.unwrap();
+    assert_eq!(store.list_machine_types().await.unwrap().len(), 2);
+}

@@ -1,0 +1,891 @@
+//! One upstream registry over HTTP: the registry token flow, digest verification, blob locations, and the mapping of
+//! every upstream answer onto the one error table.
+//!
+//! URLs are only ever built from the configured base URL plus an already validated name, tag or digest; the only other
+//! host ever contacted is a token realm on the upstream's own host (or Docker Hub's `auth.docker.io`).
+
+use crate::challenge::{self, Challenge};
+use crate::config::{ClientOptions, UpstreamConfig, is_docker_hub_host, parse_base_url};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
+use metahub_core::reference::{Digest, Reference, RepositoryName};
+use metahub_core::{Error, ErrorCode, Result};
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode, Url, redirect};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+/// Docker Hub's token service lives on its own host.
+const DOCKER_HUB_AUTH_HOST: &str = "auth.docker.io";
+/// Error bodies and token answers are small; never read more than this of them.
+const SMALL_BODY_LIMIT: usize = 64 * 1024;
+/// Bounds the token cache: repository names come from clients.
+const TOKEN_CACHE_MAX: usize = 4096;
+const DEFAULT_TOKEN_SECONDS: u64 = 60;
+
+#[derive(Clone)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+struct CachedToken {
+    token: String,
+    expires: Instant,
+}
+
+/// What a request authenticates with.
+enum Auth {
+    None,
+    Basic,
+    Bearer(String),
+}
+
+/// What a request was after, for 404 mapping and messages.
+enum Target<'a> {
+    Manifest(&'a RepositoryName, &'a Reference),
+    Blob(&'a RepositoryName, &'a Digest),
+}
+
+/// A client for one upstream registry.
+pub struct RegistryClient {
+    base: Url,
+    /// `host[:port]`, how messages name the upstream.
+    label: String,
+    docker_hub: bool,
+    credentials: Option<Credentials>,
+    http: reqwest::Client,
+    max_manifest_bytes: usize,
+    tokens: Mutex<HashMap<String, CachedToken>>,
+    /// The upstream asked for Basic once: send configured credentials up front from then on.
+    basic_challenged: AtomicBool,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("base", &self.base.as_str())
+            .field("docker_hub", &self.docker_hub)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_manifest_bytes", &self.max_manifest_bytes)
+            .finish()
+    }
+}
+
+impl RegistryClient {
+    pub fn new(config: &UpstreamConfig, options: &ClientOptions) -> Result<Self> {
+        let base = parse_base_url(&config.url)?;
+        let host = base.host_str().unwrap_or_default();
+        let label = match base.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let credentials = match (&config.username, &config.password) {
+            (Some(u), Some(p)) => Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::internal(format!(
+                    "upstream {label}: give both username and password, or neither"
+                )));
+            }
+        };
+        let http = reqwest::Client::builder()
+            .redirect(redirect::Policy::none())
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .user_agent(concat!("metahub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(RegistryClient {
+            docker_hub: config.docker_hub || is_docker_hub_host(&base),
+            base,
+            label,
+            credentials,
+            http,
+            max_manifest_bytes: options.max_manifest_bytes,
+            tokens: Mutex::new(HashMap::new()),
+            basic_challenged: AtomicBool::new(false),
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// The name as the upstream knows it (Docker Hub's official images live under `library/`).
+    fn upstream_name(&self, name: &RepositoryName) -> RepositoryName {
+        if self.docker_hub && name.segments() == 1 {
+            name.with_prefix("library")
+        } else {
+            name.clone()
+        }
+    }
+
+    /// `<base>/v2/<name>/<kind>/<reference>`, from validated parts only.
+    fn api_url(&self, name: &RepositoryName, kind: &str, reference: &str) -> Result<Url> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| {
+                Error::internal(format!("upstream {} has no usable base URL", self.label))
+            })?
+            .clear()
+            .push("v2")
+            .extend(name.as_str().split('/'))
+            .push(kind)
+            .push(reference);
+        Ok(url)
+    }
+
+    fn scope(name: &RepositoryName) -> String {
+        format!("repository:{name}:pull")
+    }
+
+    // ---- authentication -------------------------------------------------------------------------------------------
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens
+            .get(scope)
+            .filter(|t| t.expires > Instant::now())
+            .map(|t| t.token.clone())
+    }
+
+    fn store_token(&self, scope: &str, token: &str, expires_in: u64) {
+        // Stop using a token shortly before the upstream does.
+        let life = Duration::from_secs(expires_in);
+        let margin = Duration::from_secs(10).min(life / 4);
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if tokens.len() >= TOKEN_CACHE_MAX {
+            let now = Instant::now();
+            tokens.retain(|_, t| t.expires > now);
+            if tokens.len() >= TOKEN_CACHE_MAX {
+                tokens.clear();
+            }
+        }
+        tokens.insert(
+            scope.to_owned(),
+            CachedToken {
+                token: token.to_owned(),
+                expires: Instant::now() + life - margin,
+            },
+        );
+    }
+
+    fn forget_token(&self, scope: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(scope);
+    }
+
+    fn initial_auth(&self, scope: &str) -> Auth {
+        if let Some(t) = self.cached_token(scope) {
+            Auth::Bearer(t)
+        } else if self.credentials.is_some() && self.basic_challenged.load(Ordering::Relaxed) {
+            Auth::Basic
+        } else {
+            Auth::None
+        }
+    }
+
+    /// Sends a request; on a 401 answers the challenge (token or Basic) and retries once. A second 401 is returned
+    /// to the caller, which maps it to DENIED.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        accept: Option<&HeaderValue>,
+        scope: &str,
+    ) -> Result<Response> {
+        let mut auth = self.initial_auth(scope);
+        for attempt in 0..2 {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a.clone());
+            }
+            req = match (&auth, &self.credentials) {
+                (Auth::Bearer(t), _) => req.bearer_auth(t),
+                (Auth::Basic, Some(c)) => req.basic_auth(&c.username, Some(&c.password)),
+                _ => req,
+            };
+            tracing::debug!(upstream = %self.label, %method, url = %url, "upstream request");
+            let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
+                return Ok(resp);
+            }
+            let challenges: Vec<Challenge> = resp
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(challenge::parse)
+                .collect();
+            if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+                let realm = bearer.param("realm").ok_or_else(|| {
+                    Error::bad_gateway(format!(
+                        "upstream {} sent a Bearer challenge without a realm",
+                        self.label
+                    ))
+                })?;
+                self.forget_token(scope);
+                let token = self
+                    .fetch_token(realm, bearer.param("service"), scope)
+                    .await?;
+                auth = Auth::Bearer(token);
+            } else if challenges.iter().any(|c| c.scheme == "basic") && self.credentials.is_some() {
+                if matches!(auth, Auth::Basic) {
+                    return Ok(resp); // the credentials were already refused
+                }
+                self.basic_challenged.store(true, Ordering::Relaxed);
+                auth = Auth::Basic;
+            } else {
+                return Ok(resp);
+            }
+        }
+        Err(Error::internal(
+            "unreachable: the retry loop always returns",
+        ))
+    }
+
+    /// The realm as a URL, refused unless it is on the upstream's own host (or Docker Hub's auth host).
+    fn check_realm(&self, realm: &str) -> Result<Url> {
+        let url = Url::parse(realm).map_err(|_| {
+            Error::bad_gateway(format!(
+                "upstream {} sent an invalid token realm",
+                self.label
+            ))
+        })?;
+        let host = url.host_str().unwrap_or_default();
+        let own_host = self
+            .base
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host));
+        let allowed =
+            own_host || (self.docker_hub && host.eq_ignore_ascii_case(DOCKER_HUB_AUTH_HOST));
+        if !allowed {
+            return Err(Error::bad_gateway(format!(
+                "upstream {} sent a token realm on host {host:?}, which is not the upstream's own host; refused",
+                self.label
+            )));
+        }
+        let downgrade = self.base.scheme() == "https" && url.scheme() != "https";
+        if !matches!(url.scheme(), "http" | "https") || downgrade {
+            return Err(Error::bad_gateway(format!(
+                "upstream {} sent a token realm with scheme {:?}; refused",
+                self.label,
+                url.scheme()
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::bad_gateway(format!(
+                "upstream {} sent a token realm with userinfo; refused",
+                self.label
+            )));
+        }
+        Ok(url)
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String> {
+        let url = self.check_realm(realm)?;
+        let realm_host = url.host_str().unwrap_or_default().to_owned();
+        let mut query: Vec<(&str, &str)> = Vec::with_capacity(2);
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        query.push(("scope", scope));
+        let mut req = self.http.get(url).query(&query);
+        if let Some(c) = &self.credentials {
+            req = req.basic_auth(&c.username, Some(&c.password));
+        }
+        tracing::debug!(upstream = %self.label, realm = %realm_host, scope, "fetching upstream token");
+        let mut resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(match status.as_u16() {
+                401 | 403 => Error::denied(format!(
+                    "the token service of upstream {} ({realm_host}) refused {} (HTTP {})",
+                    self.label,
+                    if self.credentials.is_some() {
+                        "the configured credentials"
+                    } else {
+                        "anonymous access"
+                    },
+                    status.as_u16()
+                )),
+                429 => Error::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "the token service of upstream {} ({realm_host}) is rate limiting (HTTP 429)",
+                        self.label
+                    ),
+                ),
+                s if s >= 500 => Error::unavailable(format!(
+                    "the token service of upstream {} ({realm_host}) answered HTTP {s}",
+                    self.label
+                )),
+                s => Error::bad_gateway(format!(
+                    "the token service of upstream {} ({realm_host}) answered unexpected HTTP {s}",
+                    self.label
+                )),
+            });
+        }
+        let body = self
+            .read_limited(&mut resp, SMALL_BODY_LIMIT, "token answer")
+            .await?;
+        #[derive(Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
+            Error::bad_gateway(format!(
+                "the token service of upstream {} sent an answer that is not token JSON",
+                self.label
+            ))
+        })?;
+        let token = answer
+            .token
+            .filter(|t| !t.is_empty())
+            .or(answer.access_token)
+            .unwrap_or_default();
+        // A token goes into a header: visible ASCII only (and never echoed).
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::bad_gateway(format!(
+                "the token service of upstream {} sent an empty or malformed token",
+                self.label
+            )));
+        }
+        let expires_in = answer
+            .expires_in
+            .filter(|s| *s > 0)
+            .unwrap_or(DEFAULT_TOKEN_SECONDS)
+            .min(86_400);
+        self.store_token(scope, &token, expires_in);
+        Ok(token)
+    }
+
+    // ---- answers and errors ---------------------------------------------------------------------------------------
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        let e = e.without_url();
+        let mut cause = String::new();
+        let mut garbage = e.is_decode();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                garbage |= h.is_parse();
+            }
+            cause = s.to_string();
+            source = s.source();
+        }
+        let cause = if cause.is_empty() {
+            e.to_string()
+        } else {
+            cause
+        };
+        if e.is_timeout() {
+            Error::unavailable(format!("upstream {} timed out", self.label))
+        } else if e.is_connect() {
+            Error::unavailable(format!(
+                "cannot connect to upstream {}: {cause}",
+                self.label
+            ))
+        } else if garbage {
+            Error::bad_gateway(format!(
+                "upstream {} did not answer as an HTTP registry: {cause}",
+                self.label
+            ))
+        } else {
+            Error::unavailable(format!("upstream {} failed: {cause}", self.label))
+        }
+    }
+
+    /// Reads a body, refusing (without reading on) any body over `limit` bytes.
+    async fn read_limited(&self, resp: &mut Response, limit: usize, what: &str) -> Result<Bytes> {
+        let too_large = || {
+            Error::bad_gateway(format!(
+                "upstream {} sent a {what} larger than the limit of {limit} bytes",
+                self.label
+            ))
+        };
+        if content_length(resp.headers()).is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Maps a non-success answer onto the error table.
+    async fn status_error(&self, mut resp: Response, target: Target<'_>) -> Error {
+        let status = resp.status().as_u16();
+        let label = &self.label;
+        let name = match &target {
+            Target::Manifest(n, _) | Target::Blob(n, _) => *n,
+        };
+        match status {
+            404 => {
+                let codes = self.error_codes(&mut resp).await;
+                if codes.iter().any(|c| c == "NAME_UNKNOWN") {
+                    return Error::new(
+                        ErrorCode::NameUnknown,
+                        format!("repository {name} is unknown to upstream {label}"),
+                    );
+                }
+                match target {
+                    Target::Manifest(n, Reference::Digest(d)) => Error::manifest_unknown(format!(
+                        "manifest {n}@{d} is unknown to upstream {label}"
+                    )),
+                    Target::Manifest(n, Reference::Tag(t)) => Error::manifest_unknown(format!(
+                        "manifest {n}:{t} is unknown to upstream {label}"
+                    )),
+                    Target::Blob(n, d) => Error::new(
+                        ErrorCode::BlobUnknown,
+                        format!("blob {d} of {n} is unknown to upstream {label}"),
+                    ),
+                }
+            }
+            401 | 403 => Error::denied(format!(
+                "upstream {label} denied pulling {name} (HTTP {status})"
+            )),
+            429 => {
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let e = Error::new(
+                    ErrorCode::TooManyRequests,
+                    format!("upstream {label} is rate limiting (HTTP 429)"),
+                );
+                match retry {
+                    Some(r) => e.with_detail(serde_json::json!({ "retryAfter": r })),
+                    None => e,
+                }
+            }
+            s if s >= 500 => Error::unavailable(format!("upstream {label} answered HTTP {s}")),
+            s => Error::bad_gateway(format!("upstream {label} answered unexpected HTTP {s}")),
+        }
+    }
+
+    /// The `code`s of a registry error body, if the body is one.
+    async fn error_codes(&self, resp: &mut Response) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            errors: Vec<Item>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            code: String,
+        }
+        match self
+            .read_limited(resp, SMALL_BODY_LIMIT, "error answer")
+            .await
+        {
+            Ok(body) => serde_json::from_slice::<Envelope>(&body)
+                .map(|e| e.errors.into_iter().map(|i| i.code).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn header_digest(&self, headers: &HeaderMap) -> Result<Option<Digest>> {
+        let Some(v) = headers.get(DOCKER_CONTENT_DIGEST) else {
+            return Ok(None);
+        };
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<Digest>().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::bad_gateway(format!(
+                    "upstream {} sent an invalid Docker-Content-Digest",
+                    self.label
+                ))
+            })
+    }
+
+    fn check_media_type(&self, media_type: &str) -> Result<()> {
+        if media_type.starts_with("text/html") {
+            return Err(Error::bad_gateway(format!(
+                "upstream {} answered with an HTML page, not a manifest",
+                self.label
+            )));
+        }
+        Ok(())
+    }
+
+    async fn fetch_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &HeaderValue,
+    ) -> Result<Manifest> {
+        let name = self.upstream_name(repository);
+        let url = self.api_url(&name, "manifests", reference.as_str())?;
+        let mut resp = self
+            .send(Method::GET, &url, Some(accept), &Self::scope(&name))
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self
+                .unexpected(resp, Target::Manifest(&name, reference))
+                .await);
+        }
+        let header_digest = self.header_digest(resp.headers())?;
+        let content_type = media_type(resp.headers());
+        let bytes = self
+            .read_limited(&mut resp, self.max_manifest_bytes, "manifest")
+            .await?;
+
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Error::bad_gateway(format!(
+                "upstream {} sent a manifest for {name} that is not JSON",
+                self.label
+            ))
+        })?;
+        if !json.is_object() {
+            return Err(Error::bad_gateway(format!(
+                "upstream {} sent a manifest for {name} that is not a JSON object",
+                self.label
+            )));
+        }
+        let digest = match reference {
+            Reference::Digest(wanted) => {
+                if !verifies(wanted, &bytes) {
+                    return Err(Error::bad_gateway(format!(
+                        "upstream {} sent bytes for {name}@{wanted} that hash to {}",
+                        self.label,
+                        Digest::sha256_of(&bytes)
+                    )));
+                }
+                wanted.clone()
+            }
+            Reference::Tag(tag) => {
+                if let Some(h) = &header_digest
+                    && !verifies(h, &bytes)
+                {
+                    return Err(Error::bad_gateway(format!(
+                        "upstream {} announced {h} for {name}:{tag} but sent bytes that hash to {}",
+                        self.label,
+                        Digest::sha256_of(&bytes)
+                    )));
+                }
+                Digest::sha256_of(&bytes)
+            }
+        };
+        // A generic Content-Type says less than the manifest's own mediaType field.
+        let body_type = json
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned);
+        let media_type = match content_type {
+            Some(ct)
+                if !matches!(
+                    ct.as_str(),
+                    "application/json" | "text/plain" | "application/octet-stream"
+                ) =>
+            {
+                ct
+            }
+            ct => body_type.or(ct).ok_or_else(|| {
+                Error::bad_gateway(format!(
+                    "upstream {} sent a manifest for {name} without a media type",
+                    self.label
+                ))
+            })?,
+        };
+        self.check_media_type(&media_type)?;
+        Ok(Manifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// A non-200 answer as an error; a redirect of a manifest is not a registry answer.
+    async fn unexpected(&self, resp: Response, target: Target<'_>) -> Error {
+        let status = resp.status();
+        if status.is_success() || status.is_redirection() {
+            return Error::bad_gateway(format!(
+                "upstream {} answered unexpected HTTP {}",
+                self.label,
+                status.as_u16()
+            ));
+        }
+        self.status_error(resp, target).await
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The Content-Type without parameters, lowercased.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let mt = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    (!mt.is_empty()).then_some(mt)
+}
+
+/// Whether `bytes` hash to `digest`, for every algorithm a `Digest` may name.
+fn verifies(digest: &Digest, bytes: &[u8]) -> bool {
+    let computed = match digest.as_str().split_once(':').map(|(a, _)| a) {
+        Some("sha256") => hex::encode(Sha256::digest(bytes)),
+        Some("sha384") => hex::encode(Sha384::digest(bytes)),
+        Some("sha512") => hex::encode(Sha512::digest(bytes)),
+        _ => return false,
+    };
+    computed == digest.hex()
+}
+
+/// The Accept header: every value the caller passed (or [`crate::ACCEPT_ALL`]), joined; values that cannot be in a
+/// header are dropped.
+fn accept_header(accept: &[String]) -> HeaderValue {
+    let valid =
+        |v: &&str| !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',');
+    let mut values: Vec<&str> = accept.iter().map(|s| s.trim()).filter(valid).collect();
+    if values.is_empty() {
+        values = crate::ACCEPT_ALL.to_vec();
+    }
+    HeaderValue::from_str(&values.join(", ")).unwrap_or_else(|_| HeaderValue::from_static("*/*"))
+}
+
+#[async_trait]
+impl Upstream for RegistryClient {
+    async fn head_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestHead> {
+        let accept = accept_header(accept);
+        let name = self.upstream_name(repository);
+        let url = self.api_url(&name, "manifests", reference.as_str())?;
+        let resp = self
+            .send(Method::HEAD, &url, Some(&accept), &Self::scope(&name))
+            .await?;
+        let status = resp.status();
+        // Some registries do not implement HEAD: ask with GET instead.
+        if status != StatusCode::METHOD_NOT_ALLOWED && status != StatusCode::NOT_IMPLEMENTED {
+            if status != StatusCode::OK {
+                return Err(self
+                    .unexpected(resp, Target::Manifest(&name, reference))
+                    .await);
+            }
+            let digest = self.header_digest(resp.headers())?;
+            if let (Reference::Digest(wanted), Some(got)) = (reference, &digest)
+                && wanted != got
+            {
+                return Err(Error::bad_gateway(format!(
+                    "upstream {} answered {got} for {name}@{wanted}",
+                    self.label
+                )));
+            }
+            let media_type = media_type(resp.headers());
+            let size = content_length(resp.headers());
+            if let (Some(digest), Some(media_type), Some(size)) = (digest, media_type, size) {
+                self.check_media_type(&media_type)?;
+                return Ok(ManifestHead {
+                    digest,
+                    media_type,
+                    size,
+                });
+            }
+            tracing::debug!(upstream = %self.label, "HEAD lacked digest, type or size; falling back to GET");
+        }
+        let m = self.fetch_manifest(repository, reference, &accept).await?;
+        Ok(ManifestHead {
+            digest: m.digest,
+            media_type: m.media_type,
+            size: m.bytes.len() as u64,
+        })
+    }
+
+    async fn get_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest> {
+        self.fetch_manifest(repository, reference, &accept_header(accept))
+            .await
+    }
+
+    async fn blob_location(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<BlobLocation> {
+        let name = self.upstream_name(repository);
+        let url = self.api_url(&name, "blobs", digest.as_str())?;
+        // GET, not HEAD: registries redirect GETs to storage; the body of a 200 is dropped unread.
+        let resp = self
+            .send(Method::GET, &url, None, &Self::scope(&name))
+            .await?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    Error::bad_gateway(format!(
+                        "upstream {} redirected a blob without a Location",
+                        self.label
+                    ))
+                })?;
+            let target = url.join(location).map_err(|_| {
+                Error::bad_gateway(format!(
+                    "upstream {} redirected a blob to an invalid Location",
+                    self.label
+                ))
+            })?;
+            if !matches!(target.scheme(), "http" | "https") {
+                return Err(Error::bad_gateway(format!(
+                    "upstream {} redirected a blob to a {} URL",
+                    self.label,
+                    target.scheme()
+                )));
+            }
+            return Ok(BlobLocation { url: target.into() });
+        }
+        if status == StatusCode::OK {
+            drop(resp);
+            return Ok(BlobLocation { url: url.into() });
+        }
+        Err(self.unexpected(resp, Target::Blob(&name, digest)).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(url: &str, hub: bool) -> RegistryClient {
+        let cfg = UpstreamConfig {
+            docker_hub: hub,
+            ..UpstreamConfig::from_url(url).unwrap()
+        };
+        RegistryClient::new(&cfg, &ClientOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn urls_are_base_plus_validated_parts() {
+        let c = client("http://127.0.0.1:5001", false);
+        let n: RepositoryName = "org/img".parse().unwrap();
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            c.api_url(&n, "manifests", &d).unwrap().as_str(),
+            format!("http://127.0.0.1:5001/v2/org/img/manifests/{d}")
+        );
+        let hub = client("https://registry-1.docker.io", false);
+        let n: RepositoryName = "ubuntu".parse().unwrap();
+        assert_eq!(hub.upstream_name(&n).as_str(), "library/ubuntu");
+        let n: RepositoryName = "org/x".parse().unwrap();
+        assert_eq!(hub.upstream_name(&n).as_str(), "org/x");
+        assert_eq!(
+            c.upstream_name(&"ubuntu".parse().unwrap()).as_str(),
+            "ubuntu"
+        );
+    }
+
+    #[test]
+    fn realms_only_on_own_host_or_docker_hub_auth() {
+        let c = client("http://127.0.0.1:5001", false);
+        assert!(c.check_realm("http://127.0.0.1:9999/token").is_ok());
+        for bad in [
+            "http://169.254.169.254/latest",
+            "http://auth.docker.io/token",
+            "file:///etc/passwd",
+            "nonsense",
+        ] {
+            let e = c.check_realm(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadGateway, "{bad}");
+        }
+        assert!(
+            c.check_realm("http://evil.example/t")
+                .unwrap_err()
+                .message
+                .contains("evil.example")
+        );
+        let hub = client("https://registry-1.docker.io", false);
+        assert!(hub.check_realm("https://auth.docker.io/token").is_ok());
+        assert!(
+            hub.check_realm("http://auth.docker.io/token").is_err(),
+            "no downgrade to http"
+        );
+        assert!(hub.check_realm("https://u:p@auth.docker.io/token").is_err());
+    }
+
+    #[test]
+    fn accept_is_joined_and_sanitized() {
+        let v = accept_header(&["a/b".into(), "bad\nvalue".into(), "c/d".into()]);
+        assert_eq!(v.to_str().unwrap(), "a/b, c/d");
+        assert_eq!(
+            accept_header(&[]).to_str().unwrap(),
+            crate::ACCEPT_ALL.join(", ")
+        );
+    }
+
+    #[test]
+    fn verifies_all_algorithms() {
+        let d = Digest::sha256_of(b"x");
+        assert!(verifies(&d, b"x") && !verifies(&d, b"y"));
+        let d512: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"x")))
+            .parse()
+            .unwrap();
+        assert!(verifies(&d512, b"x") && !verifies(&d512, b"y"));
+    }
+
+    #[test]
+    fn token_cache_expires() {
+        let c = client("http://127.0.0.1:5001", false);
+        c.store_token("s", "t", 60);
+        assert_eq!(c.cached_token("s").as_deref(), Some("t"));
+        c.store_token("s2", "t2", 1);
+        c.tokens.lock().unwrap().get_mut("s2").unwrap().expires = Instant::now();
+        assert_eq!(c.cached_token("s2"), None);
+    }
+
+    #[test]
+    fn debug_has_no_secrets() {
+        let cfg = UpstreamConfig::from_url("http://h")
+            .unwrap()
+            .with_credentials("u", "hunter2");
+        let c = RegistryClient::new(&cfg, &ClientOptions::default()).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

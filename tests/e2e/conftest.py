@@ -1,0 +1,681 @@
+"""Fixtures for the end-to-end tests: real registries, moto, containerd, and metahub itself.
+
+Every process listens on a free 127.0.0.1 port, logs to a file under the session's temp dir and is
+killed at the end of the session. When a test fails, the tails of all logs are attached to its report.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import http.client
+import http.server
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+import registry_push  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+METAHUB_BIN = os.environ.get("METAHUB_BIN", str(ROOT / "target" / "debug" / "metahub"))
+CMD_TIMEOUT = 120  # seconds for one client command (pull, copy, ...)
+START_TIMEOUT = 30  # seconds for a server to answer
+
+# name -> (features, match mode); account login "m-NAME", password "pw-NAME-secret".
+MACHINE_TYPES: dict[str, tuple[list[str], str]] = {
+    "skylake": (["cpu:skylake"], "best"),
+    "cascadelake-a100": (["cpu:cascadelake", "nvcap:8.6"], "best"),
+    "zen2": (["cpu:zen2"], "best"),
+    "broadwell-m60": (["cpu:broadwell", "nvcap:5.2"], "best"),
+    "exact-skylake": (["cpu:skylake"], "exact"),
+    "graviton": (["cpu:neoverse_v1"], "best"),
+}
+
+
+def creds(machine_type: str) -> tuple[str, str]:
+    return f"m-{machine_type}", f"pw-{machine_type}-secret"
+
+
+# ---------------------------------------------------------------------------------------------
+# processes and commands
+
+
+_PROCS: list["Proc"] = []
+_counter = itertools.count(1)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A background process with its output in a log file."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict | None = None, cwd: Path | None = None):
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,  # its own process group, so stop() gets its children too
+        )
+        _PROCS.append(self)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.popen.wait(timeout=10)
+        if not self._log.closed:
+            self._log.close()
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError as e:
+            return f"<no log: {e}>"
+        return "\n".join(text[-lines:])
+
+
+def wait_until(check, what: str, timeout: float = START_TIMEOUT, proc: Proc | None = None):
+    """Poll `check()` until it returns a truthy value; fail with the process log otherwise."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}:\n{proc.tail()}")
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last = e
+        time.sleep(0.1)
+    tail = f"\n{proc.tail()}" if proc else ""
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what} (last: {last!r}){tail}")
+
+
+def run(cmd: list[str], *, input: bytes | None = None, env: dict | None = None, timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with a timeout; on failure raise with its full output."""
+    try:
+        p = subprocess.run(cmd, input=input, capture_output=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"timed out after {timeout}s: {' '.join(cmd)}\nstdout: {e.stdout!r}\nstderr: {e.stderr!r}") from None
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"exit {p.returncode}: {' '.join(cmd)}\nstdout:\n{p.stdout.decode(errors='replace')}\nstderr:\n{p.stderr.decode(errors='replace')}"
+        )
+    return p
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _PROCS:
+        for p in _PROCS:
+            report.sections.append((f"log {p.name} ({p.log_path})", p.tail()))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("e2e")
+    print(f"\ne2e work dir and logs: {d}")
+    yield d
+    stop_all()
+
+
+def stop_all() -> None:
+    """Stop every process this session started; one that resists must not keep the others alive."""
+    for p in reversed(_PROCS):
+        try:
+            p.stop()
+        except Exception as e:  # noqa: BLE001
+            print(f"stopping {p.name} (pid {p.popen.pid}) failed: {e!r}", file=sys.stderr)
+
+
+# a session killed by -x, Ctrl-C or an internal error still reaps its servers
+atexit.register(stop_all)
+
+
+# ---------------------------------------------------------------------------------------------
+# upstream registries
+
+
+class _StorageHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - keep the test output quiet
+        pass
+
+
+@dataclass
+class StaticServer:
+    root: Path
+    port: int
+    server: http.server.ThreadingHTTPServer
+    hits: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_static_server(root: Path) -> StaticServer:
+    """Serve `root` read-only over HTTP in a thread: stands in for the upstream's blob storage (S3, CDN)."""
+    hits: list[str] = []
+
+    class Handler(_StorageHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            super().do_GET()
+
+        def do_HEAD(self):
+            hits.append(self.path)
+            super().do_HEAD()
+
+    handler = functools.partial(Handler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="static-storage", daemon=True).start()
+    return StaticServer(root=root, port=server.server_address[1], server=server, hits=hits)
+
+
+@dataclass
+class Upstream:
+    name: str
+    port: int
+    root: Path  # the storage root directory
+    proc: Proc
+    storage: StaticServer | None = None  # the file server blobs are redirected to
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop()
+        if self.storage:
+            self.storage.stop()
+
+
+def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream:
+    """`docker-registry serve CONFIG` with filesystem storage; with `redirect`, blobs 307 to a file server."""
+    d = workdir / name
+    root = d / "data"
+    root.mkdir(parents=True)
+    port = free_port()
+    storage = start_static_server(root) if redirect else None
+    lines = [
+        "version: 0.1",
+        "log: {level: info, accesslog: {disabled: true}}",
+        "storage:",
+        f"  filesystem: {{rootdirectory: {root}}}",
+        "  delete: {enabled: true}",
+        f"http: {{addr: '127.0.0.1:{port}', secret: e2e-test-secret}}",
+    ]
+    if storage:
+        # distribution's redirect middleware answers blob GETs with 307 to baseurl + the storage path
+        # (/docker/registry/v2/blobs/sha256/ab/abcd.../data), which the file server maps onto `root`.
+        lines += ["middleware:", "  storage:", f"    - {{name: redirect, options: {{baseurl: '{storage.url}'}}}}"]
+    config = d / "config.yml"
+    config.write_text("\n".join(lines) + "\n")
+    proc = Proc(name, ["docker-registry", "serve", str(config)], workdir)
+    up = Upstream(name=name, port=port, root=root, proc=proc, storage=storage)
+    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2).status_code == 200, f"{name} /v2/", proc=proc)
+    return up
+
+
+@pytest.fixture(scope="session")
+def upstream(workdir) -> Upstream:
+    up = start_registry(workdir, "upstream")
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="session")
+def redirecting_upstream(workdir) -> Upstream:
+    up = start_registry(workdir, "upstream-redirect", redirect=True)
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="session")
+def images(upstream, redirecting_upstream) -> registry_push.Pushed:
+    """The test content, pushed to both upstreams (deterministic, so digests are the same on both)."""
+    pushed = registry_push.push_test_content(upstream.url)
+    again = registry_push.push_test_content(redirecting_upstream.url)
+    assert {k: v[2] for k, v in pushed.tags.items()} == {k: v[2] for k, v in again.tags.items()}
+    return pushed
+
+
+# ---------------------------------------------------------------------------------------------
+# moto (DynamoDB)
+
+
+@dataclass
+class Moto:
+    port: int
+    proc: Proc
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+
+_moto: Moto | None = None
+
+
+def start_moto(workdir: Path) -> Moto:
+    """One moto_server per session, started on first use (only the dynamodb store needs it)."""
+    global _moto
+    if _moto is None or not _moto.proc.alive():
+        port = free_port()
+        # the interpreter running pytest is the one tests/run.sh installed moto into
+        proc = Proc("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], workdir)
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/moto-api/", timeout=2).status_code < 500, "moto_server", proc=proc)
+        _moto = Moto(port=port, proc=proc)
+    return _moto
+
+
+@pytest.fixture(scope="session")
+def moto(workdir) -> Moto:
+    return start_moto(workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# metahub
+
+
+@dataclass
+class Metahub:
+    port: int
+    store: str
+    upstream: Upstream
+    proc: Proc | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Run `metahub ARGS --store STORE` (only while serve is not running: the file store is single process)."""
+        return run([METAHUB_BIN, *args, "--store", self.store], input=input, env=self.env, check=check)
+
+    def put_machine_type(self, name: str, features: list[str], match: str = "best") -> None:
+        args = ["machine-type", "put", name]
+        for f in features:
+            args += ["--feature", f]
+        if match != "best":
+            args += ["--match", match]
+        self.cli(*args)
+
+    def put_account(self, login: str, password: str, machine_type: str) -> None:
+        self.cli("account", "put", login, "--machine-type", machine_type, "--password-stdin", input=password.encode())
+
+    def start(self, workdir: Path, name: str) -> None:
+        self.proc = Proc(
+            name,
+            [
+                METAHUB_BIN, "serve",
+                "--listen", self.host,
+                "--public-url", self.url,
+                "--upstream", self.upstream.url,
+                "--store", self.store,
+            ],
+            workdir,
+            env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), "RUST_BACKTRACE": "1", **self.env},
+        )
+        wait_until(lambda: requests.get(f"{self.url}/v2/", timeout=2).status_code == 401, f"{name} GET /v2/ -> 401", proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+def _require_metahub() -> None:
+    if not (os.path.isfile(METAHUB_BIN) and os.access(METAHUB_BIN, os.X_OK)):
+        pytest.fail(f"metahub binary not found at {METAHUB_BIN} (build it or set METAHUB_BIN)")
+
+
+@pytest.fixture(scope="session")
+def metahub_factory(workdir):
+    """`metahub_factory(store="file"|"dynamodb", upstream=Upstream)`: a running metahub with every machine type
+    of MACHINE_TYPES and one account each (see `creds`). Instances are shared per (store, upstream)."""
+    cache: dict[tuple[str, str], Metahub] = {}
+
+    def make(store: str = "file", upstream: Upstream | None = None, shared: bool = True) -> Metahub:
+        assert upstream is not None
+        key = (store, upstream.url)
+        if shared and key in cache:
+            return cache[key]
+        _require_metahub()
+        n = next(_counter)
+        name = f"metahub-{n}-{store}"
+        if store == "file":
+            d = workdir / name
+            d.mkdir()
+            hub = Metahub(port=free_port(), store=f"file:{d / 'store.redb'}", upstream=upstream)
+        elif store == "dynamodb":
+            m = start_moto(workdir)
+            hub = Metahub(port=free_port(), store=f"dynamodb:metahub-e2e-{n}", upstream=upstream, env=m.env)
+            hub.cli("store", "init")
+        else:
+            raise ValueError(store)
+        for mt, (features, match) in MACHINE_TYPES.items():
+            hub.put_machine_type(mt, features, match)
+            hub.put_account(*creds(mt), mt)
+        hub.start(workdir, name)
+        if shared:
+            cache[key] = hub
+        return hub
+
+    yield make
+    for hub in cache.values():
+        hub.stop()
+
+
+@pytest.fixture(scope="session", params=["file", "dynamodb"])
+def store(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def metahub(metahub_factory, upstream, images, store) -> Metahub:
+    """metahub in front of the plain upstream, for each store kind."""
+    return metahub_factory(store, upstream)
+
+
+@pytest.fixture(scope="session")
+def metahub_file(metahub_factory, upstream, images) -> Metahub:
+    """metahub (file store) in front of the plain upstream, for tests that need one store only."""
+    return metahub_factory("file", upstream)
+
+
+@pytest.fixture(scope="session")
+def metahub_redirect(metahub_factory, redirecting_upstream, images) -> Metahub:
+    """metahub (file store) in front of the redirecting upstream."""
+    return metahub_factory("file", redirecting_upstream)
+
+
+# ---------------------------------------------------------------------------------------------
+# containerd
+
+
+@dataclass
+class Containerd:
+    sock: Path
+    proc: Proc
+    _ns: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def namespace(self) -> str:
+        """A fresh namespace, so images of one test do not mix with another's."""
+        return f"e2e{next(self._ns)}"
+
+    def ctr(self, *args: str, namespace: str = "default", timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["ctr", "-a", str(self.sock), "-n", namespace, *args], timeout=timeout, check=check)
+
+    def pull(self, ref: str, namespace: str, user: str | None = None, platform: str | None = None) -> subprocess.CompletedProcess:
+        # the native snapshotter unpacks without mounts: works where overlayfs is not allowed
+        args = ["images", "pull", "--plain-http", "--snapshotter", "native"]
+        if user:
+            args += ["--user", user]
+        if platform:
+            args += ["--platform", platform]
+        return self.ctr(*args, ref, namespace=namespace)
+
+    def image_target(self, ref: str, namespace: str) -> str:
+        """The digest the image name points at (an index or a manifest)."""
+        out = self.ctr("images", "ls", namespace=namespace).stdout.decode()
+        for line in out.splitlines()[1:]:
+            cols = line.split()
+            if cols and cols[0] == ref:
+                return cols[2]
+        raise AssertionError(f"{ref} not in ctr images ls:\n{out}")
+
+    def content(self, digest: str, namespace: str) -> bytes:
+        return self.ctr("content", "get", digest, namespace=namespace).stdout
+
+    def pulled_variant(self, ref: str, namespace: str, arch: str = "amd64") -> tuple[str, str, dict]:
+        """(config label variant, layer variant.txt, top-level manifest JSON) of what containerd would run:
+        the first entry of the index for linux/ARCH, as containerd's platform matcher picks it."""
+        top_digest = self.image_target(ref, namespace)
+        top = json.loads(self.content(top_digest, namespace))
+        manifest = top
+        if "manifests" in top:
+            entries = [m for m in top["manifests"] if m.get("platform", {}).get("os") == "linux" and m.get("platform", {}).get("architecture") == arch]
+            assert entries, f"no linux/{arch} entry in {top}"
+            manifest = json.loads(self.content(entries[0]["digest"], namespace))
+        config = json.loads(self.content(manifest["config"]["digest"], namespace))
+        layer = self.content(manifest["layers"][0]["digest"], namespace)
+        return config["config"]["Labels"]["variant"], registry_push.read_variant_from_layer(layer), top
+
+
+@pytest.fixture(scope="session")
+def containerd(workdir) -> Containerd:
+    d = workdir / "containerd"
+    d.mkdir()
+    sock = d / "containerd.sock"
+    # cri needs kernel features and privileges a sandbox may lack; the snapshotters below need special
+    # filesystems; none of them is needed to pull.
+    disabled = [
+        "io.containerd.grpc.v1.cri",
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.internal.v1.opt",
+        "io.containerd.tracing.processor.v1.otlp",
+    ]
+    config = d / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{d / "root"}"\n'
+        f'state = "{d / "state"}"\n'
+        f"disabled_plugins = {json.dumps(disabled)}\n"
+        f'[grpc]\n  address = "{sock}"\n'
+        f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
+        '[debug]\n  address = ""\n  level = "info"\n'
+        '[metrics]\n  address = ""\n'
+    )
+    proc = Proc("containerd", ["containerd", "--config", str(config)], workdir)
+    c = Containerd(sock=sock, proc=proc)
+    wait_until(lambda: sock.exists() and c.ctr("version", timeout=10, check=False).returncode == 0, "containerd socket", proc=proc)
+    yield c
+    proc.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# skopeo and podman
+
+
+def skopeo(*args: str, timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["skopeo", *args], timeout=timeout, check=check)
+
+
+def skopeo_copy_variant(ref: str, dest: Path, creds_: tuple[str, str] | None = None, arch: str | None = None) -> tuple[str, str, dict]:
+    """`skopeo copy docker://REF dir:DEST`; returns (config label variant, layer variant.txt, manifest)."""
+    args = []
+    if arch:
+        args += ["--override-arch", arch]
+    args += ["copy", "--src-tls-verify=false"]
+    if creds_:
+        args += ["--src-creds", f"{creds_[0]}:{creds_[1]}"]
+    args += [f"docker://{ref}", f"dir:{dest}"]
+    skopeo(*args)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    blob = lambda d: (dest / d.split(":", 1)[1]).read_bytes()  # noqa: E731
+    config = json.loads(blob(manifest["config"]["digest"]))
+    layer = blob(manifest["layers"][0]["digest"])
+    return config["config"]["Labels"]["variant"], registry_push.read_variant_from_layer(layer), manifest
+
+
+def skopeo_raw(ref: str, creds_: tuple[str, str] | None = None) -> bytes:
+    args = ["inspect", "--raw", "--tls-verify=false"]
+    if creds_:
+        args += ["--creds", f"{creds_[0]}:{creds_[1]}"]
+    return skopeo(*args, f"docker://{ref}").stdout
+
+
+@dataclass
+class Podman:
+    base: Path
+
+    def __call__(self, *args: str, timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [
+            "podman",
+            "--root", str(self.base / "root"),
+            "--runroot", str(self.base / "run"),
+            "--tmpdir", str(self.base / "tmp"),
+            "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs",
+            "--events-backend", "none",
+            *args,
+        ]
+        # its own HOME and an empty auth file: never read or write the host's configuration or credentials
+        env = {"HOME": str(self.base), "REGISTRY_AUTH_FILE": str(self.base / "auth.json")}
+        return run(cmd, timeout=timeout, check=check, env=env)
+
+    def pull_variant(self, ref: str, creds_: tuple[str, str] | None = None, arch: str | None = None) -> str:
+        args = ["pull", "--tls-verify=false", "-q"]
+        if creds_:
+            args += ["--creds", f"{creds_[0]}:{creds_[1]}"]
+        if arch:
+            args += ["--arch", arch]
+        image_id = self(*args, ref).stdout.decode().strip().splitlines()[-1]
+        return self("image", "inspect", "--format", '{{index .Labels "variant"}}', image_id).stdout.decode().strip()
+
+
+@pytest.fixture
+def podman() -> Podman:
+    # podman refuses a --runroot longer than 50 characters, so pytest's tmp_path is too long
+    base = Path(tempfile.mkdtemp(prefix="mh-podman-", dir="/tmp"))
+    (base / "tmp").mkdir(parents=True)
+    (base / "auth.json").write_text("{}")
+    yield Podman(base)
+    # vfs layers are plain directories; a failed pull may leave read-only bits, hence ignore_errors
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# raw HTTP against metahub (the token dance as clients do it)
+
+
+def parse_challenge(value: str) -> dict[str, str]:
+    """`Bearer realm="…",service="…"` -> {"scheme": "Bearer", "realm": …, "service": …}."""
+    scheme, _, rest = value.partition(" ")
+    out = {"scheme": scheme}
+    for m in re.finditer(r'(\w+)="([^"]*)"', rest):
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def challenge(hub: Metahub) -> dict[str, str]:
+    r = requests.get(f"{hub.url}/v2/", timeout=10)
+    assert r.status_code == 401, r.text
+    return parse_challenge(r.headers["WWW-Authenticate"])
+
+
+def get_token(hub: Metahub, machine_type: str | None = None, repo: str = "org/app", login: tuple[str, str] | None = None) -> str:
+    """A token from `GET /token` with Basic auth, as docker/podman/skopeo fetch it."""
+    ch = challenge(hub)
+    r = requests.get(
+        ch["realm"],
+        params={"service": ch["service"], "scope": f"repository:{repo}:pull"},
+        auth=login or creds(machine_type or "skylake"),
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["token"]
+
+
+def v2(hub: Metahub, path: str, token: str | None = None, method: str = "GET", accept: str = registry_push.ALL_MANIFEST_TYPES, **kw) -> requests.Response:
+    headers = {"Accept": accept}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.request(method, f"{hub.url}/v2/{path}", headers=headers, allow_redirects=False, timeout=30, **kw)
+
+
+def raw_request(url_base: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    """Send `path` byte for byte (requests/urllib3 would normalise `..` and percent-escapes)."""
+    host, port = url_base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def assert_registry_error(status: int, body: bytes | str, expected_status: int | set[int], codes: set[str] | None = None) -> dict:
+    """The distribution-spec envelope `{"errors":[{"code","message","detail"}]}` with the right status and code."""
+    statuses = {expected_status} if isinstance(expected_status, int) else expected_status
+    assert status in statuses, f"status {status} not in {statuses}: {body!r}"
+    doc = json.loads(body)
+    assert isinstance(doc, dict) and list(doc) == ["errors"], doc
+    assert isinstance(doc["errors"], list) and doc["errors"], doc
+    for e in doc["errors"]:
+        assert set(e) == {"code", "message", "detail"}, e
+        assert isinstance(e["code"], str) and isinstance(e["message"], str) and e["message"], e
+    if codes:
+        assert doc["errors"][0]["code"] in codes, doc
+    return doc["errors"][0]

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (only what is missing), builds the workspace once,
+# runs the Rust tests, then the end-to-end tests against real registries and clients.
+# Idempotent; every step is bounded in time. Run as root on Debian (CI does: bash .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# --- Debian packages: binary -> package
+declare -A APT=([docker-registry]=docker-registry [skopeo]=skopeo [podman]=podman [containerd]=containerd [ctr]=containerd)
+missing=()
+for bin in "${!APT[@]}"; do
+  command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")
+done
+# skopeo/podman refuse to run without a signature policy (containers-common ships it)
+[ -e /etc/containers/policy.json ] || missing+=(containers-common)
+if [ "${#missing[@]}" -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+  log "apt-get install $pkgs"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -q
+  # shellcheck disable=SC2086
+  timeout 1200 apt-get install -y -q $pkgs
+fi
+
+# --- Python packages: import name -> pip requirement
+PY=${PYTHON:-python3}
+if ! command -v "$PY" >/dev/null 2>&1; then
+  log "apt-get install python3"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get update -q && timeout 1200 apt-get install -y -q python3 python3-pip
+fi
+pip_missing=()
+"$PY" -c 'import moto.server' >/dev/null 2>&1 || pip_missing+=('moto[server]')
+"$PY" -c 'import pytest' >/dev/null 2>&1 || pip_missing+=(pytest)
+"$PY" -c 'import requests' >/dev/null 2>&1 || pip_missing+=(requests)
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+  log "pip install ${pip_missing[*]}"
+  if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get update -q && timeout 1200 apt-get install -y -q python3-pip
+  fi
+  # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv python is not
+  timeout 900 "$PY" -m pip install -q "${pip_missing[@]}" \
+    || timeout 900 "$PY" -m pip install -q --break-system-packages "${pip_missing[@]}"
+fi
+
+# --- Rust: one debug build of every binary, then the unit and integration tests
+# SKIP_CARGO=1 reuses an existing build (for iterating on the e2e harness only).
+if [ "${SKIP_CARGO:-0}" != 1 ]; then
+  log "cargo build --workspace --bins"
+  timeout 3000 cargo build --workspace --bins
+  log "cargo test --workspace"
+  timeout 2400 cargo test --workspace
+fi
+
+# --- end-to-end
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+export METAHUB_BIN=${METAHUB_BIN:-$(cd "$TARGET_DIR" && pwd)/debug/metahub}
+log "pytest tests/e2e (METAHUB_BIN=$METAHUB_BIN)"
+set +e
+timeout 1800 "$PY" -m pytest tests/e2e -q -p no:cacheprovider
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+fi
+exit "$rc"
