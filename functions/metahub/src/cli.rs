@@ -1,6 +1,6 @@
 //! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
 
-use crate::{manage, serve};
+use crate::{detect, explain, index, manage, serve};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
@@ -32,6 +32,13 @@ enum Command {
     /// The store itself.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The features of this host, as a ready `machine-type put` line.
+    Detect(detect::DetectArgs),
+    /// Every entry of an image's index for a machine type: fits or not, why, and the one served.
+    Explain(explain::ExplainArgs),
+    /// Assemble per-microarchitecture images into one index with features, or inspect one.
+    #[command(subcommand)]
+    Index(index::IndexCommand),
 }
 
 #[derive(Subcommand)]
@@ -46,6 +53,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MachineType(cmd) => manage::machine_type(cmd).await,
         Command::Account(cmd) => manage::account(cmd).await,
         Command::Store(StoreCommand::Init(arg)) => crate::store::init(&arg.store).await,
+        Command::Detect(args) => detect::run(args).await,
+        Command::Explain(args) => explain::run(args).await,
+        Command::Index(cmd) => index::run(cmd).await,
     }
 }
 

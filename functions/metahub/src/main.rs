@@ -1,6 +1,9 @@
 //! `metahub`: wiring only. Commands live in their modules; errors end the process with one line naming what was wrong.
 
 mod cli;
+mod detect;
+mod explain;
+mod index;
 mod manage;
 mod serve;
 mod store;
