@@ -1,7 +1,7 @@
 //! The pull flow: what a manifest or blob request by a machine type is answered with, over the ports.
 
 use crate::cache::{BoundedMap, CachingUpstream};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL, Filtered};
 use crate::machine::MachineType;
 use crate::ports::{BlobLocation, Manifest, Store, Upstream};
@@ -35,6 +35,8 @@ pub struct RegistryService {
     filtered: BoundedMap<(Digest, String), Arc<Filtered>>,
     /// Generated indexes this process stored (or read back), by repository and digest.
     generated: BoundedMap<(RepositoryName, Digest), Manifest>,
+    /// The last manifest served per (repository, tag, machine type): the answer when the upstream is down.
+    last_served: BoundedMap<(RepositoryName, Reference, String), Manifest>,
 }
 
 impl RegistryService {
@@ -44,6 +46,7 @@ impl RegistryService {
             upstream: CachingUpstream::new(upstream, options.manifests, options.tag_ttl),
             filtered: BoundedMap::new(options.manifests),
             generated: BoundedMap::new(options.manifests),
+            last_served: BoundedMap::new(options.manifests),
         }
     }
 
@@ -68,6 +71,24 @@ impl RegistryService {
     }
 
     async fn manifest_by_tag(&self, repository: &RepositoryName, tag: &Reference, machine_type: &str) -> Result<Manifest> {
+        let key = (repository.clone(), tag.clone(), machine_type.to_owned());
+        match self.fresh_manifest_by_tag(repository, tag, machine_type).await {
+            Ok(manifest) => {
+                self.last_served.insert(key, manifest.clone());
+                Ok(manifest)
+            }
+            Err(e) if upstream_down(&e) => match self.last_served.get(&key) {
+                Some(stale) => {
+                    tracing::warn!(%repository, %tag, machine_type, error = %e, digest = %stale.digest, "upstream failing: serving the last index served (stale)");
+                    Ok(stale)
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fresh_manifest_by_tag(&self, repository: &RepositoryName, tag: &Reference, machine_type: &str) -> Result<Manifest> {
         let head = self.upstream.head_manifest(repository, tag, &ACCEPT).await?;
         let by_digest = Reference::Digest(head.digest.clone());
         if !filter::is_index_media_type(&head.media_type) {
@@ -116,6 +137,11 @@ impl RegistryService {
     pub async fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         self.upstream.blob_location(repository, digest).await
     }
+}
+
+/// Failures of the upstream itself, as opposed to answers about the image (unknown, denied).
+fn upstream_down(error: &Error) -> bool {
+    matches!(error.code, ErrorCode::Unavailable | ErrorCode::BadGateway | ErrorCode::TooManyRequests)
 }
 
 /// What filtering depends on in a machine type: a change of features or mode is a different key.

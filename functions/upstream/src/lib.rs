@@ -13,12 +13,4 @@ pub use client::RegistryClient;
 pub use config::{ClientOptions, UpstreamConfig};
 pub use router::UpstreamRouter;
 
-/// Manifest media types sent upstream, most capable first: indexes, then single manifests, schema 1 last. Sent whole so
-/// a Docker manifest list is never answered with its amd64 child.
-pub const ACCEPT_ALL: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-];
+pub use metahub_core::filter::ACCEPT_ALL;
