@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
+# apt-get update at most once per run, and only when something is missing
+APT_UPDATED=0
+apt_install() {
+  log "apt-get install $*"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$APT_UPDATED" = 0 ]; then
+    timeout 600 apt-get update -q
+    APT_UPDATED=1
+  fi
+  timeout 1200 apt-get install -y -q "$@"
+}
+
 # --- Debian packages: binary -> package
 declare -A APT=([docker-registry]=docker-registry [skopeo]=skopeo [podman]=podman [containerd]=containerd [ctr]=containerd)
 missing=()
@@ -16,20 +28,14 @@ done
 # skopeo/podman refuse to run without a signature policy (containers-common ships it)
 [ -e /etc/containers/policy.json ] || missing+=(containers-common)
 if [ "${#missing[@]}" -gt 0 ]; then
-  pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
-  log "apt-get install $pkgs"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 apt-get update -q
-  # shellcheck disable=SC2086
-  timeout 1200 apt-get install -y -q $pkgs
+  mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+  apt_install "${pkgs[@]}"
 fi
 
 # --- Python packages: import name -> pip requirement
 PY=${PYTHON:-python3}
 if ! command -v "$PY" >/dev/null 2>&1; then
-  log "apt-get install python3"
-  export DEBIAN_FRONTEND=noninteractive
-  timeout 600 apt-get update -q && timeout 1200 apt-get install -y -q python3 python3-pip
+  apt_install python3 python3-pip
 fi
 pip_missing=()
 "$PY" -c 'import moto.server' >/dev/null 2>&1 || pip_missing+=('moto[server]')
@@ -38,8 +44,7 @@ pip_missing=()
 if [ "${#pip_missing[@]}" -gt 0 ]; then
   log "pip install ${pip_missing[*]}"
   if ! "$PY" -m pip --version >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 600 apt-get update -q && timeout 1200 apt-get install -y -q python3-pip
+    apt_install python3-pip
   fi
   # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv python is not
   timeout 900 "$PY" -m pip install -q "${pip_missing[@]}" \

@@ -47,6 +47,15 @@ def test_skopeo_pull_arm64(metahub, machine_type, tmp_path):
     assert label == text == "arm64"
 
 
+def test_graviton_arm64_with_podman_and_containerd(metahub, containerd, podman):
+    c = creds("graviton")
+    ref = f"{metahub.host}/org/app:latest"
+    assert podman.pull_variant(ref, c, arch="arm64") == "arm64"
+    ns = containerd.namespace()
+    containerd.pull(ref, ns, user=":".join(c), platform="linux/arm64")
+    assert containerd.pulled_variant(ref, ns, arch="arm64")[:2] == ("arm64", "arm64")
+
+
 @pytest.mark.parametrize("machine_type", ALL_TYPES)
 def test_podman_pull_by_tag(metahub, machine_type, podman):
     assert podman.pull_variant(f"{metahub.host}/org/app:latest", creds(machine_type)) == EXPECTED_AMD64[machine_type]
