@@ -15,13 +15,14 @@ pub const ORIGIN_VERIFY: &str = "X-Origin-Verify";
 /// A registry error on its way out; extra headers (challenges, Retry-After) ride along.
 #[derive(Debug)]
 pub struct ApiError {
-    pub error: Error,
+    /// Boxed: handlers return `Result<_, ApiError>` everywhere, and the Ok path should stay small.
+    pub error: Box<Error>,
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        ApiError { error, headers: Vec::new() }
+        ApiError { error: Box::new(error), headers: Vec::new() }
     }
 }
 
