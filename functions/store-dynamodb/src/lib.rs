@@ -22,15 +22,15 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::BehaviorVersion;
-use aws_sdk_dynamodb::error::{BuildError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MatchMode, validate_name};
@@ -115,8 +115,9 @@ impl DynamoStore {
     /// An existing table is left as it is; TTL is enabled on it when it is not yet.
     pub async fn create_table(&self) -> Result<()> {
         let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
-        let attr =
-            |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+        let attr = |name: &str| {
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+        };
         let index = GlobalSecondaryIndex::builder()
             .index_name(BY_MACHINE_TYPE_INDEX)
             .key_schema(key("machineType", KeyType::Hash).map_err(built)?)
@@ -149,7 +150,10 @@ impl DynamoStore {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(Error::unavailable(format!("DynamoDB table {} did not become active in 120 s", self.table)));
+                return Err(Error::unavailable(format!(
+                    "DynamoDB table {} did not become active in 120 s",
+                    self.table
+                )));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -157,7 +161,9 @@ impl DynamoStore {
         match self.client.update_time_to_live().table_name(&self.table).time_to_live_specification(ttl).send().await {
             Ok(_) => Ok(()),
             // Enabling TTL twice is a ValidationException ("TimeToLive is already enabled").
-            Err(e) if e.as_service_error().and_then(|s| s.message()).is_some_and(|m| m.contains("already enabled")) => Ok(()),
+            Err(e) if e.as_service_error().and_then(|s| s.message()).is_some_and(|m| m.contains("already enabled")) => {
+                Ok(())
+            }
             Err(e) => Err(self.fail("UpdateTimeToLive", e)),
         }
     }
@@ -185,11 +191,10 @@ impl DynamoStore {
                 }
             }
             SdkError::TimeoutError(_) => Error::unavailable(format!("DynamoDB table {table}: {op} timed out")),
-            SdkError::DispatchFailure(_) => Error::unavailable(format!(
-                "DynamoDB table {table}: {op}: cannot reach DynamoDB: {}",
-                DisplayErrorContext(&err)
-            )),
-            _ => Error::unavailable(format!("DynamoDB table {table}: {op} failed: {}", DisplayErrorContext(&err))),
+            SdkError::DispatchFailure(_) => {
+                Error::unavailable(format!("DynamoDB table {table}: {op}: cannot reach DynamoDB: {}", causes(&err)))
+            }
+            _ => Error::unavailable(format!("DynamoDB table {table}: {op} failed: {}", causes(&err))),
         }
     }
 
@@ -277,7 +282,11 @@ impl DynamoStore {
                     let retryable = |code: &str| {
                         matches!(
                             code,
-                            "None" | "ConditionalCheckFailed" | "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"
+                            "None"
+                                | "ConditionalCheckFailed"
+                                | "TransactionConflict"
+                                | "ThrottlingError"
+                                | "ProvisionedThroughputExceeded"
                         )
                     };
                     if reasons.iter().all(|r| r.code().is_none_or(retryable)) {
@@ -330,6 +339,21 @@ impl DynamoStore {
     }
 }
 
+/// An error and its sources on one line, without Debug dumps.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
 fn built(e: BuildError) -> Error {
     Error::internal(format!("building a DynamoDB request: {e}"))
 }
@@ -380,7 +404,8 @@ async fn backoff(attempt: u32) {
 /// Reads a machine type item, accepting what an operator may type: `features` as L of S or SS (or absent: none),
 /// `match` absent meaning best. Validated like a write, naming the item when malformed.
 fn decode_machine_type(name: &str, item: &Item) -> Result<MachineType> {
-    let malformed = |why: &str| Error::internal(format!("stored machine type {name:?} (item pk=MT#{name}) is malformed: {why}"));
+    let malformed =
+        |why: &str| Error::internal(format!("stored machine type {name:?} (item pk=MT#{name}) is malformed: {why}"));
     let features = match item.get("features") {
         None => Vec::new(),
         Some(AttributeValue::Ss(set)) => set.clone(),
@@ -388,23 +413,26 @@ fn decode_machine_type(name: &str, item: &Item) -> Result<MachineType> {
             .iter()
             .map(|v| v.as_s().cloned().map_err(|_| malformed("features must be a list of strings")))
             .collect::<Result<_>>()?,
-        Some(_) => return Err(malformed("features must be a list (L) or string set (SS) of strings")),
+        Some(_) => {
+            return Err(malformed("features must be a list (L) or string set (SS) of strings"));
+        }
     };
     let match_mode = match item.get("match") {
         None => MatchMode::Best,
         Some(AttributeValue::S(m)) => m.parse().map_err(|e: Error| malformed(&e.message))?,
         Some(_) => return Err(malformed("match must be a string, best or exact")),
     };
-    MachineType { name: name.to_owned(), features, match_mode }.validated().map_err(|e| Error {
-        message: format!("{} (item pk=MT#{name})", e.message),
-        ..e
-    })
+    MachineType { name: name.to_owned(), features, match_mode }
+        .validated()
+        .map_err(|e| Error { message: format!("{} (item pk=MT#{name})", e.message), ..e })
 }
 
 fn decode_account(login: &str, item: &Item) -> Result<Account> {
     let field = |attr: &str| {
         get_s(item, attr).map(str::to_owned).ok_or_else(|| {
-            Error::internal(format!("stored account {login:?} (item pk=ACCT#{login}) is malformed: no string attribute {attr}"))
+            Error::internal(format!(
+                "stored account {login:?} (item pk=ACCT#{login}) is malformed: no string attribute {attr}"
+            ))
         })
     };
     Ok(Account { login: login.to_owned(), machine_type: field("machineType")?, password_hash: field("passwordHash")? })
@@ -440,9 +468,7 @@ impl Store for DynamoStore {
         if let Some(mt) = self.cached(name) {
             return Ok(Some(mt));
         }
-        let item = self
-            .get("GetItem", mt_key(name), Some("features, #m"), &[("#m", "match")])
-            .await?;
+        let item = self.get("GetItem", mt_key(name), Some("features, #m"), &[("#m", "match")]).await?;
         let Some(item) = item else { return Ok(None) };
         let mt = decode_machine_type(name, &item)?;
         self.remember(&mt);
@@ -473,7 +499,9 @@ impl Store for DynamoStore {
     async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
         let mut out = Vec::new();
         for item in self.scan_kind("MT").await? {
-            let Some(name) = get_s(&item, "pk").and_then(|pk| pk.strip_prefix("MT#")) else { continue };
+            let Some(name) = get_s(&item, "pk").and_then(|pk| pk.strip_prefix("MT#")) else {
+                continue;
+            };
             out.push(decode_machine_type(name, &item)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -485,6 +513,10 @@ impl Store for DynamoStore {
         // conditional delete below checks atomically.
         let by_index = self.accounts_by_index(name).await?;
         if !by_index.is_empty() {
+            // Hand-typed accounts may point at a type that does not exist: then there is nothing to delete.
+            if self.get("GetItem", mt_key(name), Some("pk"), &[]).await?.is_none() {
+                return Ok(false);
+            }
             return Err(in_use(name, by_index));
         }
         let out = self
@@ -572,7 +604,9 @@ impl Store for DynamoStore {
     async fn list_accounts(&self) -> Result<Vec<Account>> {
         let mut out = Vec::new();
         for item in self.scan_kind("ACCT").await? {
-            let Some(login) = get_s(&item, "pk").and_then(|pk| pk.strip_prefix("ACCT#")) else { continue };
+            let Some(login) = get_s(&item, "pk").and_then(|pk| pk.strip_prefix("ACCT#")) else {
+                continue;
+            };
             out.push(decode_account(login, &item)?);
         }
         out.sort_by(|a, b| a.login.cmp(&b.login));
@@ -589,7 +623,9 @@ impl Store for DynamoStore {
             let delete = Delete::builder()
                 .table_name(&self.table)
                 .set_key(Some(account_key(login)))
-                .condition_expression("attribute_exists(pk) AND (machineType = :mt OR attribute_not_exists(machineType))")
+                .condition_expression(
+                    "attribute_exists(pk) AND (machineType = :mt OR attribute_not_exists(machineType))",
+                )
                 .expression_attribute_values(":mt", s(&mt));
             let mut items = vec![TransactWriteItem::builder().delete(self.build(delete.build())?).build()];
             if !mt.is_empty() && !type_gone {
@@ -678,17 +714,21 @@ impl Store for DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(candidate.to_vec()),
-            Err(e) => match e.as_service_error() {
-                // Another instance won the race: everyone uses its key.
-                Some(PutItemError::ConditionalCheckFailedException(c)) => {
-                    let winner = match c.item().and_then(stored) {
-                        Some(k) => Some(k),
-                        None => self.get("GetItem", signing_key_key(), None, &[]).await?.as_ref().and_then(stored),
-                    };
-                    winner.ok_or_else(|| Error::internal("stored signing key (item pk=META, sk=SIGNING_KEY) has no binary key"))
+            Err(e) => {
+                match e.as_service_error() {
+                    // Another instance won the race: everyone uses its key.
+                    Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                        let winner = match c.item().and_then(stored) {
+                            Some(k) => Some(k),
+                            None => self.get("GetItem", signing_key_key(), None, &[]).await?.as_ref().and_then(stored),
+                        };
+                        winner.ok_or_else(|| {
+                            Error::internal("stored signing key (item pk=META, sk=SIGNING_KEY) has no binary key")
+                        })
+                    }
+                    _ => Err(self.fail("PutItem", e)),
                 }
-                _ => Err(self.fail("PutItem", e)),
-            },
+            }
         }
     }
 }

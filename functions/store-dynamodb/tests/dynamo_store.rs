@@ -107,9 +107,16 @@ fn unique_prefix() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn against_dynamodb_api() {
-    let Some((url, _moto)) = endpoint() else { return };
+    let Some((url, _moto)) = endpoint() else {
+        return;
+    };
     let client = client(&url);
-    let fixture = Tables { client: client.clone(), prefix: unique_prefix(), n: Mutex::new(0), current: Mutex::new(String::new()) };
+    let fixture = Tables {
+        client: client.clone(),
+        prefix: unique_prefix(),
+        n: Mutex::new(0),
+        current: Mutex::new(String::new()),
+    };
     conformance::run_all(&fixture).await;
 
     eprintln!("dynamodb: create_table is idempotent");
@@ -135,11 +142,21 @@ async fn against_dynamodb_api() {
     put(vec![("pk", s("MT#zen3")), ("sk", s("MT")), ("features", AttributeValue::Ss(vec!["cpu:zen3".into()]))])
         .await
         .unwrap();
-    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
-    put(vec![("pk", s("ACCT#node-17")), ("sk", s("ACCT")), ("machineType", s("skylake-v100")), ("passwordHash", s(hash))])
-        .await
-        .unwrap();
-    assert_eq!(store.machine_type("skylake-v100").await.unwrap(), Some(machine_type("skylake-v100", &["cpu:skylake", "nvcap:7.0"])));
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$G2rXiPGAbU+7Fx2UUd1hgw$CGiOuSCGjRTV45oMfoiqEY1UPsu6A2JuBT7bupaOJkQ";
+    // The README's example hash (argon2-cffi) verifies with metahub's own check.
+    assert!(metahub_core::password::verify_password("correct horse battery", hash));
+    put(vec![
+        ("pk", s("ACCT#node-17")),
+        ("sk", s("ACCT")),
+        ("machineType", s("skylake-v100")),
+        ("passwordHash", s(hash)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        store.machine_type("skylake-v100").await.unwrap(),
+        Some(machine_type("skylake-v100", &["cpu:skylake", "nvcap:7.0"]))
+    );
     assert_eq!(store.machine_type("zen3").await.unwrap(), Some(machine_type("zen3", &["cpu:zen3"])));
     let node = store.account("node-17").await.unwrap().unwrap();
     assert_eq!((node.machine_type.as_str(), node.password_hash.as_str()), ("skylake-v100", hash));
@@ -152,6 +169,21 @@ async fn against_dynamodb_api() {
     assert!(store.delete_machine_type("skylake-v100").await.unwrap());
     assert!(store.delete_account("node-17").await.unwrap());
     assert!(store.delete_machine_type("zen3").await.unwrap());
+
+    eprintln!("dynamodb: the conditional delete catches what the index has not indexed yet");
+    // An account committed a moment ago is in the type's `users` set before the index shows it.
+    put(vec![
+        ("pk", s("MT#fresh")),
+        ("sk", s("MT")),
+        ("features", AttributeValue::L(vec![])),
+        ("users", AttributeValue::Ss(vec!["just-now".into(), "a-bit-earlier".into()])),
+    ])
+    .await
+    .unwrap();
+    let e = store.delete_machine_type("fresh").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied);
+    assert_eq!(e.detail.unwrap()["accounts"], serde_json::json!(["a-bit-earlier", "just-now"]));
+    assert!(store.machine_type("fresh").await.unwrap().is_some());
 
     eprintln!("dynamodb: generated indexes carry a ttl");
     let repo = "org/app".parse().unwrap();
@@ -187,7 +219,9 @@ async fn against_dynamodb_api() {
     cached.put_machine_type(&machine_type("hsw", &["cpu:haswell"])).await.unwrap();
     assert!(cached.machine_type("hsw").await.unwrap().is_some());
     // Another process changes it; this one serves the cached value until the TTL runs out.
-    put(vec![("pk", s("MT#hsw")), ("sk", s("MT")), ("features", AttributeValue::L(vec![s("cpu:zen2")]))]).await.unwrap();
+    put(vec![("pk", s("MT#hsw")), ("sk", s("MT")), ("features", AttributeValue::L(vec![s("cpu:zen2")]))])
+        .await
+        .unwrap();
     assert_eq!(cached.machine_type("hsw").await.unwrap().unwrap().features, ["cpu:haswell"]);
     let uncached = DynamoStore::new(client.clone(), table.clone()).with_machine_type_cache_ttl(Duration::ZERO);
     assert_eq!(uncached.machine_type("hsw").await.unwrap().unwrap().features, ["cpu:zen2"]);

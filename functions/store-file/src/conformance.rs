@@ -9,6 +9,7 @@ use metahub_core::ports::{Account, Manifest, Store};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How the suite gets stores.
 #[async_trait]
@@ -21,7 +22,8 @@ pub trait Fixture: Send + Sync {
 }
 
 pub fn machine_type(name: &str, features: &[&str]) -> MachineType {
-    MachineType::new(name, features.iter().map(|f| f.to_string()).collect(), MatchMode::Best).expect("valid machine type")
+    MachineType::new(name, features.iter().map(|f| f.to_string()).collect(), MatchMode::Best)
+        .expect("valid machine type")
 }
 
 pub fn account(login: &str, machine_type: &str) -> Account {
@@ -57,7 +59,9 @@ pub async fn machine_types(store: Arc<dyn Store>) {
     assert!(store.list_machine_types().await.unwrap().is_empty());
     assert!(!store.delete_machine_type("skylake-v100").await.unwrap(), "deleting an absent type is Ok(false)");
 
-    for (name, features) in [("zen3", vec!["cpu:zen3"]), ("skylake-v100", vec!["cpu:skylake", "nvcap:7.0"]), ("any", vec![])] {
+    for (name, features) in
+        [("zen3", vec!["cpu:zen3"]), ("skylake-v100", vec!["cpu:skylake", "nvcap:7.0"]), ("any", vec![])]
+    {
         store.put_machine_type(&machine_type(name, &features)).await.unwrap();
     }
     let got = store.machine_type("skylake-v100").await.unwrap().unwrap();
@@ -144,7 +148,9 @@ pub async fn delete_refused_names_accounts(store: Arc<dyn Store>) {
 pub async fn manifests(store: Arc<dyn Store>) {
     let repo: RepositoryName = "org/image".parse().unwrap();
     let other: RepositoryName = "org/other".parse().unwrap();
-    let bytes = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
+    let bytes = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+    );
     let manifest = Manifest {
         digest: Digest::sha256_of(&bytes),
         media_type: "application/vnd.oci.image.index.v1+json".into(),
@@ -209,24 +215,14 @@ pub async fn concurrent_machine_type_updates(store: Arc<dyn Store>) {
 }
 
 pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
-    for round in 0..4 {
+    for round in 0..6u64 {
         let mt = format!("racy-{round}");
         store.put_machine_type(&machine_type(&mt, &["cpu:zen3"])).await.unwrap();
-        let puts: Vec<_> = (0..8)
-            .map(|i| {
-                let (store, mt) = (store.clone(), mt.clone());
-                tokio::spawn(async move {
-                    match store.put_account(&account(&format!("r{round}-{i}"), &mt)).await {
-                        Ok(()) => true,
-                        Err(e) if matches!(e.code, ErrorCode::NameUnknown | ErrorCode::Denied) => false,
-                        Err(e) => panic!("put_account failed: {e}"),
-                    }
-                })
-            })
-            .collect();
+        // Staggered so that across rounds the delete lands before, among and after the puts.
         let deleter = {
             let (store, mt) = (store.clone(), mt.clone());
             tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(round * 4)).await;
                 for _ in 0..20 {
                     match store.delete_machine_type(&mt).await {
                         Ok(true) => return true,
@@ -238,11 +234,25 @@ pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
                 false
             })
         };
+        let puts: Vec<_> = (0..8u64)
+            .map(|i| {
+                let (store, mt) = (store.clone(), mt.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(2 + 2 * i)).await;
+                    match store.put_account(&account(&format!("r{round}-{i}"), &mt)).await {
+                        Ok(()) => true,
+                        Err(e) if matches!(e.code, ErrorCode::NameUnknown | ErrorCode::Denied) => false,
+                        Err(e) => panic!("put_account failed: {e}"),
+                    }
+                })
+            })
+            .collect();
         let mut stored = 0;
         for p in puts {
             stored += usize::from(p.await.unwrap());
         }
         let deleted = deleter.await.unwrap();
+        eprintln!("  round {round}: {stored} account(s) stored, type deleted: {deleted}");
         let left = store.list_accounts().await.unwrap();
         let on_mt = left.iter().filter(|a| a.machine_type == mt).count();
         let exists = store.machine_type(&mt).await.unwrap().is_some();

@@ -137,7 +137,10 @@ impl FileStore {
         let account: Account = serde_json::from_str(json)
             .map_err(|e| Error::internal(format!("stored account {login:?} is malformed: {e}")))?;
         if account.login != login {
-            return Err(Error::internal(format!("stored account {login:?} is malformed: its login field is {:?}", account.login)));
+            return Err(Error::internal(format!(
+                "stored account {login:?} is malformed: its login field is {:?}",
+                account.login
+            )));
         }
         Ok(account)
     }
@@ -305,7 +308,9 @@ impl Store for FileStore {
         self.blocking(move |s| {
             s.write(|txn| {
                 let mut table = txn.open_table(MANIFESTS).map_err(|e| s.fail(e))?;
-                table.insert(key.as_str(), (manifest.media_type.as_str(), &manifest.bytes[..])).map_err(|e| s.fail(e))?;
+                table
+                    .insert(key.as_str(), (manifest.media_type.as_str(), &manifest.bytes[..]))
+                    .map_err(|e| s.fail(e))?;
                 Ok(())
             })
         })
@@ -340,7 +345,7 @@ impl Store for FileStore {
 }
 
 /// The refusal of deleting a machine type that accounts still use; `users` sorted.
-pub fn in_use(machine_type: &str, users: &[String]) -> Error {
+fn in_use(machine_type: &str, users: &[String]) -> Error {
     Error::denied(format!(
         "machine type {machine_type:?} is used by {} account(s): {}; delete them or move them to another machine type first",
         users.len(),
@@ -350,7 +355,7 @@ pub fn in_use(machine_type: &str, users: &[String]) -> Error {
 }
 
 /// The refusal of an account whose machine type does not exist.
-pub fn no_machine_type(machine_type: &str) -> Error {
+fn no_machine_type(machine_type: &str) -> Error {
     Error::new(
         ErrorCode::NameUnknown,
         format!("machine type {machine_type:?} does not exist; create it first with `metahub machine-type put`"),
@@ -359,7 +364,7 @@ pub fn no_machine_type(machine_type: &str) -> Error {
 }
 
 /// A generated manifest must be stored under its own digest.
-pub fn check_manifest(manifest: &Manifest) -> Result<()> {
+fn check_manifest(manifest: &Manifest) -> Result<()> {
     if manifest.digest.verifies(&manifest.bytes) {
         Ok(())
     } else {
