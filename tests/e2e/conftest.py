@@ -679,3 +679,334 @@ def assert_registry_error(status: int, body: bytes | str, expected_status: int |
     if codes:
         assert doc["errors"][0]["code"] in codes, doc
     return doc["errors"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# fault injection and attacks (test_faults.py, test_attacks.py, tests/load): an upstream made to misbehave,
+# a canary that must never be contacted, and metahub started with extra `serve` flags.
+
+
+class FaultProxy:
+    """An HTTP proxy in front of a real registry that misbehaves on demand.
+
+    `set(fault, match=REGEX, methods={...}, **options)` applies `fault` to requests whose path matches; everything
+    else is forwarded verbatim. Faults: "503", "slow" (delay=s, then forward), "truncate" (half the body, then close),
+    "wrong_digest" (Docker-Content-Digest replaced), "tamper" (body changed, digest header kept), "oversize"
+    (a valid index of size=bytes, chunked=bool), "redirect_loop", "redirect" (location=URL), "challenge"
+    (www_authenticate=VALUE), "close" (drop the connection). `require_auth=("basic"|"bearer", user, password)`
+    makes the proxy an authenticating registry (bearer: it is its own token realm at /token, issuing `token`).
+    """
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.fault: str | None = None
+        self.match = re.compile(r".")
+        self.methods: set[str] | None = None
+        self.options: dict = {}
+        self.require_auth: tuple[str, str, str] | None = None
+        self.token = "upstream-bearer-" + os.urandom(8).hex()
+        self.hits: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real registries do
+
+            def log_message(self, format, *args):  # noqa: A002
+                pass
+
+            def do_GET(self):
+                proxy._handle(self)
+
+            do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, fault: str | None, match: str = r"/manifests/", methods: set[str] | None = None, **options) -> None:
+        with self.lock:
+            self.fault, self.match, self.methods, self.options = fault, re.compile(match), methods, options
+
+    def clear(self) -> None:
+        self.set(None)
+
+    def hits_matching(self, pattern: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return [h for h in self.hits if re.search(pattern, h[1])]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- the handler
+
+    @staticmethod
+    def _reply(h, status: int, headers: dict, body: bytes = b"", send_body: bool = True) -> None:
+        h.send_response(status)
+        for k, v in headers.items():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                h.send_header(k, v)
+        h.send_header("Content-Length", headers.get("Content-Length", str(len(body))) if not send_body else str(len(body)))
+        h.end_headers()
+        if send_body and h.command != "HEAD":
+            h.wfile.write(body)
+
+    def _auth_ok(self, h) -> bool:
+        kind, user, password = self.require_auth  # type: ignore[misc]
+        given = h.headers.get("Authorization", "")
+        if kind == "basic":
+            expected = "Basic " + __import__("base64").b64encode(f"{user}:{password}".encode()).decode()
+            return given == expected
+        return given == f"Bearer {self.token}"
+
+    def _handle(self, h) -> None:
+        path, method = h.path, h.command
+        length = int(h.headers.get("Content-Length") or 0)
+        req_body = h.rfile.read(length) if length else None
+        with self.lock:
+            self.hits.append((method, path))
+            fault = self.fault if self.match.search(path) and (self.methods is None or method in self.methods) else None
+            opts = dict(self.options)
+        if self.require_auth:
+            kind, user, password = self.require_auth
+            if kind == "bearer" and path.startswith("/token"):
+                expected = "Basic " + __import__("base64").b64encode(f"{user}:{password}".encode()).decode()
+                if h.headers.get("Authorization") != expected:
+                    return self._reply(h, 401, {"Content-Type": "application/json"}, b'{"details":"bad credentials"}')
+                body = json.dumps({"token": self.token, "expires_in": 300}).encode()
+                return self._reply(h, 200, {"Content-Type": "application/json"}, body)
+            if not self._auth_ok(h):
+                challenge_ = 'Basic realm="fault"' if kind == "basic" else f'Bearer realm="{self.url}/token",service="fault"'
+                err = b'{"errors":[{"code":"UNAUTHORIZED","message":"auth required","detail":null}]}'
+                return self._reply(h, 401, {"Content-Type": "application/json", "WWW-Authenticate": challenge_}, err)
+        if fault == "503":
+            err = b'{"errors":[{"code":"UNAVAILABLE","message":"injected","detail":null}]}'
+            return self._reply(h, 503, {"Content-Type": "application/json"}, err)
+        if fault == "close":
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if fault == "redirect_loop":
+            return self._reply(h, 307, {"Location": f"{self.url}{path}"})
+        if fault == "redirect":
+            return self._reply(h, 307, {"Location": opts["location"]})
+        if fault == "challenge":
+            return self._reply(h, 401, {"WWW-Authenticate": opts["www_authenticate"], "Content-Type": "application/json"}, b"{}")
+        if fault == "oversize":
+            return self._oversize(h, opts)
+        if fault == "slow":
+            time.sleep(opts.get("delay", 4))
+        status, headers, body = self._forward(method, path, h.headers, req_body)
+        if fault == "wrong_digest":
+            headers["Docker-Content-Digest"] = "sha256:" + hashlib_sha256(b"wrong" + path.encode())
+        if fault == "tamper" and status == 200 and body:
+            doc = json.loads(body)
+            doc.setdefault("annotations", {})["tampered"] = "yes"
+            body = json.dumps(doc).encode()
+        if fault == "truncate" and status == 200 and method == "GET" and len(body) > 1:
+            h.send_response(status)
+            for k, v in headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    h.send_header(k, v)
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if method == "HEAD":
+            return self._reply(h, status, headers, b"", send_body=False)
+        return self._reply(h, status, headers, body)
+
+    def _forward(self, method: str, path: str, req_headers, body: bytes | None) -> tuple[int, dict, bytes]:
+        host, port = self.target.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            headers = {k: v for k, v in req_headers.items() if k.lower() in ("accept", "content-type")}
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            keep = ("content-type", "docker-content-digest", "location", "www-authenticate", "docker-distribution-api-version", "content-length", "etag")
+            out = {k: v for k, v in r.getheaders() if k.lower() in keep}
+            return r.status, out, data
+        finally:
+            conn.close()
+
+    def _oversize(self, h, opts: dict) -> None:
+        size = opts.get("size", 5 * 1024 * 1024)
+        base = {"schemaVersion": 2, "mediaType": registry_push.OCI_INDEX, "manifests": [
+            {"mediaType": registry_push.OCI_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}
+        ], "annotations": {"pad": ""}}
+        pad = size - len(json.dumps(base))
+        base["annotations"]["pad"] = "x" * max(pad, 0)
+        body = json.dumps(base).encode()
+        headers = {"Content-Type": registry_push.OCI_INDEX, "Docker-Content-Digest": "sha256:" + hashlib_sha256(body)}
+        if opts.get("chunked") and h.command == "GET":
+            h.send_response(200)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            try:
+                for i in range(0, len(body), 65536):
+                    chunk = body[i : i + 65536]
+                    h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                h.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                h.close_connection = True  # metahub stopped reading: that is the point
+            return None
+        headers["Content-Length"] = str(len(body))
+        if h.command == "HEAD":
+            return self._reply(h, 200, headers, b"", send_body=False)
+        try:
+            self._reply(h, 200, headers, body)
+        except OSError:
+            h.close_connection = True
+        return None
+
+
+def hashlib_sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+class Canary:
+    """A server that must never be contacted: it records every request it gets."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.hits: list[tuple[str, str]] = []
+        canary = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002
+                pass
+
+            def do_GET(self):
+                canary.hits.append((self.command, self.path))
+                body = b'{"token":"canary","access_token":"canary"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_HEAD = do_POST = do_PUT = do_GET
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.host = host
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, name="canary", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class ConfiguredMetahub(Metahub):
+    """A metahub started with extra `serve` flags (and environment), e.g. `--upstream-timeout 2s`."""
+
+    serve_args: list[str] = field(default_factory=list)
+    name: str = "metahub"
+
+    def start(self, workdir: Path, name: str | None = None) -> None:  # type: ignore[override]
+        self.name = name or self.name
+        self.proc = Proc(
+            self.name,
+            [METAHUB_BIN, "serve", "--listen", self.host, "--public-url", self.url, "--upstream", self.upstream.url, "--store", self.store, *self.serve_args],
+            workdir,
+            env={"RUST_LOG": "info", "RUST_BACKTRACE": "1", **self.env},
+        )
+        wait_until(lambda: requests.get(f"{self.url}/v2/", timeout=2).status_code == 401, f"{self.name} GET /v2/ -> 401", proc=self.proc)
+
+    def restart(self, workdir: Path) -> None:
+        self.stop()
+        self.start(workdir)
+
+    def log(self) -> str:
+        return self.proc.log_path.read_text(errors="replace") if self.proc else ""
+
+
+def start_configured_metahub(workdir: Path, upstream, name: str, serve_args: list[str] | None = None, env: dict | None = None,
+                             machine_types: dict | None = None, store_path: Path | None = None) -> ConfiguredMetahub:
+    """A file-store metahub in front of `upstream` (anything with `.url`) with the machine types and accounts of
+    MACHINE_TYPES, started with `serve_args`. Stop it when done (it is also stopped at the end of the session)."""
+    _require_metahub()
+    d = workdir / f"{name}-{next(_counter)}"
+    d.mkdir()
+    store = f"file:{store_path or d / 'store.redb'}"
+    hub = ConfiguredMetahub(port=free_port(), store=store, upstream=upstream, env=dict(env or {}), serve_args=list(serve_args or []), name=d.name)
+    for mt, (features, match) in (machine_types or MACHINE_TYPES).items():
+        hub.put_machine_type(mt, features, match)
+        hub.put_account(*creds(mt), mt)
+    hub.start(workdir)
+    return hub
+
+
+def push_fresh_index(upstream_url: str, images: registry_push.Pushed, tag: str, repo: str = "org/app", note: str | None = None) -> tuple[bytes, str]:
+    """org/app's index again under `tag`, with an annotation naming the tag (or `note`): a digest metahub has never
+    seen, so no cache of it hides a fault. Returns (body, digest)."""
+    doc = json.loads(images.tags[repo][0])
+    doc.setdefault("annotations", {})["e2e.tag"] = note or tag
+    body = registry_push.canonical(doc)
+    media_type = images.tags[repo][1]
+    digest = registry_push.Registry(upstream_url).push_manifest(repo, tag, body, media_type)
+    return body, digest
+
+
+# ---------------------------------------------------------------------------------------------
+# the admin API (test_admin.py): metahub serve --admin-secret-file, on either store
+
+ADMIN_SECRET = "e2e-admin-secret-0123456789abcdef-not-for-production"
+
+
+def start_admin_metahub(workdir: Path, upstream, store_kind: str = "file", secret: str = ADMIN_SECRET) -> ConfiguredMetahub:
+    """A metahub serving the admin API (`--admin-secret-file`) on the `file` or `dynamodb` (moto) store, with the
+    machine types and accounts of MACHINE_TYPES. Stop it when done (it is also stopped at the end of the session)."""
+    _require_metahub()
+    d = workdir / f"metahub-admin-{next(_counter)}-{store_kind}"
+    d.mkdir()
+    secret_file = d / "admin-secret"
+    secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o600)
+    if store_kind == "file":
+        store, env = f"file:{d / 'store.redb'}", {}
+    elif store_kind == "dynamodb":
+        store, env = f"dynamodb:{d.name}", dict(start_moto(workdir).env)
+    else:
+        raise ValueError(store_kind)
+    hub = ConfiguredMetahub(port=free_port(), store=store, upstream=upstream, env=env,
+                            serve_args=["--admin-secret-file", str(secret_file)], name=d.name)
+    if store_kind == "dynamodb":
+        hub.cli("store", "init")
+    for mt, (features, match) in MACHINE_TYPES.items():
+        hub.put_machine_type(mt, features, match)
+        hub.put_account(*creds(mt), mt)
+    hub.start(workdir)
+    return hub
+
+
+@pytest.fixture(scope="module", params=["file", "dynamodb"])
+def admin_metahub(request, workdir, upstream, images) -> ConfiguredMetahub:
+    """metahub with its admin API enabled, for each store kind."""
+    hub = start_admin_metahub(workdir, upstream, request.param)
+    yield hub
+    hub.stop()

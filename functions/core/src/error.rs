@@ -19,6 +19,8 @@ pub enum ErrorCode {
     /// A path MetaHub has no route for.
     NotFound,
     TooManyRequests,
+    /// A request body or header larger than MetaHub accepts.
+    TooLarge,
     /// A dependency (upstream registry, store) failed or timed out.
     Unavailable,
     /// The upstream answered with something that is not a registry answer.
@@ -42,6 +44,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => ("UNSUPPORTED", 405),
             ErrorCode::NotFound => ("NOT_FOUND", 404),
             ErrorCode::TooManyRequests => ("TOOMANYREQUESTS", 429),
+            ErrorCode::TooLarge => ("TOO_LARGE", 413),
             ErrorCode::Unavailable => ("UNAVAILABLE", 503),
             ErrorCode::BadGateway => ("UPSTREAM_INVALID", 502),
             ErrorCode::Internal => ("INTERNAL", 500),

@@ -27,6 +27,19 @@ impl fmt::Debug for Account {
     }
 }
 
+/// One administrative change, as the audit log keeps it: who did what to which target, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Unix time, seconds.
+    pub at: u64,
+    /// The authenticated principal: an IAM ARN, `admin-secret`, or `cli:<user>` for the CLI on the store directly.
+    pub who: String,
+    /// What was done, e.g. `put-machine-type`, `delete-account`, `rotate-password`.
+    pub action: String,
+    /// The machine type name or login it was done to, with the new value where it is not secret.
+    pub target: String,
+}
+
 /// A manifest's exact bytes, digest and media type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -73,6 +86,11 @@ pub trait Store: Send + Sync {
 
     /// The token signing key: the stored one, or `candidate` stored atomically when there is none yet.
     async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>>;
+
+    /// Appends one change to the audit log.
+    async fn record_change(&self, change: &Change) -> Result<()>;
+    /// The newest `limit` changes of the audit log, newest first.
+    async fn changes(&self, limit: usize) -> Result<Vec<Change>>;
 }
 
 /// An upstream registry, reached only for names the configuration routes to it.

@@ -5,7 +5,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL, Filtered};
 use crate::machine::MachineType;
 use crate::ports::{BlobLocation, Manifest, Store, Upstream};
-use crate::reference::{Digest, Reference, RepositoryName};
+use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use bytes::Bytes;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -91,15 +91,23 @@ impl RegistryService {
     async fn fresh_manifest_by_tag(&self, repository: &RepositoryName, tag: &Reference, machine_type: &str) -> Result<Manifest> {
         let head = self.upstream.head_manifest(repository, tag, &ACCEPT).await?;
         let by_digest = Reference::Digest(head.digest.clone());
+        // The tag exists (the HEAD said so): a digest it announced but does not serve is the upstream's fault.
+        let announced = |e: Error| match e.code {
+            ErrorCode::ManifestUnknown | ErrorCode::NameUnknown => Error::bad_gateway(format!(
+                "upstream announced {} for {repository}:{tag} but does not serve it",
+                head.digest
+            )),
+            _ => e,
+        };
         if !filter::is_index_media_type(&head.media_type) {
-            return self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await;
+            return self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await.map_err(announced);
         }
         let machine = self.machine_type(machine_type).await?;
         let key = (head.digest.clone(), fingerprint(&machine));
         let filtered = match self.filtered.get(&key) {
             Some(f) => f,
             None => {
-                let index = self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await?;
+                let index = self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await.map_err(announced)?;
                 if !filter::is_index_media_type(&index.media_type) {
                     return Ok(index);
                 }
@@ -132,6 +140,11 @@ impl RegistryService {
             return Ok(m);
         }
         self.upstream.get_manifest(repository, &Reference::Digest(digest.clone()), &ACCEPT).await
+    }
+
+    /// The upstream's manifest for `image`, unfiltered: what `explain` reads.
+    pub async fn upstream_manifest(&self, image: &ImageRef) -> Result<Manifest> {
+        self.upstream.get_manifest(&image.name, &image.reference, &ACCEPT).await
     }
 
     pub async fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {

@@ -7,6 +7,7 @@ use metahub_core::reference::RepositoryName;
 use metahub_core::token::Claims;
 use metahub_core::{Error, ErrorCode};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -101,12 +102,14 @@ impl LoginThrottle {
     }
 }
 
-/// The client's address as CloudFront or a proxy reports it, for throttling only.
-pub fn source_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+/// The client's address, for throttling: behind CloudFront (an origin secret is configured) the
+/// `CloudFront-Viewer-Address` header, which CloudFront sets itself; otherwise the peer of the connection.
+/// `X-Forwarded-For` is never trusted: a client could change it on every try.
+pub fn source_of(app: &App, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+    if app.config.origin_secret.is_some() {
+        let viewer = headers.get("cloudfront-viewer-address").and_then(|v| v.to_str().ok())?;
+        // "ip:port", where an IPv6 ip itself contains colons.
+        return Some(viewer.rsplit_once(':').map_or(viewer, |(ip, _)| ip).to_owned());
+    }
+    peer.map(|p| p.ip().to_string())
 }

@@ -1,6 +1,7 @@
-//! The one router of MetaHub: `/v2/*` and `/token`, over [`metahub_core::service::RegistryService`].
+//! The one router of MetaHub: `/v2/*`, `/token` and `/admin/*`, over [`metahub_core::service::RegistryService`].
 //! `metahub serve` runs it with `axum::serve`; each Lambda function runs it with `lambda_http::run`.
 
+mod admin;
 mod auth;
 mod registry;
 mod response;
@@ -13,6 +14,7 @@ use metahub_core::token::TokenKeys;
 use std::fmt;
 use std::sync::Arc;
 
+pub use admin::{AdminAuth, AdminPrincipal, MIN_ADMIN_SECRET_LEN};
 pub use response::ApiError;
 
 /// What the router needs to know about where it runs.
@@ -44,12 +46,20 @@ pub struct App {
     pub registry: RegistryService,
     pub keys: TokenKeys,
     pub config: HttpConfig,
+    /// How `/admin/*` authenticates. Kept out of `HttpConfig` so that the functions that serve no admin routes
+    /// need not name it.
+    pub admin: AdminAuth,
     throttle: auth::LoginThrottle,
 }
 
 impl App {
     pub fn new(registry: RegistryService, keys: TokenKeys, config: HttpConfig) -> Arc<App> {
-        Arc::new(App { registry, keys, config, throttle: auth::LoginThrottle::default() })
+        Self::with_admin(registry, keys, config, AdminAuth::Disabled)
+    }
+
+    /// An app whose `/admin/*` routes authenticate with `admin`.
+    pub fn with_admin(registry: RegistryService, keys: TokenKeys, config: HttpConfig, admin: AdminAuth) -> Arc<App> {
+        Arc::new(App { registry, keys, config, admin, throttle: auth::LoginThrottle::default() })
     }
 }
 
@@ -60,8 +70,13 @@ fn registry_routes() -> Router<Arc<App>> {
         .route("/v2/{*path}", any(registry::dispatch))
 }
 
+const TOKEN_BODY_LIMIT: usize = 64 * 1024;
+
 fn token_routes() -> Router<Arc<App>> {
-    Router::new().route("/token", get(token::get_token).post(token::post_token).fallback(response::unsupported))
+    Router::new()
+        .route("/token", get(token::get_token).post(token::post_token).fallback(response::unsupported))
+        // A token form is a few hundred bytes.
+        .layer(axum::extract::DefaultBodyLimit::max(TOKEN_BODY_LIMIT))
 }
 
 fn finish(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
@@ -81,7 +96,16 @@ pub fn token_router(app: Arc<App>) -> Router {
     finish(token_routes(), app)
 }
 
-/// Every route in one service, as `metahub serve` runs it.
+/// `/admin/*` only: the admin function's routes. Every request is refused unless `app.admin` is enabled.
+pub fn admin_router(app: Arc<App>) -> Router {
+    finish(admin::routes(app.clone()), app)
+}
+
+/// Every route in one service, as `metahub serve` runs it; `/admin/*` only when the admin API is enabled.
 pub fn router(app: Arc<App>) -> Router {
-    finish(registry_routes().merge(token_routes()), app)
+    let mut routes = registry_routes().merge(token_routes());
+    if app.admin.is_enabled() {
+        routes = routes.merge(admin::routes(app.clone()));
+    }
+    finish(routes, app)
 }

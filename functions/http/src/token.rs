@@ -4,7 +4,9 @@ use crate::App;
 use crate::auth::source_of;
 use crate::response::ApiError;
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::Extension;
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use metahub_core::password::verify_password;
 use metahub_core::token::Access;
 use metahub_core::{Error, ErrorCode};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 /// Compared against when the login is unknown, so that unknown and known logins take the same time.
@@ -38,17 +41,31 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, Ap
     Ok(Some((login.to_owned(), password.to_owned())))
 }
 
-pub async fn get_token(State(app): State<Arc<App>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+/// The connection's peer, when the server provides it (`metahub serve` does; Lambda does not).
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+pub async fn get_token(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let pairs = form_pairs(query.unwrap_or_default().as_bytes());
     let request = TokenRequest {
         credentials: basic_credentials(&headers)?,
         service: pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()),
         scopes: pairs.into_iter().filter(|(k, _)| k == "scope").map(|(_, v)| v).collect(),
     };
-    issue(&app, &headers, request).await
+    issue(&app, &headers, peer, request).await
 }
 
-pub async fn post_token(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn post_token(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.map_err(|e| Error::new(ErrorCode::TooLarge, format!("token request body refused: {}", e.body_text())))?;
     let pairs = form_pairs(&body);
     let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     match field("grant_type").as_deref() {
@@ -67,17 +84,20 @@ pub async fn post_token(State(app): State<Arc<App>>, headers: HeaderMap, body: B
         // OAuth2 joins scopes with spaces; the registry scopes themselves never contain one.
         scopes: pairs.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split(' ').map(str::to_owned)).collect(),
     };
-    issue(&app, &headers, request).await
+    issue(&app, &headers, peer, request).await
 }
 
-async fn issue(app: &App, headers: &HeaderMap, request: TokenRequest) -> Result<Json<Value>, ApiError> {
+async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest) -> Result<Json<Value>, ApiError> {
     if let Some(service) = &request.service
         && service != &app.config.service
     {
         return Err(Error::unauthorized(format!("unknown service {service:?}")).into());
     }
     let machine_type = match request.credentials {
-        Some((login, password)) => login_machine_type(app, headers, &login, password).await.map(|mt| (login, mt))?,
+        Some((login, password)) => {
+            let source = source_of(app, headers, peer.map(|Extension(ConnectInfo(addr))| addr));
+            login_machine_type(app, source, &login, password).await.map(|mt| (login, mt))?
+        }
         None => match &app.config.anonymous_machine_type {
             Some(mt) => ("anonymous".to_owned(), mt.clone()),
             None => {
@@ -98,8 +118,7 @@ async fn issue(app: &App, headers: &HeaderMap, request: TokenRequest) -> Result<
 }
 
 /// Checks the password (throttled per account and source) and returns the account's machine type.
-async fn login_machine_type(app: &App, headers: &HeaderMap, login: &str, password: String) -> Result<String, ApiError> {
-    let source = source_of(headers);
+async fn login_machine_type(app: &App, source: Option<String>, login: &str, password: String) -> Result<String, ApiError> {
     app.throttle.check(login, source.as_deref())?;
     let account = app.registry.store().account(login).await?;
     let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());

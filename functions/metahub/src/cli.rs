@@ -29,6 +29,8 @@ enum Command {
     /// The logins machines use, each with its machine type.
     #[command(subcommand)]
     Account(manage::AccountCommand),
+    /// The audit log of machine type and account changes: who, what, when; newest first.
+    Changes(manage::ChangesArgs),
     /// The store itself.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -52,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::MachineType(cmd) => manage::machine_type(cmd).await,
         Command::Account(cmd) => manage::account(cmd).await,
+        Command::Changes(args) => manage::changes(args).await,
         Command::Store(StoreCommand::Init(arg)) => crate::store::init(&arg.store).await,
         Command::Detect(args) => detect::run(args).await,
         Command::Explain(args) => explain::run(args).await,

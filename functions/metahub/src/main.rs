@@ -1,5 +1,6 @@
 //! `metahub`: wiring only. Commands live in their modules; errors end the process with one line naming what was wrong.
 
+mod admin_client;
 mod cli;
 mod detect;
 mod explain;

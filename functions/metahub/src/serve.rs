@@ -5,9 +5,10 @@ use anyhow::Context;
 use clap::Args;
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
-use metahub_http::{App, HttpConfig};
+use metahub_http::{AdminAuth, App, HttpConfig};
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,21 +41,46 @@ pub struct ServeArgs {
     /// Upstream request timeout.
     #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
+    /// Serve the admin API under /admin/, for requests carrying `Authorization: Bearer <the secret in PATH>`
+    /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
+    #[arg(long)]
+    admin_secret_file: Option<PathBuf>,
+}
+
+/// The admin API's authentication: the secret from `--admin-secret-file` or `METAHUB_ADMIN_SECRET`, if any.
+fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
+    let secret = match file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading --admin-secret-file {}", path.display()))?
+        }
+        None => match std::env::var("METAHUB_ADMIN_SECRET") {
+            Ok(secret) if !secret.trim().is_empty() => secret,
+            _ => return Ok(AdminAuth::Disabled),
+        },
+    };
+    AdminAuth::secret(&secret).map_err(|e| anyhow::anyhow!("admin secret: {}", e.message))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
+    let admin = admin_auth(args.admin_secret_file.as_deref())?;
     let store = crate::store::open(&args.store.store).await?;
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
     let keys = TokenKeys::new(&key, &args.service, args.token_ttl.as_secs())?;
 
     let mut upstream = UpstreamConfig::from_url(&args.upstream)?;
     if let Some(user) = args.upstream_username {
-        let password = std::env::var("METAHUB_UPSTREAM_PASSWORD").context("--upstream-username needs METAHUB_UPSTREAM_PASSWORD")?;
+        let password = std::env::var("METAHUB_UPSTREAM_PASSWORD")
+            .context("--upstream-username needs METAHUB_UPSTREAM_PASSWORD")?;
         upstream = upstream.with_credentials(user, password);
     }
     let options = ClientOptions { timeout: args.upstream_timeout, ..ClientOptions::default() };
     let upstream = UpstreamRouter::new(&[upstream], &options)?;
-    let registry = RegistryService::new(store, Arc::new(upstream), CacheOptions { tag_ttl: args.tag_ttl, ..CacheOptions::default() });
+    let registry = RegistryService::new(
+        store,
+        Arc::new(upstream),
+        CacheOptions { tag_ttl: args.tag_ttl, ..CacheOptions::default() },
+    );
 
     let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
     let config = HttpConfig {
@@ -63,11 +89,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         anonymous_machine_type: args.anonymous_machine_type,
         origin_secret: None,
     };
-    let app = App::new(registry, keys, config);
+    let admin_api = admin.is_enabled();
+    let app = App::with_admin(registry, keys, config, admin);
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, %public_url, upstream = %args.upstream, store = %args.store.store, "metahub serving");
-    axum::serve(listener, metahub_http::router(app))
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, %public_url, upstream = %args.upstream, store = %args.store.store, admin_api, "metahub serving");
+    axum::serve(listener, metahub_http::router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

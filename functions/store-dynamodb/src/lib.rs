@@ -6,6 +6,7 @@
 //! | account          | `ACCT#<login>`         | `ACCT`        | `machineType` (S), `passwordHash` (S)              |
 //! | generated index  | `MAN#<repo>@<digest>`  | `MAN`         | `mediaType` (S), `body` (B), `ttl` (N)             |
 //! | signing key      | `META`                 | `SIGNING_KEY` | `key` (B)                                          |
+//! | audit log entry  | `CHANGES`              | `<at, 20 digits>#<ns, 9 digits>-<random>` | `at` (N), `who`, `action`, `target` (S) |
 //!
 //! Invariants, and how each holds without a race:
 //! - an account's machine type exists: `put_account` is one `TransactWriteItems` that writes the account and
@@ -34,7 +35,7 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MatchMode, validate_name};
-use metahub_core::ports::{Account, Manifest, Store};
+use metahub_core::ports::{Account, Change, Manifest, Store};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 use serde_json::json;
@@ -458,6 +459,26 @@ fn no_machine_type(machine_type: &str) -> Error {
     .with_detail(json!({"machineType": machine_type}))
 }
 
+const CHANGES_PK: &str = "CHANGES";
+
+/// The sort key of an audit log entry: ordered by time (to the nanosecond of this clock), unique by a random suffix.
+fn change_sk(at: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    // RandomState is seeded randomly per instance: enough to keep two writers in the same nanosecond apart.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("{at:020}#{nanos:09}-{random:016x}")
+}
+
+fn decode_change(item: &Item) -> Result<Change> {
+    let sk = get_s(item, "sk").unwrap_or_default();
+    let malformed =
+        |attr: &str| Error::internal(format!("stored change (item pk=CHANGES, sk={sk}) has no attribute {attr}"));
+    let text = |attr: &str| get_s(item, attr).map(str::to_owned).ok_or_else(|| malformed(attr));
+    let at = item.get("at").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()).ok_or_else(|| malformed("at"))?;
+    Ok(Change { at, who: text("who")?, action: text("action")?, target: text("target")? })
+}
+
 fn failed_condition(reasons: &[CancellationReason], index: usize) -> bool {
     reasons.get(index).and_then(|r| r.code()) == Some("ConditionalCheckFailed")
 }
@@ -730,5 +751,51 @@ impl Store for DynamoStore {
                 }
             }
         }
+    }
+
+    async fn record_change(&self, change: &Change) -> Result<()> {
+        let mut item = key(CHANGES_PK.to_owned(), &change_sk(change.at));
+        item.insert("at".into(), AttributeValue::N(change.at.to_string()));
+        item.insert("who".into(), s(change.who.as_str()));
+        item.insert("action".into(), s(change.action.as_str()));
+        item.insert("target".into(), s(change.target.as_str()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| self.fail("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
+        let mut changes = Vec::new();
+        let mut start = None;
+        while changes.len() < limit {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(CHANGES_PK))
+                .scan_index_forward(false)
+                .consistent_read(true)
+                .limit(i32::try_from(limit - changes.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| self.fail("Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                changes.push(decode_change(&item)?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        changes.truncate(limit);
+        Ok(changes)
     }
 }

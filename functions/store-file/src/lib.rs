@@ -6,6 +6,7 @@
 //! | `accounts`      | login              | JSON `{"login","machine_type","password_hash"}` |
 //! | `manifests`     | `<repo>@<digest>`  | (media type, exact bytes)               |
 //! | `meta`          | `signing_key`      | key bytes                               |
+//! | `changes`       | sequence number    | JSON `{"at","who","action","target"}` (the audit log) |
 //!
 //! The file is opened in redb's multi-writer mode, so `metahub machine-type put --store file:X` works while
 //! `metahub serve --store file:X` has the same file open: every process takes the file's write lock per
@@ -19,7 +20,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, validate_name};
-use metahub_core::ports::{Account, Manifest, Store};
+use metahub_core::ports::{Account, Change, Manifest, Store};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 use redb::{
@@ -34,6 +35,8 @@ const MACHINE_TYPES: TableDefinition<&str, &str> = TableDefinition::new("machine
 const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 const MANIFESTS: TableDefinition<&str, (&str, &[u8])> = TableDefinition::new("manifests");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The audit log, keyed by a sequence number taken in the appending transaction: newest is last, even within a second.
+const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
 const SIGNING_KEY: &str = "signing_key";
 
 /// redb's page cache defaults to 1 GiB; the store holds kilobytes to a few megabytes.
@@ -82,6 +85,7 @@ impl FileStore {
         }
         txn.open_table(MANIFESTS).map_err(|e| store.fail(e))?;
         txn.open_table(META).map_err(|e| store.fail(e))?;
+        txn.open_table(CHANGES).map_err(|e| store.fail(e))?;
         txn.commit().map_err(|e| store.fail(e))?;
         Ok(store)
     }
@@ -342,6 +346,35 @@ impl Store for FileStore {
         })
         .await
     }
+
+    async fn record_change(&self, change: &Change) -> Result<()> {
+        let json = to_json(change)?;
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(CHANGES).map_err(|e| s.fail(e))?;
+                let next = table.last().map_err(|e| s.fail(e))?.map_or(0, |(k, _)| k.value() + 1);
+                table.insert(next, json.as_str()).map_err(|e| s.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(CHANGES).map_err(|e| s.fail(e))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| s.fail(e))?.rev().take(limit) {
+                let (k, v) = entry.map_err(|e| s.fail(e))?;
+                let change = serde_json::from_str(v.value())
+                    .map_err(|e| Error::internal(format!("stored change {} is malformed: {e}", k.value())))?;
+                out.push(change);
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// The refusal of deleting a machine type that accounts still use; `users` sorted.
@@ -369,5 +402,34 @@ fn check_manifest(manifest: &Manifest) -> Result<()> {
         Ok(())
     } else {
         Err(Error::internal(format!("manifest bytes do not match digest {}", manifest.digest)))
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_are_kept_newest_first_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let change = |i: u64| Change {
+            at: 1_700_000_000,
+            who: "admin-secret".into(),
+            action: "put-machine-type".into(),
+            target: format!("t{i}"),
+        };
+        {
+            let store = FileStore::open(&path).unwrap();
+            assert!(store.changes(10).await.unwrap().is_empty());
+            for i in 0..3 {
+                store.record_change(&change(i)).await.unwrap();
+            }
+        }
+        let store = FileStore::open(&path).unwrap();
+        store.record_change(&change(3)).await.unwrap();
+        let targets: Vec<String> = store.changes(3).await.unwrap().into_iter().map(|c| c.target).collect();
+        assert_eq!(targets, ["t3", "t2", "t1"]);
+        assert_eq!(store.changes(100).await.unwrap().len(), 4);
     }
 }

@@ -1,0 +1,472 @@
+//! `/admin/*`: machine types, accounts, password rotation, explain and the audit log, for operators only.
+//!
+//! No pull token ever gets in: in AWS the admin function's URL uses IAM auth (AWS verified the caller's SigV4
+//! signature) and the Lambda wiring hands the caller's ARN over as an [`AdminPrincipal`] request extension, which
+//! no HTTP client can set; `metahub serve` compares `Authorization: Bearer <admin secret>` in constant time. Every
+//! change is recorded in the store's audit log with the principal, the action and its target.
+
+use crate::App;
+use crate::response::{ApiError, constant_time_eq};
+use argon2::password_hash::PasswordHash;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metahub_core::filter::{self, Index, Verdict};
+use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names, validate_name};
+use metahub_core::password::{MIN_PASSWORD_LEN, hash_password};
+use metahub_core::ports::{Account, Change};
+use metahub_core::reference::ImageRef;
+use metahub_core::token::now_seconds;
+use metahub_core::{Error, ErrorCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// An admin secret shorter than this is refused at startup: it must not be guessable.
+pub const MIN_ADMIN_SECRET_LEN: usize = 32;
+/// Longer passwords are refused: hashing is deliberately slow, and its cost grows with the input.
+const MAX_PASSWORD_LEN: usize = 1024;
+const DEFAULT_CHANGES: usize = 100;
+const MAX_CHANGES: usize = 1000;
+/// Admin bodies are a few hundred bytes; anything near this is not a request worth parsing.
+const MAX_BODY: usize = 64 * 1024;
+
+/// How admin requests authenticate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// No admin API: `router` serves no `/admin/` routes and `admin_router` refuses every request.
+    #[default]
+    Disabled,
+    /// `Authorization: Bearer <secret>` (`metahub serve`); the audit log names the caller `admin-secret`.
+    Secret(String),
+    /// An [`AdminPrincipal`] extension put there by the Lambda wiring from the IAM-authenticated request context.
+    Iam,
+}
+
+impl AdminAuth {
+    /// The secret mode, refusing a secret too short to be safe.
+    pub fn secret(secret: &str) -> Result<AdminAuth, Error> {
+        let secret = secret.trim();
+        if secret.chars().count() < MIN_ADMIN_SECRET_LEN {
+            return Err(Error::denied(format!("the admin secret must be at least {MIN_ADMIN_SECRET_LEN} characters")));
+        }
+        Ok(AdminAuth::Secret(secret.to_owned()))
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        *self != AdminAuth::Disabled
+    }
+}
+
+impl fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAuth::Disabled => f.write_str("Disabled"),
+            AdminAuth::Secret(_) => f.write_str("Secret(<redacted>)"),
+            AdminAuth::Iam => f.write_str("Iam"),
+        }
+    }
+}
+
+/// The authenticated operator of an admin request (an IAM ARN in AWS), as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPrincipal(pub String);
+
+const SECRET_PRINCIPAL: &str = "admin-secret";
+
+pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin/machine-types", get(list_machine_types).fallback(method_not_allowed))
+        .route(
+            "/admin/machine-types/{name}",
+            get(get_machine_type).put(put_machine_type).delete(delete_machine_type).fallback(method_not_allowed),
+        )
+        .route("/admin/accounts", get(list_accounts).fallback(method_not_allowed))
+        .route(
+            "/admin/accounts/{login}",
+            get(get_account).put(put_account).delete(delete_account).fallback(method_not_allowed),
+        )
+        .route("/admin/accounts/{login}/password", axum::routing::put(rotate_password).fallback(method_not_allowed))
+        .route("/admin/explain", get(explain).fallback(method_not_allowed))
+        .route("/admin/changes", get(changes).fallback(method_not_allowed))
+        .route_layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
+}
+
+async fn method_not_allowed() -> ApiError {
+    Error::new(ErrorCode::Unsupported, "method not allowed on this admin route").into()
+}
+
+fn refuse(message: &str, app: &App) -> Response {
+    let mut error = ApiError::from(Error::unauthorized(message));
+    if matches!(app.admin, AdminAuth::Secret(_)) {
+        error = error.with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"metahub-admin\""));
+    }
+    error.into_response()
+}
+
+/// Authenticates the operator and leaves an [`AdminPrincipal`] for the handlers; refuses with 401 otherwise.
+async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    match &app.admin {
+        AdminAuth::Disabled => return refuse("the admin API is not enabled on this server", &app),
+        AdminAuth::Iam => {
+            if request.extensions().get::<AdminPrincipal>().is_none_or(|p| p.0.is_empty()) {
+                return refuse("admin requests must be signed with AWS credentials (IAM)", &app);
+            }
+        }
+        AdminAuth::Secret(secret) => {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim);
+            match given {
+                None => return refuse("admin credentials required: Authorization: Bearer <admin secret>", &app),
+                // A pull token is a JWT: it never equals the secret.
+                Some(given) if !constant_time_eq(given.as_bytes(), secret.as_bytes()) => {
+                    tracing::warn!("admin request with wrong credentials refused");
+                    return refuse("invalid admin credentials", &app);
+                }
+                Some(_) => {
+                    request.extensions_mut().insert(AdminPrincipal(SECRET_PRINCIPAL.to_owned()));
+                }
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// The principal `require_admin` left; its absence is a wiring bug, refused rather than trusted.
+fn principal(request_principal: Option<axum::Extension<AdminPrincipal>>) -> Result<String, ApiError> {
+    request_principal.map(|p| p.0.0).ok_or_else(|| Error::unauthorized("admin credentials required").into())
+}
+
+type Principal = Option<axum::Extension<AdminPrincipal>>;
+
+/// A JSON body of `T`, refused with a 400 that says what is wrong.
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(invalid("request body: expected a JSON object, got nothing").into());
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("request body: {e}")))?;
+    // serde would take a list for a struct too; the API speaks objects only.
+    if !value.is_object() {
+        return Err(invalid("request body: expected a JSON object").into());
+    }
+    serde_json::from_value(value).map_err(|e| invalid(format!("request body: {e}")).into())
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::manifest_invalid(message)
+}
+
+fn unknown(what: &str, name: &str) -> ApiError {
+    let key = if what == "account" { "login" } else { "machineType" };
+    Error::new(ErrorCode::NameUnknown, format!("no {what} {name:?}")).with_detail(json!({ key: name })).into()
+}
+
+async fn record(app: &App, who: String, action: &str, target: String) -> Result<(), ApiError> {
+    let change = Change { at: now_seconds(), who, action: action.to_owned(), target };
+    app.registry.store().record_change(&change).await.map_err(|e| {
+        tracing::error!(action, target = %change.target, error = %e, "change applied but not recorded");
+        ApiError::from(Error::new(e.code, format!("the change was applied, but recording it failed: {}", e.message)))
+    })
+}
+
+pub fn machine_type_json(mt: &MachineType) -> Value {
+    json!({"name": mt.name, "features": mt.features, "match": mt.match_mode.to_string()})
+}
+
+fn account_json(a: &Account) -> Value {
+    json!({"login": a.login, "machineType": a.machine_type})
+}
+
+fn ok_json(value: Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+async fn list_machine_types(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let all = app.registry.store().list_machine_types().await?;
+    Ok(ok_json(all.iter().map(machine_type_json).collect()))
+}
+
+async fn get_machine_type(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    validate_name("machine type", &name)?;
+    match app.registry.store().machine_type(&name).await? {
+        Some(mt) => Ok(ok_json(machine_type_json(&mt))),
+        None => Err(unknown("machine type", &name)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MachineTypeBody {
+    /// Optional, must equal the path's: lets `get` output be sent back as is.
+    name: Option<String>,
+    features: Vec<String>,
+    #[serde(rename = "match")]
+    match_mode: Option<String>,
+}
+
+/// Validates like `MachineType::new`, adding which feature was wrong and, for a `cpu:` typo, the nearest names.
+fn validate_machine_type(name: &str, body: MachineTypeBody) -> Result<MachineType, Error> {
+    validate_name("machine type", name)?;
+    if let Some(given) = &body.name
+        && given != name
+    {
+        return Err(invalid(format!("body names machine type {given:?} but the path names {name:?}")));
+    }
+    let match_mode: MatchMode = body.match_mode.as_deref().unwrap_or("best").parse()?;
+    for f in &body.features {
+        if let Err(e) = f.parse::<Feature>() {
+            let detail = match f.split_once(':') {
+                Some(("cpu", wanted)) => json!({"feature": f, "suggestions": nearest_cpu_names(wanted)}),
+                _ => json!({"feature": f}),
+            };
+            return Err(e.with_detail(detail));
+        }
+    }
+    MachineType::new(name, body.features, match_mode)
+}
+
+async fn put_machine_type(
+    State(app): State<Arc<App>>,
+    who: Principal,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    let mt = validate_machine_type(&name, parse_body(&body)?)?;
+    app.registry.store().put_machine_type(&mt).await?;
+    let target = format!("{} [{}] {}", mt.name, mt.features.join(","), mt.match_mode);
+    record(&app, who, "put-machine-type", target).await?;
+    Ok(ok_json(machine_type_json(&mt)))
+}
+
+async fn delete_machine_type(
+    State(app): State<Arc<App>>,
+    who: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    validate_name("machine type", &name)?;
+    if !app.registry.store().delete_machine_type(&name).await? {
+        return Err(unknown("machine type", &name));
+    }
+    record(&app, who, "delete-machine-type", name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_accounts(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let all = app.registry.store().list_accounts().await?;
+    Ok(ok_json(all.iter().map(account_json).collect()))
+}
+
+async fn get_account(State(app): State<Arc<App>>, Path(login): Path<String>) -> Result<Response, ApiError> {
+    validate_name("login", &login)?;
+    match app.registry.store().account(&login).await? {
+        Some(a) => Ok(ok_json(account_json(&a))),
+        None => Err(unknown("account", &login)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AccountBody {
+    login: Option<String>,
+    machine_type: String,
+    password: Option<String>,
+    password_hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PasswordBody {
+    password: Option<String>,
+    password_hash: Option<String>,
+}
+
+/// The PHC hash to store: `password` hashed here, or a `passwordHash` the client hashed (validated argon2id).
+async fn password_hash(password: Option<String>, hash: Option<String>) -> Result<String, Error> {
+    match (password, hash) {
+        (Some(password), None) => {
+            let len = password.chars().count();
+            if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&len) {
+                return Err(invalid(format!("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")));
+            }
+            // Deliberately slow: off the async workers.
+            tokio::task::spawn_blocking(move || hash_password(&password))
+                .await
+                .map_err(|e| Error::internal(format!("hashing the password: {e}")))?
+        }
+        (None, Some(hash)) => {
+            let parsed =
+                PasswordHash::new(&hash).map_err(|e| invalid(format!("passwordHash is not a PHC string: {e}")))?;
+            if parsed.algorithm != argon2::Algorithm::Argon2id.ident() || parsed.salt.is_none() || parsed.hash.is_none()
+            {
+                return Err(invalid(
+                    "passwordHash must be an argon2id PHC string ($argon2id$v=19$m=…,t=…,p=…$salt$hash)",
+                ));
+            }
+            Ok(hash)
+        }
+        (Some(_), Some(_)) => Err(invalid("give either password or passwordHash, not both")),
+        (None, None) => Err(invalid("a password or passwordHash is required")),
+    }
+}
+
+async fn put_account(
+    State(app): State<Arc<App>>,
+    who: Principal,
+    Path(login): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    validate_name("login", &login)?;
+    let body: AccountBody = parse_body(&body)?;
+    if let Some(given) = &body.login
+        && *given != login
+    {
+        return Err(invalid(format!("body names login {given:?} but the path names {login:?}")).into());
+    }
+    validate_name("machine type", &body.machine_type)?;
+    let account = Account {
+        login,
+        machine_type: body.machine_type,
+        password_hash: password_hash(body.password, body.password_hash).await?,
+    };
+    app.registry.store().put_account(&account).await?;
+    record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
+    Ok(ok_json(account_json(&account)))
+}
+
+async fn rotate_password(
+    State(app): State<Arc<App>>,
+    who: Principal,
+    Path(login): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    validate_name("login", &login)?;
+    let body: PasswordBody = parse_body(&body)?;
+    let hash = password_hash(body.password, body.password_hash).await?;
+    let store = app.registry.store();
+    let Some(mut account) = store.account(&login).await? else {
+        return Err(unknown("account", &login));
+    };
+    account.password_hash = hash;
+    store.put_account(&account).await?;
+    record(&app, who, "rotate-password", login).await?;
+    Ok(ok_json(account_json(&account)))
+}
+
+async fn delete_account(
+    State(app): State<Arc<App>>,
+    who: Principal,
+    Path(login): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    validate_name("login", &login)?;
+    if !app.registry.store().delete_account(&login).await? {
+        return Err(unknown("account", &login));
+    }
+    record(&app, who, "delete-account", login).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {
+    query
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| invalid(format!("query parameter {name} is required")))
+}
+
+async fn changes(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = match query.get("limit") {
+        None => DEFAULT_CHANGES,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_CHANGES).contains(n))
+            .ok_or_else(|| invalid(format!("limit must be a number from 1 to {MAX_CHANGES}")))?,
+    };
+    let all = app.registry.store().changes(limit).await?;
+    Ok(ok_json(all.iter().map(change_json).collect()))
+}
+
+pub fn change_json(c: &Change) -> Value {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.at);
+    json!({
+        "at": c.at,
+        "time": humantime::format_rfc3339_seconds(time).to_string(),
+        "who": c.who,
+        "action": c.action,
+        "target": c.target,
+    })
+}
+
+/// Every entry of an image's index for a machine type: fits or not, why, and what a pull is served. The same
+/// verdicts as `metahub explain --json`, from the same core function the registry filters with.
+async fn explain(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let name = query_param(&query, "machineType")?;
+    validate_name("machine type", name)?;
+    let image: ImageRef = query_param(&query, "image")?.parse()?;
+    let Some(machine) = app.registry.store().machine_type(name).await? else {
+        return Err(unknown("machine type", name));
+    };
+    let manifest = app.registry.upstream_manifest(&image).await?;
+    let mut out = json!({
+        "image": image.to_string(),
+        "digest": manifest.digest.to_string(),
+        "mediaType": manifest.media_type,
+        "machineType": machine_type_json(&machine),
+    });
+    if !filter::is_index_media_type(&manifest.media_type) {
+        out["index"] = json!(false);
+        out["passthrough"] = json!(true);
+        out["reason"] = json!("a single manifest, not an index: it passes through verbatim to every machine type");
+        return Ok(ok_json(out));
+    }
+    let index = Index::parse(&manifest.bytes)?;
+    let verdicts = filter::explain(&index, &machine);
+    let (filtered_digest, error) = match filter::filter_index(&manifest.bytes, &manifest.media_type, &machine) {
+        Ok(f) => (Some(f.digest.to_string()), None),
+        Err(e) => (None, Some(json!({"code": e.code.as_str(), "message": e.message}))),
+    };
+    out["index"] = json!(true);
+    out["entries"] = verdicts.iter().map(verdict_json).collect();
+    out["served"] = verdicts.iter().filter(|v| v.served).map(|v| json!(v.entry.digest)).collect();
+    out["filteredDigest"] = json!(filtered_digest);
+    out["error"] = json!(error);
+    Ok(ok_json(out))
+}
+
+fn verdict_json(v: &Verdict) -> Value {
+    json!({
+        "digest": v.entry.digest,
+        "platform": v.entry.platform(),
+        "os": v.entry.os,
+        "architecture": v.entry.architecture,
+        "variant": v.entry.variant,
+        "features": v.entry.features,
+        "attests": v.entry.attests,
+        "fits": v.fits,
+        "served": v.served,
+        "reason": v.reason,
+    })
+}

@@ -1,0 +1,388 @@
+//! The admin API through the router, over an in-memory store and a stub upstream.
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use metahub_core::ports::{Account, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream};
+use metahub_core::reference::{Digest, Reference, RepositoryName};
+use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::token::TokenKeys;
+use metahub_core::{Error, ErrorCode, Result, machine::MachineType};
+use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tower::ServiceExt;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-admin";
+
+#[derive(Default)]
+struct MemoryStore {
+    machine_types: Mutex<BTreeMap<String, MachineType>>,
+    accounts: Mutex<BTreeMap<String, Account>>,
+    changes: Mutex<Vec<Change>>,
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
+        Ok(self.machine_types.lock().unwrap().get(name).cloned())
+    }
+    async fn put_machine_type(&self, mt: &MachineType) -> Result<()> {
+        self.machine_types.lock().unwrap().insert(mt.name.clone(), mt.clone());
+        Ok(())
+    }
+    async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
+        Ok(self.machine_types.lock().unwrap().values().cloned().collect())
+    }
+    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
+        let users: Vec<String> = self
+            .accounts
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|a| a.machine_type == name)
+            .map(|a| a.login.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::denied(format!("machine type {name:?} is used by {}", users.join(", "))));
+        }
+        Ok(self.machine_types.lock().unwrap().remove(name).is_some())
+    }
+    async fn account(&self, login: &str) -> Result<Option<Account>> {
+        Ok(self.accounts.lock().unwrap().get(login).cloned())
+    }
+    async fn put_account(&self, account: &Account) -> Result<()> {
+        if !self.machine_types.lock().unwrap().contains_key(&account.machine_type) {
+            return Err(Error::new(ErrorCode::NameUnknown, "no such machine type"));
+        }
+        self.accounts.lock().unwrap().insert(account.login.clone(), account.clone());
+        Ok(())
+    }
+    async fn list_accounts(&self) -> Result<Vec<Account>> {
+        Ok(self.accounts.lock().unwrap().values().cloned().collect())
+    }
+    async fn delete_account(&self, login: &str) -> Result<bool> {
+        Ok(self.accounts.lock().unwrap().remove(login).is_some())
+    }
+    async fn generated_manifest(&self, _: &RepositoryName, _: &Digest) -> Result<Option<Manifest>> {
+        Ok(None)
+    }
+    async fn put_generated_manifest(&self, _: &RepositoryName, _: &Manifest) -> Result<()> {
+        Ok(())
+    }
+    async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>> {
+        Ok(candidate.to_vec())
+    }
+    async fn record_change(&self, change: &Change) -> Result<()> {
+        self.changes.lock().unwrap().push(change.clone());
+        Ok(())
+    }
+    async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
+        Ok(self.changes.lock().unwrap().iter().rev().take(limit).cloned().collect())
+    }
+}
+
+/// Serves one index for every tag: a skylake build and a generic one.
+struct StubUpstream;
+
+fn index_bytes() -> Bytes {
+    let doc = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "a".repeat(64)), "size": 1,
+         "platform": {"os": "linux", "architecture": "amd64", "features": ["cpu:skylake"]}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "b".repeat(64)), "size": 1,
+         "platform": {"os": "linux", "architecture": "amd64"}},
+    ]});
+    Bytes::from(doc.to_string())
+}
+
+#[async_trait]
+impl Upstream for StubUpstream {
+    async fn head_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<ManifestHead> {
+        let b = index_bytes();
+        Ok(ManifestHead {
+            digest: Digest::sha256_of(&b),
+            media_type: metahub_core::filter::OCI_INDEX.into(),
+            size: b.len() as u64,
+        })
+    }
+    async fn get_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
+        let b = index_bytes();
+        Ok(Manifest { digest: Digest::sha256_of(&b), media_type: metahub_core::filter::OCI_INDEX.into(), bytes: b })
+    }
+    async fn blob_location(&self, _: &RepositoryName, _: &Digest) -> Result<BlobLocation> {
+        Err(Error::internal("unused"))
+    }
+}
+
+struct Harness {
+    app: Arc<App>,
+    store: Arc<MemoryStore>,
+}
+
+fn harness(admin: AdminAuth) -> Harness {
+    let store = Arc::new(MemoryStore::default());
+    let registry = RegistryService::new(store.clone(), Arc::new(StubUpstream), CacheOptions::default());
+    let keys = TokenKeys::new(&[7u8; 32], "metahub", 300).unwrap();
+    let config = HttpConfig {
+        public_url: "http://127.0.0.1:5000".into(),
+        service: "metahub".into(),
+        anonymous_machine_type: None,
+        origin_secret: None,
+    };
+    Harness { app: App::with_admin(registry, keys, config, admin), store }
+}
+
+impl Harness {
+    async fn send(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request.body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default()).unwrap();
+        self.send_request(request).await
+    }
+
+    async fn send_request(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = metahub_http::router(self.app.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        (status, value)
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string());
+        self.send(method, path, Some(&format!("Bearer {SECRET}")), body.as_deref()).await
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["errors"][0]["code"].as_str().unwrap_or_default()
+}
+
+fn message(v: &Value) -> &str {
+    v["errors"][0]["message"].as_str().unwrap_or_default()
+}
+
+fn secret_harness() -> Harness {
+    harness(AdminAuth::secret(SECRET).unwrap())
+}
+
+#[tokio::test]
+async fn refuses_missing_wrong_and_pull_credentials() {
+    let h = secret_harness();
+    let (s, v) = h.send("GET", "/admin/machine-types", None, None).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{v}");
+    let (s, _) = h.send("GET", "/admin/machine-types", Some("Bearer wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let almost = format!("Bearer {}x", SECRET);
+    let (s, _) = h.send("GET", "/admin/machine-types", Some(&almost), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let basic = format!("Basic {SECRET}");
+    let (s, _) = h.send("PUT", "/admin/machine-types/x", Some(&basic), Some(r#"{"features":[]}"#)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A valid pull token of this very server.
+    let token = h.app.keys.issue("m-x", "x", vec![]).unwrap().token;
+    assert!(!token.is_empty());
+    let (s, _) = h.send("GET", "/admin/changes", Some(&format!("Bearer {token}")), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Nothing was changed by the refused requests.
+    assert!(h.store.machine_types.lock().unwrap().is_empty());
+    let (s, v) = h.admin("GET", "/admin/machine-types", None).await;
+    assert_eq!((s, v), (StatusCode::OK, json!([])));
+}
+
+#[tokio::test]
+async fn disabled_admin_has_no_routes_and_admin_router_refuses() {
+    let h = harness(AdminAuth::Disabled);
+    let (s, v) = h.send("GET", "/admin/machine-types", Some(&format!("Bearer {SECRET}")), None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+    let request = Request::get("/admin/machine-types").body(Body::empty()).unwrap();
+    let response = metahub_http::admin_router(h.app.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn iam_needs_the_principal_and_records_it() {
+    let h = harness(AdminAuth::Iam);
+    let put = || Request::put("/admin/machine-types/hsw").body(Body::from(r#"{"features":["cpu:haswell"]}"#)).unwrap();
+    let response = metahub_http::admin_router(h.app.clone()).oneshot(put()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // The secret means nothing in IAM mode.
+    let mut with_secret = put();
+    with_secret.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {SECRET}").parse().unwrap());
+    let response = metahub_http::admin_router(h.app.clone()).oneshot(with_secret).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let arn = "arn:aws:iam::123456789012:user/ops";
+    let mut signed = put();
+    signed.extensions_mut().insert(AdminPrincipal(arn.into()));
+    let response = metahub_http::admin_router(h.app.clone()).oneshot(signed).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let changes = h.store.changes.lock().unwrap().clone();
+    assert_eq!(changes.len(), 1);
+    assert_eq!((changes[0].who.as_str(), changes[0].action.as_str()), (arn, "put-machine-type"));
+}
+
+#[tokio::test]
+async fn machine_types_crud_and_validation() {
+    let h = secret_harness();
+    let (s, v) = h
+        .admin(
+            "PUT",
+            "/admin/machine-types/hsw-m60",
+            Some(json!({"features": ["cpu:haswell", "nvcap:5.2"], "match": "exact"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"name": "hsw-m60", "features": ["cpu:haswell", "nvcap:5.2"], "match": "exact"}));
+    let (s, got) = h.admin("GET", "/admin/machine-types/hsw-m60", None).await;
+    assert_eq!((s, &got), (StatusCode::OK, &v));
+    // What get answers can be sent back as is.
+    let (s, _) = h.admin("PUT", "/admin/machine-types/hsw-m60", Some(got)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, list) = h.admin("GET", "/admin/machine-types", None).await;
+    assert_eq!(list, json!([v]));
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"features": ["cpu:skylak"]}), "skylake"),
+        (json!({"features": ["nvcap:7"]}), "nvcap"),
+        (json!({"features": ["cpu:zen2", "cpu:zen2"]}), "twice"),
+        (json!({"features": "cpu:zen2"}), "invalid type"),
+        (json!({"features": ["cpu:zen2"], "match": "closest"}), "closest"),
+        (json!({"features": [], "colour": "red"}), "unknown field"),
+        (json!({"match": "best"}), "missing field"),
+        (json!({"name": "other", "features": []}), "path names"),
+    ];
+    for (body, needle) in cases {
+        let (s, v) = h.admin("PUT", "/admin/machine-types/bad", Some(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(message(&v).contains(needle), "{body}: {v}");
+    }
+    let (_, v) = h.admin("PUT", "/admin/machine-types/bad", Some(json!({"features": ["cpu:skylak"]}))).await;
+    let suggestions = v["errors"][0]["detail"]["suggestions"].as_array().unwrap();
+    assert!(suggestions.contains(&json!("skylake")), "{v}");
+    let (s, v) = h.send("PUT", "/admin/machine-types/bad", Some(&format!("Bearer {SECRET}")), Some("{not json")).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"), "{v}");
+    let (s, _) = h.send("PUT", "/admin/machine-types/bad", Some(&format!("Bearer {SECRET}")), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = h.admin("PUT", "/admin/machine-types/bad%20name", Some(json!({"features": []}))).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "NAME_INVALID"), "{v}");
+    assert!(h.store.machine_types.lock().unwrap().get("bad").is_none());
+
+    let (s, v) = h.admin("GET", "/admin/machine-types/nope", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+    let (s, _) = h.admin("POST", "/admin/machine-types/hsw-m60", None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _) = h.admin("DELETE", "/admin/machine-types/hsw-m60", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = h.admin("DELETE", "/admin/machine-types/hsw-m60", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn accounts_crud_rotation_and_audit() {
+    let h = secret_harness();
+    h.admin("PUT", "/admin/machine-types/skl", Some(json!({"features": ["cpu:skylake"]}))).await;
+    let (s, v) =
+        h.admin("PUT", "/admin/accounts/m-skl", Some(json!({"machineType": "skl", "password": "correct horse"}))).await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({"login": "m-skl", "machineType": "skl"})));
+    let stored = h.store.accounts.lock().unwrap()["m-skl"].password_hash.clone();
+    assert!(metahub_core::password::verify_password("correct horse", &stored));
+
+    let hash = metahub_core::password::hash_password("battery staple").unwrap();
+    let (s, _) =
+        h.admin("PUT", "/admin/accounts/m-two", Some(json!({"machineType": "skl", "passwordHash": hash}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, list) = h.admin("GET", "/admin/accounts", None).await;
+    assert_eq!(list, json!([{"login": "m-skl", "machineType": "skl"}, {"login": "m-two", "machineType": "skl"}]));
+    assert!(!list.to_string().contains("argon2"), "accounts never show hashes: {list}");
+
+    let bad_bodies = [
+        json!({"machineType": "skl", "password": "short"}),
+        json!({"machineType": "skl"}),
+        json!({"machineType": "skl", "password": "long enough", "passwordHash": hash}),
+        json!({"machineType": "skl", "passwordHash": "$2b$12$abcdefghijklmnopqrstuv"}),
+        json!({"machineType": "skl", "passwordHash": "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"}),
+        json!({"machineType": 5, "password": "long enough"}),
+    ];
+    for body in bad_bodies {
+        let (s, v) = h.admin("PUT", "/admin/accounts/m-bad", Some(body.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    let (s, v) =
+        h.admin("PUT", "/admin/accounts/m-bad", Some(json!({"machineType": "nope", "password": "long enough"}))).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+
+    let (s, v) = h.admin("DELETE", "/admin/machine-types/skl", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "DENIED"));
+    assert!(message(&v).contains("m-skl") && message(&v).contains("m-two"), "{v}");
+
+    let (s, _) = h.admin("PUT", "/admin/accounts/m-skl/password", Some(json!({"password": "new password!"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let stored = h.store.accounts.lock().unwrap()["m-skl"].password_hash.clone();
+    assert!(metahub_core::password::verify_password("new password!", &stored));
+    let (s, _) = h.admin("PUT", "/admin/accounts/nobody/password", Some(json!({"password": "new password!"}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = h.admin("GET", "/admin/accounts/m-skl", None).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"login": "m-skl", "machineType": "skl"})));
+
+    for login in ["m-skl", "m-two"] {
+        let (s, _) = h.admin("DELETE", &format!("/admin/accounts/{login}"), None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    let (s, _) = h.admin("DELETE", "/admin/machine-types/skl", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let (s, v) = h.admin("GET", "/admin/changes?limit=100", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let actions: Vec<(&str, &str)> =
+        v.as_array().unwrap().iter().map(|c| (c["action"].as_str().unwrap(), c["target"].as_str().unwrap())).collect();
+    assert_eq!(
+        actions,
+        [
+            ("delete-machine-type", "skl"),
+            ("delete-account", "m-two"),
+            ("delete-account", "m-skl"),
+            ("rotate-password", "m-skl"),
+            ("put-account", "m-two machineType=skl"),
+            ("put-account", "m-skl machineType=skl"),
+            ("put-machine-type", "skl [cpu:skylake] best"),
+        ]
+    );
+    assert!(
+        v.as_array().unwrap().iter().all(|c| c["who"] == "admin-secret" && c["at"].as_u64().unwrap() > 1_600_000_000)
+    );
+    assert!(!v.to_string().contains("horse"), "no password in the audit log");
+    let (_, v) = h.admin("GET", "/admin/changes?limit=2", None).await;
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let (s, _) = h.admin("GET", "/admin/changes?limit=0", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn explain_route() {
+    let h = secret_harness();
+    h.admin("PUT", "/admin/machine-types/cll", Some(json!({"features": ["cpu:cascadelake"]}))).await;
+    let (s, v) = h.admin("GET", "/admin/explain?machineType=cll&image=org/app:v1", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["index"], json!(true));
+    assert_eq!(v["served"], json!([format!("sha256:{}", "a".repeat(64))]));
+    assert_eq!(v["entries"][1]["reason"], json!("fits, but a more specific entry of the same platform is served"));
+    let (s, _) = h.admin("GET", "/admin/explain?machineType=nope&image=org/app:v1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.admin("GET", "/admin/explain?machineType=cll", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = h.admin("GET", "/admin/explain?machineType=cll&image=Bad//Name", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn secrets_are_checked_and_redacted() {
+    assert!(AdminAuth::secret("too short").is_err());
+    let auth = AdminAuth::secret(SECRET).unwrap();
+    assert!(!format!("{auth:?}").contains(SECRET));
+}

@@ -1,0 +1,39 @@
+//! Features and machine types from any text: no panic; a feature that parses prints as text that parses to the same
+//! feature; a machine type that is accepted is accepted again when read back from a store.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else { return };
+    let lenient = Feature::parse_lenient(s);
+    match s.parse::<Feature>() {
+        Ok(feature) => {
+            assert_eq!(lenient, feature);
+            let printed = feature.to_string();
+            assert_eq!(printed.parse::<Feature>().ok(), Some(feature.clone()), "{s:?} printed as {printed:?}");
+            assert!(!printed.contains(',') && !printed.chars().any(char::is_whitespace), "{printed:?}");
+            if let Feature::Cpu(_) = feature {
+                assert!(feature.microarchitecture().is_some());
+            }
+        }
+        Err(_) => assert_eq!(lenient, Feature::Other(s.to_owned())),
+    }
+    if s.len() <= 256 {
+        let _ = nearest_cpu_names(s);
+    }
+
+    // "name\nfeature\nfeature…", the mode from the length
+    let mut lines = s.split('\n');
+    let name = lines.next().unwrap_or_default();
+    let features: Vec<String> = lines.map(str::to_owned).collect();
+    let mode = if s.len() % 2 == 0 { MatchMode::Best } else { MatchMode::Exact };
+    if let Ok(machine) = MachineType::new(name, features, mode) {
+        assert_eq!(machine.clone().validated().ok(), Some(machine.clone()));
+        assert_eq!(machine.parsed_features().len(), machine.features.len());
+        for f in machine.parsed_features() {
+            assert!(!matches!(f, Feature::Other(ref o) if o.starts_with("cpu:") || o.starts_with("nvcap:")), "{f:?}");
+        }
+    }
+});

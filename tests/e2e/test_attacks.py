@@ -1,0 +1,473 @@
+"""Attacks, each against a running metahub: SSRF through names, query strings, headers and upstream redirects;
+forged, expired, wrong-audience and wrong-scope tokens; password brute force (throttled per account and per
+source); oversized headers and bodies; the admin API with a pull token; and no secret in the logs.
+(test_errors.py covers malformed names, alg:none, tampered and forged-expired tokens and another repository's token.)"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import hmac
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from conftest import (
+    Canary,
+    FaultProxy,
+    assert_registry_error,
+    challenge,
+    creds,
+    get_token,
+    parse_challenge,
+    raw_request,
+    start_configured_metahub,
+    v2,
+)
+import registry_push
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def claims_of(token: str) -> dict:
+    return json.loads(unb64url(token.split(".")[1]))
+
+
+def hs256(header: dict, payload: dict, key: bytes) -> str:
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    return f"{signing_input}.{b64url(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def refused(hub, token: str, repo: str = "org/app") -> None:
+    r = v2(hub, f"{repo}/manifests/latest", token)
+    assert_registry_error(r.status_code, r.content, 401, {"UNAUTHORIZED"})
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: metahub in front of a fault proxy (to make the upstream redirect), and a canary that must stay untouched
+
+
+@pytest.fixture(scope="module")
+def canary():
+    # another host name than the upstream's: "localhost" is not "127.0.0.1" to a host check
+    c = Canary("127.0.0.1")
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream, images):
+    p = FaultProxy(upstream.url)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(workdir, proxy):
+    h = start_configured_metahub(workdir, proxy, "metahub-attacks", ["--upstream-timeout", "2s"])
+    yield h
+    h.stop()
+
+
+@pytest.fixture(autouse=True)
+def healthy_proxy(proxy):
+    proxy.clear()
+    yield
+    proxy.clear()
+
+
+@pytest.fixture(scope="module")
+def token(hub) -> str:
+    return get_token(hub, "skylake")
+
+
+# ---------------------------------------------------------------------------------------------
+# SSRF
+
+
+def test_ssrf_through_names(hub, token, canary, proxy):
+    """No name ever becomes a host: names with a host are invalid; a name that looks like one goes to the upstream."""
+    target = f"127.0.0.1:{canary.port}"
+    for path in [
+        f"/v2/{target}/x/manifests/latest",
+        f"/v2/localhost:{canary.port}/x/manifests/latest",
+        f"/v2/http://{target}/x/manifests/latest",
+        f"/v2/x@{target}/manifests/latest",
+        f"/v2/%2f%2f{target}/x/manifests/latest",
+        f"/v2/org/app/blobs/http:%2f%2f{target}%2fx",
+        f"//{target}/v2/org/app/manifests/latest",
+    ]:
+        status, _, body = raw_request(hub.url, "GET", path, {"Authorization": f"Bearer {token}"})
+        assert 400 <= status < 500, (path, status, body)
+        assert_registry_error(status, body, status)
+    # a valid name that reads like a host is just a repository on the configured upstream
+    t = get_token(hub, "skylake", repo="localhost/x")
+    r = v2(hub, "localhost/x/manifests/latest", t)
+    assert_registry_error(r.status_code, r.content, 404, {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
+    assert proxy.hits_matching(r"^/v2/localhost/x/manifests/latest$")
+    assert canary.hits == []
+
+
+def test_ssrf_through_query_strings_and_headers(hub, token, canary):
+    """Query parameters (containerd's `ns`, anything else) and Host/X-Forwarded-* headers choose nothing."""
+    target = f"127.0.0.1:{canary.port}"
+    for query in [f"ns={target}", f"upstream=http://{target}", f"url=http://{target}/x", f"realm=http://{target}/token"]:
+        r = requests.get(f"{hub.url}/v2/org/app/manifests/latest?{query}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200, (query, r.text)
+    for headers in [{"Host": target}, {"X-Forwarded-Host": target, "X-Forwarded-Proto": "http"}, {"Forwarded": f"host={target}"}]:
+        status, resp, _ = raw_request(hub.url, "GET", "/v2/", headers)
+        assert status == 401
+        assert parse_challenge(resp["www-authenticate"])["realm"] == f"{hub.url}/token", resp
+    ch = challenge(hub)
+    r = requests.get(f"{hub.url}/token", params={"service": ch["service"], "scope": "repository:org/app:pull", "realm": f"http://{target}"}, auth=creds("skylake"), timeout=10)
+    assert r.status_code == 200
+    assert canary.hits == []
+
+
+def test_ssrf_through_upstream_redirects(hub, token, canary, proxy, images):
+    """The upstream redirects manifests, or challenges with a token realm, to a host that is not configured:
+    metahub refuses (502) without contacting it."""
+    elsewhere = f"http://localhost:{canary.port}"
+    proxy.set("redirect", match=r"/manifests/", location=f"{elsewhere}/v2/org/app/manifests/latest")
+    r = v2(hub, "org/app/manifests/unseen-redirect", token)
+    assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
+    proxy.set("challenge", match=r"/manifests/", www_authenticate=f'Bearer realm="{elsewhere}/token",service="x"')
+    r = v2(hub, "org/app/manifests/unseen-realm", token)
+    assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
+    assert "localhost" in r.json()["errors"][0]["message"]
+    proxy.set("challenge", match=r"/manifests/", www_authenticate='Bearer realm="file:///etc/passwd",service="x"')
+    r = v2(hub, "org/app/manifests/unseen-file", token)
+    assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
+    # blobs: a redirect elsewhere is handed to the client (presigned storage URLs live on other hosts), never fetched
+    digest = registry_push.sha256(images.images["cpu-skylake"].config)
+    proxy.set("redirect", match=r"/blobs/", location=f"{elsewhere}/storage/blob")
+    r = v2(hub, f"org/app/blobs/{digest}", token)
+    assert r.status_code == 307 and r.headers["Location"] == f"{elsewhere}/storage/blob"
+    proxy.set("redirect", match=r"/blobs/", location="file:///etc/passwd")
+    r = v2(hub, f"org/app/blobs/{digest}", token)
+    assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
+    assert canary.hits == [], canary.hits
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens
+
+
+def test_rs256_and_header_tricks_are_refused(hub, token):
+    """HS/RS confusion: a token signed RS256 with the attacker's own key (advertised in `jwk`) is refused because
+    the algorithm is pinned; so are other HMAC algorithms, `kid`/`jku` tricks and a key of the attacker's."""
+    crypto = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    payload = claims_of(token)
+    key = crypto.generate_private_key(public_exponent=65537, key_size=2048)
+    n = key.public_key().public_numbers()
+    jwk = {"kty": "RSA", "n": b64url(n.n.to_bytes(256, "big")), "e": b64url(n.e.to_bytes(3, "big"))}
+    header = {"alg": "RS256", "typ": "JWT", "jwk": jwk}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    sig = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    refused(hub, f"{signing_input}.{b64url(sig)}")
+    # the public key as an HMAC secret (the classic confusion, with the key the attacker advertised)
+    pem = key.public_key().public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM,
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).PublicFormat.SubjectPublicKeyInfo,
+    )
+    refused(hub, hs256({"alg": "HS256", "typ": "JWT", "jwk": jwk}, payload, pem))
+    for header in [
+        {"alg": "HS512", "typ": "JWT"},
+        {"alg": "HS256", "typ": "JWT", "kid": "../../../../dev/null"},
+        {"alg": "HS256", "typ": "JWT", "jku": "http://127.0.0.1:1/keys"},
+    ]:
+        refused(hub, hs256(header, payload, b""))
+        refused(hub, hs256(header, payload, b"\x00" * 32))
+
+
+def test_not_yet_valid_and_forged_claims_are_refused(hub, token):
+    """Without metahub's key, any change of claims breaks the signature; these also carry bad times."""
+    payload = claims_of(token)
+    now = int(time.time())
+    for change in [{"nbf": now + 3600, "iat": now + 3600}, {"exp": now - 60}, {"aud": "other"}, {"iss": "evil"}, {"mt": "cascadelake-a100"}]:
+        forged = {**payload, **change}
+        refused(hub, hs256({"alg": "HS256", "typ": "JWT"}, forged, b"metahub"))
+        # the genuine signature over changed claims
+        h, _, s = token.split(".")
+        refused(hub, f"{h}.{b64url(json.dumps(forged).encode())}.{s}")
+
+
+def test_scope_is_what_the_token_grants(hub):
+    ch = challenge(hub)
+
+    def token_for(scope: str | None) -> str:
+        params = {"service": ch["service"]}
+        if scope is not None:
+            params["scope"] = scope
+        r = requests.get(ch["realm"], params=params, auth=creds("skylake"), timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["token"]
+
+    for scope in [None, "repository:org/app:push", "repository:org/*:pull", "repository:*:pull", "registry:catalog:*", "repository:org/app/:pull", "repository:ORG/APP:pull"]:
+        t = token_for(scope)
+        assert v2(hub, "", t).status_code == 200  # a valid token
+        r = v2(hub, "org/app/manifests/latest", t)
+        assert_registry_error(r.status_code, r.content, {401, 403}, {"UNAUTHORIZED", "DENIED"})
+        assert all(a.get("actions") == ["pull"] for a in claims_of(t).get("access", [])), claims_of(t)
+    # push is never granted, even when asked together with pull
+    t = token_for("repository:org/app:pull,push,delete")
+    assert claims_of(t)["access"] == [{"type": "repository", "name": "org/app", "actions": ["pull"]}]
+    assert v2(hub, "org/app/manifests/latest", t).status_code == 200
+
+
+def test_genuinely_expired_token(workdir, upstream, images):
+    """A real token of a 1 s lifetime is refused once the 5 s leeway is over."""
+    hub = start_configured_metahub(workdir, upstream, "metahub-ttl", ["--token-ttl", "1s"])
+    try:
+        t = get_token(hub, "skylake")
+        assert v2(hub, "org/app/manifests/latest", t).status_code == 200
+        time.sleep(7.5)
+        refused(hub, t)
+        assert v2(hub, "org/app/manifests/latest", get_token(hub, "skylake")).status_code == 200
+    finally:
+        hub.stop()
+
+
+def test_token_of_another_service_is_refused(workdir, upstream, images):
+    """Same store (same signing key), other `--service`: the audience does not match."""
+    a = start_configured_metahub(workdir, upstream, "metahub-aud", ["--service", "metahub"])
+    try:
+        t = get_token(a, "skylake")
+        assert v2(a, "org/app/manifests/latest", t).status_code == 200
+    finally:
+        a.stop()
+    a.serve_args = ["--service", "other-registry"]
+    a.start(workdir)
+    try:
+        assert challenge(a)["service"] == "other-registry"
+        refused(a, t)
+        own = get_token(a, "skylake")
+        assert claims_of(own)["aud"] == "other-registry"
+        assert v2(a, "org/app/manifests/latest", own).status_code == 200
+        # and a token request naming the other service is refused
+        r = requests.get(f"{a.url}/token", params={"service": "metahub", "scope": "repository:org/app:pull"}, auth=creds("skylake"), timeout=10)
+        assert_registry_error(r.status_code, r.content, 401, {"UNAUTHORIZED"})
+    finally:
+        a.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# brute force
+
+
+@pytest.fixture
+def fresh_hub(workdir, upstream, images):
+    """A metahub of its own: lockouts must not leak into other tests."""
+    h = start_configured_metahub(workdir, upstream, "metahub-throttle")
+    yield h
+    h.stop()
+
+
+class Reply:
+    def __init__(self, status: int, content: bytes, headers):
+        self.status_code, self.content, self.headers = status, content, headers
+
+
+def login(hub, user: str, password: str, source: str | None, forwarded_for: str | None = None) -> Reply:
+    """A token request from `source`, a loopback address the connection binds to (all of 127.0.0.0/8 is local).
+    `X-Forwarded-For` is sent too, always a lie: metahub serve must not trust it."""
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=10, source_address=(source or "127.0.0.1", 0))
+    try:
+        auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        conn.request("GET", "/token?service=metahub&scope=repository:org/app:pull",
+                     headers={"Authorization": f"Basic {auth}", "X-Forwarded-For": forwarded_for or "198.51.100.77"})
+        r = conn.getresponse()
+        return Reply(r.status, r.read(), r.headers)
+    finally:
+        conn.close()
+
+
+def assert_throttled(r: requests.Response) -> None:
+    assert_registry_error(r.status_code, r.content, 429, {"TOOMANYREQUESTS"})
+    retry = int(r.headers["Retry-After"])
+    assert 0 < retry <= 60, retry
+
+
+def test_brute_force_is_throttled_per_account(fresh_hub):
+    user, password = creds("skylake")
+    for i in range(10):
+        r = login(fresh_hub, user, f"guess-{i}", f"127.0.1.{i + 1}")  # every guess from another source
+        assert_registry_error(r.status_code, r.content, 401, {"UNAUTHORIZED"})
+    # the account is locked, even for the right password, from anywhere
+    assert_throttled(login(fresh_hub, user, "guess-10", "127.0.1.200"))
+    assert_throttled(login(fresh_hub, user, password, "127.0.1.201"))
+    # other accounts are not
+    assert login(fresh_hub, *creds("zen2"), "127.0.1.202").status_code == 200
+
+
+def test_brute_force_is_throttled_per_source(fresh_hub):
+    attacker = "127.0.2.9"
+    for i in range(10):
+        r = login(fresh_hub, f"nobody-{i}", "guess", attacker)
+        assert_registry_error(r.status_code, r.content, 401, {"UNAUTHORIZED"})
+    assert_throttled(login(fresh_hub, "nobody-10", "guess", attacker))
+    assert_throttled(login(fresh_hub, *creds("zen2"), attacker))
+    # the same accounts from another source are fine
+    assert login(fresh_hub, *creds("zen2"), "127.0.2.10").status_code == 200
+
+
+def test_brute_force_without_forwarded_for_is_throttled_per_peer(fresh_hub):
+    for i in range(10):
+        login(fresh_hub, f"spray-{i}", "guess", None, forwarded_for=f"198.51.100.{i}")
+    assert_throttled(login(fresh_hub, "spray-10", "guess", None))
+
+
+# ---------------------------------------------------------------------------------------------
+# oversized requests
+
+
+def send_raw(hub, data: bytes, timeout: float = 10) -> bytes:
+    """Send bytes on a fresh connection; return what came back (b"" if the server closed it)."""
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the server may close while we are still sending: that is a refusal
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+def status_of(raw: bytes) -> int | None:
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
+
+
+def alive(hub) -> None:
+    r = requests.get(f"{hub.url}/v2/", timeout=5)
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "what,request_bytes",
+    [
+        ("one 1 MiB header", b"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * (1 << 20) + b"\r\nConnection: close\r\n\r\n"),
+        ("500 headers", b"GET /v2/ HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(500)) + b"Connection: close\r\n\r\n"),
+        ("a 1 MiB path", b"GET /v2/" + b"a/" * (1 << 19) + b"manifests/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    ],
+)
+def test_oversized_headers(hub, what, request_bytes):
+    raw = send_raw(hub, request_bytes)
+    status = status_of(raw)
+    # refused: an HTTP 4xx, or the connection closed without an answer
+    assert status is None or 400 <= status < 500, (what, raw[:300])
+    alive(hub)
+
+
+def test_big_header_within_limits_is_a_registry_error(hub):
+    status, _, body = raw_request(hub.url, "GET", "/v2/org/app/manifests/latest", {"Authorization": "Bearer " + "a" * 60000})
+    assert_registry_error(status, body, 401, {"UNAUTHORIZED"})
+
+
+def post_big_token_form(hub) -> bytes:
+    body = b"grant_type=password&username=m-skylake&password=" + b"x" * (16 << 20)
+    head = b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    return send_raw(hub, head + body, timeout=20)
+
+
+def test_oversized_token_body(hub):
+    """A 16 MiB POST to /token is refused without being taken in whole; the server stays up."""
+    raw = post_big_token_form(hub)
+    assert status_of(raw) in (None, 400, 413), raw[:300]
+    alive(hub)
+
+
+def test_oversized_token_body_is_a_registry_error(hub):
+    raw = post_big_token_form(hub)
+    assert status_of(raw) == 413, raw[:300]
+    assert_registry_error(413, raw.split(b"\r\n\r\n", 1)[1], 413)
+
+
+def test_oversized_basic_credentials(hub):
+    r = requests.get(f"{hub.url}/token", params={"service": "metahub"}, auth=("m-skylake", "p" * 50000), timeout=10)
+    assert_registry_error(r.status_code, r.content, 401, {"UNAUTHORIZED"})
+
+
+# ---------------------------------------------------------------------------------------------
+# admin API
+
+
+def test_admin_api_refuses_a_pull_token(hub, token):
+    status, _, body = raw_request(hub.url, "GET", "/admin/machine-types", {"Authorization": f"Bearer {token}"})
+    if status == 404 and b"NOT_FOUND" in body:
+        pytest.skip("no admin API on this build (/admin/machine-types is 404 NOT_FOUND)")
+    for method, path, payload in [
+        ("GET", "/admin/", None),
+        ("GET", "/admin/machine-types", None),
+        ("GET", "/admin/accounts", None),
+        ("PUT", "/admin/machine-types/evil", b'{"features":["cpu:skylake"]}'),
+        ("PUT", "/admin/accounts/evil", b'{"machineType":"skylake","password":"x"}'),
+        ("DELETE", "/admin/accounts/m-skylake", None),
+    ]:
+        status, _, body = raw_request(hub.url, method, path, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, payload)
+        # refused, never served: an unknown admin path may be 404, but nothing answers 2xx to a pull token
+        assert_registry_error(status, body, {401, 403, 404, 405})
+    # and nothing changed: the account still logs in
+    assert get_token(hub, "skylake")
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets in logs
+
+
+def test_no_secret_in_logs(workdir, upstream, images):
+    """Debug logs of logins (good and bad, GET and POST), pulls and an authenticated upstream contain no password,
+    no token (ours or the upstream's) and no Basic credentials."""
+    up_user, up_password = "upstream-user", "UPSTREAM-pw-" + "9f3c1e"
+    proxy = FaultProxy(upstream.url)
+    proxy.require_auth = ("bearer", up_user, up_password)
+    hub = start_configured_metahub(
+        workdir, proxy, "metahub-secrets", env={"RUST_LOG": "debug", "METAHUB_UPSTREAM_USERNAME": up_user, "METAHUB_UPSTREAM_PASSWORD": up_password}
+    )
+    try:
+        secrets = [up_password, proxy.token, base64.b64encode(f"{up_user}:{up_password}".encode()).decode()]
+        tokens = []
+        for mt in ("skylake", "zen2"):
+            login_, password = creds(mt)
+            secrets += [password, base64.b64encode(f"{login_}:{password}".encode()).decode()]
+            t = get_token(hub, mt)
+            tokens.append(t)
+            r = v2(hub, "org/app/manifests/latest", t)
+            assert r.status_code == 200, r.text
+            r = v2(hub, f"org/app/blobs/{registry_push.sha256(images.images['generic-amd64'].config)}", t)
+            assert r.status_code == 307
+        r = requests.post(f"{hub.url}/token", data={"grant_type": "password", "username": "m-skylake", "password": "pw-skylake-secret", "service": "metahub", "scope": "repository:org/app:pull"}, timeout=10)
+        tokens.append(r.json()["access_token"])
+        for wrong in ("WRONG-guess-Alpha", "WRONG-guess-Beta"):
+            secrets.append(wrong)
+            assert login(hub, "m-skylake", wrong, "127.0.3.1").status_code == 401
+            r = requests.post(f"{hub.url}/token", data={"grant_type": "password", "username": "m-zen2", "password": wrong}, timeout=10)
+            assert r.status_code == 401
+        refused(hub, tokens[0][:-4] + "AAAA")
+        assert proxy.hits_matching(r"^/token")  # the upstream token flow did run
+        for t in tokens:
+            secrets += [t, t.split(".")[2]]
+        time.sleep(0.5)
+        log = hub.log()
+        assert "DEBUG" in log, "the log is not at debug level"
+        leaked = [s for s in secrets if s in log]
+        assert not leaked, f"secrets in {hub.proc.log_path}: {leaked}"
+    finally:
+        hub.stop()
+        proxy.stop()
