@@ -62,6 +62,9 @@ fi
 
 aws_() { aws --region "$region" "$@"; }
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
 random_secret() {
   if command -v openssl >/dev/null; then openssl rand -base64 48 | tr -d '\n'
   else python3 -c 'import secrets, sys; sys.stdout.write(secrets.token_urlsafe(48))'; fi
@@ -84,11 +87,10 @@ ensure_param() { # name type description
   if [[ -z "$have" ]]; then
     echo "creating SSM $type parameter $name"
     # The value goes through a file so it is never on a command line (ps) or in a log.
-    local tmp; tmp=$(mktemp); chmod 600 "$tmp"
-    random_secret > "$tmp"
+    (umask 077; random_secret > "$work/value")
     aws_ ssm put-parameter --name "$name" --type "$type" --description "$desc" \
-      --value "file://$tmp" >/dev/null
-    rm -f "$tmp"
+      --value "file://$work/value" >/dev/null
+    rm -f "$work/value"
   elif [[ "$have" != "$type" ]]; then
     die "SSM parameter $name is a $have, expected $type (see docs/deploy.md)"
   else
@@ -111,10 +113,15 @@ stack_output() { # key -> value or empty
     | sed 's/^None$//' || true
 }
 
-# A stack that exists already knows its CloudFront domain: one pass is enough.
-if [[ -z "$public_url" && -z "$domain" ]]; then
+# PublicUrl (the token realm): explicit, else the custom domain, else what the stack already
+# has (sam deploy keeps a parameter's previous value), else the CloudFront domain - known only
+# once the stack exists, hence a second pass right after creating it.
+second_pass=0
+if [[ -z "$public_url" && -n "$domain" ]]; then
+  public_url="https://$domain"
+elif [[ -z "$public_url" && "$(stack_output PublicUrl)" != https://* ]]; then
   cf=$(stack_output CloudFrontDomain)
-  [[ -n "$cf" ]] && public_url="https://$cf"
+  if [[ -n "$cf" ]]; then public_url="https://$cf"; else second_pass=1; fi
 fi
 
 overrides=(
@@ -141,12 +148,12 @@ if [[ -n "$public_url" ]]; then
   deploy "PublicUrl=$public_url"
 else
   deploy
-  if [[ -z "$domain" ]]; then
-    cf=$(stack_output CloudFrontDomain)
-    [[ -n "$cf" ]] || die "stack has no CloudFrontDomain output"
-    echo "second pass: PublicUrl=https://$cf (the token realm the functions advertise)"
-    deploy "PublicUrl=https://$cf"
-  fi
+fi
+if [[ $second_pass == 1 ]]; then
+  cf=$(stack_output CloudFrontDomain)
+  [[ -n "$cf" ]] || die "stack has no CloudFrontDomain output"
+  echo "second pass: PublicUrl=https://$cf (the token realm the functions advertise)"
+  deploy "PublicUrl=https://$cf"
 fi
 
 echo

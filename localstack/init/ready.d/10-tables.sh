@@ -2,6 +2,7 @@
 # LocalStack ready hook: the MetaHub table (the schema of template.yaml and of
 # `metahub store init`, functions/store-dynamodb) plus demo data.
 # Runs inside the container, where awslocal talks to this LocalStack. Idempotent.
+# shellcheck disable=SC2016 # the PHC hashes below are literal: their $ are not expansions
 set -euo pipefail
 
 table="${METAHUB_TABLE:-metahub}"
