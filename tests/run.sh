@@ -64,11 +64,18 @@ fi
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export METAHUB_BIN=${METAHUB_BIN:-$(cd "$TARGET_DIR" && pwd)/debug/metahub}
 log "pytest tests/e2e (METAHUB_BIN=$METAHUB_BIN)"
-set +e
-timeout 1800 "$PY" -m pytest tests/e2e -q -p no:cacheprovider
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  echo "pytest collected no tests: that is a failure here" >&2
-fi
-exit "$rc"
+status=0
+run_pytest() { # each folder alone: they have conftest modules of the same name
+  set +e
+  timeout "$1" "$PY" -m pytest "$2" -q -p no:cacheprovider
+  local rc=$?
+  set -e
+  if [ "$rc" -eq 5 ]; then echo "pytest collected no tests in $2: that is a failure here" >&2; fi
+  if [ "$rc" -ne 0 ]; then status=1; fi
+}
+run_pytest 2400 tests/e2e
+log "pytest tests/lambda (the Lambda binaries against a Runtime API stand-in, moto and docker-registry)"
+run_pytest 900 tests/lambda
+log "deploy checks: cfn-lint, sam validate --lint, template tests"
+if ! timeout 900 bash tests/deploy/check.sh; then status=1; fi
+exit "$status"

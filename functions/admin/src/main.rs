@@ -1,8 +1,8 @@
-//! The admin function. Its API is not there yet: every request is answered `UNSUPPORTED`, and it needs no
-//! configuration (no store, no secrets) until it has one.
+//! The admin function: `/admin/*`, behind an `AWS_IAM` Function URL. Wiring only; see `metahub-lambda`.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     metahub_lambda::init_tracing();
-    metahub_lambda::serve(metahub_lambda::admin_router()).await
+    let app = metahub_lambda::app_or_exit(metahub_http::AdminAuth::Iam).await;
+    metahub_lambda::serve(metahub_lambda::admin_router(app)).await
 }

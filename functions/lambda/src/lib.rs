@@ -30,8 +30,7 @@ use axum::response::Response;
 use base64::Engine;
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
-use metahub_core::{Error, ErrorCode};
-use metahub_http::{ApiError, App, HttpConfig};
+use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
 use metahub_store_dynamodb::DynamoStore;
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
 use std::fmt;
@@ -87,7 +86,8 @@ impl Settings {
     /// Reads settings through `lookup` (the environment, or a map in tests). Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let duration = |name: &str| get(name).map(|v| parse_duration(&v).with_context(|| format!("{name}={v:?}"))).transpose();
+        let duration =
+            |name: &str| get(name).map(|v| parse_duration(&v).with_context(|| format!("{name}={v:?}"))).transpose();
 
         let store = get("METAHUB_STORE").context("METAHUB_STORE is not set (expected dynamodb:TABLE)")?;
         let table = match store.split_once(':') {
@@ -96,7 +96,9 @@ impl Settings {
         };
         let public_url = get("METAHUB_PUBLIC_URL")
             .context("METAHUB_PUBLIC_URL is not set (the https:// URL clients reach MetaHub at; the token realm)")?;
-        if !(public_url.starts_with("https://") || public_url.starts_with("http://")) || public_url.contains(char::is_whitespace) {
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
+            || public_url.contains(char::is_whitespace)
+        {
             bail!("METAHUB_PUBLIC_URL={public_url:?} is not an http(s):// URL");
         }
         Ok(Settings {
@@ -141,7 +143,9 @@ pub fn decode_signing_key(value: &str) -> anyhow::Result<Vec<u8>> {
 pub fn split_credentials(value: &str) -> anyhow::Result<(String, String)> {
     let value = value.trim_end_matches(['\r', '\n']);
     match value.split_once(':') {
-        Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok((user.to_owned(), password.to_owned())),
+        Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+            Ok((user.to_owned(), password.to_owned()))
+        }
         _ => bail!("upstream credentials must be username:password"),
     }
 }
@@ -165,7 +169,8 @@ async fn ssm_parameter(client: &aws_sdk_ssm::Client, variable: &str, name: &str)
 
 /// Builds the [`App`] every function serves, from the environment and SSM. The only network calls are the SSM
 /// reads that are configured and, without a signing key parameter, the store's signing key; they run concurrently.
-pub async fn app_from_env() -> anyhow::Result<Arc<App>> {
+/// `admin` is how `/admin/*` authenticates: `AdminAuth::Iam` for the admin function, `Disabled` for the others.
+pub async fn app_from_env(admin: AdminAuth) -> anyhow::Result<Arc<App>> {
     let settings = Settings::from_env()?;
     // One config load for every client: region, credentials, AWS_ENDPOINT_URL (moto, LocalStack).
     let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
@@ -182,16 +187,23 @@ pub async fn app_from_env() -> anyhow::Result<Arc<App>> {
         .await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), settings.table.clone()));
     let ssm = aws_sdk_ssm::Client::new(&aws);
-    app_with(settings, store, &ssm).await
+    app_with(settings, store, &ssm, admin).await
 }
 
-async fn app_with(settings: Settings, store: Arc<DynamoStore>, ssm: &aws_sdk_ssm::Client) -> anyhow::Result<Arc<App>> {
+async fn app_with(
+    settings: Settings,
+    store: Arc<DynamoStore>,
+    ssm: &aws_sdk_ssm::Client,
+    admin: AdminAuth,
+) -> anyhow::Result<Arc<App>> {
     use metahub_core::ports::Store;
 
     let signing_key = async {
         match &settings.signing_key_param {
             Some(name) => decode_signing_key(&ssm_parameter(ssm, "METAHUB_SIGNING_KEY_PARAM", name).await?)
                 .with_context(|| format!("SSM parameter {name:?} (METAHUB_SIGNING_KEY_PARAM)")),
+            // The admin function issues and verifies no tokens: a throwaway key spares it a read and a permission.
+            None if admin != AdminAuth::Disabled => Ok(rand::random::<[u8; 32]>().to_vec()),
             None => store
                 .signing_key_or_insert(&rand::random::<[u8; 32]>())
                 .await
@@ -231,8 +243,11 @@ async fn app_with(settings: Settings, store: Arc<DynamoStore>, ssm: &aws_sdk_ssm
     }
     let options = ClientOptions { timeout: settings.upstream_timeout, ..ClientOptions::default() };
     let upstream = UpstreamRouter::new(&[upstream], &options).map_err(|e| anyhow!("upstream client: {e}"))?;
-    let registry =
-        RegistryService::new(store, Arc::new(upstream), CacheOptions { tag_ttl: settings.tag_ttl, ..CacheOptions::default() });
+    let registry = RegistryService::new(
+        store,
+        Arc::new(upstream),
+        CacheOptions { tag_ttl: settings.tag_ttl, ..CacheOptions::default() },
+    );
     let config = HttpConfig {
         public_url: settings.public_url.clone(),
         service: settings.service.clone(),
@@ -240,12 +255,12 @@ async fn app_with(settings: Settings, store: Arc<DynamoStore>, ssm: &aws_sdk_ssm
         origin_secret,
     };
     tracing::info!(?settings, origin_check = config.origin_secret.is_some(), "metahub function ready");
-    Ok(App::new(registry, keys, config))
+    Ok(App::with_admin(registry, keys, config, admin))
 }
 
 /// [`app_from_env`], or: log the error on one line, report it to the Lambda Runtime API as an init error, exit 1.
-pub async fn app_or_exit() -> Arc<App> {
-    match app_from_env().await {
+pub async fn app_or_exit(admin: AdminAuth) -> Arc<App> {
+    match app_from_env(admin).await {
         Ok(app) => app,
         Err(error) => {
             let message = one_line(&format!("{error:#}"));
@@ -265,8 +280,10 @@ fn one_line(s: &str) -> String {
 /// plain HTTP/1.1 to `AWS_LAMBDA_RUNTIME_API`, bounded to two seconds.
 async fn report_init_error(message: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else { return };
-    let body = format!(r#"{{"errorType":"Metahub.ConfigError","errorMessage":{}}}"#, json_string(message));
+    let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") else {
+        return;
+    };
+    let body = format!(r#"{{"errorType":"Metahub.ConfigError","errorMessage":{}}}"#, serde_json::Value::from(message));
     let request = format!(
         "POST /2018-06-01/runtime/init/error HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\n\
          Lambda-Runtime-Function-Error-Type: Metahub.ConfigError\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -279,24 +296,11 @@ async fn report_init_error(message: &str) {
         stream.read_to_end(&mut sink).await?;
         std::io::Result::Ok(())
     };
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(2), exchange).await.unwrap_or(Err(std::io::ErrorKind::TimedOut.into())) {
+    if let Err(e) =
+        tokio::time::timeout(Duration::from_secs(2), exchange).await.unwrap_or(Err(std::io::ErrorKind::TimedOut.into()))
+    {
         eprintln!("metahub: could not report the init error to the runtime API: {e}");
     }
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Logs for CloudWatch: no ANSI colours; JSON when the function's log format is JSON (`AWS_LAMBDA_LOG_FORMAT`) or
@@ -313,11 +317,7 @@ pub fn init_tracing() {
         .any(|v| std::env::var(v).is_ok_and(|f| f.eq_ignore_ascii_case("json")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr);
     // CloudWatch stamps plain lines itself; JSON lines carry their own time.
-    let _ = if json {
-        builder.json().with_current_span(false).try_init()
-    } else {
-        builder.without_time().try_init()
-    };
+    let _ = if json { builder.json().with_current_span(false).try_init() } else { builder.without_time().try_init() };
 }
 
 /// Whatever the handler built, a HEAD answer goes out without a body: no hyper strips it here.
@@ -341,9 +341,21 @@ pub async fn serve(router: Router) -> Result<(), lambda_http::Error> {
     lambda_http::run(lambda_router(router)).await
 }
 
-/// The admin function until its API exists: every request is answered `UNSUPPORTED`.
-pub fn admin_router() -> Router {
-    Router::new().fallback(|| async { ApiError::from(Error::new(ErrorCode::Unsupported, "admin API not yet available")) })
+/// The admin function's routes. Its Function URL is `AWS_IAM`: Lambda has verified the SigV4 signature, and the
+/// caller's ARN from the request context becomes the [`AdminPrincipal`] the admin API requires and records.
+pub fn admin_router(app: Arc<App>) -> Router {
+    metahub_http::admin_router(app).layer(axum::middleware::map_request(|mut request: Request| async move {
+        use lambda_http::RequestExt;
+        let caller = request
+            .request_context_ref()
+            .and_then(|context| context.authorizer())
+            .and_then(|authorizer| authorizer.iam.as_ref())
+            .and_then(|iam| iam.user_arn.clone().or_else(|| iam.caller_id.clone()));
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(AdminPrincipal(caller));
+        }
+        request
+    }))
 }
 
 #[cfg(test)]
@@ -357,7 +369,8 @@ mod tests {
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
-    const BASE: [(&str, &str); 2] = [("METAHUB_STORE", "dynamodb:metahub"), ("METAHUB_PUBLIC_URL", "https://d1.cloudfront.net/")];
+    const BASE: [(&str, &str); 2] =
+        [("METAHUB_STORE", "dynamodb:metahub"), ("METAHUB_PUBLIC_URL", "https://d1.cloudfront.net/")];
 
     #[test]
     fn defaults() {
@@ -393,11 +406,17 @@ mod tests {
     fn bad_config_is_one_clear_line() {
         let e = format!("{:#}", settings(&[("METAHUB_PUBLIC_URL", "https://x")]).unwrap_err());
         assert!(e.contains("METAHUB_STORE"), "{e}");
-        let e = format!("{:#}", settings(&[("METAHUB_STORE", "file:/tmp/x"), ("METAHUB_PUBLIC_URL", "https://x")]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            settings(&[("METAHUB_STORE", "file:/tmp/x"), ("METAHUB_PUBLIC_URL", "https://x")]).unwrap_err()
+        );
         assert!(e.contains("dynamodb:TABLE"), "{e}");
         let e = format!("{:#}", settings(&[("METAHUB_STORE", "dynamodb:t")]).unwrap_err());
         assert!(e.contains("METAHUB_PUBLIC_URL"), "{e}");
-        let e = format!("{:#}", settings(&[("METAHUB_STORE", "dynamodb:t"), ("METAHUB_PUBLIC_URL", "d1.cloudfront.net")]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            settings(&[("METAHUB_STORE", "dynamodb:t"), ("METAHUB_PUBLIC_URL", "d1.cloudfront.net")]).unwrap_err()
+        );
         assert!(e.contains("http(s)"), "{e}");
         let mut vars = BASE.to_vec();
         vars.push(("METAHUB_TOKEN_TTL", "soon"));
@@ -423,22 +442,12 @@ mod tests {
         assert!(split_credentials(":pw").is_err());
     }
 
-    #[test]
-    fn json_strings() {
-        assert_eq!(json_string("a \"b\" \\ \n"), r#""a \"b\" \\ \u000a""#);
-    }
-
     #[tokio::test]
-    async fn admin_stub_and_empty_head() {
-        let router = lambda_router(admin_router());
-        let get = Request::builder().uri("/admin/machine-types").body(Body::empty()).unwrap();
-        let response = router.clone().oneshot(get).await.unwrap();
-        assert_eq!(response.status(), 405);
-        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
-        assert!(String::from_utf8_lossy(&body).contains("UNSUPPORTED"));
+    async fn head_answers_have_no_body() {
+        let router = lambda_router(Router::new().route("/x", axum::routing::get(|| async { "a body" })));
         let head = Request::builder().method(Method::HEAD).uri("/x").body(Body::empty()).unwrap();
         let response = router.oneshot(head).await.unwrap();
-        assert_eq!(response.status(), 405);
+        assert_eq!(response.status(), 200);
         assert!(axum::body::to_bytes(response.into_body(), 4096).await.unwrap().is_empty());
     }
 }

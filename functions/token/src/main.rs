@@ -3,6 +3,6 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     metahub_lambda::init_tracing();
-    let app = metahub_lambda::app_or_exit().await;
+    let app = metahub_lambda::app_or_exit(metahub_http::AdminAuth::Disabled).await;
     metahub_lambda::serve(metahub_http::token_router(app)).await
 }
