@@ -13,8 +13,20 @@ use std::hint::black_box;
 use std::time::Duration;
 
 const AMD64_CPUS: &[&str] = &[
-    "x86_64_v2", "x86_64_v3", "x86_64_v4", "haswell", "broadwell", "skylake", "skylake_avx512", "cascadelake",
-    "icelake", "sapphirerapids", "zen", "zen2", "zen3", "zen4",
+    "x86_64_v2",
+    "x86_64_v3",
+    "x86_64_v4",
+    "haswell",
+    "broadwell",
+    "skylake",
+    "skylake_avx512",
+    "cascadelake",
+    "icelake",
+    "sapphirerapids",
+    "zen",
+    "zen2",
+    "zen3",
+    "zen4",
 ];
 const ARM64_CPUS: &[&str] = &["neoverse_n1", "neoverse_v1", "neoverse_v2", "a64fx"];
 const NVCAPS: &[&str] = &["nvcap:5.2", "nvcap:6.0", "nvcap:7.0", "nvcap:7.5", "nvcap:8.0", "nvcap:8.6", "nvcap:9.0"];
@@ -34,7 +46,11 @@ pub fn index_of(n: usize) -> Vec<u8> {
             _ if i % 5 == 4 => ("arm64", Some("v8"), vec![ARM64_CPUS[i % ARM64_CPUS.len()]]),
             _ => {
                 let cpu = AMD64_CPUS[i % AMD64_CPUS.len()];
-                if i % 3 == 0 { ("amd64", None, vec![cpu, NVCAPS[(i / 3) % NVCAPS.len()]]) } else { ("amd64", None, vec![cpu]) }
+                if i % 3 == 0 {
+                    ("amd64", None, vec![cpu, NVCAPS[(i / 3) % NVCAPS.len()]])
+                } else {
+                    ("amd64", None, vec![cpu])
+                }
             }
         };
         let features: Vec<String> = features
@@ -66,7 +82,8 @@ pub fn index_of(n: usize) -> Vec<u8> {
 }
 
 fn machine(mode: MatchMode) -> MachineType {
-    MachineType::new("cascadelake-a100", vec!["cpu:cascadelake".into(), "nvcap:8.6".into()], mode).expect("valid machine type")
+    MachineType::new("cascadelake-a100", vec!["cpu:cascadelake".into(), "nvcap:8.6".into()], mode)
+        .expect("valid machine type")
 }
 
 fn bench_filter(c: &mut Criterion) {
@@ -87,7 +104,9 @@ fn bench_filter(c: &mut Criterion) {
             b.iter(|| filter::filter_index(black_box(bytes), OCI_INDEX, black_box(&exact)))
         });
         // Where the time goes: parsing alone, and matching on an already parsed index.
-        group.bench_with_input(BenchmarkId::new("parse_only", n), &bytes, |b, bytes| b.iter(|| Index::parse(black_box(bytes))));
+        group.bench_with_input(BenchmarkId::new("parse_only", n), &bytes, |b, bytes| {
+            b.iter(|| Index::parse(black_box(bytes)))
+        });
         let parsed = Index::parse(&bytes).expect("parses");
         group.bench_with_input(BenchmarkId::new("explain_only", n), &parsed, |b, parsed| {
             b.iter(|| filter::explain(black_box(parsed), black_box(&best)))

@@ -2,12 +2,14 @@
 //!
 //! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD on every
 //! request (free against Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD.
-//! An optional tag TTL (off by default) reuses a HEAD's answer for a while.
+//! An optional tag TTL (off by default) reuses a HEAD's answer for a while. Blob locations are asked upstream on
+//! every request (presigned URLs expire), but lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
 use crate::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,13 +52,40 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedMap<K, V> {
 
 type TagKey = (RepositoryName, Reference);
 
+/// Calls of one key in flight at the same moment share one call; the first caller to finish retires the shared
+/// answer, so the next call goes upstream afresh (nothing is cached beyond the overlap).
+struct SingleFlight<K, V> {
+    in_flight: Mutex<HashMap<K, Arc<OnceCell<Result<V>>>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
+    fn new() -> Self {
+        SingleFlight { in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, Arc<OnceCell<Result<V>>>>> {
+        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn run<F: Future<Output = Result<V>>>(&self, key: K, call: impl FnOnce() -> F) -> Result<V> {
+        let cell = self.lock().entry(key.clone()).or_default().clone();
+        let result = cell.get_or_init(call).await.clone();
+        let mut in_flight = self.lock();
+        if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            in_flight.remove(&key);
+        }
+        result
+    }
+}
+
 /// The upstream port, decorated: single-flight tag HEADs, cached immutable manifests, optional tag TTL.
 pub struct CachingUpstream {
     inner: Arc<dyn Upstream>,
     manifests: BoundedMap<(RepositoryName, Digest), Manifest>,
-    in_flight: Mutex<HashMap<TagKey, Arc<OnceCell<Result<ManifestHead>>>>>,
+    heads: SingleFlight<TagKey, ManifestHead>,
     tag_ttl: Option<Duration>,
     recent_heads: BoundedMap<TagKey, (Instant, ManifestHead)>,
+    blobs: SingleFlight<(RepositoryName, Digest), BlobLocation>,
 }
 
 impl CachingUpstream {
@@ -64,9 +93,10 @@ impl CachingUpstream {
         CachingUpstream {
             inner,
             manifests: BoundedMap::new(manifest_capacity),
-            in_flight: Mutex::new(HashMap::new()),
+            heads: SingleFlight::new(),
             tag_ttl,
             recent_heads: BoundedMap::new(manifest_capacity),
+            blobs: SingleFlight::new(),
         }
     }
 
@@ -75,19 +105,8 @@ impl CachingUpstream {
         self.manifests.get(&(repository.clone(), digest.clone()))
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, HashMap<TagKey, Arc<OnceCell<Result<ManifestHead>>>>> {
-        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     async fn shared_head(&self, key: TagKey, accept: &[String]) -> Result<ManifestHead> {
-        let cell = self.in_flight().entry(key.clone()).or_default().clone();
-        let result = cell.get_or_init(|| self.inner.head_manifest(&key.0, &key.1, accept)).await.clone();
-        // The first waiter to finish retires the cell, so the next request checks upstream afresh.
-        let mut in_flight = self.in_flight();
-        if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            in_flight.remove(&key);
-        }
-        drop(in_flight);
+        let result = self.heads.run(key.clone(), || self.inner.head_manifest(&key.0, &key.1, accept)).await;
         if let (Ok(head), Some(_)) = (&result, self.tag_ttl) {
             self.recent_heads.insert(key, (Instant::now(), head.clone()));
         }
@@ -97,7 +116,12 @@ impl CachingUpstream {
 
 #[async_trait::async_trait]
 impl Upstream for CachingUpstream {
-    async fn head_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
+    async fn head_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestHead> {
         if let Reference::Digest(digest) = reference
             && let Some(m) = self.cached(repository, digest)
         {
@@ -113,7 +137,12 @@ impl Upstream for CachingUpstream {
         self.shared_head(key, accept).await
     }
 
-    async fn get_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+    async fn get_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest> {
         if let Reference::Digest(digest) = reference
             && let Some(m) = self.cached(repository, digest)
         {
@@ -126,7 +155,8 @@ impl Upstream for CachingUpstream {
     }
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
-        self.inner.blob_location(repository, digest).await
+        let key = (repository.clone(), digest.clone());
+        self.blobs.run(key, || self.inner.blob_location(repository, digest)).await
     }
 }
 
@@ -142,6 +172,7 @@ mod tests {
     struct Spy {
         heads: AtomicUsize,
         gets: AtomicUsize,
+        blobs: AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -155,8 +186,13 @@ mod tests {
             self.gets.fetch_add(1, Ordering::SeqCst);
             Ok(Manifest { digest: Digest::sha256_of(b"m"), media_type: "x".into(), bytes: Bytes::from_static(b"m") })
         }
-        async fn blob_location(&self, _: &RepositoryName, _: &Digest) -> Result<BlobLocation> {
-            Err(Error::internal("unused"))
+        async fn blob_location(&self, _: &RepositoryName, d: &Digest) -> Result<BlobLocation> {
+            self.blobs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if d == &Digest::sha256_of(b"missing") {
+                return Err(Error::new(crate::ErrorCode::BlobUnknown, "no such blob"));
+            }
+            Ok(BlobLocation { url: format!("http://storage/{d}") })
         }
     }
 
@@ -198,6 +234,32 @@ mod tests {
             cache.head_manifest(&repo, &tag, &[]).await.unwrap();
         }
         assert_eq!(spy.heads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_blob_lookups_share_one_request_and_are_not_kept() {
+        let spy = Arc::new(Spy::default());
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, None));
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        for (blob, ok) in [(Digest::sha256_of(b"layer"), true), (Digest::sha256_of(b"missing"), false)] {
+            let before = spy.blobs.load(Ordering::SeqCst);
+            let tasks: Vec<_> = (0..10)
+                .map(|_| {
+                    let (cache, repo, blob) = (cache.clone(), repo.clone(), blob.clone());
+                    tokio::spawn(async move { cache.blob_location(&repo, &blob).await })
+                })
+                .collect();
+            for t in tasks {
+                let r = t.await.unwrap();
+                assert_eq!(r.is_ok(), ok);
+                if let Ok(loc) = r {
+                    assert_eq!(loc.url, format!("http://storage/{blob}"));
+                }
+            }
+            assert_eq!(spy.blobs.load(Ordering::SeqCst), before + 1, "one upstream request for 10 overlapping lookups");
+            let _ = cache.blob_location(&repo, &blob).await;
+            assert_eq!(spy.blobs.load(Ordering::SeqCst), before + 2, "a later lookup asks upstream again");
+        }
     }
 
     #[test]
