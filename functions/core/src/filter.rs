@@ -50,7 +50,11 @@ impl Entry {
         let features = match platform.and_then(|p| p.get("features")) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            Some(_) => return Err(Error::bad_gateway(format!("upstream index entry {position}: platform.features is not a list"))),
+            Some(_) => {
+                return Err(Error::bad_gateway(format!(
+                    "upstream index entry {position}: platform.features is not a list"
+                )));
+            }
         };
         let annotations = value.get("annotations");
         let attests = annotations
@@ -98,7 +102,9 @@ impl Index {
         let object: Map<String, Value> = serde_json::from_slice(bytes)
             .map_err(|e| Error::bad_gateway(format!("upstream index is not a JSON object: {e}")))?;
         let entries = match object.get("manifests") {
-            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| Entry::from_json(v, i)).collect::<Result<_>>()?,
+            Some(Value::Array(items)) => {
+                items.iter().enumerate().map(|(i, v)| Entry::from_json(v, i)).collect::<Result<_>>()?
+            }
             _ => return Err(Error::bad_gateway("upstream index has no manifests list")),
         };
         Ok(Index { object, entries })
@@ -113,7 +119,11 @@ fn fit_rank(entry_features: &[Feature], machine: &MachineType, machine_features:
     if machine.match_mode == MatchMode::Exact && !entry_features.is_empty() {
         let same = entry_features.len() == machine_features.len()
             && entry_features.iter().all(|f| machine_features.contains(f));
-        return if same { Ok((0, (0, 0), entry_features.len())) } else { Err("exact mode: features differ from the machine's".into()) };
+        return if same {
+            Ok((0, (0, 0), entry_features.len()))
+        } else {
+            Err("exact mode: features differ from the machine's".into())
+        };
     }
     let mut cpu_depth = 0;
     let mut nvcap = (0, 0);
@@ -127,7 +137,9 @@ fn fit_rank(entry_features: &[Feature], machine: &MachineType, machine_features:
                 let Some(host) = host else { return Err(format!("needs cpu:{wanted}; the machine names no cpu")) };
                 let runs = host == wanted
                     || feature.microarchitecture().is_some_and(|want| {
-                        Feature::Cpu(host.clone()).microarchitecture().is_some_and(|h| h.ancestors().iter().any(|a| a.name() == want.name()))
+                        Feature::Cpu(host.clone())
+                            .microarchitecture()
+                            .is_some_and(|h| h.ancestors().iter().any(|a| a.name() == want.name()))
                     });
                 if !runs {
                     return Err(format!("needs cpu:{wanted}; cpu:{host} does not descend from it"));
@@ -141,7 +153,9 @@ fn fit_rank(entry_features: &[Feature], machine: &MachineType, machine_features:
                 });
                 match host {
                     Some((hmaj, hmin)) if hmaj == *major && hmin >= *minor => nvcap = (*major, *minor),
-                    Some((hmaj, hmin)) => return Err(format!("needs nvcap:{major}.{minor}; the machine has nvcap:{hmaj}.{hmin}")),
+                    Some((hmaj, hmin)) => {
+                        return Err(format!("needs nvcap:{major}.{minor}; the machine has nvcap:{hmaj}.{hmin}"));
+                    }
                     None => return Err(format!("needs nvcap:{major}.{minor}; the machine names no GPU")),
                 }
             }
@@ -204,7 +218,8 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
         if let Some(subject) = &v.entry.attests {
             v.fits = served_digests.contains(subject);
             v.served = v.fits;
-            v.reason = if v.fits { "attestation of a served entry" } else { "attestation of an entry not served" }.into();
+            v.reason =
+                if v.fits { "attestation of a served entry" } else { "attestation of an entry not served" }.into();
         } else if v.fits && !v.served {
             v.reason = "fits, but a more specific entry of the same platform is served".into();
         }

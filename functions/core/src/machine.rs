@@ -78,10 +78,8 @@ impl fmt::Display for Feature {
 
 /// The three archspec names closest to `wanted` (edit distance), to suggest on a typo.
 pub fn nearest_cpu_names(wanted: &str) -> Vec<String> {
-    let mut names: Vec<(usize, &String)> = Microarchitecture::known_targets()
-        .keys()
-        .map(|k| (edit_distance(wanted, k), k))
-        .collect();
+    let mut names: Vec<(usize, &String)> =
+        Microarchitecture::known_targets().keys().map(|k| (edit_distance(wanted, k), k)).collect();
     names.sort();
     names.into_iter().take(3).map(|(_, k)| k.clone()).collect()
 }
@@ -155,7 +153,10 @@ impl MachineType {
         let cpus = parsed.iter().filter(|f| matches!(f, Feature::Cpu(_))).count();
         let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
         if cpus > 1 || nvcaps > 1 {
-            return Err(Error::new(ErrorCode::ManifestInvalid, "a machine type has at most one cpu: and one nvcap: feature"));
+            return Err(Error::new(
+                ErrorCode::ManifestInvalid,
+                "a machine type has at most one cpu: and one nvcap: feature",
+            ));
         }
         Ok(MachineType { name: name.to_owned(), features: parsed.iter().map(Feature::to_string).collect(), match_mode })
     }

@@ -1,15 +1,18 @@
 //! Account passwords: argon2id hashes in PHC string form.
 
 use crate::error::{Error, Result};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 
 /// Passwords shorter than this are refused when an account is written.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
 pub fn hash_password(password: &str) -> Result<String> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(Error::new(crate::ErrorCode::Denied, format!("password must be at least {MIN_PASSWORD_LEN} characters")));
+        return Err(Error::new(
+            crate::ErrorCode::Denied,
+            format!("password must be at least {MIN_PASSWORD_LEN} characters"),
+        ));
     }
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default() // argon2id, v19, OWASP's minimum parameters

@@ -97,9 +97,19 @@ pub trait Store: Send + Sync {
 #[async_trait]
 pub trait Upstream: Send + Sync {
     /// HEAD a manifest: its digest and media type, without counting against pull rate limits.
-    async fn head_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<ManifestHead>;
+    async fn head_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestHead>;
     /// GET a manifest's exact bytes. Implementations verify the digest when fetched by digest.
-    async fn get_manifest(&self, repository: &RepositoryName, reference: &Reference, accept: &[String]) -> Result<Manifest>;
+    async fn get_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest>;
     /// Where the client fetches a blob: the upstream's presigned storage URL when it redirects, else its blob URL.
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation>;
 }

@@ -64,9 +64,7 @@ impl FromStr for RepositoryName {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         if s.is_empty() || s.len() > NAME_MAX {
-            return Err(Error::name_invalid(format!(
-                "repository name must be 1 to {NAME_MAX} characters"
-            )));
+            return Err(Error::name_invalid(format!("repository name must be 1 to {NAME_MAX} characters")));
         }
         if !s.split('/').all(valid_component) {
             return Err(Error::name_invalid(format!(
@@ -144,7 +142,8 @@ impl Digest {
 impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let invalid = |why: String| Error::new(ErrorCode::DigestInvalid, format!("invalid digest {:?}: {why}", truncate(s)));
+        let invalid =
+            |why: String| Error::new(ErrorCode::DigestInvalid, format!("invalid digest {:?}: {why}", truncate(s)));
         let parsed = OciDigest::from_str(s).map_err(|e| invalid(e.to_string()))?;
         match parsed.algorithm() {
             DigestAlgorithm::Sha256 | DigestAlgorithm::Sha384 | DigestAlgorithm::Sha512 => Ok(Digest(s.to_owned())),
@@ -178,11 +177,7 @@ impl Reference {
 impl FromStr for Reference {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        if s.contains(':') {
-            s.parse().map(Reference::Digest)
-        } else {
-            s.parse().map(Reference::Tag)
-        }
+        if s.contains(':') { s.parse().map(Reference::Digest) } else { s.parse().map(Reference::Tag) }
     }
 }
 
@@ -238,8 +233,25 @@ mod tests {
             assert!(ok.parse::<RepositoryName>().is_ok(), "{ok}");
         }
         for bad in [
-            "", "A", "a//b", "/a", "a/", "../etc", "a/../b", "a/./b", "a%2fb", "a_-b", "a___b", "-a", "a-",
-            "evil.com:443/x", "a b", "a\u{0}b", "é", "a..b", "a/.b",
+            "",
+            "A",
+            "a//b",
+            "/a",
+            "a/",
+            "../etc",
+            "a/../b",
+            "a/./b",
+            "a%2fb",
+            "a_-b",
+            "a___b",
+            "-a",
+            "a-",
+            "evil.com:443/x",
+            "a b",
+            "a\u{0}b",
+            "é",
+            "a..b",
+            "a/.b",
         ] {
             let err = bad.parse::<RepositoryName>().unwrap_err();
             assert_eq!(err.code, ErrorCode::NameInvalid, "{bad}");

@@ -63,14 +63,24 @@ impl RegistryService {
     }
 
     /// The manifest `machine_type` is served for `repository:reference`.
-    pub async fn manifest(&self, repository: &RepositoryName, reference: &Reference, machine_type: &str) -> Result<Manifest> {
+    pub async fn manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        machine_type: &str,
+    ) -> Result<Manifest> {
         match reference {
             Reference::Tag(_) => self.manifest_by_tag(repository, reference, machine_type).await,
             Reference::Digest(digest) => self.manifest_by_digest(repository, digest).await,
         }
     }
 
-    async fn manifest_by_tag(&self, repository: &RepositoryName, tag: &Reference, machine_type: &str) -> Result<Manifest> {
+    async fn manifest_by_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &Reference,
+        machine_type: &str,
+    ) -> Result<Manifest> {
         let key = (repository.clone(), tag.clone(), machine_type.to_owned());
         match self.fresh_manifest_by_tag(repository, tag, machine_type).await {
             Ok(manifest) => {
@@ -88,7 +98,12 @@ impl RegistryService {
         }
     }
 
-    async fn fresh_manifest_by_tag(&self, repository: &RepositoryName, tag: &Reference, machine_type: &str) -> Result<Manifest> {
+    async fn fresh_manifest_by_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &Reference,
+        machine_type: &str,
+    ) -> Result<Manifest> {
         let head = self.upstream.head_manifest(repository, tag, &ACCEPT).await?;
         let by_digest = Reference::Digest(head.digest.clone());
         // The tag exists (the HEAD said so): a digest it announced but does not serve is the upstream's fault.

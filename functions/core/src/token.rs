@@ -29,7 +29,11 @@ impl Access {
         if kind != "repository" || name.parse::<RepositoryName>().is_err() {
             return None;
         }
-        actions.split(',').any(|a| a == "pull").then(|| Access { kind: kind.into(), name: name.into(), actions: vec!["pull".into()] })
+        actions.split(',').any(|a| a == "pull").then(|| Access {
+            kind: kind.into(),
+            name: name.into(),
+            actions: vec!["pull".into()],
+        })
     }
 }
 

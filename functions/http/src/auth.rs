@@ -80,8 +80,11 @@ impl LoginThrottle {
                 && start.elapsed() < WINDOW
             {
                 let retry = WINDOW.saturating_sub(start.elapsed()).as_secs().max(1);
-                return Err(ApiError::from(Error::new(ErrorCode::TooManyRequests, "too many failed logins; try again later"))
-                    .with_header(header::RETRY_AFTER, HeaderValue::from(retry)));
+                return Err(ApiError::from(Error::new(
+                    ErrorCode::TooManyRequests,
+                    "too many failed logins; try again later",
+                ))
+                .with_header(header::RETRY_AFTER, HeaderValue::from(retry)));
             }
         }
         Ok(())

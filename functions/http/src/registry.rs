@@ -29,17 +29,29 @@ enum Route {
 
 /// `<name>/manifests/<reference>` or `<name>/blobs/<digest>`; anything else is an error naming what is wrong.
 fn parse_route(path: &str) -> Result<Route, Error> {
-    let (name_and_kind, last) = path.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
-    let (name, kind) = name_and_kind.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
+    let (name_and_kind, last) =
+        path.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
+    let (name, kind) =
+        name_and_kind.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
     match kind {
         "manifests" => Ok(Route::Manifest(name.parse()?, last.parse()?)),
         "blobs" => Ok(Route::Blob(name.parse()?, last.parse()?)),
-        "uploads" | "tags" | "referrers" => Err(Error::new(ErrorCode::Unsupported, format!("MetaHub does not serve {kind}"))),
-        _ => Err(Error::new(ErrorCode::NotFound, "no such route; expected <name>/manifests/<reference> or <name>/blobs/<digest>")),
+        "uploads" | "tags" | "referrers" => {
+            Err(Error::new(ErrorCode::Unsupported, format!("MetaHub does not serve {kind}")))
+        }
+        _ => Err(Error::new(
+            ErrorCode::NotFound,
+            "no such route; expected <name>/manifests/<reference> or <name>/blobs/<digest>",
+        )),
     }
 }
 
-pub async fn dispatch(State(app): State<Arc<App>>, method: Method, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn dispatch(
+    State(app): State<Arc<App>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let path = uri.path().strip_prefix("/v2/").unwrap_or_default();
     if path == "_catalog" {
         return Err(Error::new(ErrorCode::Unsupported, "MetaHub does not list repositories").into());
@@ -74,5 +86,6 @@ pub async fn dispatch(State(app): State<Arc<App>>, method: Method, uri: Uri, hea
 
 /// Upstream-supplied text (media types, URLs) may not be a valid header: that is the upstream's fault.
 fn header_value(text: &str) -> Result<HeaderValue, Error> {
-    HeaderValue::from_str(text).map_err(|_| Error::bad_gateway(format!("upstream sent a value unusable in a header: {text:?}")))
+    HeaderValue::from_str(text)
+        .map_err(|_| Error::bad_gateway(format!("upstream sent a value unusable in a header: {text:?}")))
 }

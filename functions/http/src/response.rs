@@ -59,7 +59,8 @@ pub async fn common_layer(State(app): State<Arc<App>>, request: Request, next: N
     if let Some(secret) = &app.config.origin_secret {
         let given = request.headers().get(ORIGIN_VERIFY).map(HeaderValue::as_bytes);
         if !given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
-            let mut r = ApiError::from(Error::denied("requests must come through the MetaHub distribution")).into_response();
+            let mut r =
+                ApiError::from(Error::denied("requests must come through the MetaHub distribution")).into_response();
             r.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
             return r;
         }

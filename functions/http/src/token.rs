@@ -3,10 +3,10 @@
 use crate::App;
 use crate::auth::source_of;
 use crate::response::ApiError;
+use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::Extension;
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
@@ -65,13 +65,18 @@ pub async fn post_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|e| Error::new(ErrorCode::TooLarge, format!("token request body refused: {}", e.body_text())))?;
+    let body =
+        body.map_err(|e| Error::new(ErrorCode::TooLarge, format!("token request body refused: {}", e.body_text())))?;
     let pairs = form_pairs(&body);
     let field = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     match field("grant_type").as_deref() {
         Some("password") => {}
         other => {
-            return Err(Error::new(ErrorCode::Unsupported, format!("grant_type {other:?} is not supported; use password")).into());
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!("grant_type {other:?} is not supported; use password"),
+            )
+            .into());
         }
     }
     let credentials = match (field("username"), field("password")) {
@@ -118,7 +123,12 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
 }
 
 /// Checks the password (throttled per account and source) and returns the account's machine type.
-async fn login_machine_type(app: &App, source: Option<String>, login: &str, password: String) -> Result<String, ApiError> {
+async fn login_machine_type(
+    app: &App,
+    source: Option<String>,
+    login: &str,
+    password: String,
+) -> Result<String, ApiError> {
     app.throttle.check(login, source.as_deref())?;
     let account = app.registry.store().account(login).await?;
     let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());

@@ -15,7 +15,9 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "metahub=info,warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "metahub=info,warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = cli::Cli::parse();

@@ -10,10 +10,7 @@ pub struct Challenge {
 
 impl Challenge {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -64,10 +61,7 @@ impl Cursor<'_> {
     /// An unquoted value: up to a comma or whitespace.
     fn bare(&mut self) -> String {
         let start = self.i;
-        while self
-            .peek()
-            .is_some_and(|c| !matches!(c, b',' | b' ' | b'\t'))
-        {
+        while self.peek().is_some_and(|c| !matches!(c, b',' | b' ' | b'\t')) {
             self.i += 1;
         }
         String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
@@ -76,10 +70,7 @@ impl Cursor<'_> {
 
 /// Every challenge in one header value, in order. Malformed input yields what could be read, never a panic.
 pub fn parse(header: &str) -> Vec<Challenge> {
-    let mut c = Cursor {
-        s: header.as_bytes(),
-        i: 0,
-    };
+    let mut c = Cursor { s: header.as_bytes(), i: 0 };
     let mut out = Vec::new();
     loop {
         while matches!(c.peek(), Some(b' ' | b'\t' | b',')) {
@@ -93,10 +84,7 @@ pub fn parse(header: &str) -> Vec<Challenge> {
             c.i += 1; // not a token character: skip it
             continue;
         }
-        let mut challenge = Challenge {
-            scheme: scheme.to_ascii_lowercase(),
-            params: Vec::new(),
-        };
+        let mut challenge = Challenge { scheme: scheme.to_ascii_lowercase(), params: Vec::new() };
         loop {
             c.skip_ws();
             let save = c.i;
@@ -109,11 +97,7 @@ pub fn parse(header: &str) -> Vec<Challenge> {
             }
             c.i += 1;
             c.skip_ws();
-            let value = if c.peek() == Some(b'"') {
-                c.quoted()
-            } else {
-                c.bare()
-            };
+            let value = if c.peek() == Some(b'"') { c.quoted() } else { c.bare() };
             challenge.params.push((name.to_ascii_lowercase(), value));
             c.skip_ws();
             match c.peek() {
@@ -159,20 +143,9 @@ mod tests {
         assert_eq!(cs[0].scheme, "basic");
         assert_eq!(cs[0].param("realm"), Some("registry"));
         assert_eq!(parse("Basic")[0].params.len(), 0);
-        for junk in [
-            "",
-            ",,,",
-            "\"",
-            "=",
-            "Bearer realm=\"unterminated",
-            "Negotiate abc==",
-            "é ü = ,",
-        ] {
+        for junk in ["", ",,,", "\"", "=", "Bearer realm=\"unterminated", "Negotiate abc==", "é ü = ,"] {
             let _ = parse(junk);
         }
-        assert_eq!(
-            parse("Bearer realm=\"unterminated")[0].param("realm"),
-            Some("unterminated")
-        );
+        assert_eq!(parse("Bearer realm=\"unterminated")[0].param("realm"), Some("unterminated"));
     }
 }

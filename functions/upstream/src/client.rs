@@ -11,9 +11,7 @@ use bytes::{Bytes, BytesMut};
 use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
 use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
-use reqwest::header::{
-    ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, WWW_AUTHENTICATE,
-};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url, redirect};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
@@ -75,10 +73,7 @@ impl fmt::Debug for RegistryClient {
         f.debug_struct("RegistryClient")
             .field("base", &self.base.as_str())
             .field("docker_hub", &self.docker_hub)
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|_| "<redacted>"),
-            )
+            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
             .field("max_manifest_bytes", &self.max_manifest_bytes)
             .finish()
     }
@@ -93,15 +88,10 @@ impl RegistryClient {
             None => host.to_owned(),
         };
         let credentials = match (&config.username, &config.password) {
-            (Some(u), Some(p)) => Some(Credentials {
-                username: u.clone(),
-                password: p.clone(),
-            }),
+            (Some(u), Some(p)) => Some(Credentials { username: u.clone(), password: p.clone() }),
             (None, None) => None,
             _ => {
-                return Err(Error::internal(format!(
-                    "upstream {label}: give both username and password, or neither"
-                )));
+                return Err(Error::internal(format!("upstream {label}: give both username and password, or neither")));
             }
         };
         let http = reqwest::Client::builder()
@@ -130,20 +120,14 @@ impl RegistryClient {
 
     /// The name as the upstream knows it (Docker Hub's official images live under `library/`).
     fn upstream_name(&self, name: &RepositoryName) -> RepositoryName {
-        if self.docker_hub && name.segments() == 1 {
-            name.with_prefix("library")
-        } else {
-            name.clone()
-        }
+        if self.docker_hub && name.segments() == 1 { name.with_prefix("library") } else { name.clone() }
     }
 
     /// `<base>/v2/<name>/<kind>/<reference>`, from validated parts only.
     fn api_url(&self, name: &RepositoryName, kind: &str, reference: &str) -> Result<Url> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|()| {
-                Error::internal(format!("upstream {} has no usable base URL", self.label))
-            })?
+            .map_err(|()| Error::internal(format!("upstream {} has no usable base URL", self.label)))?
             .clear()
             .push("v2")
             .extend(name.as_str().split('/'))
@@ -160,10 +144,7 @@ impl RegistryClient {
 
     fn cached_token(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens
-            .get(scope)
-            .filter(|t| t.expires > Instant::now())
-            .map(|t| t.token.clone())
+        tokens.get(scope).filter(|t| t.expires > Instant::now()).map(|t| t.token.clone())
     }
 
     fn store_token(&self, scope: &str, token: &str, expires_in: u64) {
@@ -178,20 +159,12 @@ impl RegistryClient {
                 tokens.clear();
             }
         }
-        tokens.insert(
-            scope.to_owned(),
-            CachedToken {
-                token: token.to_owned(),
-                expires: Instant::now() + life - margin,
-            },
-        );
+        tokens
+            .insert(scope.to_owned(), CachedToken { token: token.to_owned(), expires: Instant::now() + life - margin });
     }
 
     fn forget_token(&self, scope: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(scope);
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(scope);
     }
 
     fn initial_auth(&self, scope: &str) -> Auth {
@@ -206,13 +179,7 @@ impl RegistryClient {
 
     /// Sends a request; on a 401 answers the challenge (token or Basic) and retries once. A second 401 is returned
     /// to the caller, which maps it to DENIED.
-    async fn send(
-        &self,
-        method: Method,
-        url: &Url,
-        accept: Option<&HeaderValue>,
-        scope: &str,
-    ) -> Result<Response> {
+    async fn send(&self, method: Method, url: &Url, accept: Option<&HeaderValue>, scope: &str) -> Result<Response> {
         let mut auth = self.initial_auth(scope);
         for attempt in 0..2 {
             let mut req = self.http.request(method.clone(), url.clone());
@@ -238,15 +205,10 @@ impl RegistryClient {
                 .collect();
             if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let realm = bearer.param("realm").ok_or_else(|| {
-                    Error::bad_gateway(format!(
-                        "upstream {} sent a Bearer challenge without a realm",
-                        self.label
-                    ))
+                    Error::bad_gateway(format!("upstream {} sent a Bearer challenge without a realm", self.label))
                 })?;
                 self.forget_token(scope);
-                let token = self
-                    .fetch_token(realm, bearer.param("service"), scope)
-                    .await?;
+                let token = self.fetch_token(realm, bearer.param("service"), scope).await?;
                 auth = Auth::Bearer(token);
             } else if challenges.iter().any(|c| c.scheme == "basic") && self.credentials.is_some() {
                 if matches!(auth, Auth::Basic) {
@@ -258,26 +220,16 @@ impl RegistryClient {
                 return Ok(resp);
             }
         }
-        Err(Error::internal(
-            "unreachable: the retry loop always returns",
-        ))
+        Err(Error::internal("unreachable: the retry loop always returns"))
     }
 
     /// The realm as a URL, refused unless it is on the upstream's own host (or Docker Hub's auth host).
     fn check_realm(&self, realm: &str) -> Result<Url> {
-        let url = Url::parse(realm).map_err(|_| {
-            Error::bad_gateway(format!(
-                "upstream {} sent an invalid token realm",
-                self.label
-            ))
-        })?;
+        let url = Url::parse(realm)
+            .map_err(|_| Error::bad_gateway(format!("upstream {} sent an invalid token realm", self.label)))?;
         let host = url.host_str().unwrap_or_default();
-        let own_host = self
-            .base
-            .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(host));
-        let allowed =
-            own_host || (self.docker_hub && host.eq_ignore_ascii_case(DOCKER_HUB_AUTH_HOST));
+        let own_host = self.base.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host));
+        let allowed = own_host || (self.docker_hub && host.eq_ignore_ascii_case(DOCKER_HUB_AUTH_HOST));
         if !allowed {
             return Err(Error::bad_gateway(format!(
                 "upstream {} sent a token realm on host {host:?}, which is not the upstream's own host; refused",
@@ -321,19 +273,12 @@ impl RegistryClient {
                 401 | 403 => Error::denied(format!(
                     "the token service of upstream {} ({realm_host}) refused {} (HTTP {})",
                     self.label,
-                    if self.credentials.is_some() {
-                        "the configured credentials"
-                    } else {
-                        "anonymous access"
-                    },
+                    if self.credentials.is_some() { "the configured credentials" } else { "anonymous access" },
                     status.as_u16()
                 )),
                 429 => Error::new(
                     ErrorCode::TooManyRequests,
-                    format!(
-                        "the token service of upstream {} ({realm_host}) is rate limiting (HTTP 429)",
-                        self.label
-                    ),
+                    format!("the token service of upstream {} ({realm_host}) is rate limiting (HTTP 429)", self.label),
                 ),
                 s if s >= 500 => Error::unavailable(format!(
                     "the token service of upstream {} ({realm_host}) answered HTTP {s}",
@@ -345,9 +290,7 @@ impl RegistryClient {
                 )),
             });
         }
-        let body = self
-            .read_limited(&mut resp, SMALL_BODY_LIMIT, "token answer")
-            .await?;
+        let body = self.read_limited(&mut resp, SMALL_BODY_LIMIT, "token answer").await?;
         #[derive(Deserialize)]
         struct TokenAnswer {
             token: Option<String>,
@@ -360,11 +303,7 @@ impl RegistryClient {
                 self.label
             ))
         })?;
-        let token = answer
-            .token
-            .filter(|t| !t.is_empty())
-            .or(answer.access_token)
-            .unwrap_or_default();
+        let token = answer.token.filter(|t| !t.is_empty()).or(answer.access_token).unwrap_or_default();
         // A token goes into a header: visible ASCII only (and never echoed).
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::bad_gateway(format!(
@@ -372,11 +311,7 @@ impl RegistryClient {
                 self.label
             )));
         }
-        let expires_in = answer
-            .expires_in
-            .filter(|s| *s > 0)
-            .unwrap_or(DEFAULT_TOKEN_SECONDS)
-            .min(86_400);
+        let expires_in = answer.expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_TOKEN_SECONDS).min(86_400);
         self.store_token(scope, &token, expires_in);
         Ok(token)
     }
@@ -395,23 +330,13 @@ impl RegistryClient {
             cause = s.to_string();
             source = s.source();
         }
-        let cause = if cause.is_empty() {
-            e.to_string()
-        } else {
-            cause
-        };
+        let cause = if cause.is_empty() { e.to_string() } else { cause };
         if e.is_timeout() {
             Error::unavailable(format!("upstream {} timed out", self.label))
         } else if e.is_connect() {
-            Error::unavailable(format!(
-                "cannot connect to upstream {}: {cause}",
-                self.label
-            ))
+            Error::unavailable(format!("cannot connect to upstream {}: {cause}", self.label))
         } else if garbage {
-            Error::bad_gateway(format!(
-                "upstream {} did not answer as an HTTP registry: {cause}",
-                self.label
-            ))
+            Error::bad_gateway(format!("upstream {} did not answer as an HTTP registry: {cause}", self.label))
         } else {
             Error::unavailable(format!("upstream {} failed: {cause}", self.label))
         }
@@ -420,10 +345,7 @@ impl RegistryClient {
     /// Reads a body, refusing (without reading on) any body over `limit` bytes.
     async fn read_limited(&self, resp: &mut Response, limit: usize, what: &str) -> Result<Bytes> {
         let too_large = || {
-            Error::bad_gateway(format!(
-                "upstream {} sent a {what} larger than the limit of {limit} bytes",
-                self.label
-            ))
+            Error::bad_gateway(format!("upstream {} sent a {what} larger than the limit of {limit} bytes", self.label))
         };
         if content_length(resp.headers()).is_some_and(|n| n > limit as u64) {
             return Err(too_large());
@@ -455,31 +377,21 @@ impl RegistryClient {
                     );
                 }
                 match target {
-                    Target::Manifest(n, Reference::Digest(d)) => Error::manifest_unknown(format!(
-                        "manifest {n}@{d} is unknown to upstream {label}"
-                    )),
-                    Target::Manifest(n, Reference::Tag(t)) => Error::manifest_unknown(format!(
-                        "manifest {n}:{t} is unknown to upstream {label}"
-                    )),
-                    Target::Blob(n, d) => Error::new(
-                        ErrorCode::BlobUnknown,
-                        format!("blob {d} of {n} is unknown to upstream {label}"),
-                    ),
+                    Target::Manifest(n, Reference::Digest(d)) => {
+                        Error::manifest_unknown(format!("manifest {n}@{d} is unknown to upstream {label}"))
+                    }
+                    Target::Manifest(n, Reference::Tag(t)) => {
+                        Error::manifest_unknown(format!("manifest {n}:{t} is unknown to upstream {label}"))
+                    }
+                    Target::Blob(n, d) => {
+                        Error::new(ErrorCode::BlobUnknown, format!("blob {d} of {n} is unknown to upstream {label}"))
+                    }
                 }
             }
-            401 | 403 => Error::denied(format!(
-                "upstream {label} denied pulling {name} (HTTP {status})"
-            )),
+            401 | 403 => Error::denied(format!("upstream {label} denied pulling {name} (HTTP {status})")),
             429 => {
-                let retry = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let e = Error::new(
-                    ErrorCode::TooManyRequests,
-                    format!("upstream {label} is rate limiting (HTTP 429)"),
-                );
+                let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let e = Error::new(ErrorCode::TooManyRequests, format!("upstream {label} is rate limiting (HTTP 429)"));
                 match retry {
                     Some(r) => e.with_detail(serde_json::json!({ "retryAfter": r })),
                     None => e,
@@ -500,10 +412,7 @@ impl RegistryClient {
         struct Item {
             code: String,
         }
-        match self
-            .read_limited(resp, SMALL_BODY_LIMIT, "error answer")
-            .await
-        {
+        match self.read_limited(resp, SMALL_BODY_LIMIT, "error answer").await {
             Ok(body) => serde_json::from_slice::<Envelope>(&body)
                 .map(|e| e.errors.into_iter().map(|i| i.code).collect())
                 .unwrap_or_default(),
@@ -519,12 +428,7 @@ impl RegistryClient {
             .ok()
             .and_then(|s| s.trim().parse::<Digest>().ok())
             .map(Some)
-            .ok_or_else(|| {
-                Error::bad_gateway(format!(
-                    "upstream {} sent an invalid Docker-Content-Digest",
-                    self.label
-                ))
-            })
+            .ok_or_else(|| Error::bad_gateway(format!("upstream {} sent an invalid Docker-Content-Digest", self.label)))
     }
 
     fn check_media_type(&self, media_type: &str) -> Result<()> {
@@ -545,25 +449,16 @@ impl RegistryClient {
     ) -> Result<Manifest> {
         let name = self.upstream_name(repository);
         let url = self.api_url(&name, "manifests", reference.as_str())?;
-        let mut resp = self
-            .send(Method::GET, &url, Some(accept), &Self::scope(&name))
-            .await?;
+        let mut resp = self.send(Method::GET, &url, Some(accept), &Self::scope(&name)).await?;
         if resp.status() != StatusCode::OK {
-            return Err(self
-                .unexpected(resp, Target::Manifest(&name, reference))
-                .await);
+            return Err(self.unexpected(resp, Target::Manifest(&name, reference)).await);
         }
         let header_digest = self.header_digest(resp.headers())?;
         let content_type = media_type(resp.headers());
-        let bytes = self
-            .read_limited(&mut resp, self.max_manifest_bytes, "manifest")
-            .await?;
+        let bytes = self.read_limited(&mut resp, self.max_manifest_bytes, "manifest").await?;
 
         let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Error::bad_gateway(format!(
-                "upstream {} sent a manifest for {name} that is not JSON",
-                self.label
-            ))
+            Error::bad_gateway(format!("upstream {} sent a manifest for {name} that is not JSON", self.label))
         })?;
         if !json.is_object() {
             return Err(Error::bad_gateway(format!(
@@ -596,67 +491,35 @@ impl RegistryClient {
             }
         };
         // A generic Content-Type says less than the manifest's own mediaType field.
-        let body_type = json
-            .get("mediaType")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned);
+        let body_type = json.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned);
         let media_type = match content_type {
-            Some(ct)
-                if !matches!(
-                    ct.as_str(),
-                    "application/json" | "text/plain" | "application/octet-stream"
-                ) =>
-            {
-                ct
-            }
+            Some(ct) if !matches!(ct.as_str(), "application/json" | "text/plain" | "application/octet-stream") => ct,
             ct => body_type.or(ct).ok_or_else(|| {
-                Error::bad_gateway(format!(
-                    "upstream {} sent a manifest for {name} without a media type",
-                    self.label
-                ))
+                Error::bad_gateway(format!("upstream {} sent a manifest for {name} without a media type", self.label))
             })?,
         };
         self.check_media_type(&media_type)?;
-        Ok(Manifest {
-            digest,
-            media_type,
-            bytes,
-        })
+        Ok(Manifest { digest, media_type, bytes })
     }
 
     /// A non-200 answer as an error; a redirect of a manifest is not a registry answer.
     async fn unexpected(&self, resp: Response, target: Target<'_>) -> Error {
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
-            return Error::bad_gateway(format!(
-                "upstream {} answered unexpected HTTP {}",
-                self.label,
-                status.as_u16()
-            ));
+            return Error::bad_gateway(format!("upstream {} answered unexpected HTTP {}", self.label, status.as_u16()));
         }
         self.status_error(resp, target).await
     }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The Content-Type without parameters, lowercased.
 fn media_type(headers: &HeaderMap) -> Option<String> {
     let ct = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    let mt = ct
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let mt = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     (!mt.is_empty()).then_some(mt)
 }
 
@@ -674,8 +537,7 @@ fn verifies(digest: &Digest, bytes: &[u8]) -> bool {
 /// The Accept header: every value the caller passed (or [`crate::ACCEPT_ALL`]), joined; values that cannot be in a
 /// header are dropped.
 fn accept_header(accept: &[String]) -> HeaderValue {
-    let valid =
-        |v: &&str| !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',');
+    let valid = |v: &&str| !v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',');
     let mut values: Vec<&str> = accept.iter().map(|s| s.trim()).filter(valid).collect();
     if values.is_empty() {
         values = crate::ACCEPT_ALL.to_vec();
@@ -694,44 +556,29 @@ impl Upstream for RegistryClient {
         let accept = accept_header(accept);
         let name = self.upstream_name(repository);
         let url = self.api_url(&name, "manifests", reference.as_str())?;
-        let resp = self
-            .send(Method::HEAD, &url, Some(&accept), &Self::scope(&name))
-            .await?;
+        let resp = self.send(Method::HEAD, &url, Some(&accept), &Self::scope(&name)).await?;
         let status = resp.status();
         // Some registries do not implement HEAD: ask with GET instead.
         if status != StatusCode::METHOD_NOT_ALLOWED && status != StatusCode::NOT_IMPLEMENTED {
             if status != StatusCode::OK {
-                return Err(self
-                    .unexpected(resp, Target::Manifest(&name, reference))
-                    .await);
+                return Err(self.unexpected(resp, Target::Manifest(&name, reference)).await);
             }
             let digest = self.header_digest(resp.headers())?;
             if let (Reference::Digest(wanted), Some(got)) = (reference, &digest)
                 && wanted != got
             {
-                return Err(Error::bad_gateway(format!(
-                    "upstream {} answered {got} for {name}@{wanted}",
-                    self.label
-                )));
+                return Err(Error::bad_gateway(format!("upstream {} answered {got} for {name}@{wanted}", self.label)));
             }
             let media_type = media_type(resp.headers());
             let size = content_length(resp.headers());
             if let (Some(digest), Some(media_type), Some(size)) = (digest, media_type, size) {
                 self.check_media_type(&media_type)?;
-                return Ok(ManifestHead {
-                    digest,
-                    media_type,
-                    size,
-                });
+                return Ok(ManifestHead { digest, media_type, size });
             }
             tracing::debug!(upstream = %self.label, "HEAD lacked digest, type or size; falling back to GET");
         }
         let m = self.fetch_manifest(repository, reference, &accept).await?;
-        Ok(ManifestHead {
-            digest: m.digest,
-            media_type: m.media_type,
-            size: m.bytes.len() as u64,
-        })
+        Ok(ManifestHead { digest: m.digest, media_type: m.media_type, size: m.bytes.len() as u64 })
     }
 
     async fn get_manifest(
@@ -740,38 +587,21 @@ impl Upstream for RegistryClient {
         reference: &Reference,
         accept: &[String],
     ) -> Result<Manifest> {
-        self.fetch_manifest(repository, reference, &accept_header(accept))
-            .await
+        self.fetch_manifest(repository, reference, &accept_header(accept)).await
     }
 
-    async fn blob_location(
-        &self,
-        repository: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<BlobLocation> {
+    async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let name = self.upstream_name(repository);
         let url = self.api_url(&name, "blobs", digest.as_str())?;
         // GET, not HEAD: registries redirect GETs to storage; the body of a 200 is dropped unread.
-        let resp = self
-            .send(Method::GET, &url, None, &Self::scope(&name))
-            .await?;
+        let resp = self.send(Method::GET, &url, None, &Self::scope(&name)).await?;
         let status = resp.status();
         if status.is_redirection() {
-            let location = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| {
-                    Error::bad_gateway(format!(
-                        "upstream {} redirected a blob without a Location",
-                        self.label
-                    ))
-                })?;
+            let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                Error::bad_gateway(format!("upstream {} redirected a blob without a Location", self.label))
+            })?;
             let target = url.join(location).map_err(|_| {
-                Error::bad_gateway(format!(
-                    "upstream {} redirected a blob to an invalid Location",
-                    self.label
-                ))
+                Error::bad_gateway(format!("upstream {} redirected a blob to an invalid Location", self.label))
             })?;
             if !matches!(target.scheme(), "http" | "https") {
                 return Err(Error::bad_gateway(format!(
@@ -795,10 +625,7 @@ mod tests {
     use super::*;
 
     fn client(url: &str, hub: bool) -> RegistryClient {
-        let cfg = UpstreamConfig {
-            docker_hub: hub,
-            ..UpstreamConfig::from_url(url).unwrap()
-        };
+        let cfg = UpstreamConfig { docker_hub: hub, ..UpstreamConfig::from_url(url).unwrap() };
         RegistryClient::new(&cfg, &ClientOptions::default()).unwrap()
     }
 
@@ -816,37 +643,21 @@ mod tests {
         assert_eq!(hub.upstream_name(&n).as_str(), "library/ubuntu");
         let n: RepositoryName = "org/x".parse().unwrap();
         assert_eq!(hub.upstream_name(&n).as_str(), "org/x");
-        assert_eq!(
-            c.upstream_name(&"ubuntu".parse().unwrap()).as_str(),
-            "ubuntu"
-        );
+        assert_eq!(c.upstream_name(&"ubuntu".parse().unwrap()).as_str(), "ubuntu");
     }
 
     #[test]
     fn realms_only_on_own_host_or_docker_hub_auth() {
         let c = client("http://127.0.0.1:5001", false);
         assert!(c.check_realm("http://127.0.0.1:9999/token").is_ok());
-        for bad in [
-            "http://169.254.169.254/latest",
-            "http://auth.docker.io/token",
-            "file:///etc/passwd",
-            "nonsense",
-        ] {
+        for bad in ["http://169.254.169.254/latest", "http://auth.docker.io/token", "file:///etc/passwd", "nonsense"] {
             let e = c.check_realm(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadGateway, "{bad}");
         }
-        assert!(
-            c.check_realm("http://evil.example/t")
-                .unwrap_err()
-                .message
-                .contains("evil.example")
-        );
+        assert!(c.check_realm("http://evil.example/t").unwrap_err().message.contains("evil.example"));
         let hub = client("https://registry-1.docker.io", false);
         assert!(hub.check_realm("https://auth.docker.io/token").is_ok());
-        assert!(
-            hub.check_realm("http://auth.docker.io/token").is_err(),
-            "no downgrade to http"
-        );
+        assert!(hub.check_realm("http://auth.docker.io/token").is_err(), "no downgrade to http");
         assert!(hub.check_realm("https://u:p@auth.docker.io/token").is_err());
     }
 
@@ -854,19 +665,14 @@ mod tests {
     fn accept_is_joined_and_sanitized() {
         let v = accept_header(&["a/b".into(), "bad\nvalue".into(), "c/d".into()]);
         assert_eq!(v.to_str().unwrap(), "a/b, c/d");
-        assert_eq!(
-            accept_header(&[]).to_str().unwrap(),
-            crate::ACCEPT_ALL.join(", ")
-        );
+        assert_eq!(accept_header(&[]).to_str().unwrap(), crate::ACCEPT_ALL.join(", "));
     }
 
     #[test]
     fn verifies_all_algorithms() {
         let d = Digest::sha256_of(b"x");
         assert!(verifies(&d, b"x") && !verifies(&d, b"y"));
-        let d512: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"x")))
-            .parse()
-            .unwrap();
+        let d512: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"x"))).parse().unwrap();
         assert!(verifies(&d512, b"x") && !verifies(&d512, b"y"));
     }
 
@@ -882,9 +688,7 @@ mod tests {
 
     #[test]
     fn debug_has_no_secrets() {
-        let cfg = UpstreamConfig::from_url("http://h")
-            .unwrap()
-            .with_credentials("u", "hunter2");
+        let cfg = UpstreamConfig::from_url("http://h").unwrap().with_credentials("u", "hunter2");
         let c = RegistryClient::new(&cfg, &ClientOptions::default()).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
     }

@@ -52,11 +52,7 @@ impl UpstreamConfig {
     }
 
     /// Credentials for the upstream, builder style.
-    pub fn with_credentials(
-        mut self,
-        username: impl Into<String>,
-        password: impl Into<String>,
-    ) -> Self {
+    pub fn with_credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self.password = Some(password.into());
         self
@@ -70,14 +66,12 @@ impl UpstreamConfig {
 }
 
 pub(crate) fn is_docker_hub_host(url: &Url) -> bool {
-    url.host_str()
-        .is_some_and(|h| DOCKER_HUB_HOSTS.contains(&h))
+    url.host_str().is_some_and(|h| DOCKER_HUB_HOSTS.contains(&h))
 }
 
 /// Parses and checks a base URL: http(s), a host, no userinfo, no path, query or fragment.
 pub(crate) fn parse_base_url(url: &str) -> Result<Url> {
-    let invalid =
-        |why: &str| Error::internal(format!("invalid upstream URL {:?}: {why}", truncate(url)));
+    let invalid = |why: &str| Error::internal(format!("invalid upstream URL {:?}: {why}", truncate(url)));
     let parsed = Url::parse(url.trim()).map_err(|e| invalid(&e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));
@@ -92,9 +86,7 @@ pub(crate) fn parse_base_url(url: &str) -> Result<Url> {
         return Err(invalid("a host is required"));
     }
     if parsed.path() != "/" && !parsed.path().is_empty() {
-        return Err(invalid(
-            "a path is not accepted; give scheme, host and port only",
-        ));
+        return Err(invalid("a path is not accepted; give scheme, host and port only"));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(invalid("a query or fragment is not accepted"));
@@ -102,9 +94,7 @@ pub(crate) fn parse_base_url(url: &str) -> Result<Url> {
     let mut parsed = parsed;
     // docker.io and index.docker.io do not serve the registry API themselves.
     if matches!(parsed.host_str(), Some("docker.io" | "index.docker.io")) {
-        parsed
-            .set_host(Some("registry-1.docker.io"))
-            .map_err(|e| invalid(&e.to_string()))?;
+        parsed.set_host(Some("registry-1.docker.io")).map_err(|e| invalid(&e.to_string()))?;
     }
     Ok(parsed)
 }
@@ -178,19 +168,15 @@ mod tests {
 
     #[test]
     fn debug_redacts_password() {
-        let c = UpstreamConfig::from_url("http://h")
-            .unwrap()
-            .with_credentials("u", "hunter2");
+        let c = UpstreamConfig::from_url("http://h").unwrap().with_credentials("u", "hunter2");
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2") && s.contains("<redacted>"), "{s}");
     }
 
     #[test]
     fn deserializes() {
-        let c: UpstreamConfig = serde_json::from_str(
-            r#"{"prefix":"hub","url":"https://registry-1.docker.io","password":"p"}"#,
-        )
-        .unwrap();
+        let c: UpstreamConfig =
+            serde_json::from_str(r#"{"prefix":"hub","url":"https://registry-1.docker.io","password":"p"}"#).unwrap();
         assert_eq!(c.prefix, "hub");
         let o: ClientOptions = serde_json::from_str(r#"{"timeout":2.5}"#).unwrap();
         assert_eq!(o.timeout, Duration::from_millis(2500));

@@ -24,9 +24,7 @@ pub struct UpstreamRouter {
 
 impl fmt::Debug for UpstreamRouter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamRouter")
-            .field("prefixes", &self.prefixes().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("UpstreamRouter").field("prefixes", &self.prefixes().collect::<Vec<_>>()).finish()
     }
 }
 
@@ -35,31 +33,22 @@ impl UpstreamRouter {
     pub fn new(configs: &[UpstreamConfig], options: &ClientOptions) -> Result<Self> {
         let routes = configs
             .iter()
-            .map(|c| {
-                Ok((
-                    c.prefix.clone(),
-                    Arc::new(RegistryClient::new(c, options)?) as Arc<dyn Upstream>,
-                ))
-            })
+            .map(|c| Ok((c.prefix.clone(), Arc::new(RegistryClient::new(c, options)?) as Arc<dyn Upstream>)))
             .collect::<Result<Vec<_>>>()?;
         Self::from_upstreams(routes)
     }
 
     /// Any upstreams (spies in tests, decorators) under their prefixes.
-    pub fn from_upstreams(
-        routes: impl IntoIterator<Item = (String, Arc<dyn Upstream>)>,
-    ) -> Result<Self> {
+    pub fn from_upstreams(routes: impl IntoIterator<Item = (String, Arc<dyn Upstream>)>) -> Result<Self> {
         let mut out: Vec<Route> = Vec::new();
         for (prefix, upstream) in routes {
             if !prefix.is_empty() {
-                prefix.parse::<RepositoryName>().map_err(|e| {
-                    Error::internal(format!("invalid upstream prefix {prefix:?}: {}", e.message))
-                })?;
+                prefix
+                    .parse::<RepositoryName>()
+                    .map_err(|e| Error::internal(format!("invalid upstream prefix {prefix:?}: {}", e.message)))?;
             }
             if out.iter().any(|r| r.prefix == prefix) {
-                return Err(Error::internal(format!(
-                    "upstream prefix {prefix:?} is configured twice"
-                )));
+                return Err(Error::internal(format!("upstream prefix {prefix:?} is configured twice")));
             }
             out.push(Route { prefix, upstream });
         }
@@ -82,10 +71,7 @@ impl UpstreamRouter {
                 return Ok((r.upstream.as_ref(), rest));
             }
         }
-        Err(Error::new(
-            ErrorCode::NameUnknown,
-            format!("no upstream is configured for repository {name}"),
-        ))
+        Err(Error::new(ErrorCode::NameUnknown, format!("no upstream is configured for repository {name}")))
     }
 }
 
@@ -111,11 +97,7 @@ impl Upstream for UpstreamRouter {
         upstream.get_manifest(&name, reference, accept).await
     }
 
-    async fn blob_location(
-        &self,
-        repository: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<BlobLocation> {
+    async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let (upstream, name) = self.route(repository)?;
         upstream.blob_location(&name, digest).await
     }
@@ -135,37 +117,22 @@ mod tests {
 
     #[async_trait]
     impl Upstream for Spy {
-        async fn head_manifest(
-            &self,
-            r: &RepositoryName,
-            _: &Reference,
-            _: &[String],
-        ) -> Result<ManifestHead> {
+        async fn head_manifest(&self, r: &RepositoryName, _: &Reference, _: &[String]) -> Result<ManifestHead> {
             self.seen.lock().unwrap().push(r.to_string());
             Err(Error::manifest_unknown(self.id))
         }
-        async fn get_manifest(
-            &self,
-            r: &RepositoryName,
-            _: &Reference,
-            _: &[String],
-        ) -> Result<Manifest> {
+        async fn get_manifest(&self, r: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
             self.seen.lock().unwrap().push(r.to_string());
             Err(Error::manifest_unknown(self.id))
         }
         async fn blob_location(&self, r: &RepositoryName, _: &Digest) -> Result<BlobLocation> {
             self.seen.lock().unwrap().push(r.to_string());
-            Ok(BlobLocation {
-                url: self.id.into(),
-            })
+            Ok(BlobLocation { url: self.id.into() })
         }
     }
 
     fn spy(id: &'static str) -> Arc<Spy> {
-        Arc::new(Spy {
-            id,
-            ..Default::default()
-        })
+        Arc::new(Spy { id, ..Default::default() })
     }
 
     #[tokio::test]
@@ -190,17 +157,12 @@ mod tests {
         assert_eq!(loc("library/ubuntu").await, "default");
         assert_eq!(*deep.seen.lock().unwrap(), ["img"]);
         assert_eq!(*ghcr.seen.lock().unwrap(), ["other/img"]);
-        assert_eq!(
-            *def.seen.lock().unwrap(),
-            ["ghcrx/img", "ghcr", "library/ubuntu"]
-        );
+        assert_eq!(*def.seen.lock().unwrap(), ["ghcrx/img", "ghcr", "library/ubuntu"]);
     }
 
     #[tokio::test]
     async fn unrouted_names_are_name_unknown() {
-        let router =
-            UpstreamRouter::from_upstreams([("hub".to_owned(), spy("hub") as Arc<dyn Upstream>)])
-                .unwrap();
+        let router = UpstreamRouter::from_upstreams([("hub".to_owned(), spy("hub") as Arc<dyn Upstream>)]).unwrap();
         let n: RepositoryName = "evil.example/x".parse().unwrap();
         let r: Reference = "latest".parse().unwrap();
         let e = router.get_manifest(&n, &r, &[]).await.unwrap_err();
@@ -209,10 +171,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused() {
-        assert!(
-            UpstreamRouter::from_upstreams([("Bad/".to_owned(), spy("x") as Arc<dyn Upstream>)])
-                .is_err()
-        );
+        assert!(UpstreamRouter::from_upstreams([("Bad/".to_owned(), spy("x") as Arc<dyn Upstream>)]).is_err());
         assert!(
             UpstreamRouter::from_upstreams([
                 ("a".to_owned(), spy("x") as Arc<dyn Upstream>),
@@ -220,9 +179,7 @@ mod tests {
             ])
             .is_err()
         );
-        let cfgs = [UpstreamConfig::from_url("http://127.0.0.1:1")
-            .unwrap()
-            .with_prefix("p")];
+        let cfgs = [UpstreamConfig::from_url("http://127.0.0.1:1").unwrap().with_prefix("p")];
         let r = UpstreamRouter::new(&cfgs, &ClientOptions::default()).unwrap();
         assert_eq!(r.prefixes().collect::<Vec<_>>(), ["p"]);
     }

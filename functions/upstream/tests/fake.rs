@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+const MANIFEST: &[u8] =
+    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
 const BLOB: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 fn client_for(url: &str, creds: Option<(&str, &str)>, options: ClientOptions) -> RegistryClient {
@@ -47,11 +48,7 @@ mod base64_like {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::new();
         for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
             let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -65,19 +62,12 @@ mod base64_like {
     }
 }
 
-fn manifest_response(
-    method: &axum::http::Method,
-    digest: &str,
-) -> axum::http::Response<axum::body::Body> {
-    let headers = [
-        ("content-type", OCI_MANIFEST),
-        ("docker-content-digest", digest),
-    ];
+fn manifest_response(method: &axum::http::Method, digest: &str) -> axum::http::Response<axum::body::Body> {
+    let headers = [("content-type", OCI_MANIFEST), ("docker-content-digest", digest)];
     if method == axum::http::Method::HEAD {
         let len = MANIFEST.len().to_string();
         let mut r = response(200, &headers, "");
-        r.headers_mut()
-            .insert("content-length", len.parse().unwrap());
+        r.headers_mut().insert("content-length", len.parse().unwrap());
         r
     } else {
         response(200, &headers, MANIFEST)
@@ -114,10 +104,13 @@ async fn token_fake(require: Option<(&'static str, &'static str)>, expires_in: u
             }
             let current = format!("Bearer tok-{}", calls.load(Ordering::SeqCst));
             if auth != current {
-                let challenge = format!(
-                    r#"Bearer realm="{base}/token",service="fake,registry",scope="repository:org/img:pull""#
+                let challenge =
+                    format!(r#"Bearer realm="{base}/token",service="fake,registry",scope="repository:org/img:pull""#);
+                return response(
+                    401,
+                    &[("www-authenticate", challenge.as_str())],
+                    r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
                 );
-                return response(401, &[("www-authenticate", challenge.as_str())], r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
             }
             if path.starts_with("/v2/org/img/manifests/") {
                 manifest_response(method, &sha256(MANIFEST))
@@ -129,40 +122,22 @@ async fn token_fake(require: Option<(&'static str, &'static str)>, expires_in: u
         })
     })
     .await;
-    TokenFake {
-        fake,
-        token_calls,
-        token_queries,
-    }
+    TokenFake { fake, token_calls, token_queries }
 }
 
 #[tokio::test]
 async fn token_flow_caches_the_token_per_scope() {
     let t = token_fake(None, 300).await;
     let c = client(&t.fake.url);
-    let m = c
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    let m = c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     assert_eq!(m.digest.as_str(), sha256(MANIFEST));
-    let h = c
-        .head_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    let h = c.head_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     assert_eq!(h.digest, m.digest);
     assert_eq!(h.size, MANIFEST.len() as u64);
     let blob: Digest = BLOB.parse().unwrap();
     let loc = c.blob_location(&name(), &blob).await.unwrap();
-    assert_eq!(
-        loc.url,
-        format!("{}/storage/blob?sig=1", t.fake.url),
-        "relative Location resolved"
-    );
-    assert_eq!(
-        t.token_calls.load(Ordering::SeqCst),
-        1,
-        "one token for the whole session"
-    );
+    assert_eq!(loc.url, format!("{}/storage/blob?sig=1", t.fake.url), "relative Location resolved");
+    assert_eq!(t.token_calls.load(Ordering::SeqCst), 1, "one token for the whole session");
     // 1 challenge + 1 retry + HEAD + blob GET + 1 token request.
     assert_eq!(t.fake.requests(), 5);
     let q = t.token_queries.lock().unwrap()[0].clone();
@@ -174,18 +149,11 @@ async fn token_flow_caches_the_token_per_scope() {
 async fn a_rejected_cached_token_is_renewed_once() {
     let t = token_fake(None, 300).await;
     let c = client(&t.fake.url);
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     // Another client takes tok-2: ours now holds a token the fake refuses.
     let other = client(&t.fake.url);
-    other
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    other.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     assert_eq!(t.token_calls.load(Ordering::SeqCst), 3);
 }
 
@@ -193,13 +161,9 @@ async fn a_rejected_cached_token_is_renewed_once() {
 async fn short_lived_tokens_are_not_reused_after_expiry() {
     let t = token_fake(None, 1).await;
     let c = client(&t.fake.url);
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     assert_eq!(t.token_calls.load(Ordering::SeqCst), 2);
     // The expired token was dropped, not sent (the fake would still have taken it).
     assert_eq!(t.fake.requests(), 6);
@@ -208,36 +172,17 @@ async fn short_lived_tokens_are_not_reused_after_expiry() {
 #[tokio::test]
 async fn token_endpoint_gets_configured_credentials() {
     let t = token_fake(Some(("robot", "s3cret")), 300).await;
-    let c = client_for(
-        &t.fake.url,
-        Some(("robot", "s3cret")),
-        ClientOptions::default(),
-    );
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    let c = client_for(&t.fake.url, Some(("robot", "s3cret")), ClientOptions::default());
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
 
-    let wrong = client_for(
-        &t.fake.url,
-        Some(("robot", "wrong-pass")),
-        ClientOptions::default(),
-    );
-    let e = wrong
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let wrong = client_for(&t.fake.url, Some(("robot", "wrong-pass")), ClientOptions::default());
+    let e = wrong.get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
-    assert!(
-        e.message.contains(&t.fake.port.to_string()),
-        "names the upstream: {e}"
-    );
+    assert!(e.message.contains(&t.fake.port.to_string()), "names the upstream: {e}");
     assert!(!e.message.contains("wrong-pass") && !format!("{e:?}").contains("wrong-pass"));
 
     let anonymous = client(&t.fake.url);
-    let e = anonymous
-        .head_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = anonymous.head_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
 }
 
@@ -252,10 +197,7 @@ async fn a_realm_on_another_host_is_refused_without_contacting_it() {
         })
     })
     .await;
-    let e = client(&f.url)
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = client(&f.url).get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     assert!(e.message.contains("localhost"), "{e}");
     assert_eq!(f.requests(), 1);
@@ -265,36 +207,19 @@ async fn a_realm_on_another_host_is_refused_without_contacting_it() {
 async fn basic_challenges_get_the_configured_credentials() {
     let f = fake(|_| {
         Arc::new(move |method, _: &str, headers| {
-            if headers.get("authorization").and_then(|v| v.to_str().ok())
-                == Some(basic("u", "p").as_str())
-            {
+            if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(basic("u", "p").as_str()) {
                 manifest_response(method, &sha256(MANIFEST))
             } else {
-                response(
-                    401,
-                    &[("www-authenticate", r#"Basic realm="registry""#)],
-                    "",
-                )
+                response(401, &[("www-authenticate", r#"Basic realm="registry""#)], "")
             }
         })
     })
     .await;
     let c = client_for(&f.url, Some(("u", "p")), ClientOptions::default());
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
-    c.get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
-    assert_eq!(
-        f.requests(),
-        3,
-        "credentials sent up front once Basic was asked for"
-    );
-    let e = client(&f.url)
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
+    c.get_manifest(&name(), &tag(), &accept_all()).await.unwrap();
+    assert_eq!(f.requests(), 3, "credentials sent up front once Basic was asked for");
+    let e = client(&f.url).get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
     let e = client_for(&f.url, Some(("u", "nope")), ClientOptions::default())
         .get_manifest(&name(), &tag(), &accept_all())
@@ -310,20 +235,13 @@ async fn all_accept_values_are_forwarded() {
     let s = seen.clone();
     let f = fake(move |_| {
         Arc::new(move |method, _: &str, headers| {
-            let all: Vec<String> = headers
-                .get_all("accept")
-                .iter()
-                .map(|v| v.to_str().unwrap().to_owned())
-                .collect();
+            let all: Vec<String> = headers.get_all("accept").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
             s.lock().unwrap().push(all.join(", "));
             manifest_response(method, &sha256(MANIFEST))
         })
     })
     .await;
-    client(&f.url)
-        .head_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap();
+    client(&f.url).head_manifest(&name(), &tag(), &accept_all()).await.unwrap();
     let accept = seen.lock().unwrap()[0].clone();
     let values: Vec<&str> = accept.split(',').map(str::trim).collect();
     assert_eq!(values, metahub_upstream::ACCEPT_ALL);
@@ -349,30 +267,14 @@ async fn digests_are_verified() {
     })
     .await;
     let c = client(&f.url);
-    let e = c
-        .get_manifest(&name(), &"lying-tag".parse().unwrap(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.get_manifest(&name(), &"lying-tag".parse().unwrap(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
-    let e = c
-        .get_manifest(
-            &name(),
-            &"bad-digest-header".parse().unwrap(),
-            &accept_all(),
-        )
-        .await
-        .unwrap_err();
+    let e = c.get_manifest(&name(), &"bad-digest-header".parse().unwrap(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
-    let e = c
-        .get_manifest(&name(), &wrong.parse().unwrap(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.get_manifest(&name(), &wrong.parse().unwrap(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     // HEAD without Docker-Content-Digest falls back to GET and hashes the bytes.
-    let h = c
-        .head_manifest(&name(), &"no-digest".parse().unwrap(), &accept_all())
-        .await
-        .unwrap();
+    let h = c.head_manifest(&name(), &"no-digest".parse().unwrap(), &accept_all()).await.unwrap();
     assert_eq!(h.digest.as_str(), sha256(MANIFEST));
     assert_eq!(h.media_type, OCI_MANIFEST);
     assert_eq!(h.size, MANIFEST.len() as u64);
@@ -387,11 +289,7 @@ async fn upstream_statuses_map_onto_the_error_table() {
                 "rate" => response(429, &[("retry-after", "7")], ""),
                 "down" => response(503, &[], "maintenance"),
                 "forbidden" => response(403, &[], ""),
-                "noname" => response(
-                    404,
-                    &json,
-                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"x"}]}"#,
-                ),
+                "noname" => response(404, &json, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"x"}]}"#),
                 "html" => response(200, &[("content-type", "text/html")], "<html>login</html>"),
                 "notjson" => response(200, &[("content-type", OCI_MANIFEST)], "hello"),
                 "teapot" => response(418, &[], ""),
@@ -403,11 +301,7 @@ async fn upstream_statuses_map_onto_the_error_table() {
     let c = client(&f.url);
     let get = |t: &'static str| {
         let c = &c;
-        async move {
-            c.get_manifest(&name(), &t.parse().unwrap(), &accept_all())
-                .await
-                .unwrap_err()
-        }
+        async move { c.get_manifest(&name(), &t.parse().unwrap(), &accept_all()).await.unwrap_err() }
     };
     let e = get("rate").await;
     assert_eq!(e.code, ErrorCode::TooManyRequests, "{e}");
@@ -421,35 +315,20 @@ async fn upstream_statuses_map_onto_the_error_table() {
     assert_eq!(get("html").await.code, ErrorCode::BadGateway);
     assert_eq!(get("notjson").await.code, ErrorCode::BadGateway);
     assert_eq!(get("teapot").await.code, ErrorCode::BadGateway);
-    let e = c
-        .head_manifest(&name(), &"down".parse().unwrap(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.head_manifest(&name(), &"down".parse().unwrap(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
-    let e = c
-        .blob_location(&name(), &BLOB.parse().unwrap())
-        .await
-        .unwrap_err();
+    let e = c.blob_location(&name(), &BLOB.parse().unwrap()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BlobUnknown, "{e}");
 }
 
 #[tokio::test]
 async fn oversized_manifests_are_refused_by_length_and_while_streaming() {
     // By Content-Length.
-    let f = fake(|_| {
-        Arc::new(move |_, _: &str, _| {
-            response(200, &[("content-type", OCI_MANIFEST)], vec![b' '; 10_000])
-        })
-    })
-    .await;
-    let small = ClientOptions {
-        max_manifest_bytes: 1000,
-        ..ClientOptions::default()
-    };
-    let e = client_for(&f.url, None, small.clone())
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let f =
+        fake(|_| Arc::new(move |_, _: &str, _| response(200, &[("content-type", OCI_MANIFEST)], vec![b' '; 10_000])))
+            .await;
+    let small = ClientOptions { max_manifest_bytes: 1000, ..ClientOptions::default() };
+    let e = client_for(&f.url, None, small.clone()).get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
 
     // Chunked, no length: stops reading once over the limit, though the server would go on for long.
@@ -459,9 +338,7 @@ async fn oversized_manifests_are_refused_by_length_and_while_streaming() {
         let (mut sock, _) = listener.accept().await.unwrap();
         let mut buf = [0u8; 4096];
         let _ = sock.read(&mut buf).await;
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: {OCI_MANIFEST}\r\ntransfer-encoding: chunked\r\n\r\n"
-        );
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {OCI_MANIFEST}\r\ntransfer-encoding: chunked\r\n\r\n");
         sock.write_all(head.as_bytes()).await.unwrap();
         let chunk = format!("{:x}\r\n{}\r\n", 500, " ".repeat(500));
         for _ in 0..2000 {
@@ -471,10 +348,7 @@ async fn oversized_manifests_are_refused_by_length_and_while_streaming() {
         }
     });
     let started = Instant::now();
-    let e = client_for(&url, None, small)
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = client_for(&url, None, small).get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     assert!(e.message.contains("1000 bytes"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -484,10 +358,7 @@ async fn oversized_manifests_are_refused_by_length_and_while_streaming() {
 #[tokio::test]
 async fn a_closed_port_is_unavailable() {
     let port = free_port();
-    let e = client(&format!("http://127.0.0.1:{port}"))
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = client(&format!("http://127.0.0.1:{port}")).get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
     assert!(e.message.contains(&port.to_string()), "{e}");
 }
@@ -502,15 +373,9 @@ async fn a_slow_upstream_times_out_as_unavailable() {
             held.push(sock); // never answer
         }
     });
-    let opts = ClientOptions {
-        timeout: Duration::from_millis(500),
-        ..ClientOptions::default()
-    };
+    let opts = ClientOptions { timeout: Duration::from_millis(500), ..ClientOptions::default() };
     let started = Instant::now();
-    let e = client_for(&url, None, opts)
-        .head_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = client_for(&url, None, opts).head_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
     assert!(e.message.contains("timed out"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -525,15 +390,10 @@ async fn a_non_http_answer_is_a_bad_gateway() {
         while let Ok((mut sock, _)) = listener.accept().await {
             let mut buf = [0u8; 4096];
             let _ = sock.read(&mut buf).await;
-            let _ = sock
-                .write_all(b"SSH-2.0-OpenSSH_9.2\r\ngarbage garbage\r\n\r\n")
-                .await;
+            let _ = sock.write_all(b"SSH-2.0-OpenSSH_9.2\r\ngarbage garbage\r\n\r\n").await;
         }
     });
-    let e = client(&url)
-        .get_manifest(&name(), &tag(), &accept_all())
-        .await
-        .unwrap_err();
+    let e = client(&url).get_manifest(&name(), &tag(), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     server.abort();
 }

@@ -29,9 +29,7 @@ fn have_registry() -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("docker-registry").is_file()));
     if !found {
-        eprintln!(
-            "NOTICE: docker-registry is not on PATH; skipping this test (apt-get install docker-registry)"
-        );
+        eprintln!("NOTICE: docker-registry is not on PATH; skipping this test (apt-get install docker-registry)");
     }
     found
 }
@@ -65,42 +63,23 @@ async fn start_registry(extra: &str) -> Registry {
             return registry;
         }
         if let Ok(Some(status)) = registry.child.try_wait() {
-            let log = std::fs::read_to_string(registry.root.path().join("registry.log"))
-                .unwrap_or_default();
+            let log = std::fs::read_to_string(registry.root.path().join("registry.log")).unwrap_or_default();
             panic!("docker-registry exited with {status}: {log}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "docker-registry did not start in 15 s"
-        );
+        assert!(Instant::now() < deadline, "docker-registry did not start in 15 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn push_blob(http: &reqwest::Client, base: &str, name: &str, bytes: &[u8]) -> String {
     let digest = sha256(bytes);
-    let r = http
-        .post(format!("{base}/v2/{name}/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(format!("{base}/v2/{name}/blobs/uploads/")).send().await.unwrap();
     assert_eq!(r.status(), 202, "start upload");
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let mut url = reqwest::Url::parse(base).unwrap().join(&location).unwrap();
     url.query_pairs_mut().append_pair("digest", &digest);
-    let r = http
-        .put(url)
-        .header("content-type", "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        201,
-        "finish upload: {}",
-        r.text().await.unwrap()
-    );
+    let r = http.put(url).header("content-type", "application/octet-stream").body(bytes.to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "finish upload: {}", r.text().await.unwrap());
     digest
 }
 
@@ -119,12 +98,7 @@ async fn push_manifest(
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        r.status(),
-        201,
-        "push manifest: {}",
-        r.text().await.unwrap()
-    );
+    assert_eq!(r.status(), 201, "push manifest: {}", r.text().await.unwrap());
 }
 
 struct Pushed {
@@ -138,9 +112,7 @@ struct Pushed {
 async fn push_image(base: &str, name: &str) -> Pushed {
     let http = reqwest::Client::new();
     let layer = b"not really a tarball, but the registry does not care".to_vec();
-    let config =
-        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
-            .to_vec();
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
     let layer_digest = push_blob(&http, base, name, &layer).await;
     let config_digest = push_blob(&http, base, name, &config).await;
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -161,12 +133,7 @@ async fn push_image(base: &str, name: &str) -> Pushed {
     }))
     .unwrap();
     push_manifest(&http, base, name, "v1", OCI_INDEX, &index).await;
-    Pushed {
-        manifest,
-        index,
-        layer,
-        layer_digest,
-    }
+    Pushed { manifest, index, layer, layer_digest }
 }
 
 fn client(url: &str, options: ClientOptions) -> RegistryClient {
@@ -192,43 +159,25 @@ async fn manifests_by_tag_and_by_digest() {
     let n = name("org/img");
     let index_digest = sha256(&pushed.index);
 
-    let head = c
-        .head_manifest(&n, &reference("v1"), &accept_all())
-        .await
-        .unwrap();
+    let head = c.head_manifest(&n, &reference("v1"), &accept_all()).await.unwrap();
     assert_eq!(head.digest.as_str(), index_digest);
     assert_eq!(head.media_type, OCI_INDEX);
     assert_eq!(head.size, pushed.index.len() as u64);
 
-    let got = c
-        .get_manifest(&n, &reference("v1"), &accept_all())
-        .await
-        .unwrap();
+    let got = c.get_manifest(&n, &reference("v1"), &accept_all()).await.unwrap();
     assert_eq!(got.bytes.as_ref(), pushed.index.as_slice());
     assert_eq!(got.digest.as_str(), index_digest);
     assert_eq!(got.media_type, OCI_INDEX);
 
-    let by_digest = c
-        .get_manifest(&n, &reference(&index_digest), &accept_all())
-        .await
-        .unwrap();
+    let by_digest = c.get_manifest(&n, &reference(&index_digest), &accept_all()).await.unwrap();
     assert_eq!(by_digest, got);
-    let head = c
-        .head_manifest(&n, &reference(&index_digest), &accept_all())
-        .await
-        .unwrap();
+    let head = c.head_manifest(&n, &reference(&index_digest), &accept_all()).await.unwrap();
     assert_eq!(head.digest.as_str(), index_digest);
 
-    let single = c
-        .get_manifest(&n, &reference("single"), &accept_all())
-        .await
-        .unwrap();
+    let single = c.get_manifest(&n, &reference("single"), &accept_all()).await.unwrap();
     assert_eq!(single.bytes.as_ref(), pushed.manifest.as_slice());
     assert_eq!(single.media_type, OCI_MANIFEST);
-    let child = c
-        .get_manifest(&n, &reference(&sha256(&pushed.manifest)), &accept_all())
-        .await
-        .unwrap();
+    let child = c.get_manifest(&n, &reference(&sha256(&pushed.manifest)), &accept_all()).await.unwrap();
     assert_eq!(child.digest.as_str(), sha256(&pushed.manifest));
 }
 
@@ -243,31 +192,16 @@ async fn unknown_manifests_blobs_and_names() {
     let n = name("org/img");
     let missing: Digest = sha256(b"nothing").parse().unwrap();
 
-    let e = c
-        .get_manifest(&n, &reference("nope"), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.get_manifest(&n, &reference("nope"), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::ManifestUnknown, "{e}");
-    let e = c
-        .head_manifest(&n, &reference("nope"), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.head_manifest(&n, &reference("nope"), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::ManifestUnknown, "{e}");
-    let e = c
-        .get_manifest(&n, &Reference::Digest(missing.clone()), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.get_manifest(&n, &Reference::Digest(missing.clone()), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::ManifestUnknown, "{e}");
     let e = c.blob_location(&n, &missing).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BlobUnknown, "{e}");
-    let e = c
-        .get_manifest(&name("no/such-repo"), &reference("v1"), &accept_all())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e.code, ErrorCode::NameUnknown | ErrorCode::ManifestUnknown),
-        "{e}"
-    );
+    let e = c.get_manifest(&name("no/such-repo"), &reference("v1"), &accept_all()).await.unwrap_err();
+    assert!(matches!(e.code, ErrorCode::NameUnknown | ErrorCode::ManifestUnknown), "{e}");
     assert_eq!(e.status(), 404);
 }
 
@@ -278,28 +212,15 @@ async fn manifest_size_limit() {
     }
     let reg = start_registry("").await;
     let pushed = push_image(&reg.url, "org/img").await;
-    let small = ClientOptions {
-        max_manifest_bytes: 64,
-        ..ClientOptions::default()
-    };
+    let small = ClientOptions { max_manifest_bytes: 64, ..ClientOptions::default() };
     let c = client(&reg.url, small);
-    let e = c
-        .get_manifest(&name("org/img"), &reference("v1"), &accept_all())
-        .await
-        .unwrap_err();
+    let e = c.get_manifest(&name("org/img"), &reference("v1"), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     assert!(e.message.contains("64 bytes"), "{e}");
     // Exactly at the limit is fine.
-    let exact = ClientOptions {
-        max_manifest_bytes: pushed.index.len(),
-        ..ClientOptions::default()
-    };
+    let exact = ClientOptions { max_manifest_bytes: pushed.index.len(), ..ClientOptions::default() };
     let c = client(&reg.url, exact);
-    assert!(
-        c.get_manifest(&name("org/img"), &reference("v1"), &accept_all())
-            .await
-            .is_ok()
-    );
+    assert!(c.get_manifest(&name("org/img"), &reference("v1"), &accept_all()).await.is_ok());
 }
 
 #[tokio::test]
@@ -312,10 +233,7 @@ async fn blob_location_is_the_upstream_blob_url_without_redirects() {
     let c = client(&reg.url, ClientOptions::default());
     let d: Digest = pushed.layer_digest.parse().unwrap();
     let loc = c.blob_location(&name("org/img"), &d).await.unwrap();
-    assert_eq!(
-        loc.url,
-        format!("{}/v2/org/img/blobs/{}", reg.url, pushed.layer_digest)
-    );
+    assert_eq!(loc.url, format!("{}/v2/org/img/blobs/{}", reg.url, pushed.layer_digest));
     let body = reqwest::get(&loc.url).await.unwrap().bytes().await.unwrap();
     assert_eq!(body.as_ref(), pushed.layer.as_slice());
 }
@@ -330,11 +248,7 @@ async fn blob_location_follows_the_storage_redirect() {
     let root = storage.path().to_path_buf();
     let files = fake(move |_| {
         Arc::new(move |_, path: &str, _| {
-            let rel = path
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches('/');
+            let rel = path.split('?').next().unwrap_or_default().trim_start_matches('/');
             if rel.split('/').any(|s| s == ".." || s.is_empty()) {
                 return response(400, &[], "");
             }
@@ -345,10 +259,8 @@ async fn blob_location_follows_the_storage_redirect() {
         })
     })
     .await;
-    let extra = format!(
-        "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {}\n",
-        files.url
-    );
+    let extra =
+        format!("middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {}\n", files.url);
     let reg = start_registry(&extra).await;
     let pushed = push_image(&reg.url, "org/img").await;
     // The registry writes under its own root: point the static server at it by symlink.
@@ -358,19 +270,11 @@ async fn blob_location_follows_the_storage_redirect() {
     let c = client(&reg.url, ClientOptions::default());
     let d: Digest = pushed.layer_digest.parse().unwrap();
     let loc = c.blob_location(&name("org/img"), &d).await.unwrap();
-    assert!(
-        loc.url.starts_with(&files.url),
-        "{} should start with {}",
-        loc.url,
-        files.url
-    );
+    assert!(loc.url.starts_with(&files.url), "{} should start with {}", loc.url, files.url);
     let body = reqwest::get(&loc.url).await.unwrap().bytes().await.unwrap();
     assert_eq!(body.as_ref(), pushed.layer.as_slice());
     // Manifests still come from the registry itself.
-    let m = c
-        .get_manifest(&name("org/img"), &reference("v1"), &accept_all())
-        .await
-        .unwrap();
+    let m = c.get_manifest(&name("org/img"), &reference("v1"), &accept_all()).await.unwrap();
     assert_eq!(m.bytes.as_ref(), pushed.index.as_slice());
 }
 
@@ -381,18 +285,10 @@ async fn router_sends_prefixed_names_to_their_upstream() {
     }
     let reg = start_registry("").await;
     let pushed = push_image(&reg.url, "org/img").await;
-    let configs = [UpstreamConfig::from_url(&reg.url)
-        .unwrap()
-        .with_prefix("local")];
+    let configs = [UpstreamConfig::from_url(&reg.url).unwrap().with_prefix("local")];
     let router = UpstreamRouter::new(&configs, &ClientOptions::default()).unwrap();
-    let m = router
-        .get_manifest(&name("local/org/img"), &reference("v1"), &accept_all())
-        .await
-        .unwrap();
+    let m = router.get_manifest(&name("local/org/img"), &reference("v1"), &accept_all()).await.unwrap();
     assert_eq!(m.bytes.as_ref(), pushed.index.as_slice());
-    let e = router
-        .get_manifest(&name("org/img"), &reference("v1"), &accept_all())
-        .await
-        .unwrap_err();
+    let e = router.get_manifest(&name("org/img"), &reference("v1"), &accept_all()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NameUnknown, "{e}");
 }

@@ -114,7 +114,13 @@ fn nothing_fits_names_machine_and_offer() {
 #[test]
 fn garbage_is_an_upstream_error_not_a_panic() {
     let m = MachineType::new("m", vec![], MatchMode::Best).unwrap();
-    for bad in [&b"not json"[..], b"[]", b"{}", br#"{"manifests": [{}]}"#, br#"{"manifests": [{"digest": "x", "platform": {"features": 3}}]}"#] {
+    for bad in [
+        &b"not json"[..],
+        b"[]",
+        b"{}",
+        br#"{"manifests": [{}]}"#,
+        br#"{"manifests": [{"digest": "x", "platform": {"features": 3}}]}"#,
+    ] {
         assert_eq!(filter_index(bad, OCI_INDEX, &m).unwrap_err().code, crate::ErrorCode::BadGateway);
     }
 }

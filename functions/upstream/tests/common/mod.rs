@@ -11,11 +11,7 @@ pub type Handler = Arc<dyn Fn(&Method, &str, &HeaderMap) -> Response<Body> + Sen
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A fake upstream on 127.0.0.1: every request goes to `handler(method, path_and_query, headers)`.
@@ -50,23 +46,14 @@ pub async fn fake(make: impl FnOnce(String) -> Handler) -> Fake {
         let handler = handler.clone();
         count.fetch_add(1, Ordering::SeqCst);
         async move {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
+            let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
             handler(req.method(), &pq, req.headers())
         }
     });
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Fake {
-        url,
-        port,
-        requests,
-        task,
-    }
+    Fake { url, port, requests, task }
 }
 
 pub fn response(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> Response<Body> {
@@ -83,10 +70,7 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 pub fn accept_all() -> Vec<String> {
-    metahub_upstream::ACCEPT_ALL
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    metahub_upstream::ACCEPT_ALL.iter().map(|s| s.to_string()).collect()
 }
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
