@@ -29,6 +29,30 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::BlobUnknown,
+        ErrorCode::DigestInvalid,
+        ErrorCode::ManifestUnknown,
+        ErrorCode::ManifestInvalid,
+        ErrorCode::NameInvalid,
+        ErrorCode::NameUnknown,
+        ErrorCode::SizeInvalid,
+        ErrorCode::Unauthorized,
+        ErrorCode::Denied,
+        ErrorCode::Unsupported,
+        ErrorCode::NotFound,
+        ErrorCode::TooManyRequests,
+        ErrorCode::TooLarge,
+        ErrorCode::Unavailable,
+        ErrorCode::BadGateway,
+        ErrorCode::Internal,
+    ];
+
+    /// The code a registry error JSON names, when it is one of ours.
+    pub fn from_wire(wire: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == wire)
+    }
+
     /// The table: wire code and HTTP status, in one place.
     pub const fn spec(self) -> (&'static str, u16) {
         match self {

@@ -91,6 +91,24 @@ pub struct Verdict {
     pub reason: String,
 }
 
+impl Verdict {
+    /// The verdict as `metahub explain --json` and the admin API's explain route answer it.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "digest": self.entry.digest,
+            "platform": self.entry.platform(),
+            "os": self.entry.os,
+            "architecture": self.entry.architecture,
+            "variant": self.entry.variant,
+            "features": self.entry.features,
+            "attests": self.entry.attests,
+            "fits": self.fits,
+            "served": self.served,
+            "reason": self.reason,
+        })
+    }
+}
+
 /// A parsed index: the JSON object and its entries.
 pub struct Index {
     object: Map<String, Value>,

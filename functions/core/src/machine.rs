@@ -168,6 +168,11 @@ impl MachineType {
             .map_err(|e| Error::internal(format!("stored machine type {name:?} is malformed: {}", e.message)))
     }
 
+    /// `{"name","features","match"}`, as the CLI's `--json` and the admin API show a machine type.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"name": self.name, "features": self.features, "match": self.match_mode.to_string()})
+    }
+
     pub fn parsed_features(&self) -> Vec<Feature> {
         self.features.iter().map(|f| Feature::parse_lenient(f)).collect()
     }

@@ -181,10 +181,6 @@ async fn record(app: &App, who: String, action: &str, target: String) -> Result<
     })
 }
 
-pub fn machine_type_json(mt: &MachineType) -> Value {
-    json!({"name": mt.name, "features": mt.features, "match": mt.match_mode.to_string()})
-}
-
 fn account_json(a: &Account) -> Value {
     json!({"login": a.login, "machineType": a.machine_type})
 }
@@ -195,13 +191,13 @@ fn ok_json(value: Value) -> Response {
 
 async fn list_machine_types(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let all = app.registry.store().list_machine_types().await?;
-    Ok(ok_json(all.iter().map(machine_type_json).collect()))
+    Ok(ok_json(all.iter().map(MachineType::to_json).collect()))
 }
 
 async fn get_machine_type(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     validate_name("machine type", &name)?;
     match app.registry.store().machine_type(&name).await? {
-        Some(mt) => Ok(ok_json(machine_type_json(&mt))),
+        Some(mt) => Ok(ok_json(mt.to_json())),
         None => Err(unknown("machine type", &name)),
     }
 }
@@ -248,7 +244,7 @@ async fn put_machine_type(
     app.registry.store().put_machine_type(&mt).await?;
     let target = format!("{} [{}] {}", mt.name, mt.features.join(","), mt.match_mode);
     record(&app, who, "put-machine-type", target).await?;
-    Ok(ok_json(machine_type_json(&mt)))
+    Ok(ok_json(mt.to_json()))
 }
 
 async fn delete_machine_type(
@@ -434,7 +430,7 @@ async fn explain(
         "image": image.to_string(),
         "digest": manifest.digest.to_string(),
         "mediaType": manifest.media_type,
-        "machineType": machine_type_json(&machine),
+        "machineType": machine.to_json(),
     });
     if !filter::is_index_media_type(&manifest.media_type) {
         out["index"] = json!(false);
@@ -449,24 +445,9 @@ async fn explain(
         Err(e) => (None, Some(json!({"code": e.code.as_str(), "message": e.message}))),
     };
     out["index"] = json!(true);
-    out["entries"] = verdicts.iter().map(verdict_json).collect();
+    out["entries"] = verdicts.iter().map(Verdict::to_json).collect();
     out["served"] = verdicts.iter().filter(|v| v.served).map(|v| json!(v.entry.digest)).collect();
     out["filteredDigest"] = json!(filtered_digest);
     out["error"] = json!(error);
     Ok(ok_json(out))
-}
-
-fn verdict_json(v: &Verdict) -> Value {
-    json!({
-        "digest": v.entry.digest,
-        "platform": v.entry.platform(),
-        "os": v.entry.os,
-        "architecture": v.entry.architecture,
-        "variant": v.entry.variant,
-        "features": v.entry.features,
-        "attests": v.entry.attests,
-        "fits": v.fits,
-        "served": v.served,
-        "reason": v.reason,
-    })
 }

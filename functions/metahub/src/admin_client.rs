@@ -30,27 +30,7 @@ impl fmt::Debug for AdminApiStore {
 
 /// Every wire code the admin API answers with, back to the one error table.
 fn code_of(wire: &str) -> ErrorCode {
-    use ErrorCode::*;
-    [
-        BlobUnknown,
-        DigestInvalid,
-        ManifestUnknown,
-        ManifestInvalid,
-        NameInvalid,
-        NameUnknown,
-        SizeInvalid,
-        Unauthorized,
-        Denied,
-        Unsupported,
-        NotFound,
-        TooManyRequests,
-        Unavailable,
-        BadGateway,
-        Internal,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == wire)
-    .unwrap_or(Internal)
+    ErrorCode::from_wire(wire).unwrap_or(ErrorCode::Internal)
 }
 
 impl AdminApiStore {

@@ -7,7 +7,6 @@ use crate::cli::StoreArg;
 use anyhow::{Context, bail};
 use clap::Args;
 use metahub_core::filter::{self, ACCEPT_ALL, Index, Verdict};
-use metahub_core::machine::MachineType;
 use metahub_core::ports::Upstream;
 use metahub_core::reference::ImageRef;
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
@@ -64,7 +63,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
                 "digest": manifest.digest.to_string(),
                 "mediaType": manifest.media_type,
                 "index": false,
-                "machineType": machine_json(&machine),
+                "machineType": machine.to_json(),
                 "passthrough": true,
                 "reason": why,
             });
@@ -81,7 +80,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let filtered = filter::filter_index(&manifest.bytes, &manifest.media_type, &machine);
 
     if args.json {
-        let entries: Vec<_> = verdicts.iter().map(verdict_json).collect();
+        let entries: Vec<_> = verdicts.iter().map(Verdict::to_json).collect();
         let served: Vec<&str> = verdicts.iter().filter(|v| v.served).map(|v| v.entry.digest.as_str()).collect();
         let (filtered_digest, error) = match &filtered {
             Ok(f) => (Some(f.digest.to_string()), None),
@@ -92,7 +91,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
             "digest": manifest.digest.to_string(),
             "mediaType": manifest.media_type,
             "index": true,
-            "machineType": machine_json(&machine),
+            "machineType": machine.to_json(),
             "entries": entries,
             "served": served,
             "filteredDigest": filtered_digest,
@@ -173,25 +172,6 @@ fn print_table(verdicts: &[Verdict]) {
     for row in &rows {
         line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
     }
-}
-
-fn machine_json(mt: &MachineType) -> serde_json::Value {
-    json!({"name": mt.name, "features": mt.features, "match": mt.match_mode.to_string()})
-}
-
-fn verdict_json(v: &Verdict) -> serde_json::Value {
-    json!({
-        "digest": v.entry.digest,
-        "platform": v.entry.platform(),
-        "os": v.entry.os,
-        "architecture": v.entry.architecture,
-        "variant": v.entry.variant,
-        "features": v.entry.features,
-        "attests": v.entry.attests,
-        "fits": v.fits,
-        "served": v.served,
-        "reason": v.reason,
-    })
 }
 
 #[cfg(test)]

@@ -130,10 +130,6 @@ pub struct ChangesArgs {
     target: AdminTarget,
 }
 
-fn machine_type_json(mt: &MachineType) -> serde_json::Value {
-    json!({"name": mt.name, "features": mt.features, "match": mt.match_mode.to_string()})
-}
-
 fn machine_type_line(mt: &MachineType) -> String {
     format!("{:<24} {:<6} {}", mt.name, mt.match_mode, mt.features.join(" "))
 }
@@ -160,7 +156,7 @@ pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
                 bail!("no machine type {name:?}");
             };
             if json {
-                println!("{}", machine_type_json(&mt));
+                println!("{}", mt.to_json());
             } else {
                 println!("{}", machine_type_line(&mt));
             }
@@ -168,7 +164,7 @@ pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
         MachineTypeCommand::List { json, target } => {
             let all = Admin::open(&target).await?.store().list_machine_types().await?;
             if json {
-                println!("{}", serde_json::Value::from(all.iter().map(machine_type_json).collect::<Vec<_>>()));
+                println!("{}", serde_json::Value::from(all.iter().map(MachineType::to_json).collect::<Vec<_>>()));
             } else {
                 println!("{:<24} {:<6} FEATURES", "NAME", "MATCH");
                 all.iter().for_each(|mt| println!("{}", machine_type_line(mt)));
