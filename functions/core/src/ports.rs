@@ -62,6 +62,27 @@ pub struct BlobLocation {
     pub url: String,
 }
 
+/// The refusal every store gives for deleting a machine type that accounts still use.
+pub fn machine_type_in_use(machine_type: &str, mut accounts: Vec<String>) -> crate::Error {
+    accounts.sort();
+    accounts.dedup();
+    crate::Error::denied(format!(
+        "machine type {machine_type:?} is used by {} account(s): {}; delete them or move them to another machine type first",
+        accounts.len(),
+        accounts.join(", ")
+    ))
+    .with_detail(serde_json::json!({"machineType": machine_type, "accounts": accounts}))
+}
+
+/// The refusal every store gives for an account whose machine type does not exist.
+pub fn machine_type_missing(machine_type: &str) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorCode::NameUnknown,
+        format!("machine type {machine_type:?} does not exist; create it first with `metahub machine-type put`"),
+    )
+    .with_detail(serde_json::json!({"machineType": machine_type}))
+}
+
 /// Persistent state: machine types, accounts, generated indexes, the token signing key.
 ///
 /// Every method answers a registry error on failure (`UNAVAILABLE` when the store cannot be reached).

@@ -20,7 +20,6 @@
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
 
 use anyhow::{Context, anyhow, bail};
-use aws_config::BehaviorVersion;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -173,18 +172,7 @@ async fn ssm_parameter(client: &aws_sdk_ssm::Client, variable: &str, name: &str)
 pub async fn app_from_env(admin: AdminAuth) -> anyhow::Result<Arc<App>> {
     let settings = Settings::from_env()?;
     // One config load for every client: region, credentials, AWS_ENDPOINT_URL (moto, LocalStack).
-    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
-    let aws = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(5))
-                .operation_timeout(Duration::from_secs(20))
-                .build(),
-        )
-        .load()
-        .await;
+    let aws = metahub_store_dynamodb::aws_config_from_env().await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), settings.table.clone()));
     let ssm = aws_sdk_ssm::Client::new(&aws);
     app_with(settings, store, &ssm, admin).await

@@ -35,10 +35,9 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MatchMode, validate_name};
-use metahub_core::ports::{Account, Change, Manifest, Store};
+use metahub_core::ports::{Account, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
 use metahub_core::reference::{Digest, RepositoryName};
-use metahub_core::{Error, ErrorCode, Result};
-use serde_json::json;
+use metahub_core::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,6 +69,24 @@ impl std::fmt::Debug for DynamoStore {
     }
 }
 
+/// The AWS configuration every MetaHub client loads once: the standard environment (`AWS_REGION`, credentials
+/// chain, `AWS_ENDPOINT_URL` for LocalStack or moto), `us-east-1` when no region is configured, and timeouts short
+/// enough that an unreachable endpoint answers `UNAVAILABLE` within seconds.
+pub async fn aws_config_from_env() -> aws_config::SdkConfig {
+    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_timeout(Duration::from_secs(20))
+                .build(),
+        )
+        .load()
+        .await
+}
+
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
         DynamoStore {
@@ -80,21 +97,9 @@ impl DynamoStore {
         }
     }
 
-    /// A store on `table`, configured from the standard AWS environment (`AWS_REGION`, credentials chain,
-    /// `AWS_ENDPOINT_URL` for LocalStack or moto). Without any region configured, `us-east-1`.
+    /// A store on `table`, configured from the standard AWS environment (see [`aws_config_from_env`]).
     pub async fn from_env(table: impl Into<String>) -> DynamoStore {
-        let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(3))
-                    .operation_attempt_timeout(Duration::from_secs(5))
-                    .operation_timeout(Duration::from_secs(20))
-                    .build(),
-            )
-            .load()
-            .await;
+        let config = aws_config_from_env().await;
         DynamoStore::new(Client::new(&config), table)
     }
 
@@ -439,26 +444,6 @@ fn decode_account(login: &str, item: &Item) -> Result<Account> {
     Ok(Account { login: login.to_owned(), machine_type: field("machineType")?, password_hash: field("passwordHash")? })
 }
 
-/// The refusal of deleting a machine type that accounts still use; `users` sorted.
-fn in_use(machine_type: &str, mut users: Vec<String>) -> Error {
-    users.sort();
-    users.dedup();
-    Error::denied(format!(
-        "machine type {machine_type:?} is used by {} account(s): {}; delete them or move them to another machine type first",
-        users.len(),
-        users.join(", ")
-    ))
-    .with_detail(json!({"machineType": machine_type, "accounts": users}))
-}
-
-fn no_machine_type(machine_type: &str) -> Error {
-    Error::new(
-        ErrorCode::NameUnknown,
-        format!("machine type {machine_type:?} does not exist; create it first with `metahub machine-type put`"),
-    )
-    .with_detail(json!({"machineType": machine_type}))
-}
-
 const CHANGES_PK: &str = "CHANGES";
 
 /// The sort key of an audit log entry: ordered by time (to the nanosecond of this clock), unique by a random suffix.
@@ -538,7 +523,7 @@ impl Store for DynamoStore {
             if self.get("GetItem", mt_key(name), Some("pk"), &[]).await?.is_none() {
                 return Ok(false);
             }
-            return Err(in_use(name, by_index));
+            return Err(machine_type_in_use(name, by_index));
         }
         let out = self
             .client
@@ -564,7 +549,7 @@ impl Store for DynamoStore {
                             .map(|i| users_of(&i))
                             .unwrap_or_default(),
                     };
-                    Err(in_use(name, users))
+                    Err(machine_type_in_use(name, users))
                 }
                 _ => Err(self.fail("DeleteItem", e)),
             },
@@ -606,7 +591,7 @@ impl Store for DynamoStore {
                 Err(Err(e)) => return Err(e),
                 Err(Ok(reasons)) => {
                     if failed_condition(&reasons, 1) {
-                        return Err(no_machine_type(&account.machine_type));
+                        return Err(machine_type_missing(&account.machine_type));
                     }
                     if failed_condition(&reasons, 2) {
                         old_type_gone = true; // an account typed in by hand pointing at a missing type

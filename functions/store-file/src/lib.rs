@@ -20,13 +20,12 @@ pub mod conformance;
 use async_trait::async_trait;
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, validate_name};
-use metahub_core::ports::{Account, Change, Manifest, Store};
+use metahub_core::ports::{Account, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
 use metahub_core::reference::{Digest, RepositoryName};
-use metahub_core::{Error, ErrorCode, Result};
+use metahub_core::{Error, Result};
 use redb::{
     ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
-use serde_json::json;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -221,7 +220,7 @@ impl Store for FileStore {
             s.write(|txn| {
                 let users = accounts_using(s, txn, &name)?;
                 if !users.is_empty() {
-                    return Err(in_use(&name, &users));
+                    return Err(machine_type_in_use(&name, users));
                 }
                 let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
                 let removed = table.remove(name.as_str()).map_err(|e| s.fail(e))?.is_some();
@@ -251,7 +250,7 @@ impl Store for FileStore {
                 // Checked in the same transaction as the insert: a concurrent delete cannot slip in between.
                 let types = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
                 if types.get(account.machine_type.as_str()).map_err(|e| s.fail(e))?.is_none() {
-                    return Err(no_machine_type(&account.machine_type));
+                    return Err(machine_type_missing(&account.machine_type));
                 }
                 let mut table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
                 table.insert(account.login.as_str(), json.as_str()).map_err(|e| s.fail(e))?;
@@ -375,25 +374,6 @@ impl Store for FileStore {
         })
         .await
     }
-}
-
-/// The refusal of deleting a machine type that accounts still use; `users` sorted.
-fn in_use(machine_type: &str, users: &[String]) -> Error {
-    Error::denied(format!(
-        "machine type {machine_type:?} is used by {} account(s): {}; delete them or move them to another machine type first",
-        users.len(),
-        users.join(", ")
-    ))
-    .with_detail(json!({"machineType": machine_type, "accounts": users}))
-}
-
-/// The refusal of an account whose machine type does not exist.
-fn no_machine_type(machine_type: &str) -> Error {
-    Error::new(
-        ErrorCode::NameUnknown,
-        format!("machine type {machine_type:?} does not exist; create it first with `metahub machine-type put`"),
-    )
-    .with_detail(json!({"machineType": machine_type}))
 }
 
 /// A generated manifest must be stored under its own digest.
