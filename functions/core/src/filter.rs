@@ -2,12 +2,19 @@
 //!
 //! A pure function of (index bytes, machine type): the output keeps every field of the input it does not drop, in
 //! the input's order, so the same inputs always give the same bytes and digest.
+//!
+//! The index is read as raw JSON values (validated, not built into a tree) and only the entries' few fields the
+//! matcher needs are decoded; the output writes the kept fields and entries back as the upstream spelled them.
 
 use crate::error::{Error, Result};
 use crate::machine::{Feature, MachineType, MatchMode};
 use crate::reference::Digest;
-use serde_json::{Map, Value};
-use std::collections::HashSet;
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -39,33 +46,49 @@ pub struct Entry {
     pub attests: Option<String>,
 }
 
+/// The fields of an index entry the matcher reads; everything else stays in the raw entry.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WireEntry<'a> {
+    #[serde(borrow)]
+    digest: Cow<'a, str>,
+    #[serde(borrow)]
+    platform: Option<WirePlatform<'a>>,
+    #[serde(borrow)]
+    annotations: Option<HashMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct WirePlatform<'a> {
+    #[serde(borrow)]
+    os: Cow<'a, str>,
+    #[serde(borrow)]
+    architecture: Cow<'a, str>,
+    #[serde(borrow)]
+    variant: Cow<'a, str>,
+    #[serde(borrow)]
+    features: Option<Vec<Cow<'a, str>>>,
+}
+
 impl Entry {
-    fn from_json(value: &Value, position: usize) -> Result<Entry> {
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
-        let digest = text(value.get("digest"));
-        if digest.is_empty() {
+    fn from_raw(raw: &RawValue, position: usize) -> Result<Entry> {
+        let wire: WireEntry<'_> = serde_json::from_str(raw.get())
+            .map_err(|e| Error::bad_gateway(format!("upstream index entry {position} is malformed: {e}")))?;
+        if wire.digest.is_empty() {
             return Err(Error::bad_gateway(format!("upstream index entry {position} has no digest")));
         }
-        let platform = value.get("platform");
-        let features = match platform.and_then(|p| p.get("features")) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-            Some(_) => {
-                return Err(Error::bad_gateway(format!(
-                    "upstream index entry {position}: platform.features is not a list"
-                )));
-            }
-        };
-        let annotations = value.get("annotations");
-        let attests = annotations
-            .filter(|a| a.get(ATTESTATION_TYPE).and_then(Value::as_str) == Some("attestation-manifest"))
-            .map(|a| text(a.get(ATTESTATION_SUBJECT)));
+        let platform = wire.platform.unwrap_or_default();
+        let attests = wire.annotations.as_ref().and_then(|a| {
+            (a.get(ATTESTATION_TYPE).map(|t| t.as_ref()) == Some("attestation-manifest"))
+                .then(|| a.get(ATTESTATION_SUBJECT).map(|d| d.to_string()).unwrap_or_default())
+        });
         Ok(Entry {
-            digest,
-            os: text(platform.and_then(|p| p.get("os"))),
-            architecture: text(platform.and_then(|p| p.get("architecture"))),
-            variant: text(platform.and_then(|p| p.get("variant"))),
-            features,
+            digest: wire.digest.into_owned(),
+            os: platform.os.into_owned(),
+            architecture: platform.architecture.into_owned(),
+            variant: platform.variant.into_owned(),
+            features: platform.features.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
             attests,
         })
     }
@@ -109,23 +132,23 @@ impl Verdict {
     }
 }
 
-/// A parsed index: the JSON object and its entries.
-pub struct Index {
-    object: Map<String, Value>,
+/// A parsed index: its fields as the upstream wrote them, the raw entries, and what the matcher reads of them.
+pub struct Index<'a> {
+    object: IndexMap<String, &'a RawValue>,
+    raw_entries: Vec<&'a RawValue>,
     pub entries: Vec<Entry>,
 }
 
-impl Index {
-    pub fn parse(bytes: &[u8]) -> Result<Index> {
-        let object: Map<String, Value> = serde_json::from_slice(bytes)
+impl<'a> Index<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Index<'a>> {
+        let object: IndexMap<String, &RawValue> = serde_json::from_slice(bytes)
             .map_err(|e| Error::bad_gateway(format!("upstream index is not a JSON object: {e}")))?;
-        let entries = match object.get("manifests") {
-            Some(Value::Array(items)) => {
-                items.iter().enumerate().map(|(i, v)| Entry::from_json(v, i)).collect::<Result<_>>()?
-            }
-            _ => return Err(Error::bad_gateway("upstream index has no manifests list")),
-        };
-        Ok(Index { object, entries })
+        let raw_entries: Vec<&RawValue> = object
+            .get("manifests")
+            .and_then(|m| serde_json::from_str(m.get()).ok())
+            .ok_or_else(|| Error::bad_gateway("upstream index has no manifests list"))?;
+        let entries = raw_entries.iter().enumerate().map(|(i, raw)| Entry::from_raw(raw, i)).collect::<Result<_>>()?;
+        Ok(Index { object, raw_entries, entries })
     }
 }
 
@@ -260,13 +283,17 @@ pub fn filter_index(bytes: &[u8], media_type: &str, machine: &MachineType) -> Re
     if !verdicts.iter().any(|v| v.served && v.entry.attests.is_none()) {
         return Err(nothing_fits(machine, &index));
     }
-    let Index { mut object, .. } = index;
-    if let Some(Value::Array(items)) = object.get_mut("manifests") {
-        let mut keep = verdicts.iter().map(|v| v.served);
-        items.retain(|_| keep.next().unwrap_or(false));
-    }
-    let bytes = serde_json::to_vec(&object).map_err(|e| Error::internal(format!("serializing index: {e}")))?;
-    let media_type = object.get("mediaType").and_then(Value::as_str).unwrap_or(media_type).to_owned();
+    let kept: Vec<&RawValue> =
+        index.raw_entries.iter().zip(&verdicts).filter(|(_, v)| v.served).map(|(e, _)| *e).collect();
+    let serialize = |e: serde_json::Error| Error::internal(format!("serializing index: {e}"));
+    let kept = RawValue::from_string(serde_json::to_string(&kept).map_err(serialize)?).map_err(serialize)?;
+    let mut object = index.object;
+    object.insert("manifests".to_owned(), &kept);
+    let bytes = serde_json::to_vec(&object).map_err(serialize)?;
+    let media_type = object
+        .get("mediaType")
+        .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
+        .unwrap_or_else(|| media_type.to_owned());
     Ok(Filtered { digest: Digest::sha256_of(&bytes), bytes, media_type })
 }
 

@@ -128,7 +128,8 @@ fn garbage_is_an_upstream_error_not_a_panic() {
 #[test]
 fn explain_gives_reasons() {
     let machine = MachineType::new("m", vec!["cpu:zen2".into()], MatchMode::Best).unwrap();
-    let index = Index::parse(&index()).unwrap();
+    let bytes = index();
+    let index = Index::parse(&bytes).unwrap();
     let verdicts = explain(&index, &machine);
     let skylake = verdicts.iter().find(|v| v.entry.digest == "skylake").unwrap();
     assert!(!skylake.fits && skylake.reason.contains("zen2"), "{}", skylake.reason);
