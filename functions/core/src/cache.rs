@@ -2,8 +2,8 @@
 //!
 //! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD on every
 //! request (free against Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD.
-//! An optional tag TTL (off by default) reuses a HEAD's answer for a while. Blob locations are asked upstream on
-//! every request (presigned URLs expire), but lookups of one blob in flight at the same moment share one request.
+//! An optional tag TTL (off by default) reuses a HEAD's answer for a while. Blob locations (presigned URLs expire)
+//! are reused for [`BLOB_LOCATION_TTL`]; lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
 use crate::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
@@ -86,7 +86,12 @@ pub struct CachingUpstream {
     tag_ttl: Option<Duration>,
     recent_heads: BoundedMap<TagKey, (Instant, ManifestHead)>,
     blobs: SingleFlight<(RepositoryName, Digest), BlobLocation>,
+    recent_blobs: BoundedMap<(RepositoryName, Digest), (Instant, BlobLocation)>,
 }
+
+/// How long a blob's location is handed out again without asking upstream: far below the lifetime of the presigned
+/// URLs registries redirect to (Docker Hub, GHCR, ECR: minutes), long enough that a pull's blobs cost one lookup.
+pub const BLOB_LOCATION_TTL: Duration = Duration::from_secs(30);
 
 impl CachingUpstream {
     pub fn new(inner: Arc<dyn Upstream>, manifest_capacity: usize, tag_ttl: Option<Duration>) -> Self {
@@ -97,6 +102,7 @@ impl CachingUpstream {
             tag_ttl,
             recent_heads: BoundedMap::new(manifest_capacity),
             blobs: SingleFlight::new(),
+            recent_blobs: BoundedMap::new(manifest_capacity),
         }
     }
 
@@ -156,7 +162,14 @@ impl Upstream for CachingUpstream {
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let key = (repository.clone(), digest.clone());
-        self.blobs.run(key, || self.inner.blob_location(repository, digest)).await
+        if let Some((at, location)) = self.recent_blobs.get(&key)
+            && at.elapsed() < BLOB_LOCATION_TTL
+        {
+            return Ok(location);
+        }
+        let location = self.blobs.run(key.clone(), || self.inner.blob_location(repository, digest)).await?;
+        self.recent_blobs.insert(key, (Instant::now(), location.clone()));
+        Ok(location)
     }
 }
 
@@ -237,7 +250,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_blob_lookups_share_one_request_and_are_not_kept() {
+    async fn concurrent_blob_lookups_share_one_request_and_locations_are_kept_briefly() {
         let spy = Arc::new(Spy::default());
         let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, None));
         let repo: RepositoryName = "org/app".parse().unwrap();
@@ -258,7 +271,8 @@ mod tests {
             }
             assert_eq!(spy.blobs.load(Ordering::SeqCst), before + 1, "one upstream request for 10 overlapping lookups");
             let _ = cache.blob_location(&repo, &blob).await;
-            assert_eq!(spy.blobs.load(Ordering::SeqCst), before + 2, "a later lookup asks upstream again");
+            let later = if ok { before + 1 } else { before + 2 };
+            assert_eq!(spy.blobs.load(Ordering::SeqCst), later, "a location is reused for a while; a failure is not");
         }
     }
 
