@@ -1010,3 +1010,33 @@ def admin_metahub(request, workdir, upstream, images) -> ConfiguredMetahub:
     hub = start_admin_metahub(workdir, upstream, request.param)
     yield hub
     hub.stop()
+
+
+# --- a front behind a FaultProxy, shared by test_faults and test_attacks (one of each per module)
+
+
+@pytest.fixture(scope="module")
+def proxy(upstream, images):
+    p = FaultProxy(upstream.url)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(request, workdir, proxy):
+    name = "metahub-" + request.module.__name__.removeprefix("test_")
+    h = start_configured_metahub(workdir, proxy, name, ["--upstream-timeout", "2s"])
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def healthy_proxy(proxy):
+    proxy.clear()
+    yield
+    proxy.clear()
+
+
+@pytest.fixture(scope="module")
+def token(hub) -> str:
+    return get_token(hub, "skylake")

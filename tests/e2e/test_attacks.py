@@ -66,30 +66,8 @@ def canary():
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def proxy(upstream, images):
-    p = FaultProxy(upstream.url)
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def hub(workdir, proxy):
-    h = start_configured_metahub(workdir, proxy, "metahub-attacks", ["--upstream-timeout", "2s"])
-    yield h
-    h.stop()
-
-
-@pytest.fixture(autouse=True)
-def healthy_proxy(proxy):
-    proxy.clear()
-    yield
-    proxy.clear()
-
-
-@pytest.fixture(scope="module")
-def token(hub) -> str:
-    return get_token(hub, "skylake")
+# `proxy`, `hub` and `token` are conftest's: a FaultProxy in front of the upstream and a front behind it.
+pytestmark = pytest.mark.usefixtures("healthy_proxy")
 
 
 # ---------------------------------------------------------------------------------------------
