@@ -8,6 +8,7 @@ use bytes::Bytes;
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 use metahub_upstream::UpstreamConfig;
+use metahub_upstream::challenge::{self, Challenge};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Response, StatusCode, Url, redirect};
 use serde::Deserialize;
@@ -148,7 +149,7 @@ impl PushClient {
                 .get_all(WWW_AUTHENTICATE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(parse_challenges)
+                .flat_map(challenge::parse)
                 .collect();
             let next = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let realm = bearer.param("realm").ok_or_else(|| {
@@ -366,87 +367,13 @@ async fn read_limited(mut resp: Response, limit: usize) -> std::result::Result<O
     Ok(Some(Bytes::from(buf)))
 }
 
-/// One `WWW-Authenticate` challenge: scheme (lowercase) and auth-params (names lowercase, values unquoted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Challenge {
-    scheme: String,
-    params: Vec<(String, String)>,
-}
-
-impl Challenge {
-    fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// Every challenge of a header value. Quoted values may hold commas and escaped quotes (`scope="repo:x:pull,push"`);
-/// a new challenge starts at a token not followed by `=`.
-fn parse_challenges(header: &str) -> Vec<Challenge> {
-    let s: Vec<char> = header.chars().collect();
-    let mut i = 0;
-    let mut out: Vec<Challenge> = Vec::new();
-    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    let token = |i: &mut usize| {
-        let start = *i;
-        while *i < s.len() && is_tchar(s[*i]) {
-            *i += 1;
-        }
-        s[start..*i].iter().collect::<String>()
-    };
-    while i < s.len() {
-        while i < s.len() && matches!(s[i], ' ' | '\t' | ',') {
-            i += 1;
-        }
-        let name = token(&mut i);
-        if name.is_empty() {
-            i += 1;
-            continue;
-        }
-        let mut j = i;
-        while j < s.len() && matches!(s[j], ' ' | '\t') {
-            j += 1;
-        }
-        // A token followed by `=` is a parameter of the current challenge; any other token starts a new one.
-        let is_param = j < s.len() && s[j] == '=' && !out.is_empty();
-        if !is_param {
-            out.push(Challenge { scheme: name.to_ascii_lowercase(), params: Vec::new() });
-            continue;
-        }
-        i = j + 1;
-        while i < s.len() && matches!(s[i], ' ' | '\t') {
-            i += 1;
-        }
-        let mut value = String::new();
-        if i < s.len() && s[i] == '"' {
-            i += 1;
-            while i < s.len() && s[i] != '"' {
-                if s[i] == '\\' && i + 1 < s.len() {
-                    i += 1;
-                }
-                value.push(s[i]);
-                i += 1;
-            }
-            i += 1;
-        } else {
-            while i < s.len() && !matches!(s[i], ',' | ' ' | '\t') {
-                value.push(s[i]);
-                i += 1;
-            }
-        }
-        if let Some(c) = out.last_mut() {
-            c.params.push((name.to_ascii_lowercase(), value));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn challenges() {
-        let cs = parse_challenges(
+        let cs = challenge::parse(
             r#"Bearer realm="https://h/t?a=1,b=2",service="reg", scope="repository:x:pull,push", error="say \"hi\"", Basic realm="r""#,
         );
         assert_eq!(cs.len(), 2, "{cs:?}");
@@ -457,9 +384,9 @@ mod tests {
         assert_eq!(cs[0].param("error"), Some(r#"say "hi""#));
         assert_eq!(cs[1].scheme, "basic");
         assert_eq!(cs[1].param("realm"), Some("r"));
-        assert_eq!(parse_challenges("BASIC Realm=registry")[0].param("realm"), Some("registry"));
+        assert_eq!(challenge::parse("BASIC Realm=registry")[0].param("realm"), Some("registry"));
         for junk in ["", ",,,", "\"", "=", "Bearer realm=\"unterminated", "é ü = ,", "a=b"] {
-            let _ = parse_challenges(junk);
+            let _ = challenge::parse(junk);
         }
     }
 

@@ -4,7 +4,7 @@
 //! registry: token flow, digest verification, blob redirects, one error table. Layering: this crate depends on
 //! `metahub-core` and never the other way.
 
-mod challenge;
+pub mod challenge;
 mod client;
 mod config;
 mod router;
