@@ -48,7 +48,7 @@ fuzz      cargo  cargo-fuzz                         cmd:cargo-fuzz
 '
 
 PY=${PYTHON:-python3}
-export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 log() { printf '== install: %s\n' "$*"; }
 die() { printf 'install: %s\n' "$*" >&2; exit 1; }
 
@@ -172,9 +172,9 @@ mapfile -t want < <(missing_of apt)
 if [ "${#want[@]}" -gt 0 ]; then
   if lists_are_old; then apt_update; fi
   log "apt-get install ${want[*]}"
-  timeout 1200 apt-get install -y -q --no-install-recommends "${want[@]}" || {
+  timeout 1200 apt-get install -y -q "${want[@]}" || {
     apt_update # a stale list can name a .deb the mirror no longer has
-    timeout 1200 apt-get install -y -q --no-install-recommends "${want[@]}"
+    timeout 1200 apt-get install -y -q "${want[@]}"
   } || die "apt-get install ${want[*]} failed"
   hash -r
 fi
