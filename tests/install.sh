@@ -167,11 +167,13 @@ missing_of() { # KIND -> the selected names of that kind that are not present
 }
 
 # ------------------------------------------------------------------------------------------- install
+installed=()
 find_missing_modules
 mapfile -t want < <(missing_of apt)
 if [ "${#want[@]}" -gt 0 ]; then
   if lists_are_old; then apt_update; fi
   log "apt-get install ${want[*]}"
+  installed+=("${want[@]}")
   timeout 1200 apt-get install -y -q "${want[@]}" || {
     apt_update # a stale list can name a .deb the mirror no longer has
     timeout 1200 apt-get install -y -q "${want[@]}"
@@ -183,6 +185,7 @@ find_missing_modules
 mapfile -t want < <(missing_of pip)
 if [ "${#want[@]}" -gt 0 ]; then
   log "pip install ${want[*]}"
+  installed+=("${want[@]}")
   # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv python is not
   timeout 1200 "$PY" -m pip install -q "${want[@]}" \
     || timeout 1200 "$PY" -m pip install -q --break-system-packages "${want[@]}" \
@@ -193,6 +196,7 @@ fi
 mapfile -t want < <(missing_of cargo)
 if [ "${#want[@]}" -gt 0 ]; then
   log "cargo install ${want[*]}"
+  installed+=("${want[@]}")
   timeout 1800 cargo install --locked "${want[@]}" || die "cargo install ${want[*]} failed"
 fi
 
@@ -215,4 +219,4 @@ EOF
 find_missing_modules
 still=$( { missing_of apt; missing_of pip; missing_of cargo; } | xargs)
 [ -z "$still" ] || die "installed but still not usable: $still (see the probes in tests/install.sh)"
-log "ok: ${groups[*]} (every apt, PyPI and crates.io name checked)"
+log "ok: ${groups[*]}: looked up $(names_of apt | wc -l) Debian, $(names_of pip | wc -l) PyPI and $(names_of cargo | wc -l) crates.io names; installed: ${installed[*]:-nothing, all present}"
