@@ -100,24 +100,20 @@ if ! "$PY" -m pip --version >/dev/null 2>&1; then
   pip_ok=0 # installed below (python3-pip) and then validated
 fi
 validate_pip() {
-  local out report
-  report=$(mktemp)
+  local out bad
   mapfile -t pip_names < <(names_of pip)
-  if ! out=$(timeout 600 "$PY" -m pip install --dry-run --no-deps --ignore-installed --quiet --report "$report" "${pip_names[@]}" 2>&1); then
-    rm -f "$report"
-    local bad
+  if ! out=$(timeout 600 "$PY" -m pip install --dry-run --no-deps --ignore-installed --quiet --report /dev/null "${pip_names[@]}" 2>&1); then
     bad=$(grep -oE 'No matching distribution found for [^ ]+' <<<"$out" | awk '{ print $NF }' | sort -u | xargs || true)
     [ -z "$bad" ] || die "no PyPI package named: $bad (fix PACKAGES in tests/install.sh)"
     die "could not check the PyPI names ${pip_names[*]} (is PyPI reachable?):
 $out"
   fi
-  rm -f "$report"
 }
 
 # ------------------------------------------------------------------------------------------- validation: crates.io
 validate_cargo() {
   local name out
-  command -v cargo >/dev/null || return 0 # no Rust toolchain: nothing here can build; run.sh says so itself
+  command -v cargo >/dev/null || return 0 # no Rust toolchain: nothing here builds anyway (the build step says so)
   for name in $(names_of cargo); do
     # `cargo info` reads the index (works through registry mirrors, unlike `cargo search`)
     if ! out=$(cd /tmp && timeout 120 cargo info --quiet "$name" 2>&1); then
