@@ -6,6 +6,11 @@
 //! standard AWS credential chain, as the admin function's `AWS_IAM` Function URL requires.
 
 use async_trait::async_trait;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
 use metahub_core::machine::{MachineType, validate_name};
 use metahub_core::ports::{Account, Change, Manifest, Store};
 use metahub_core::reference::{Digest, RepositoryName};
@@ -13,11 +18,6 @@ use metahub_core::{Error, ErrorCode, Result};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use aws_credential_types::Credentials;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -106,11 +106,17 @@ impl AdminApiStore {
             None => {
                 let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
                 let credentials = aws.credentials_provider().ok_or_else(|| {
-                    anyhow::anyhow!("--endpoint needs AWS credentials (to sign for the AWS_IAM Function URL) or {SECRET_ENV}")
+                    anyhow::anyhow!(
+                        "--endpoint needs AWS credentials (to sign for the AWS_IAM Function URL) or {SECRET_ENV}"
+                    )
                 })?;
-                let region = function_url_region(&url).or_else(|| aws.region().map(|r| r.to_string())).ok_or_else(
-                    || anyhow::anyhow!("--endpoint {endpoint:?}: no AWS region to sign for (set AWS_REGION)"),
-                )?;
+                let region =
+                    function_url_region(&url).or_else(|| aws.region().map(|r| r.to_string())).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--endpoint {endpoint:?}: no AWS region to sign for (set AWS_REGION, or {SECRET_ENV} for a \
+                         `metahub serve --admin-secret-file`)"
+                        )
+                    })?;
                 Authentication::SigV4 { credentials, region }
             }
         };
@@ -134,10 +140,13 @@ impl AdminApiStore {
             Authentication::Bearer(secret) => Ok(request.bearer_auth(secret)),
             Authentication::SigV4 { credentials, region } => {
                 let credentials = credentials.provide_credentials().await.map_err(|e| {
-                    Error::unauthorized(format!("no AWS credentials to sign admin requests: {}", one_line(&e)))
+                    Error::unauthorized(format!(
+                        "no AWS credentials to sign admin requests (or set {SECRET_ENV} for a `metahub serve \
+                         --admin-secret-file`): {}",
+                        one_line(&e)
+                    ))
                 })?;
-                let signed: Vec<(&str, &str)> =
-                    content_type.map(|c| ("content-type", c)).into_iter().collect();
+                let signed: Vec<(&str, &str)> = content_type.map(|c| ("content-type", c)).into_iter().collect();
                 let headers =
                     sigv4_headers(credentials, region, method.as_str(), url, &signed, body, SystemTime::now())
                         .map_err(|e| Error::internal(format!("signing the admin request: {e}")))?;
@@ -167,6 +176,11 @@ impl AdminApiStore {
         let envelope: Option<Value> = serde_json::from_slice(&bytes).ok();
         let first = envelope.as_ref().and_then(|v| v.get("errors")).and_then(|e| e.get(0));
         let Some(first) = first else {
+            // An AWS_IAM Function URL refuses a signature with 403 `{"Message": ...}`, before the function runs.
+            let aws_message = envelope.as_ref().and_then(|v| v.get("Message").or_else(|| v.get("message")));
+            if let (true, Some(message)) = (status == StatusCode::FORBIDDEN, aws_message.and_then(Value::as_str)) {
+                return Err(Error::denied(format!("admin endpoint {} refused the request: {message}", self.base)));
+            }
             return Err(Error::bad_gateway(format!("admin endpoint {url} answered {status} without a registry error")));
         };
         let wire = first.get("code").and_then(Value::as_str).unwrap_or_default();
@@ -320,7 +334,10 @@ mod tests {
     #[test]
     fn region_of_a_function_url() {
         let url = |u: &str| url::Url::parse(u).unwrap();
-        assert_eq!(function_url_region(&url("https://abc123.lambda-url.eu-west-1.on.aws/")).as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            function_url_region(&url("https://abc123.lambda-url.eu-west-1.on.aws/")).as_deref(),
+            Some("eu-west-1")
+        );
         assert_eq!(function_url_region(&url("http://127.0.0.1:5000")), None);
         assert_eq!(function_url_region(&url("https://x.lambda-url..on.aws")), None);
     }
@@ -329,7 +346,8 @@ mod tests {
     /// payload hash, the date and the signed headers, so a different body or time changes it.
     #[test]
     fn signed_headers_cover_payload_and_time() {
-        let credentials = || Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "t");
+        let credentials =
+            || Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None, None, "t");
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160); // 2015-08-30T12:36:00Z
         let url = "https://abc.lambda-url.us-east-1.on.aws/admin/machine-types/x";
         let ct = [("content-type", "application/json")];
@@ -339,10 +357,14 @@ mod tests {
         assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/lambda/aws4_request"));
         assert!(auth.contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date"), "{auth}");
         assert_eq!(get(&one, "x-amz-date"), "20150830T123600Z");
-        assert_eq!(get(&one, "x-amz-content-sha256"), "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
+        assert_eq!(
+            get(&one, "x-amz-content-sha256"),
+            "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
         let other_body = sigv4_headers(credentials(), "us-east-1", "PUT", url, &ct, b"{ }", at).unwrap();
         assert_ne!(get(&other_body, "authorization"), auth);
-        let later = sigv4_headers(credentials(), "us-east-1", "PUT", url, &ct, b"{}", at + Duration::from_secs(1)).unwrap();
+        let later =
+            sigv4_headers(credentials(), "us-east-1", "PUT", url, &ct, b"{}", at + Duration::from_secs(1)).unwrap();
         assert_ne!(get(&later, "authorization"), auth);
     }
 }
