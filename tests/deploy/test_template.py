@@ -488,7 +488,7 @@ def test_logs_are_json_and_token_memory_is_sized_for_argon2(tpl):
     for fn in FUNCTIONS:
         assert tpl["Resources"][fn]["Properties"]["LoggingConfig"]["LogFormat"] == "JSON", fn
     assert tpl["Resources"]["TokenFunction"]["Properties"]["MemorySize"] == {"Ref": "TokenMemorySize"}
-    assert tpl["Parameters"]["TokenMemorySize"]["Default"] >= 1024
+    assert tpl["Parameters"]["TokenMemorySize"]["Default"] >= 512, "argon2 at 128 MB takes ~0.5 s per login"
 
 
 def test_token_rate_limit_is_optional_and_off_by_default(tpl):
