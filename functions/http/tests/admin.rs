@@ -23,6 +23,7 @@ struct MemoryStore {
     machine_types: Mutex<BTreeMap<String, MachineType>>,
     accounts: Mutex<BTreeMap<String, Account>>,
     changes: Mutex<Vec<Change>>,
+    watched: Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[async_trait]
@@ -82,6 +83,15 @@ impl Store for MemoryStore {
     }
     async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
         Ok(self.changes.lock().unwrap().iter().rev().take(limit).cloned().collect())
+    }
+    async fn watched_images(&self) -> Result<Vec<String>> {
+        Ok(self.watched.lock().unwrap().iter().cloned().collect())
+    }
+    async fn watch_image(&self, image: &str) -> Result<bool> {
+        Ok(self.watched.lock().unwrap().insert(image.to_owned()))
+    }
+    async fn unwatch_image(&self, image: &str) -> Result<bool> {
+        Ok(self.watched.lock().unwrap().remove(image))
     }
 }
 

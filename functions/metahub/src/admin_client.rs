@@ -193,6 +193,20 @@ impl Store for AdminApiStore {
     async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
         Ok(self.get_json(&format!("/admin/changes?limit={limit}")).await?.unwrap_or_default())
     }
+
+    async fn watched_images(&self) -> Result<Vec<String>> {
+        Ok(self.get_json("/admin/watched-images").await?.unwrap_or_default())
+    }
+
+    async fn watch_image(&self, image: &str) -> Result<bool> {
+        let (status, _) = self.call(Method::POST, "/admin/watched-images", Some(json!({"image": image}))).await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    async fn unwatch_image(&self, image: &str) -> Result<bool> {
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("image", image).finish();
+        self.delete(&format!("/admin/watched-images?{query}")).await
+    }
 }
 
 #[cfg(test)]
