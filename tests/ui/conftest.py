@@ -78,6 +78,7 @@ class Page:
         return self.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, css)), f"{css} visible")
 
     def open(self, tab: str = "matrix"):
+        self.driver.get("about:blank")  # a new document even when only the #fragment differs
         self.driver.get(f"{self.hub.url}/admin/#{tab}")
 
     def sign_in(self, secret: str = e2e.ADMIN_SECRET):
@@ -89,6 +90,19 @@ class Page:
     def tab(self, name: str):
         self.find(f'#tabs button[data-tab="{name}"]').click()
         self.wait(lambda d: d.find_element(By.ID, name).is_displayed(), f"tab {name} shown")
+
+    def wait_text(self, css: str, text: str) -> str:
+        """The text of `css` once it contains `text` (tables are redrawn after each load: wait, do not race)."""
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+        def shown(d):
+            try:
+                t = d.find_element(By.CSS_SELECTOR, css).text
+            except (NoSuchElementException, StaleElementReferenceException):
+                return False
+            return t if text in t else False
+
+        return self.wait(shown, f"{css} showing {text!r}")
 
     def flash(self) -> str:
         return self.find("#flash").text

@@ -54,10 +54,10 @@ def test_create_machine_type_and_account(page, hub):
     page.wait_flash("ui-login now pulls as zen2")
     assert api(hub, "GET", "accounts/ui-login").json()["machineType"] == "zen2"
     page.tab("machine-types")
-    assert "ui-login" in page.find('tr[data-machine-type="zen2"]').text
+    page.wait_text('tr[data-machine-type="zen2"]', "ui-login")
 
     page.tab("changes")
-    log = page.find("#changes-table").text
+    log = page.wait_text("#changes-table", "ui-login machineType=zen2")
     assert "put-account" in log and "ui-login machineType=zen2" in log and "admin-secret (page)" in log
 
 
@@ -79,14 +79,13 @@ def test_matrix_cell_follows_a_feature_edit_and_explains(page, hub):
     page.wait_flash("Saved machine type ui-matrix")
 
     page.tab("matrix")
-    page.wait(lambda d: "cpu:skylake" in matrix_cell(page, "org/app:latest", "ui-matrix").text, "cell shows the skylake build")
-    cell = matrix_cell(page, "org/app:latest", "ui-matrix")
-    assert "cpu:broadwell" not in cell.text
+    cell = 'td.cell[data-image="org/app:latest"][data-machine-type="ui-matrix"]'
+    assert "cpu:broadwell" not in page.wait_text(cell, "cpu:skylake")
 
     # no build fits: a type whose only feature no entry of org/featuredonly offers
     assert api(hub, "POST", "watched-images", {"image": "org/featuredonly:latest"}).status_code == 201
     page.find("#matrix-refresh").click()
-    assert "no build fits" in matrix_cell(page, "org/featuredonly:latest", "zen2").text
+    page.wait_text('td.cell[data-image="org/featuredonly:latest"][data-machine-type="zen2"]', "no build fits")
 
     # the explanation, entry by entry, for the skylake cell
     matrix_cell(page, "org/app:latest", "ui-matrix").click()
@@ -100,7 +99,7 @@ def test_matrix_cell_follows_a_feature_edit_and_explains(page, hub):
     assert all(e["reason"] in page.find("#explain-table").text for e in expected["entries"])
 
     matrix_cell(page, "org/featuredonly:latest", "zen2").click()
-    assert "No build fits" in page.find("#explain-summary").text
+    page.wait_text("#explain-summary", "No build fits")
 
 
 def test_xss_payload_in_a_feature_is_text(page, hub):
@@ -111,7 +110,7 @@ def test_xss_payload_in_a_feature_is_text(page, hub):
     page.tab("matrix")  # the payload is in a column header there
     page.find('th[data-machine-type="ui-xss"]')
     page.tab("changes")
-    assert XSS in page.find("#changes-table").text
+    page.wait_text("#changes-table", XSS)
     assert page.driver.find_elements(By.CSS_SELECTOR, "main img, main script") == []
     assert page.driver.execute_script("return window.__pwned === undefined")
 
