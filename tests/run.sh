@@ -20,7 +20,8 @@ apt_install() {
 }
 
 # --- Debian packages: binary -> package
-declare -A APT=([docker-registry]=docker-registry [skopeo]=skopeo [podman]=podman [containerd]=containerd [ctr]=containerd)
+declare -A APT=([docker-registry]=docker-registry [skopeo]=skopeo [podman]=podman [containerd]=containerd [ctr]=containerd
+  [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
 for bin in "${!APT[@]}"; do
   command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")
@@ -41,6 +42,7 @@ pip_missing=()
 "$PY" -c 'import moto.server' >/dev/null 2>&1 || pip_missing+=('moto[server]')
 "$PY" -c 'import pytest' >/dev/null 2>&1 || pip_missing+=(pytest)
 "$PY" -c 'import requests' >/dev/null 2>&1 || pip_missing+=(requests)
+"$PY" -c 'import selenium' >/dev/null 2>&1 || pip_missing+=(selenium)
 if [ "${#pip_missing[@]}" -gt 0 ]; then
   log "pip install ${pip_missing[*]}"
   if ! "$PY" -m pip --version >/dev/null 2>&1; then
@@ -76,6 +78,8 @@ run_pytest() { # each folder alone: they have conftest modules of the same name
 run_pytest 2400 tests/e2e
 log "pytest tests/lambda (the Lambda binaries against a Runtime API stand-in, moto and docker-registry)"
 run_pytest 900 tests/lambda
+log "pytest tests/ui (the admin page in Debian's Chromium, driven by selenium)"
+run_pytest 600 tests/ui
 log "deploy checks: cfn-lint, sam validate --lint, template tests"
 if ! timeout 900 bash tests/deploy/check.sh; then status=1; fi
 exit "$status"

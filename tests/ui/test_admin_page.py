@@ -4,10 +4,14 @@ text, and the page's security design (CSP, HttpOnly session cookie, CSRF token o
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import requests
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
+from conftest import Page
 from e2e_conftest import ADMIN_SECRET, assert_registry_error
 
 AUTH = {"Authorization": f"Bearer {ADMIN_SECRET}"}
@@ -149,6 +153,8 @@ def test_assets_are_public_with_a_strict_policy_and_sign_in_is_checked(hub):
     html = requests.get(f"{hub.url}/admin/", timeout=60).text
     assert "<script>" not in html and "style=" not in html  # nothing inline: the policy allows none
     assert requests.get(f"{hub.url}/admin/session", timeout=60).json() == {"signedIn": False, "mode": "secret"}
+    # behind a proxy that adds the bearer secret, the page is signed in and needs no token
+    assert api(hub, "GET", "session").json() == {"signedIn": True, "mode": "secret", "via": "bearer", "csrf": ""}
     r = requests.post(f"{hub.url}/admin/session", json={"secret": "x" * len(ADMIN_SECRET)}, timeout=60)
     assert_registry_error(r.status_code, r.content, 401, {"UNAUTHORIZED"})
     assert "set-cookie" not in r.headers
@@ -174,3 +180,25 @@ def test_watched_images_api(hub):
     r = api(hub, "DELETE", "watched-images", params={"image": "org/missing:1"})
     assert_registry_error(r.status_code, r.content, 404, {"NAME_UNKNOWN"})
     assert api(hub, "GET", "watched-images", headers={}).status_code == 401
+
+
+def test_matrix_screenshot(browser, hub, tmp_path):
+    """The README's picture of the matrix; set METAHUB_UI_SCREENSHOT=docs/img/admin-matrix.png to refresh it."""
+    for image in ("org/app:latest", "org/applist:latest", "org/featuredonly:latest", "org/single:latest"):
+        assert api(hub, "POST", "watched-images", {"image": image}).status_code in (200, 201)
+    for name in [t["name"] for t in api(hub, "GET", "machine-types").json()]:
+        if name.startswith("ui-"):  # the other tests' types: keep the picture to the e2e fleet
+            api(hub, "DELETE", f"machine-types/{name}")
+    browser.delete_all_cookies()
+    page = Page(browser, hub)
+    page.sign_in()
+    browser.set_window_size(1400, 900)
+    page.wait_text('td.cell[data-image="org/app:latest"][data-machine-type="cascadelake-a100"]', "nvcap")
+    matrix_cell(page, "org/app:latest", "skylake").click()
+    page.find("#explain-entries")
+    browser.execute_script("window.scrollTo(0, 0)")
+    shot = tmp_path / "admin-matrix.png"
+    assert browser.save_screenshot(str(shot))
+    target = os.environ.get("METAHUB_UI_SCREENSHOT")
+    if target:
+        shutil.copyfile(shot, target)

@@ -101,7 +101,7 @@ async function signedIn(session) {
   state.csrf = session.csrf || "";
   $("sign-in").hidden = true;
   $("tabs").hidden = false;
-  $("sign-out").hidden = session.mode !== "secret";
+  $("sign-out").hidden = session.via !== "cookie";
   $("who").textContent = session.principal ? `signed as ${session.principal}` : "";
   await showTab(location.hash.replace("#", "") || "matrix");
 }

@@ -119,6 +119,15 @@ fn refuse(message: &str, app: &App) -> Response {
     error.into_response()
 }
 
+/// The credential of `Authorization: Bearer <credential>`, if the request has one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
 /// Authenticates the operator and leaves an [`AdminPrincipal`] for the handlers; refuses with 401 otherwise.
 pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     match &app.admin {
@@ -129,13 +138,7 @@ pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Requ
             }
         }
         AdminAuth::Secret(secret) => {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                .map(str::trim);
-            match given {
+            match bearer(request.headers()) {
                 // No Authorization header: the admin page, signed in with a session cookie.
                 None => match admin_ui::check_session(&request, secret) {
                     Ok(()) => {

@@ -154,13 +154,21 @@ async fn session(State(app): State<Arc<App>>, request: Request) -> Response {
         AdminAuth::Disabled => signed_out("disabled"),
         AdminAuth::Iam => match request.extensions().get::<AdminPrincipal>().filter(|p| !p.0.is_empty()) {
             // Every request is signed by `metahub admin ui`, which checks writes' origin itself.
-            Some(p) => ok_json(json!({"signedIn": true, "mode": "iam", "principal": p.0, "csrf": ""})),
+            Some(p) => ok_json(json!({"signedIn": true, "mode": "iam", "via": "iam", "principal": p.0, "csrf": ""})),
             None => signed_out("iam"),
         },
-        AdminAuth::Secret(secret) => match session_cookie(request.headers()).filter(|s| session_valid(secret, s)) {
-            Some(s) => ok_json(json!({"signedIn": true, "mode": "secret", "csrf": csrf_token(secret, s)})),
-            None => signed_out("secret"),
-        },
+        AdminAuth::Secret(secret) => {
+            // A proxy in front that adds the bearer secret to every request (no ambient cookie: no token needed).
+            if admin::bearer(request.headers()).is_some_and(|b| constant_time_eq(b.as_bytes(), secret.as_bytes())) {
+                return ok_json(json!({"signedIn": true, "mode": "secret", "via": "bearer", "csrf": ""}));
+            }
+            match session_cookie(request.headers()).filter(|s| session_valid(secret, s)) {
+                Some(s) => {
+                    ok_json(json!({"signedIn": true, "mode": "secret", "via": "cookie", "csrf": csrf_token(secret, s)}))
+                }
+                None => signed_out("secret"),
+            }
+        }
     }
 }
 
@@ -172,8 +180,9 @@ struct SignIn {
 
 async fn sign_in(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let AdminAuth::Secret(secret) = &app.admin else {
-        return Err(Error::new(ErrorCode::Unsupported, "this server signs admin requests with AWS IAM, not a secret")
-            .into());
+        return Err(
+            Error::new(ErrorCode::Unsupported, "this server signs admin requests with AWS IAM, not a secret").into()
+        );
     };
     // A cross-site form cannot send JSON without a CORS preflight.
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -186,7 +195,8 @@ async fn sign_in(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         return Err(Error::unauthorized("invalid admin secret").into());
     }
     let value = session_value(secret, now_seconds() + SESSION_LIFETIME);
-    let mut response = ok_json(json!({"signedIn": true, "mode": "secret", "csrf": csrf_token(secret, &value)}));
+    let mut response =
+        ok_json(json!({"signedIn": true, "mode": "secret", "via": "cookie", "csrf": csrf_token(secret, &value)}));
     response.headers_mut().insert(header::SET_COOKIE, cookie(&value, SESSION_LIFETIME, &app));
     Ok(response)
 }
@@ -211,7 +221,10 @@ struct WatchBody {
 fn watched_ref(image: &str) -> Result<String, Error> {
     let image = image.trim();
     let parsed: ImageRef = image.parse().map_err(|e: Error| {
-        Error::new(ErrorCode::NameInvalid, format!("{image:?} is not an image reference (org/image:tag): {}", e.message))
+        Error::new(
+            ErrorCode::NameInvalid,
+            format!("{image:?} is not an image reference (org/image:tag): {}", e.message),
+        )
     })?;
     Ok(parsed.to_string())
 }
@@ -261,7 +274,9 @@ async fn matrix_row(app: &App, image: &str, machine_types: &[MachineType]) -> Va
         Ok((parsed, manifest)) => {
             let cells: Vec<Value> = machine_types
                 .iter()
-                .map(|mt| admin::explain_manifest(&parsed, &manifest, mt).unwrap_or_else(|e| json!({"fault": error_json(&e)})))
+                .map(|mt| {
+                    admin::explain_manifest(&parsed, &manifest, mt).unwrap_or_else(|e| json!({"fault": error_json(&e)}))
+                })
                 .collect();
             json!({"image": image, "digest": manifest.digest.to_string(), "cells": cells})
         }

@@ -104,6 +104,23 @@ impl AdminApiStore {
         }
     }
 
+    /// One request as the admin page sent it (`metahub admin ui`), authenticated like every other; the answer as is,
+    /// errors included. `Err` only when the endpoint cannot be reached.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut request = self.client.request(method, &url).bearer_auth(&self.secret);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        request.body(body).send().await.map_err(|e| Error::unavailable(format!("admin endpoint {}: {e}", self.base)))
+    }
+
     /// Replaces an account's password hash, keeping its machine type; refused when the account does not exist.
     pub async fn rotate_password(&self, login: &str, password_hash: &str) -> Result<()> {
         validate_name("login", login)?;
