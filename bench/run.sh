@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MetaHub benchmark: criterion for filtering, then metahub serve vs docker-registry on 127.0.0.1 (bench/e2e.py),
 # then docs/bench.md (bench/report.py). Bounded: each wrk run <= 10 s, the e2e part <= 6 min, criterion <= 5 min
-# once built. Needs wrk, docker-registry, skopeo, python3 with requests and moto[server] (tests/run.sh installs them).
+# once built. Installs what it needs with tests/install.sh bench (wrk, ab, docker-registry, skopeo, moto[server] …).
 #
 #   bench/run.sh                   everything
 #   BENCH_SECONDS=5 bench/run.sh   shorter wrk runs
@@ -12,10 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-for tool in wrk docker-registry skopeo zip; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install ${tool/docker-registry/docker-registry})" >&2; exit 1; }
-done
-"$PY" -c 'import requests, moto.server' 2>/dev/null || { echo "bench: pip install requests 'moto[server]'" >&2; exit 1; }
+bash tests/install.sh bench # wrk, ab, zip, docker-registry, skopeo, requests, moto[server]: the one list
 
 # Other work on this 2-core machine (compiles) skews wall-clock figures: as root, run the measured processes at a
 # high priority (they all inherit it, so they compete only with each other). BENCH_NICE=0 turns it off.

@@ -16,10 +16,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 TARGETS=("$@")
 [ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(reference feature token filter)
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "== cargo install cargo-fuzz"
-  timeout 1200 cargo install cargo-fuzz --locked || exit 2
-fi
+bash ../tests/install.sh fuzz || exit 2 # cargo-fuzz and a C++ compiler for libFuzzer: the one list
 
 export RUSTC_BOOTSTRAP=1
 # the root workspace's CARGO_TARGET_DIR would mix sanitizer builds with the normal ones

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (only what is missing), builds the workspace once,
+# The test command: checks and installs what the tests need (tests/install.sh), builds the workspace once,
 # runs the Rust tests, then the end-to-end tests against real registries and clients.
 # Idempotent; every step is bounded in time. Run as root on Debian (CI does: bash .ci/run).
 set -euo pipefail
@@ -7,51 +7,11 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
-# apt-get update at most once per run, and only when something is missing
-APT_UPDATED=0
-apt_install() {
-  log "apt-get install $*"
-  export DEBIAN_FRONTEND=noninteractive
-  if [ "$APT_UPDATED" = 0 ]; then
-    timeout 600 apt-get update -q
-    APT_UPDATED=1
-  fi
-  timeout 1200 apt-get install -y -q "$@"
-}
-
-# --- Debian packages: binary -> package
-declare -A APT=([docker-registry]=docker-registry [skopeo]=skopeo [podman]=podman [containerd]=containerd [ctr]=containerd
-  [chromium]=chromium [chromedriver]=chromium-driver)
-missing=()
-for bin in "${!APT[@]}"; do
-  command -v "$bin" >/dev/null 2>&1 || missing+=("${APT[$bin]}")
-done
-# skopeo/podman refuse to run without a signature policy (containers-common ships it)
-[ -e /etc/containers/policy.json ] || missing+=(containers-common)
-if [ "${#missing[@]}" -gt 0 ]; then
-  mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
-  apt_install "${pkgs[@]}"
-fi
-
-# --- Python packages: import name -> pip requirement
+# --- what the tests need (tests/install.sh, the one list): every name checked in its registry, then only the
+# missing ones installed. The deploy checks' tools too, so check.sh below need not check again.
+log "bash tests/install.sh test deploy"
+bash tests/install.sh test deploy
 PY=${PYTHON:-python3}
-if ! command -v "$PY" >/dev/null 2>&1; then
-  apt_install python3 python3-pip
-fi
-pip_missing=()
-"$PY" -c 'import moto.server' >/dev/null 2>&1 || pip_missing+=('moto[server]')
-"$PY" -c 'import pytest' >/dev/null 2>&1 || pip_missing+=(pytest)
-"$PY" -c 'import requests' >/dev/null 2>&1 || pip_missing+=(requests)
-"$PY" -c 'import selenium' >/dev/null 2>&1 || pip_missing+=(selenium)
-if [ "${#pip_missing[@]}" -gt 0 ]; then
-  log "pip install ${pip_missing[*]}"
-  if ! "$PY" -m pip --version >/dev/null 2>&1; then
-    apt_install python3-pip
-  fi
-  # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv python is not
-  timeout 900 "$PY" -m pip install -q "${pip_missing[@]}" \
-    || timeout 900 "$PY" -m pip install -q --break-system-packages "${pip_missing[@]}"
-fi
 
 # --- Rust: one debug build of every binary, then the unit and integration tests
 # SKIP_CARGO=1 reuses an existing build (for iterating on the e2e harness only).
@@ -67,9 +27,11 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export METAHUB_BIN=${METAHUB_BIN:-$(cd "$TARGET_DIR" && pwd)/debug/metahub}
 log "pytest tests/e2e (METAHUB_BIN=$METAHUB_BIN)"
 status=0
+# -rs lists every skip; skip_policy (tests/skip_policy.py) fails the run on a skip that is not allowed there
+export PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"
 run_pytest() { # each folder alone: they have conftest modules of the same name
   set +e
-  timeout "$1" "$PY" -m pytest "$2" -q -p no:cacheprovider
+  timeout "$1" "$PY" -m pytest "$2" -q -rs -p no:cacheprovider -p skip_policy
   local rc=$?
   set -e
   if [ "$rc" -eq 5 ]; then echo "pytest collected no tests in $2: that is a failure here" >&2; fi
@@ -81,5 +43,5 @@ run_pytest 900 tests/lambda
 log "pytest tests/ui (the admin page in Debian's Chromium, driven by selenium)"
 run_pytest 600 tests/ui
 log "deploy checks: cfn-lint, sam validate --lint, template tests"
-if ! timeout 900 bash tests/deploy/check.sh; then status=1; fi
+if ! SKIP_INSTALL=1 timeout 900 bash tests/deploy/check.sh; then status=1; fi
 exit "$status"

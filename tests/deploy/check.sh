@@ -5,7 +5,7 @@
 #   bash tests/deploy/check.sh                    # ~15 s once the tools are installed
 #   METAHUB_SAM_BUILD=1 bash tests/deploy/check.sh   # + release builds of the three functions
 #
-# Installs missing tools from PyPI (cfn-lint, aws-sam-cli, pytest; cargo-lambda + ziglang for
+# Installs missing tools with tests/install.sh (cfn-lint, aws-sam-cli, pytest; cargo-lambda + ziglang for
 # the build). Nothing here talks to AWS: sam validate only needs *a* region name.
 set -uo pipefail
 
@@ -19,15 +19,6 @@ passed=0
 failed=0
 failures=()
 
-need() { # command pip-packages...
-  local cmd="$1"; shift
-  command -v "$cmd" >/dev/null 2>&1 && return 0
-  echo "== installing $* (for $cmd)"
-  python3 -m pip install --quiet "$@" || return 1
-  hash -r
-  command -v "$cmd" >/dev/null 2>&1
-}
-
 step() { # name command...
   local name="$1"; shift
   local start=$SECONDS
@@ -39,13 +30,15 @@ step() { # name command...
   fi
 }
 
-need cfn-lint cfn-lint || { echo "cannot install cfn-lint"; exit 1; }
-need sam aws-sam-cli || { echo "cannot install aws-sam-cli"; exit 1; }
-python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
+# the tools, from tests/install.sh (the one list); tests/run.sh has run it already and says so with SKIP_INSTALL=1
+install_groups=(deploy)
+[[ "${METAHUB_SAM_BUILD:-0}" != 1 ]] || install_groups+=(sam-build)
+[[ "${SKIP_INSTALL:-0}" == 1 ]] || bash tests/install.sh "${install_groups[@]}" || exit 1
 
 step cfn-lint cfn-lint template.yaml
 step sam-validate sam validate --lint --template-file template.yaml
-step template-tests python3 -m pytest -q tests/deploy/test_template.py
+# -rs and skip_policy: a skipped template test fails the checks (tests/skip_policy.py)
+step template-tests env PYTHONPATH="$root/tests" python3 -m pytest -q -rs -p skip_policy tests/deploy/test_template.py
 
 sam_build() {
   local missing=()
@@ -57,7 +50,6 @@ sam_build() {
          "metahub-token, metahub-admin); they are not in this workspace yet" >&2
     return 1
   fi
-  need cargo-lambda cargo-lambda ziglang || { echo "cannot install cargo-lambda" >&2; return 1; }
   local out="${TMPDIR:-/tmp}/metahub-sam-build"
   rm -rf "$out"
   # Only the x86_64 Rust target is installed here; arm64 is a deploy-time choice.

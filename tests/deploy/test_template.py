@@ -199,8 +199,7 @@ def test_functions_build_with_cargo_lambda(tpl):
 def test_binaries_exist_in_the_workspace(tpl):
     crates = {"metahub-registry": "registry", "metahub-token": "token", "metahub-admin": "admin"}
     missing = [c for c in crates.values() if not (ROOT / "functions" / c / "Cargo.toml").exists()]
-    if missing:
-        pytest.skip(f"Lambda crates not in the workspace yet: {missing}")
+    assert not missing, f"the template builds Lambda crates the workspace lacks: {missing}"
     for binary, crate in crates.items():
         manifest = (ROOT / "functions" / crate / "Cargo.toml").read_text()
         assert re.search(rf'^name\s*=\s*"{binary}"', manifest, re.M), f"{crate} does not build {binary}"
@@ -347,8 +346,6 @@ def store_index_name() -> str:
 
 def test_table_matches_the_store_code():
     src = ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs"
-    if not src.exists():
-        pytest.skip("functions/store-dynamodb not present")
     code = src.read_text()
     for needle in ('key("pk", KeyType::Hash)', 'key("sk", KeyType::Range)', 'key("machineType", KeyType::Hash)',
                    "ProjectionType::KeysOnly", 'attribute_name("ttl")', "BillingMode::PayPerRequest"):

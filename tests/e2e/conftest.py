@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end tests: real registries, moto, containerd, and metahub itself.
+"""Fixtures for the end-to-end tests: real registries, moto, containerd, Docker Engine, and metahub itself.
 
 Every process listens on a free 127.0.0.1 port, logs to a file under the session's temp dir and is
 killed at the end of the session. When a test fails, the tails of all logs are attached to its report.
@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -608,6 +609,144 @@ def podman() -> Podman:
     yield Podman(base)
     # vfs layers are plain directories; a failed pull may leave read-only bits, hence ignore_errors
     shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker Engine: an isolated dockerd of the session, one DOCKER_CONFIG per login
+
+
+# The docker.io package's own client speaks the daemon's API version; METAHUB_DOCKER_CLI picks another one.
+DOCKER_CLI = os.environ.get("METAHUB_DOCKER_CLI") or ("/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker")
+
+
+@dataclass
+class DockerPull:
+    """What a `docker pull` left in the daemon: the image's config label and layer text (which build it is), its
+    platform and the manifest digest the daemon recorded for the reference it pulled."""
+
+    label: str
+    text: str
+    platform: str  # os/architecture[/variant]
+    repo_digest: str  # the top-level manifest's digest (the index's, for a pull by tag of an index)
+
+
+def _repository_of(ref: str) -> str:
+    """`host:port/org/app:tag` or `…@sha256:…` -> `host:port/org/app`."""
+    name = ref.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+@dataclass
+class DockerClient:
+    """The docker CLI against one DockerEngine with its own DOCKER_CONFIG (so with its own login, or none)."""
+
+    engine: "DockerEngine"
+    config: Path
+
+    def __call__(self, *args: str, input: bytes | None = None, timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+        env = {"DOCKER_HOST": f"unix://{self.engine.sock}", "DOCKER_CONFIG": str(self.config)}
+        return run([DOCKER_CLI, *args], input=input, env=env, timeout=timeout, check=check)
+
+    def pull(self, ref: str, platform: str | None = None) -> DockerPull:
+        args = ["pull", "-q"] + (["--platform", platform] if platform else [])
+        self(*args, ref)
+        info = json.loads(self("image", "inspect", ref).stdout)[0]
+        plat = "/".join(p for p in (info["Os"], info["Architecture"], info.get("Variant", "")) if p)
+        # `docker save` of a pulled image: its one layer as a tar, to read the build's variant.txt
+        with tempfile.TemporaryDirectory(dir=self.engine.base) as d:
+            archive = Path(d) / "image.tar"
+            self("save", "-o", str(archive), ref)
+            with tarfile.open(archive) as tar:
+                manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+                layer = tar.extractfile(manifest[0]["Layers"][0]).read()  # type: ignore[union-attr]
+        name = _repository_of(ref)
+        digests = [d.split("@", 1)[1] for d in info.get("RepoDigests", []) if d.split("@", 1)[0] == name]
+        return DockerPull(
+            label=(info["Config"].get("Labels") or {}).get("variant", ""),
+            text=registry_push.read_variant_from_layer(layer),
+            platform=plat,
+            repo_digest=digests[0] if digests else "",
+        )
+
+
+@dataclass
+class DockerEngine:
+    """`dockerd` with its own data root, exec root, pidfile and socket under one temp dir; no iptables, no bridge
+    (pulls need neither). 127.0.0.0/8 registries are plain HTTP for Docker by default."""
+
+    base: Path
+    sock: Path
+    proc: Proc
+    storage_driver: str
+    _configs: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def client(self) -> DockerClient:
+        """A client with a fresh, empty DOCKER_CONFIG: anonymous until it logs in."""
+        config = self.base / f"config-{next(self._configs)}"
+        config.mkdir()
+        return DockerClient(self, config)
+
+    def login(self, host: str, creds_: tuple[str, str], check: bool = True) -> tuple[DockerClient, subprocess.CompletedProcess]:
+        """`docker login HOST` in a DOCKER_CONFIG of its own; (the client, the login's result)."""
+        c = self.client()
+        result = c("login", "-u", creds_[0], "--password-stdin", host, input=creds_[1].encode(), check=check)
+        return c, result
+
+    def remove_images(self) -> None:
+        """Forget every pulled image and layer, so the next pull fetches its blobs again."""
+        self.client()("image", "prune", "--all", "--force")
+
+    def stop(self) -> None:
+        """SIGTERM to the daemon's PID (it stops its own containerd), wait for it, then check nothing stays mounted."""
+        if self.proc.alive():
+            os.kill(self.proc.popen.pid, signal.SIGTERM)
+            try:
+                self.proc.popen.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc.stop()  # whatever is left of its process group
+        leftover = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if str(self.base) in line]
+        for mountpoint in reversed(leftover):
+            subprocess.run(["umount", "-l", mountpoint], check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+        assert not leftover, f"dockerd left mounts behind: {leftover}"
+
+
+def start_dockerd(workdir: Path) -> DockerEngine:
+    # a short base: unix socket paths (dockerd's and its containerd's) must stay under 108 bytes
+    base = Path(tempfile.mkdtemp(prefix="mh-docker-", dir="/tmp"))
+    failures = []
+    for driver in ("overlay2", "vfs"):  # overlay2 needs a filesystem that can be its upper dir; vfs runs anywhere
+        root = base / driver
+        sock = root / "docker.sock"
+        (root / "exec").mkdir(parents=True)
+        cmd = [
+            "dockerd",
+            "--data-root", str(root / "data"),
+            "--exec-root", str(root / "exec"),
+            "--pidfile", str(root / "docker.pid"),
+            "-H", f"unix://{sock}",
+            "--iptables=false", "--ip6tables=false", "--bridge=none",
+            "--storage-driver", driver,
+        ]
+        proc = Proc(f"dockerd-{driver}", cmd, workdir)
+        engine = DockerEngine(base=base, sock=sock, proc=proc, storage_driver=driver)
+        probe = engine.client()
+        try:
+            wait_until(lambda: sock.exists() and probe("version", timeout=10, check=False).returncode == 0, "dockerd socket", timeout=60, proc=proc)
+            return engine
+        except RuntimeError as e:
+            failures.append(f"{driver}: {e}")
+            proc.stop()
+    shutil.rmtree(base, ignore_errors=True)
+    raise RuntimeError("dockerd did not start:\n" + "\n".join(failures))
+
+
+@pytest.fixture(scope="session")
+def docker(workdir) -> DockerEngine:
+    engine = start_dockerd(workdir)
+    yield engine
+    engine.stop()
 
 
 # ---------------------------------------------------------------------------------------------

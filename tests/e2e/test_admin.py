@@ -9,6 +9,7 @@ import os
 
 import pytest
 import requests
+from argon2 import PasswordHasher  # argon2-cffi (tests/install.sh): the CLI tests send client-side hashes too
 
 from conftest import (
     ADMIN_SECRET,
@@ -224,8 +225,6 @@ def test_account_validation(admin_metahub, body, status, needle):
 
 
 def test_account_with_a_client_side_hash(admin_metahub):
-    PasswordHasher = pytest.importorskip("argon2").PasswordHasher  # argon2-cffi; the CLI tests send client-side hashes too
-
     hub = admin_metahub
     phc = PasswordHasher().hash("hashed-elsewhere")
     r = admin(hub, "PUT", "accounts/adm-hash", {"machineType": "zen2", "passwordHash": phc})

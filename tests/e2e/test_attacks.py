@@ -15,6 +15,8 @@ import time
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import hashes  # cryptography (tests/install.sh): an attacker's own RSA key
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import (
     start_admin_metahub,
@@ -146,12 +148,8 @@ def test_ssrf_through_upstream_redirects(hub, token, canary, proxy, images):
 def test_rs256_and_header_tricks_are_refused(hub, token):
     """HS/RS confusion: a token signed RS256 with the attacker's own key (advertised in `jwk`) is refused because
     the algorithm is pinned; so are other HMAC algorithms, `kid`/`jku` tricks and a key of the attacker's."""
-    crypto = pytest.importorskip("cryptography.hazmat.primitives.asymmetric.rsa")
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
     payload = claims_of(token)
-    key = crypto.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     n = key.public_key().public_numbers()
     jwk = {"kty": "RSA", "n": b64url(n.n.to_bytes(256, "big")), "e": b64url(n.e.to_bytes(3, "big"))}
     header = {"alg": "RS256", "typ": "JWT", "jwk": jwk}

@@ -88,3 +88,12 @@ def test_containerd_direct_by_digest(upstream, images, containerd):
     label, text, top = containerd.pulled_variant(ref, ns, arch="arm64")
     assert label == text == "arm64"
     assert json.loads(images.tags["org/app"][0]) == top
+
+
+@pytest.mark.parametrize("repo", ["org/app", "org/applist"])
+def test_docker_direct(any_upstream, docker, repo):
+    client = docker.client()
+    pulled = client.pull(f"{any_upstream.host}/{repo}:latest")
+    assert pulled.label == pulled.text == "generic-amd64"
+    pulled = client.pull(f"{any_upstream.host}/{repo}:latest", platform="linux/arm64")
+    assert pulled.label == pulled.text == "arm64"
