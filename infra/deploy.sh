@@ -3,12 +3,13 @@
 #
 #   infra/deploy.sh [--region R] [--stack NAME] [--arch x86_64|arm64]
 #                   [--domain registry.example.com --cert-arn arn:aws:acm:us-east-1:...]
-#                   [--public-url https://...] [--upstream URL] [--upstream-credentials-param NAME]
-#                   [--existing-table NAME] [--yes] [--no-build]
+#                   [--upstream URL] [--upstream-credentials-param NAME] [--existing-table NAME]
+#                   [--token-rate-limit N] [--yes] [--no-build]
 #
 # Needs: aws CLI, sam CLI, cargo + cargo-lambda (for sam build), openssl or python3.
-# Without a custom domain the CloudFront domain is only known after the stack exists, so a
-# first deploy is followed by a quick second one that sets PublicUrl (the token realm).
+# One pass: the token realm follows the viewer's host (CloudFront Function -> X-Forwarded-Host),
+# so neither the CloudFront domain nor the custom domain is configured anywhere. CloudFront is
+# pinned to the origin secret's current SSM version (see infra/rotate-origin-secret.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,7 +21,7 @@ stack="metahub"
 arch="x86_64"
 domain=""
 cert_arn=""
-public_url=""
+token_rate_limit=""
 upstream=""
 upstream_credentials=""
 existing_table=""
@@ -29,7 +30,7 @@ origin_param="/metahub/origin-verify"
 confirm=(--confirm-changeset)
 build=1
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
@@ -39,7 +40,7 @@ while [[ $# -gt 0 ]]; do
     --arch) arch="$2"; shift 2 ;;
     --domain) domain="$2"; shift 2 ;;
     --cert-arn) cert_arn="$2"; shift 2 ;;
-    --public-url) public_url="$2"; shift 2 ;;
+    --token-rate-limit) token_rate_limit="$2"; shift 2 ;;
     --upstream) upstream="$2"; shift 2 ;;
     --upstream-credentials-param) upstream_credentials="$2"; shift 2 ;;
     --existing-table) existing_table="$2"; shift 2 ;;
@@ -113,50 +114,31 @@ stack_output() { # key -> value or empty
     | sed 's/^None$//' || true
 }
 
-# PublicUrl (the token realm): explicit, else the custom domain, else what the stack already
-# has (sam deploy keeps a parameter's previous value), else the CloudFront domain - known only
-# once the stack exists, hence a second pass right after creating it.
-second_pass=0
-if [[ -z "$public_url" && -n "$domain" ]]; then
-  public_url="https://$domain"
-elif [[ -z "$public_url" && "$(stack_output PublicUrl)" != https://* ]]; then
-  cf=$(stack_output CloudFrontDomain)
-  if [[ -n "$cf" ]]; then public_url="https://$cf"; else second_pass=1; fi
-fi
+# CloudFront sends the version it is pinned to; the functions accept it and the one before.
+origin_version=$(aws_ ssm get-parameter --name "$origin_param" --query Parameter.Version --output text)
 
 overrides=(
   "Architecture=$arch"
   "SigningKeyParameterName=$signing_param"
   "OriginSecretParameterName=$origin_param"
+  "OriginSecretParameterVersion=$origin_version"
 )
 [[ -n "$domain" ]] && overrides+=("DomainName=$domain" "CertificateArn=$cert_arn")
 [[ -n "$upstream" ]] && overrides+=("UpstreamUrl=$upstream")
 [[ -n "$upstream_credentials" ]] && overrides+=("UpstreamCredentialsParameterName=$upstream_credentials")
 [[ -n "$existing_table" ]] && overrides+=("ExistingTableName=$existing_table")
+[[ -n "$token_rate_limit" ]] && overrides+=("TokenRateLimit=$token_rate_limit")
 
 cd "$root"
 if [[ $build == 1 ]]; then
   sam build --config-file "$config" --parameter-overrides "Architecture=$arch"
 fi
 
-deploy() { # extra overrides...
-  sam deploy --config-file "$config" --region "$region" --stack-name "$stack" \
-    "${confirm[@]}" --parameter-overrides "${overrides[@]}" "$@"
-}
-
-if [[ -n "$public_url" ]]; then
-  deploy "PublicUrl=$public_url"
-else
-  deploy
-fi
-if [[ $second_pass == 1 ]]; then
-  cf=$(stack_output CloudFrontDomain)
-  [[ -n "$cf" ]] || die "stack has no CloudFrontDomain output"
-  echo "second pass: PublicUrl=https://$cf (the token realm the functions advertise)"
-  deploy "PublicUrl=https://$cf"
-fi
+sam deploy --config-file "$config" --region "$region" --stack-name "$stack" \
+  "${confirm[@]}" --parameter-overrides "${overrides[@]}"
 
 echo
 aws_ cloudformation describe-stacks --stack-name "$stack" \
   --query 'Stacks[0].Outputs[].[OutputKey,OutputValue]' --output table
 echo "next: infra/seed.sh --region $region --stack $stack   (example machine types and an account)"
+echo "then: infra/smoke.sh $(stack_output PublicUrl) --function-url $(stack_output RegistryFunctionUrl)"

@@ -242,10 +242,12 @@ def _init_error(workdir, binary: str, env: dict[str, str], name: str) -> str:
 
 
 def test_missing_public_url_is_one_clear_init_error(workdir, moto, upstream, seeded):
+    # Without a public URL the realm can only come from CloudFront's X-Forwarded-Host, which needs an origin secret.
     env = full_env(moto, upstream)
     del env["METAHUB_PUBLIC_URL"]
+    del env["METAHUB_ORIGIN_SECRET_PARAM"]
     message = _init_error(workdir, "metahub-registry", env, "registry-no-public-url")
-    assert "METAHUB_PUBLIC_URL" in message
+    assert "METAHUB_PUBLIC_URL" in message and "METAHUB_ORIGIN_SECRET_PARAM" in message
 
 
 def test_missing_ssm_parameter_is_one_clear_init_error(workdir, moto, upstream, seeded):

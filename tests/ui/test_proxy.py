@@ -4,7 +4,10 @@ forward: other Host names (DNS rebinding), other origins, writes without the pag
 
 from __future__ import annotations
 
+import itertools
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -13,9 +16,24 @@ from selenium.webdriver.common.by import By
 from conftest import Page
 from e2e_conftest import ADMIN_SECRET, METAHUB_BIN, Proc, assert_registry_error, run, wait_until
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sigv4_standin import SigV4Proxy, Verifier  # noqa: E402  (AWS's IAM check of a Function URL, by botocore)
+
+_proxies = itertools.count(1)
+ACCESS_KEY = "AKIDMETAHUBUI"
+SECRET_KEY = "ui/sigv4+secret/0123456789abcdefghijklmnopqrstuv"
+REGION = "eu-west-1"
+
+
+def aws_env(secret_key: str = SECRET_KEY) -> dict:
+    """The operator's AWS credentials, and no admin secret: `admin ui` signs with SigV4."""
+    return {"METAHUB_ADMIN_SECRET": "", "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
 
 def start_proxy(workdir, endpoint: str, env: dict) -> tuple[Proc, str]:
-    proc = Proc("admin-ui-proxy", [METAHUB_BIN, "admin", "ui", "--endpoint", endpoint], workdir,
+    proc = Proc(f"admin-ui-proxy-{next(_proxies)}", [METAHUB_BIN, "admin", "ui", "--endpoint", endpoint], workdir,
                 env={"RUST_LOG": "warn", **env})
     found = {}
 
@@ -77,3 +95,45 @@ def test_proxy_listens_on_loopback_only():
             env={"METAHUB_ADMIN_SECRET": ADMIN_SECRET})
     assert p.returncode != 0
     assert b"loopback only" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def function_url(hub):
+    """A stand-in for the admin function's AWS_IAM Function URL: verifies SigV4, then forwards to the hub."""
+    standin = SigV4Proxy(Verifier({ACCESS_KEY: SECRET_KEY}, region=REGION), target=hub.url,
+                         forward_headers=lambda principal: {"Authorization": f"Bearer {ADMIN_SECRET}"}).start()
+    yield standin
+    standin.stop()
+
+
+def test_page_through_the_proxy_signs_with_sigv4(workdir, browser, hub, function_url):
+    proc, url = start_proxy(workdir, function_url.url, aws_env())
+    try:
+        page = Page(browser, hub)
+        browser.get("about:blank")
+        browser.get(f"{url}/admin/#machine-types")
+        page.find("#mt-name").send_keys("via-sigv4")
+        page.find("#mt-features").send_keys("cpu:zen3")
+        page.find("#mt-save").click()
+        page.wait_flash("Saved machine type via-sigv4")
+        page.find('tr[data-machine-type="via-sigv4"]')
+        page.tab("matrix")
+        page.tab("changes")
+        page.wait_text("#changes-table", "via-sigv4")
+        assert not function_url.refusals, function_url.refusals
+        received = {(r.method, r.path.split("?")[0]) for r in function_url.received}
+        assert {("GET", "/admin/"), ("GET", "/admin/ui/app.js"), ("PUT", "/admin/machine-types/via-sigv4")} <= received
+        authorizations = [{k.lower(): v for k, v in r.headers.items()}.get("authorization", "") for r in function_url.received]
+        assert all(a.startswith("AWS4-HMAC-SHA256 ") for a in authorizations), authorizations
+    finally:
+        proc.stop()
+
+
+def test_wrong_aws_credentials_are_refused_by_the_function_url(workdir, function_url):
+    proc, url = start_proxy(workdir, function_url.url, aws_env(secret_key="not-the-key"))
+    try:
+        before = len(function_url.refusals)
+        r = requests.get(f"{url}/admin/machine-types", timeout=60)
+        assert r.status_code == 403 and len(function_url.refusals) == before + 1
+    finally:
+        proc.stop()

@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// `Bearer realm=…,service=…[,scope=…][,error=…]`, as the token auth spec writes it.
-fn challenge(app: &App, scope: Option<&str>, error: Option<&str>) -> HeaderValue {
+fn challenge(app: &App, headers: &HeaderMap, scope: Option<&str>, error: Option<&str>) -> HeaderValue {
     let mut value = format!(
         "Bearer realm=\"{}/token\",service=\"{}\"",
-        app.config.public_url.trim_end_matches('/'),
+        crate::response::public_url(app, headers),
         app.config.service
     );
     if let Some(scope) = scope {
@@ -32,7 +32,7 @@ fn challenge(app: &App, scope: Option<&str>, error: Option<&str>) -> HeaderValue
 pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryName>) -> Result<Claims, ApiError> {
     let scope = repository.map(|r| format!("repository:{r}:pull"));
     let refuse = |error: Error, reason: Option<&str>| {
-        ApiError::from(error).with_header(header::WWW_AUTHENTICATE, challenge(app, scope.as_deref(), reason))
+        ApiError::from(error).with_header(header::WWW_AUTHENTICATE, challenge(app, headers, scope.as_deref(), reason))
     };
     let token = headers
         .get(header::AUTHORIZATION)

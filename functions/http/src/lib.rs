@@ -21,14 +21,38 @@ pub use response::ApiError;
 /// What the router needs to know about where it runs.
 #[derive(Clone)]
 pub struct HttpConfig {
-    /// The URL clients reach MetaHub at (CloudFront's domain in AWS); the token realm is built from it.
+    /// The URL clients reach MetaHub at; the token realm is built from it. Behind CloudFront (an origin secret is
+    /// configured) the viewer's host in `X-Forwarded-Host` takes precedence, so it may be empty there.
     pub public_url: String,
     /// The `service` of challenges and the audience of tokens.
     pub service: String,
     /// When set, a token request without credentials is granted this machine type.
     pub anonymous_machine_type: Option<String>,
-    /// When set, every request must carry `X-Origin-Verify` with this value (CloudFront adds it).
-    pub origin_secret: Option<String>,
+    /// When set, every request must carry `X-Origin-Verify` with one of these values (CloudFront adds it).
+    pub origin_secret: Option<OriginSecrets>,
+}
+
+/// The `X-Origin-Verify` values accepted: the current one and, while CloudFront's edges move over to it after a
+/// rotation, the previous one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OriginSecrets {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+impl OriginSecrets {
+    /// Whether `given` is one of the accepted values (in constant time per value).
+    pub fn accepts(&self, given: &[u8]) -> bool {
+        let current = response::constant_time_eq(given, self.current.as_bytes());
+        let previous = self.previous.as_ref().is_some_and(|p| response::constant_time_eq(given, p.as_bytes()));
+        current | previous
+    }
+}
+
+impl fmt::Debug for OriginSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginSecrets").field("previous", &self.previous.as_ref().map(|_| "<redacted>")).finish()
+    }
 }
 
 impl fmt::Debug for HttpConfig {

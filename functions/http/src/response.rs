@@ -3,7 +3,7 @@
 use crate::App;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metahub_core::{Error, ErrorCode};
@@ -54,20 +54,47 @@ pub async fn unsupported() -> ApiError {
     Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only").into()
 }
 
-/// Refuses requests that came around CloudFront, and stamps the API version on every answer.
+/// Refuses requests that came around CloudFront, and stamps what every answer carries: the API version, and
+/// `Cache-Control` so that no cache (CloudFront's error caching included) replays one caller's answer to another.
 pub async fn common_layer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if let Some(secret) = &app.config.origin_secret {
-        let given = request.headers().get(ORIGIN_VERIFY).map(HeaderValue::as_bytes);
-        if !given.is_some_and(|g| constant_time_eq(g, secret.as_bytes())) {
-            let mut r =
-                ApiError::from(Error::denied("requests must come through the MetaHub distribution")).into_response();
-            r.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-            return r;
+    // Answers to a caller who authenticated are about that caller; the rest must not be stored either.
+    let cache_control = HeaderValue::from_static(if request.headers().contains_key(header::AUTHORIZATION) {
+        "private, no-store"
+    } else {
+        "no-store"
+    });
+    let mut response = match &app.config.origin_secret {
+        Some(secrets) if !request.headers().get(ORIGIN_VERIFY).is_some_and(|g| secrets.accepts(g.as_bytes())) => {
+            ApiError::from(Error::denied("requests must come through the MetaHub distribution")).into_response()
         }
-    }
-    let mut response = next.run(request).await;
+        _ => next.run(request).await,
+    };
     response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response.headers_mut().insert(header::CACHE_CONTROL, cache_control);
     response
+}
+
+/// The URL clients reach this server at, for the token realm. Behind CloudFront (an origin secret is configured,
+/// and [`common_layer`] has checked it) the viewer's host arrives in `X-Forwarded-Host`, set by the distribution's
+/// viewer-request function; it is trusted only there, and only when it is a plain `host[:port]`.
+pub fn public_url(app: &App, headers: &HeaderMap) -> String {
+    let forwarded = headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()).filter(|h| is_host(h));
+    match forwarded {
+        Some(host) if app.config.origin_secret.is_some() => format!("https://{}", host.to_ascii_lowercase()),
+        _ if !app.config.public_url.is_empty() => app.config.public_url.trim_end_matches('/').to_owned(),
+        // No configured URL and no viewer host: the best remaining guess is the host this request named.
+        _ => headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| is_host(h))
+            .map_or_else(String::new, |host| format!("https://{host}")),
+    }
+}
+
+fn is_host(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 260
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

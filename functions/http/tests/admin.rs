@@ -10,7 +10,7 @@ use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
 use metahub_core::{Error, ErrorCode, Result, machine::MachineType};
-use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
+use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -133,6 +133,10 @@ struct Harness {
 }
 
 fn harness(admin: AdminAuth) -> Harness {
+    harness_with(admin, None)
+}
+
+fn harness_with(admin: AdminAuth, origin_secret: Option<OriginSecrets>) -> Harness {
     let store = Arc::new(MemoryStore::default());
     let registry = RegistryService::new(store.clone(), Arc::new(StubUpstream), CacheOptions::default());
     let keys = TokenKeys::new(&[7u8; 32], "metahub", 300).unwrap();
@@ -140,7 +144,7 @@ fn harness(admin: AdminAuth) -> Harness {
         public_url: "http://127.0.0.1:5000".into(),
         service: "metahub".into(),
         anonymous_machine_type: None,
-        origin_secret: None,
+        origin_secret,
     };
     Harness { app: App::with_admin(registry, keys, config, admin), store }
 }
@@ -459,4 +463,66 @@ async fn the_page_session_in_iam_mode() {
     assert_eq!(v["principal"], "arn:aws:iam::1:user/op");
     let (s, v) = h.send("POST", "/admin/session", None, Some(r#"{"secret":"x"}"#)).await;
     assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"), "no secret to sign in with");
+}
+
+// ---------------------------------------------------------------- what every answer carries, behind CloudFront
+
+async fn ping(h: &Harness, headers: &[(&str, &str)]) -> (StatusCode, axum::http::HeaderMap) {
+    let mut request = Request::builder().uri("/v2/");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = metahub_http::router(h.app.clone()).oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    (response.status(), response.headers().clone())
+}
+
+#[tokio::test]
+async fn no_answer_is_cacheable() {
+    let h = harness(AdminAuth::Secret(SECRET.into()));
+    let (status, headers) = ping(&h, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    let (status, headers) = ping(&h, &[("authorization", "Bearer nonsense")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::CACHE_CONTROL], "private, no-store");
+    let (status, _) = h.admin("GET", "/admin/machine-types", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_current_and_the_previous_origin_secret_are_accepted() {
+    let secrets = OriginSecrets { current: "secret-v2".into(), previous: Some("secret-v1".into()) };
+    let h = harness_with(AdminAuth::Disabled, Some(secrets));
+    for accepted in ["secret-v2", "secret-v1"] {
+        let (status, _) = ping(&h, &[("x-origin-verify", accepted)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{accepted}: reaches the registry (asks for a token)");
+    }
+    for refused in [None, Some("secret-v0"), Some("secret-v2x"), Some("")] {
+        let headers: Vec<_> = refused.map(|r| ("x-origin-verify", r)).into_iter().collect();
+        let (status, answer) = ping(&h, &headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{refused:?}");
+        assert_eq!(answer[header::CACHE_CONTROL], "no-store");
+        assert!(answer.get(header::WWW_AUTHENTICATE).is_none());
+    }
+}
+
+#[tokio::test]
+async fn the_viewer_host_names_the_realm_only_behind_cloudfront() {
+    let secrets = OriginSecrets { current: "s".into(), previous: None };
+    let behind = harness_with(AdminAuth::Disabled, Some(secrets));
+    let forwarded = [("x-origin-verify", "s"), ("x-forwarded-host", "Registry.Example.com")];
+    let (_, headers) = ping(&behind, &forwarded).await;
+    let realm = headers[header::WWW_AUTHENTICATE].to_str().unwrap().to_owned();
+    assert!(realm.starts_with("Bearer realm=\"https://registry.example.com/token\""), "{realm}");
+    // A host that is not a plain host[:port] is ignored (the configured URL is used).
+    let (_, headers) = ping(&behind, &[("x-origin-verify", "s"), ("x-forwarded-host", "evil\",x=\"")]).await;
+    assert!(
+        headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer realm=\"http://127.0.0.1:5000/token\"")
+    );
+    // Without an origin secret anyone could send the header: it is not trusted.
+    let local = harness(AdminAuth::Disabled);
+    let (_, headers) = ping(&local, &[("x-forwarded-host", "registry.example.com")]).await;
+    assert!(
+        headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer realm=\"http://127.0.0.1:5000/token\"")
+    );
 }

@@ -6,15 +6,17 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `METAHUB_STORE` | required, `dynamodb:TABLE` |
-//! | `METAHUB_PUBLIC_URL` | required: the URL clients use (CloudFront's); the token realm is built from it, since the Host a function sees is not that domain |
+//! | `METAHUB_PUBLIC_URL` | the URL clients use, for the token realm; optional behind CloudFront, where the viewer's host arrives in `X-Forwarded-Host` (trusted only with a valid origin secret) |
+//! | `METAHUB_FUNCTION_TIMEOUT` | the function's timeout (the template passes the one value it also sets as `Timeout`); every other timeout is derived from it, see [`Budget`]. Default 10s |
 //! | `METAHUB_UPSTREAM` | upstream registry, default `https://registry-1.docker.io` |
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
 //! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
 //! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes |
-//! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout, default 30s |
+//! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
 //! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | grant credential-less token requests this machine type |
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
-//! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM SecureString name: the `X-Origin-Verify` value CloudFront adds |
+//! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
+//! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
 //! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the upstream |
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
@@ -29,7 +31,7 @@ use axum::response::Response;
 use base64::Engine;
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
-use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
+use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
 use metahub_store_dynamodb::DynamoStore;
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
 use std::fmt;
@@ -39,21 +41,44 @@ use std::time::Duration;
 pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 pub const DEFAULT_SERVICE: &str = "metahub";
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How one request's time is shared out, all derived from the function's timeout: a request never outlives the
+/// function (Lambda would kill the instance, its caches and throttle state with it, and the client would get a bare
+/// 502), and an upstream call times out early enough that the stale index can still be served in its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// The whole request, answered `UNAVAILABLE` past it (a margin below the function timeout to send the answer).
+    pub request: Duration,
+    /// One upstream HTTP request: a tag check may need a token exchange and an index fetch after its HEAD.
+    pub upstream_request: Duration,
+    /// One DynamoDB operation, retries included.
+    pub store_operation: Duration,
+}
+
+impl Budget {
+    pub fn for_function_timeout(timeout: Duration) -> Budget {
+        let margin = (timeout / 10).max(Duration::from_secs(1));
+        let request = timeout.saturating_sub(margin).max(Duration::from_secs(1));
+        Budget { request, upstream_request: request * 2 / 5, store_operation: request / 5 }
+    }
+}
 
 /// The functions' configuration as read from the environment; secrets are only named here (SSM parameters).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     pub table: String,
-    pub public_url: String,
+    pub public_url: Option<String>,
     pub upstream: String,
     pub service: String,
     pub tag_ttl: Option<Duration>,
     pub token_ttl: Duration,
+    pub budget: Budget,
     pub upstream_timeout: Duration,
     pub anonymous_machine_type: Option<String>,
     pub signing_key_param: Option<String>,
     pub origin_secret_param: Option<String>,
+    pub origin_secret_version: Option<u64>,
     pub upstream_credentials_param: Option<String>,
 }
 
@@ -67,10 +92,12 @@ impl fmt::Debug for Settings {
             .field("service", &self.service)
             .field("tag_ttl", &self.tag_ttl)
             .field("token_ttl", &self.token_ttl)
+            .field("budget", &self.budget)
             .field("upstream_timeout", &self.upstream_timeout)
             .field("anonymous_machine_type", &self.anonymous_machine_type)
             .field("signing_key_param", &self.signing_key_param)
             .field("origin_secret_param", &self.origin_secret_param)
+            .field("origin_secret_version", &self.origin_secret_version)
             .field("upstream_credentials_param", &self.upstream_credentials_param)
             .finish()
     }
@@ -93,24 +120,37 @@ impl Settings {
             Some(("dynamodb", table)) if !table.is_empty() => table.to_owned(),
             _ => bail!("METAHUB_STORE={store:?}: a Lambda function needs dynamodb:TABLE"),
         };
-        let public_url = get("METAHUB_PUBLIC_URL")
-            .context("METAHUB_PUBLIC_URL is not set (the https:// URL clients reach MetaHub at; the token realm)")?;
-        if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
-            || public_url.contains(char::is_whitespace)
+        let origin_secret_param = get("METAHUB_ORIGIN_SECRET_PARAM");
+        let public_url = get("METAHUB_PUBLIC_URL");
+        if let Some(url) = &public_url
+            && (!(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace))
         {
-            bail!("METAHUB_PUBLIC_URL={public_url:?} is not an http(s):// URL");
+            bail!("METAHUB_PUBLIC_URL={url:?} is not an http(s):// URL");
         }
+        let budget =
+            Budget::for_function_timeout(duration("METAHUB_FUNCTION_TIMEOUT")?.unwrap_or(DEFAULT_FUNCTION_TIMEOUT));
+        let origin_secret_version = get("METAHUB_ORIGIN_SECRET_VERSION")
+            .map(|v| {
+                v.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("METAHUB_ORIGIN_SECRET_VERSION={v:?} is not a parameter version (1, 2, ...)")
+                })
+            })
+            .transpose()?;
         Ok(Settings {
             table,
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()),
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             service: get("METAHUB_SERVICE").unwrap_or_else(|| DEFAULT_SERVICE.to_owned()),
             tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
             token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(DEFAULT_TOKEN_TTL),
-            upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            budget,
+            // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
+            upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?
+                .map_or(budget.upstream_request, |t| t.min(budget.upstream_request)),
             anonymous_machine_type: get("METAHUB_ANONYMOUS_MACHINE_TYPE"),
             signing_key_param: get("METAHUB_SIGNING_KEY_PARAM"),
-            origin_secret_param: get("METAHUB_ORIGIN_SECRET_PARAM"),
+            origin_secret_param,
+            origin_secret_version,
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
         })
     }
@@ -151,19 +191,56 @@ pub fn split_credentials(value: &str) -> anyhow::Result<(String, String)> {
 
 /// Reads one SecureString (or String) parameter, decrypted.
 async fn ssm_parameter(client: &aws_sdk_ssm::Client, variable: &str, name: &str) -> anyhow::Result<String> {
+    Ok(ssm_parameter_version(client, variable, name, None).await?.0)
+}
+
+/// Reads one parameter at `version` (latest if `None`): its value and its version.
+async fn ssm_parameter_version(
+    client: &aws_sdk_ssm::Client,
+    variable: &str,
+    name: &str,
+    version: Option<u64>,
+) -> anyhow::Result<(String, u64)> {
+    let selector = version.map_or_else(|| name.to_owned(), |v| format!("{name}:{v}"));
     let output = client
         .get_parameter()
-        .name(name)
+        .name(&selector)
         .with_decryption(true)
         .send()
         .await
         .map_err(|e| anyhow!("{}", one_line(&aws_sdk_ssm::error::DisplayErrorContext(e).to_string())))
-        .with_context(|| format!("reading SSM parameter {name:?} ({variable})"))?;
-    output
-        .parameter()
+        .with_context(|| format!("reading SSM parameter {selector:?} ({variable})"))?;
+    let parameter = output.parameter();
+    let value = parameter
         .and_then(|p| p.value())
         .map(str::to_owned)
-        .with_context(|| format!("SSM parameter {name:?} ({variable}) has no value"))
+        .with_context(|| format!("SSM parameter {selector:?} ({variable}) has no value"))?;
+    Ok((value, parameter.map_or(0, |p| p.version().max(0) as u64)))
+}
+
+/// The origin secrets to accept: the pinned (else latest) version of the parameter and the version before it, so
+/// that while CloudFront's edges move from one value to the next after a rotation, both are let through.
+async fn origin_secrets(
+    client: &aws_sdk_ssm::Client,
+    name: &str,
+    version: Option<u64>,
+) -> anyhow::Result<OriginSecrets> {
+    const VARIABLE: &str = "METAHUB_ORIGIN_SECRET_PARAM";
+    let (current, version) = ssm_parameter_version(client, VARIABLE, name, version).await?;
+    let current = current.trim().to_owned();
+    if current.is_empty() {
+        bail!("SSM parameter {name:?} ({VARIABLE}) is empty");
+    }
+    let previous = match version.checked_sub(1).filter(|v| *v > 0) {
+        // Only an older value that is readable and not empty: version 1 has no predecessor.
+        Some(previous) => ssm_parameter_version(client, VARIABLE, name, Some(previous))
+            .await
+            .map(|(value, _)| value.trim().to_owned())
+            .ok()
+            .filter(|value| !value.is_empty() && *value != current),
+        None => None,
+    };
+    Ok(OriginSecrets { current, previous })
 }
 
 /// Builds the [`App`] every function serves, from the environment and SSM. The only network calls are the SSM
@@ -172,7 +249,7 @@ async fn ssm_parameter(client: &aws_sdk_ssm::Client, variable: &str, name: &str)
 pub async fn app_from_env(admin: AdminAuth) -> anyhow::Result<Arc<App>> {
     let settings = Settings::from_env()?;
     // One config load for every client: region, credentials, AWS_ENDPOINT_URL (moto, LocalStack).
-    let aws = metahub_store_dynamodb::aws_config_from_env().await;
+    let aws = metahub_store_dynamodb::aws_config_with_operation_timeout(settings.budget.store_operation).await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), settings.table.clone()));
     let ssm = aws_sdk_ssm::Client::new(&aws);
     app_with(settings, store, &ssm, admin).await
@@ -185,6 +262,14 @@ async fn app_with(
     admin: AdminAuth,
 ) -> anyhow::Result<Arc<App>> {
     use metahub_core::ports::Store;
+
+    // The registry and token functions name the token realm; the admin function (IAM, no realm) does not.
+    if admin == AdminAuth::Disabled && settings.public_url.is_none() && settings.origin_secret_param.is_none() {
+        bail!(
+            "METAHUB_PUBLIC_URL is not set (the https:// URL clients reach MetaHub at; the token realm). Behind \
+             CloudFront, METAHUB_ORIGIN_SECRET_PARAM makes it optional: the viewer's host is then trusted"
+        );
+    }
 
     let signing_key = async {
         match &settings.signing_key_param {
@@ -201,13 +286,7 @@ async fn app_with(
     };
     let origin_secret = async {
         match &settings.origin_secret_param {
-            Some(name) => {
-                let secret = ssm_parameter(ssm, "METAHUB_ORIGIN_SECRET_PARAM", name).await?.trim().to_owned();
-                if secret.is_empty() {
-                    bail!("SSM parameter {name:?} (METAHUB_ORIGIN_SECRET_PARAM) is empty");
-                }
-                Ok(Some(secret))
-            }
+            Some(name) => origin_secrets(ssm, name, settings.origin_secret_version).await.map(Some),
             None => Ok(None),
         }
     };
@@ -229,7 +308,12 @@ async fn app_with(
     if let Some((user, password)) = credentials {
         upstream = upstream.with_credentials(user, password);
     }
-    let options = ClientOptions { timeout: settings.upstream_timeout, ..ClientOptions::default() };
+    let defaults = ClientOptions::default();
+    let options = ClientOptions {
+        timeout: settings.upstream_timeout,
+        connect_timeout: defaults.connect_timeout.min(settings.upstream_timeout),
+        ..defaults
+    };
     let upstream = UpstreamRouter::new(&[upstream], &options).map_err(|e| anyhow!("upstream client: {e}"))?;
     let registry = RegistryService::new(
         store,
@@ -237,7 +321,7 @@ async fn app_with(
         CacheOptions { tag_ttl: settings.tag_ttl, ..CacheOptions::default() },
     );
     let config = HttpConfig {
-        public_url: settings.public_url.clone(),
+        public_url: settings.public_url.clone().unwrap_or_default(),
         service: settings.service.clone(),
         anonymous_machine_type: settings.anonymous_machine_type.clone(),
         origin_secret,
@@ -319,14 +403,44 @@ async fn head_without_body(request: Request, next: Next) -> Response {
     response
 }
 
-/// The router as a function serves it: with empty HEAD bodies.
-pub fn lambda_router(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(head_without_body))
+/// Answers `UNAVAILABLE` (registry JSON) when the request would outlive its [`Budget`] or the invocation's deadline,
+/// instead of letting Lambda kill the instance.
+async fn within_budget(budget: Budget, request: Request, next: Next) -> Response {
+    use lambda_http::RequestExt;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let margin = Duration::from_secs(1);
+    let limit = request
+        .lambda_context_ref()
+        .map(|context| {
+            Duration::from_millis(u64::try_from(u128::from(context.deadline).saturating_sub(now_ms)).unwrap_or(0))
+        })
+        .map_or(budget.request, |left| left.saturating_sub(margin).min(budget.request));
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request abandoned at the end of its time budget");
+            let error = metahub_core::Error::unavailable("the request did not finish in time; try again");
+            let mut response = axum::response::IntoResponse::into_response(metahub_http::ApiError::from(error));
+            let headers = response.headers_mut();
+            headers.insert("docker-distribution-api-version", axum::http::HeaderValue::from_static("registry/2.0"));
+            headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+            response
+        }
+    }
+}
+
+/// The router as a function serves it: with empty HEAD bodies, within `budget`.
+pub fn lambda_router(router: Router, budget: Budget) -> Router {
+    router
+        .layer(axum::middleware::from_fn(head_without_body))
+        .layer(axum::middleware::from_fn(move |request: Request, next: Next| within_budget(budget, request, next)))
 }
 
 /// Serves `router` to the Lambda Runtime API until the process is stopped.
 pub async fn serve(router: Router) -> Result<(), lambda_http::Error> {
-    lambda_http::run(lambda_router(router)).await
+    // The same budget the app was built with: both read METAHUB_FUNCTION_TIMEOUT.
+    let budget = Settings::from_env().map_or(Budget::for_function_timeout(DEFAULT_FUNCTION_TIMEOUT), |s| s.budget);
+    lambda_http::run(lambda_router(router, budget)).await
 }
 
 /// The admin function's routes. Its Function URL is `AWS_IAM`: Lambda has verified the SigV4 signature, and the
@@ -364,7 +478,9 @@ mod tests {
     fn defaults() {
         let s = settings(&BASE).unwrap();
         assert_eq!(s.table, "metahub");
-        assert_eq!(s.public_url, "https://d1.cloudfront.net");
+        assert_eq!(s.public_url.as_deref(), Some("https://d1.cloudfront.net"));
+        assert_eq!(s.budget, Budget::for_function_timeout(Duration::from_secs(10)));
+        assert_eq!(s.upstream_timeout, s.budget.upstream_request);
         assert_eq!(s.upstream, DEFAULT_UPSTREAM);
         assert_eq!(s.service, "metahub");
         assert_eq!(s.tag_ttl, None);
@@ -399,8 +515,16 @@ mod tests {
             settings(&[("METAHUB_STORE", "file:/tmp/x"), ("METAHUB_PUBLIC_URL", "https://x")]).unwrap_err()
         );
         assert!(e.contains("dynamodb:TABLE"), "{e}");
-        let e = format!("{:#}", settings(&[("METAHUB_STORE", "dynamodb:t")]).unwrap_err());
-        assert!(e.contains("METAHUB_PUBLIC_URL"), "{e}");
+        let e = format!(
+            "{:#}",
+            settings(&[
+                ("METAHUB_STORE", "dynamodb:t"),
+                ("METAHUB_ORIGIN_SECRET_PARAM", "/o"),
+                ("METAHUB_ORIGIN_SECRET_VERSION", "latest")
+            ])
+            .unwrap_err()
+        );
+        assert!(e.starts_with("METAHUB_ORIGIN_SECRET_VERSION=\"latest\""), "{e}");
         let e = format!(
             "{:#}",
             settings(&[("METAHUB_STORE", "dynamodb:t"), ("METAHUB_PUBLIC_URL", "d1.cloudfront.net")]).unwrap_err()
@@ -411,6 +535,55 @@ mod tests {
         let e = format!("{:#}", settings(&vars).unwrap_err());
         assert!(e.starts_with("METAHUB_TOKEN_TTL=\"soon\""), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn behind_cloudfront_the_public_url_is_optional() {
+        let s = settings(&[
+            ("METAHUB_STORE", "dynamodb:t"),
+            ("METAHUB_ORIGIN_SECRET_PARAM", "/metahub/origin-verify"),
+            ("METAHUB_ORIGIN_SECRET_VERSION", "3"),
+        ])
+        .unwrap();
+        assert_eq!(s.public_url, None);
+        assert_eq!(s.origin_secret_version, Some(3));
+    }
+
+    #[test]
+    fn every_timeout_fits_in_the_function_timeout() {
+        for seconds in [3, 10, 29, 60, 900] {
+            let timeout = Duration::from_secs(seconds);
+            let b = Budget::for_function_timeout(timeout);
+            assert!(b.request < timeout, "{seconds}");
+            // A tag check (HEAD, token, GET) then a store write still end inside the request budget... mostly;
+            // what matters is that one slow upstream call leaves time to serve the stale index.
+            assert!(b.upstream_request * 2 + b.store_operation <= b.request, "{seconds}: {b:?}");
+        }
+        let mut vars = BASE.to_vec();
+        vars.extend([("METAHUB_FUNCTION_TIMEOUT", "20"), ("METAHUB_UPSTREAM_TIMEOUT", "60s")]);
+        let s = settings(&vars).unwrap();
+        assert_eq!(s.budget, Budget::for_function_timeout(Duration::from_secs(20)));
+        assert_eq!(s.upstream_timeout, s.budget.upstream_request, "an explicit timeout never exceeds the budget");
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_budget_is_answered_unavailable() {
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        };
+        let budget = Budget {
+            request: Duration::from_millis(10),
+            upstream_request: Duration::ZERO,
+            store_operation: Duration::ZERO,
+        };
+        let router = lambda_router(Router::new().route("/slow", axum::routing::get(slow)), budget);
+        let request = Request::builder().uri("/slow").body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("\"UNAVAILABLE\""));
     }
 
     #[test]
@@ -432,7 +605,10 @@ mod tests {
 
     #[tokio::test]
     async fn head_answers_have_no_body() {
-        let router = lambda_router(Router::new().route("/x", axum::routing::get(|| async { "a body" })));
+        let router = lambda_router(
+            Router::new().route("/x", axum::routing::get(|| async { "a body" })),
+            Budget::for_function_timeout(DEFAULT_FUNCTION_TIMEOUT),
+        );
         let head = Request::builder().method(Method::HEAD).uri("/x").body(Body::empty()).unwrap();
         let response = router.oneshot(head).await.unwrap();
         assert_eq!(response.status(), 200);

@@ -61,7 +61,7 @@ pub async fn run(args: UiArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let api = AdminApiStore::new(&args.endpoint)?;
+    let api = AdminApiStore::new(&args.endpoint).await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;

@@ -18,7 +18,8 @@ pub struct AdminTarget {
     #[command(flatten)]
     store: StoreArg,
     /// A running MetaHub's admin API (e.g. `http://127.0.0.1:5000` of `metahub serve --admin-secret-file`) instead
-    /// of the store; the secret comes from METAHUB_ADMIN_SECRET.
+    /// of the store; authenticated with METAHUB_ADMIN_SECRET when set, else SigV4-signed with the standard AWS
+    /// credentials (the admin Function URL of a deployed stack).
     #[arg(long, env = "METAHUB_ADMIN_ENDPOINT")]
     endpoint: Option<String>,
 }
@@ -31,7 +32,7 @@ enum Admin {
 impl Admin {
     async fn open(target: &AdminTarget) -> anyhow::Result<Admin> {
         match target.endpoint.as_deref().filter(|e| !e.is_empty()) {
-            Some(endpoint) => Ok(Admin::Api(AdminApiStore::new(endpoint)?)),
+            Some(endpoint) => Ok(Admin::Api(AdminApiStore::new(endpoint).await?)),
             None => Ok(Admin::Store(crate::store::open(&target.store.store).await?)),
         }
     }

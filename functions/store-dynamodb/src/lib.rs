@@ -74,14 +74,20 @@ impl std::fmt::Debug for DynamoStore {
 /// chain, `AWS_ENDPOINT_URL` for LocalStack or moto), `us-east-1` when no region is configured, and timeouts short
 /// enough that an unreachable endpoint answers `UNAVAILABLE` within seconds.
 pub async fn aws_config_from_env() -> aws_config::SdkConfig {
+    aws_config_with_operation_timeout(Duration::from_secs(20)).await
+}
+
+/// [`aws_config_from_env`] with every operation (retries included) bounded by `operation`: a Lambda function
+/// passes the share of its own timeout it can give the store. An attempt gets half of it, so one retry fits.
+pub async fn aws_config_with_operation_timeout(operation: Duration) -> aws_config::SdkConfig {
     let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .operation_attempt_timeout(Duration::from_secs(5))
-                .operation_timeout(Duration::from_secs(20))
+                .connect_timeout(Duration::from_secs(3).min(operation / 2))
+                .operation_attempt_timeout(Duration::from_secs(5).min(operation / 2))
+                .operation_timeout(operation)
                 .build(),
         )
         .load()
