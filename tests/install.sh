@@ -27,6 +27,9 @@ test      pip    moto[server]                       py:moto py:flask py:flask_co
 test      pip    boto3                              py:boto3
 test      pip    argon2-cffi                        py:argon2
 test      pip    cryptography                       py:cryptography
+test      apt    chromium                           cmd:chromium
+test      apt    chromium-driver                    cmd:chromedriver
+test      pip    selenium                           py:selenium
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest

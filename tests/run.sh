@@ -40,6 +40,8 @@ run_pytest() { # each folder alone: they have conftest modules of the same name
 run_pytest 2400 tests/e2e
 log "pytest tests/lambda (the Lambda binaries against a Runtime API stand-in, moto and docker-registry)"
 run_pytest 900 tests/lambda
+log "pytest tests/ui (the admin page in Debian's Chromium, driven by selenium)"
+run_pytest 600 tests/ui
 log "deploy checks: cfn-lint, sam validate --lint, template tests"
 if ! SKIP_INSTALL=1 timeout 900 bash tests/deploy/check.sh; then status=1; fi
 exit "$status"

@@ -112,6 +112,14 @@ pub trait Store: Send + Sync {
     async fn record_change(&self, change: &Change) -> Result<()>;
     /// The newest `limit` changes of the audit log, newest first.
     async fn changes(&self, limit: usize) -> Result<Vec<Change>>;
+
+    /// The images operators watch on the admin page (references as `ImageRef` prints them), sorted. Kept in the
+    /// store, not in a browser, so that every operator and every session sees the same list.
+    async fn watched_images(&self) -> Result<Vec<String>>;
+    /// Adds an image to the watched list; `Ok(false)` when it was already there.
+    async fn watch_image(&self, image: &str) -> Result<bool>;
+    /// Removes an image from the watched list; `Ok(false)` when it was not there.
+    async fn unwatch_image(&self, image: &str) -> Result<bool>;
 }
 
 /// An upstream registry, reached only for names the configuration routes to it.

@@ -6,6 +6,7 @@
 //! change is recorded in the store's audit log with the principal, the action and its target.
 
 use crate::App;
+use crate::admin_ui;
 use crate::response::{ApiError, constant_time_eq};
 use argon2::password_hash::PasswordHash;
 use axum::Router;
@@ -18,7 +19,7 @@ use axum::routing::get;
 use metahub_core::filter::{self, Index, Verdict};
 use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names, validate_name};
 use metahub_core::password::{MIN_PASSWORD_LEN, hash_password};
-use metahub_core::ports::{Account, Change};
+use metahub_core::ports::{Account, Change, Manifest};
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
 use metahub_core::{Error, ErrorCode};
@@ -80,6 +81,8 @@ impl fmt::Debug for AdminAuth {
 pub struct AdminPrincipal(pub String);
 
 const SECRET_PRINCIPAL: &str = "admin-secret";
+/// The admin page signed in with the secret.
+const PAGE_PRINCIPAL: &str = "admin-secret (page)";
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
@@ -94,13 +97,17 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
             get(get_account).put(put_account).delete(delete_account).fallback(method_not_allowed),
         )
         .route("/admin/accounts/{login}/password", axum::routing::put(rotate_password).fallback(method_not_allowed))
+        .route(
+            "/admin/accounts/{login}/machine-type",
+            axum::routing::put(set_account_machine_type).fallback(method_not_allowed),
+        )
         .route("/admin/explain", get(explain).fallback(method_not_allowed))
         .route("/admin/changes", get(changes).fallback(method_not_allowed))
         .route_layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     Error::new(ErrorCode::Unsupported, "method not allowed on this admin route").into()
 }
 
@@ -112,8 +119,17 @@ fn refuse(message: &str, app: &App) -> Response {
     error.into_response()
 }
 
+/// The credential of `Authorization: Bearer <credential>`, if the request has one.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
+
 /// Authenticates the operator and leaves an [`AdminPrincipal`] for the handlers; refuses with 401 otherwise.
-async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     match &app.admin {
         AdminAuth::Disabled => return refuse("the admin API is not enabled on this server", &app),
         AdminAuth::Iam => {
@@ -122,14 +138,14 @@ async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: 
             }
         }
         AdminAuth::Secret(secret) => {
-            let given = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                .map(str::trim);
-            match given {
-                None => return refuse("admin credentials required: Authorization: Bearer <admin secret>", &app),
+            match bearer(request.headers()) {
+                // No Authorization header: the admin page, signed in with a session cookie.
+                None => match admin_ui::check_session(&request, secret) {
+                    Ok(()) => {
+                        request.extensions_mut().insert(AdminPrincipal(PAGE_PRINCIPAL.to_owned()));
+                    }
+                    Err(why) => return refuse(why, &app),
+                },
                 // A pull token is a JWT: it never equals the secret.
                 Some(given) if !constant_time_eq(given.as_bytes(), secret.as_bytes()) => {
                     tracing::warn!("admin request with wrong credentials refused");
@@ -145,14 +161,14 @@ async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: 
 }
 
 /// The principal `require_admin` left; its absence is a wiring bug, refused rather than trusted.
-fn principal(request_principal: Option<axum::Extension<AdminPrincipal>>) -> Result<String, ApiError> {
+pub(crate) fn principal(request_principal: Option<axum::Extension<AdminPrincipal>>) -> Result<String, ApiError> {
     request_principal.map(|p| p.0.0).ok_or_else(|| Error::unauthorized("admin credentials required").into())
 }
 
-type Principal = Option<axum::Extension<AdminPrincipal>>;
+pub(crate) type Principal = Option<axum::Extension<AdminPrincipal>>;
 
 /// A JSON body of `T`, refused with a 400 that says what is wrong.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(invalid("request body: expected a JSON object, got nothing").into());
     }
@@ -164,7 +180,7 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| invalid(format!("request body: {e}")).into())
 }
 
-fn invalid(message: impl Into<String>) -> Error {
+pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::manifest_invalid(message)
 }
 
@@ -173,7 +189,7 @@ fn unknown(what: &str, name: &str) -> ApiError {
     Error::new(ErrorCode::NameUnknown, format!("no {what} {name:?}")).with_detail(json!({ key: name })).into()
 }
 
-async fn record(app: &App, who: String, action: &str, target: String) -> Result<(), ApiError> {
+pub(crate) async fn record(app: &App, who: String, action: &str, target: String) -> Result<(), ApiError> {
     let change = Change { at: now_seconds(), who, action: action.to_owned(), target };
     app.registry.store().record_change(&change).await.map_err(|e| {
         tracing::error!(action, target = %change.target, error = %e, "change applied but not recorded");
@@ -185,7 +201,7 @@ fn account_json(a: &Account) -> Value {
     json!({"login": a.login, "machineType": a.machine_type})
 }
 
-fn ok_json(value: Value) -> Response {
+pub(crate) fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
 
@@ -364,6 +380,33 @@ async fn rotate_password(
     Ok(ok_json(account_json(&account)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MachineTypeOfAccount {
+    machine_type: String,
+}
+
+/// Moves an account to another machine type, keeping its password (which the API cannot read back to resend).
+async fn set_account_machine_type(
+    State(app): State<Arc<App>>,
+    who: Principal,
+    Path(login): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    validate_name("login", &login)?;
+    let body: MachineTypeOfAccount = parse_body(&body)?;
+    validate_name("machine type", &body.machine_type)?;
+    let store = app.registry.store();
+    let Some(mut account) = store.account(&login).await? else {
+        return Err(unknown("account", &login));
+    };
+    account.machine_type = body.machine_type;
+    store.put_account(&account).await?;
+    record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
+    Ok(ok_json(account_json(&account)))
+}
+
 async fn delete_account(
     State(app): State<Arc<App>>,
     who: Principal,
@@ -378,7 +421,7 @@ async fn delete_account(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {
+pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {
     query
         .get(name)
         .map(String::as_str)
@@ -426,6 +469,11 @@ async fn explain(
         return Err(unknown("machine type", name));
     };
     let manifest = app.registry.upstream_manifest(&image).await?;
+    Ok(ok_json(explain_manifest(&image, &manifest, &machine)?))
+}
+
+/// The explanation of one upstream manifest for one machine type, as `/admin/explain` and the matrix answer it.
+pub(crate) fn explain_manifest(image: &ImageRef, manifest: &Manifest, machine: &MachineType) -> Result<Value, Error> {
     let mut out = json!({
         "image": image.to_string(),
         "digest": manifest.digest.to_string(),
@@ -436,11 +484,11 @@ async fn explain(
         out["index"] = json!(false);
         out["passthrough"] = json!(true);
         out["reason"] = json!("a single manifest, not an index: it passes through verbatim to every machine type");
-        return Ok(ok_json(out));
+        return Ok(out);
     }
     let index = Index::parse(&manifest.bytes)?;
-    let verdicts = filter::explain(&index, &machine);
-    let (filtered_digest, error) = match filter::filter_index(&manifest.bytes, &manifest.media_type, &machine) {
+    let verdicts = filter::explain(&index, machine);
+    let (filtered_digest, error) = match filter::filter_index(&manifest.bytes, &manifest.media_type, machine) {
         Ok(f) => (Some(f.digest.to_string()), None),
         Err(e) => (None, Some(json!({"code": e.code.as_str(), "message": e.message}))),
     };
@@ -449,5 +497,5 @@ async fn explain(
     out["served"] = verdicts.iter().filter(|v| v.served).map(|v| json!(v.entry.digest)).collect();
     out["filteredDigest"] = json!(filtered_digest);
     out["error"] = json!(error);
-    Ok(ok_json(out))
+    Ok(out)
 }

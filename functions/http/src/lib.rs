@@ -1,7 +1,8 @@
-//! The one router of MetaHub: `/v2/*`, `/token` and `/admin/*`, over [`metahub_core::service::RegistryService`].
+//! The one router of MetaHub: `/v2/*`, `/token`, `/admin/*` and the admin page at `/admin/`, over [`metahub_core::service::RegistryService`].
 //! `metahub serve` runs it with `axum::serve`; each Lambda function runs it with `lambda_http::run`.
 
 mod admin;
+mod admin_ui;
 mod auth;
 mod registry;
 mod response;
@@ -122,14 +123,19 @@ pub fn token_router(app: Arc<App>) -> Router {
 
 /// `/admin/*` only: the admin function's routes. Every request is refused unless `app.admin` is enabled.
 pub fn admin_router(app: Arc<App>) -> Router {
-    finish(admin::routes(app.clone()), app)
+    finish(admin_routes(app.clone()), app)
+}
+
+/// The admin API and the admin page.
+fn admin_routes(app: Arc<App>) -> Router<Arc<App>> {
+    admin::routes(app.clone()).merge(admin_ui::routes(app))
 }
 
 /// Every route in one service, as `metahub serve` runs it; `/admin/*` only when the admin API is enabled.
 pub fn router(app: Arc<App>) -> Router {
     let mut routes = registry_routes().merge(token_routes());
     if app.admin.is_enabled() {
-        routes = routes.merge(admin::routes(app.clone()));
+        routes = routes.merge(admin_routes(app.clone()));
     }
     finish(routes, app)
 }

@@ -23,6 +23,7 @@ struct MemoryStore {
     machine_types: Mutex<BTreeMap<String, MachineType>>,
     accounts: Mutex<BTreeMap<String, Account>>,
     changes: Mutex<Vec<Change>>,
+    watched: Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[async_trait]
@@ -82,6 +83,15 @@ impl Store for MemoryStore {
     }
     async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
         Ok(self.changes.lock().unwrap().iter().rev().take(limit).cloned().collect())
+    }
+    async fn watched_images(&self) -> Result<Vec<String>> {
+        Ok(self.watched.lock().unwrap().iter().cloned().collect())
+    }
+    async fn watch_image(&self, image: &str) -> Result<bool> {
+        Ok(self.watched.lock().unwrap().insert(image.to_owned()))
+    }
+    async fn unwatch_image(&self, image: &str) -> Result<bool> {
+        Ok(self.watched.lock().unwrap().remove(image))
     }
 }
 
@@ -389,6 +399,70 @@ fn secrets_are_checked_and_redacted() {
     assert!(AdminAuth::secret("too short").is_err());
     let auth = AdminAuth::secret(SECRET).unwrap();
     assert!(!format!("{auth:?}").contains(SECRET));
+}
+
+#[tokio::test]
+async fn watched_images_and_the_matrix() {
+    let h = secret_harness();
+    h.admin("PUT", "/admin/machine-types/skylake", Some(json!({"features": ["cpu:skylake"]}))).await;
+    h.admin("PUT", "/admin/machine-types/plain", Some(json!({"features": []}))).await;
+    let (s, v) = h.admin("POST", "/admin/watched-images", Some(json!({"image": "org/app"}))).await;
+    assert_eq!((s, &v), (StatusCode::CREATED, &json!({"image": "org/app:latest"})));
+    let (s, _) = h.admin("POST", "/admin/watched-images", Some(json!({"image": "org/app:latest"}))).await;
+    assert_eq!(s, StatusCode::OK, "already watched");
+    let (s, v) = h.admin("POST", "/admin/watched-images", Some(json!({"image": "Bad Name"}))).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "NAME_INVALID"), "{v}");
+    let (_, v) = h.admin("GET", "/admin/watched-images", None).await;
+    assert_eq!(v, json!(["org/app:latest"]));
+
+    let (s, v) = h.admin("GET", "/admin/matrix", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["machineTypes"].as_array().unwrap().len(), 2);
+    let cells = v["images"][0]["cells"].as_array().unwrap();
+    // each cell is what /admin/explain answers for that pair
+    let (_, explained) = h.admin("GET", "/admin/explain?machineType=skylake&image=org/app:latest", None).await;
+    assert_eq!(cells[1], explained);
+    assert_eq!(cells[1]["served"], json!([format!("sha256:{}", "a".repeat(64))]));
+    assert_eq!(cells[0]["served"], json!([format!("sha256:{}", "b".repeat(64))]), "plain gets the generic build");
+
+    let (s, _) = h.admin("DELETE", "/admin/watched-images?image=org/app", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = h.admin("DELETE", "/admin/watched-images?image=org/app", None).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+    let actions: Vec<String> = h.store.changes.lock().unwrap().iter().map(|c| c.action.clone()).collect();
+    assert!(actions.ends_with(&["watch-image".to_owned(), "unwatch-image".to_owned()]), "{actions:?}");
+}
+
+#[tokio::test]
+async fn account_moves_to_another_machine_type_keeping_its_password() {
+    let h = secret_harness();
+    for mt in ["a", "b"] {
+        h.admin("PUT", &format!("/admin/machine-types/{mt}"), Some(json!({"features": []}))).await;
+    }
+    let (s, _) =
+        h.admin("PUT", "/admin/accounts/n1", Some(json!({"machineType": "a", "password": "pw-0123456789"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let hash = h.store.accounts.lock().unwrap()["n1"].password_hash.clone();
+    let (s, v) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "b"}))).await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({"login": "n1", "machineType": "b"})));
+    assert_eq!(h.store.accounts.lock().unwrap()["n1"].password_hash, hash);
+    let (s, v) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "nope"}))).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"), "{v}");
+    let (s, v) = h.admin("PUT", "/admin/accounts/ghost/machine-type", Some(json!({"machineType": "b"}))).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"), "{v}");
+}
+
+#[tokio::test]
+async fn the_page_session_in_iam_mode() {
+    let h = harness(AdminAuth::Iam);
+    let (s, v) = h.send("GET", "/admin/session", None, None).await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({"signedIn": false, "mode": "iam"})));
+    let mut request = Request::builder().uri("/admin/session").body(Body::empty()).unwrap();
+    request.extensions_mut().insert(AdminPrincipal("arn:aws:iam::1:user/op".into()));
+    let (_, v) = h.send_request(request).await;
+    assert_eq!(v["principal"], "arn:aws:iam::1:user/op");
+    let (s, v) = h.send("POST", "/admin/session", None, Some(r#"{"secret":"x"}"#)).await;
+    assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"), "no secret to sign in with");
 }
 
 // ---------------------------------------------------------------- what every answer carries, behind CloudFront

@@ -217,6 +217,24 @@ impl AdminApiStore {
         }
     }
 
+    /// One request as the admin page sent it (`metahub admin ui`), authenticated like every other; the answer as is,
+    /// errors included. `Err` only when the endpoint cannot be reached.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut request = self.client.request(method.clone(), &url);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        let request = self.authenticate(request.body(body.clone()), &method, &url, content_type, &body).await?;
+        request.send().await.map_err(|e| Error::unavailable(format!("admin endpoint {}: {e}", self.base)))
+    }
+
     /// Replaces an account's password hash, keeping its machine type; refused when the account does not exist.
     pub async fn rotate_password(&self, login: &str, password_hash: &str) -> Result<()> {
         validate_name("login", login)?;
@@ -316,6 +334,20 @@ impl Store for AdminApiStore {
 
     async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
         Ok(self.get_json(&format!("/admin/changes?limit={limit}")).await?.unwrap_or_default())
+    }
+
+    async fn watched_images(&self) -> Result<Vec<String>> {
+        Ok(self.get_json("/admin/watched-images").await?.unwrap_or_default())
+    }
+
+    async fn watch_image(&self, image: &str) -> Result<bool> {
+        let (status, _) = self.call(Method::POST, "/admin/watched-images", Some(json!({"image": image}))).await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    async fn unwatch_image(&self, image: &str) -> Result<bool> {
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("image", image).finish();
+        self.delete(&format!("/admin/watched-images?{query}")).await
     }
 }
 

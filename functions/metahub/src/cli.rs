@@ -1,6 +1,6 @@
 //! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
 
-use crate::{detect, explain, index, manage, serve};
+use crate::{admin_ui, detect, explain, index, manage, serve};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
@@ -34,6 +34,9 @@ enum Command {
     /// The store itself.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The operators' web page.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// The features of this host, as a ready `machine-type put` line.
     Detect(detect::DetectArgs),
     /// Every entry of an image's index for a machine type: fits or not, why, and the one served.
@@ -41,6 +44,13 @@ enum Command {
     /// Assemble per-microarchitecture images into one index with features, or inspect one.
     #[command(subcommand)]
     Index(index::IndexCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Open the admin page of a MetaHub through a proxy on 127.0.0.1 that authenticates every request with your
+    /// credentials (SigV4 for the admin function in AWS, or METAHUB_ADMIN_SECRET); prints the address to open.
+    Ui(admin_ui::UiArgs),
 }
 
 #[derive(Subcommand)]
@@ -56,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account(cmd) => manage::account(cmd).await,
         Command::Changes(args) => manage::changes(args).await,
         Command::Store(StoreCommand::Init(arg)) => crate::store::init(&arg.store).await,
+        Command::Admin(AdminCommand::Ui(args)) => admin_ui::run(args).await,
         Command::Detect(args) => detect::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Index(cmd) => index::run(cmd).await,

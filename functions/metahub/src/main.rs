@@ -1,6 +1,7 @@
 //! `metahub`: wiring only. Commands live in their modules; errors end the process with one line naming what was wrong.
 
 mod admin_client;
+mod admin_ui;
 mod cli;
 mod detect;
 mod explain;

@@ -7,6 +7,7 @@
 //! | generated index  | `MAN#<repo>@<digest>`  | `MAN`         | `mediaType` (S), `body` (B), `ttl` (N)             |
 //! | signing key      | `META`                 | `SIGNING_KEY` | `key` (B)                                          |
 //! | audit log entry  | `CHANGES`              | `<at, 20 digits>#<ns, 9 digits>-<random>` | `at` (N), `who`, `action`, `target` (S) |
+//! | watched image    | `WATCHED`              | `<image reference>` |                                             |
 //!
 //! Invariants, and how each holds without a race:
 //! - an account's machine type exists: `put_account` is one `TransactWriteItems` that writes the account and
@@ -451,6 +452,7 @@ fn decode_account(login: &str, item: &Item) -> Result<Account> {
 }
 
 const CHANGES_PK: &str = "CHANGES";
+const WATCHED_PK: &str = "WATCHED";
 
 /// The sort key of an audit log entry: ordered by time (to the nanosecond of this clock), unique by a random suffix.
 fn change_sk(at: u64) -> String {
@@ -788,5 +790,55 @@ impl Store for DynamoStore {
         }
         changes.truncate(limit);
         Ok(changes)
+    }
+
+    async fn watched_images(&self) -> Result<Vec<String>> {
+        let mut images = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(WATCHED_PK))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| self.fail("Query", e))?;
+            images.extend(out.items.unwrap_or_default().iter().filter_map(|i| get_s(i, "sk")).map(str::to_owned));
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(images)
+    }
+
+    async fn watch_image(&self, image: &str) -> Result<bool> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(key(WATCHED_PK.to_owned(), image)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| self.fail("PutItem", e))?;
+        Ok(out.attributes.is_none_or(|a| a.is_empty()))
+    }
+
+    async fn unwatch_image(&self, image: &str) -> Result<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(WATCHED_PK.to_owned(), image)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| self.fail("DeleteItem", e))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
     }
 }

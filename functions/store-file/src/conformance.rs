@@ -50,8 +50,21 @@ pub async fn run_all(fixture: &dyn Fixture) {
     concurrent_machine_type_updates(fixture.fresh().await).await;
     eprintln!("conformance: put_account vs delete_machine_type");
     put_account_vs_delete(fixture.fresh().await).await;
+    eprintln!("conformance: watched images");
+    watched_images(fixture.fresh().await).await;
     eprintln!("conformance: malformed machine type");
     malformed_machine_type(fixture).await;
+}
+
+pub async fn watched_images(store: Arc<dyn Store>) {
+    assert!(store.watched_images().await.unwrap().is_empty());
+    assert!(!store.unwatch_image("library/alpine:3").await.unwrap(), "removing an absent image is Ok(false)");
+    assert!(store.watch_image("org/app:latest").await.unwrap());
+    assert!(store.watch_image("ghcr.io/org/app:1.0").await.unwrap());
+    assert!(!store.watch_image("org/app:latest").await.unwrap(), "watching twice is Ok(false), one entry");
+    assert_eq!(store.watched_images().await.unwrap(), ["ghcr.io/org/app:1.0", "org/app:latest"], "sorted");
+    assert!(store.unwatch_image("org/app:latest").await.unwrap());
+    assert_eq!(store.watched_images().await.unwrap(), ["ghcr.io/org/app:1.0"]);
 }
 
 pub async fn machine_types(store: Arc<dyn Store>) {

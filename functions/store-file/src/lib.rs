@@ -36,6 +36,8 @@ const MANIFESTS: TableDefinition<&str, (&str, &[u8])> = TableDefinition::new("ma
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The audit log, keyed by a sequence number taken in the appending transaction: newest is last, even within a second.
 const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
+/// The admin page's watched images, by reference; the value is unused.
+const WATCHED: TableDefinition<&str, ()> = TableDefinition::new("watched_images");
 const SIGNING_KEY: &str = "signing_key";
 
 /// redb's page cache defaults to 1 GiB; the store holds kilobytes to a few megabytes.
@@ -85,6 +87,7 @@ impl FileStore {
         txn.open_table(MANIFESTS).map_err(|e| store.fail(e))?;
         txn.open_table(META).map_err(|e| store.fail(e))?;
         txn.open_table(CHANGES).map_err(|e| store.fail(e))?;
+        txn.open_table(WATCHED).map_err(|e| store.fail(e))?;
         txn.commit().map_err(|e| store.fail(e))?;
         Ok(store)
     }
@@ -371,6 +374,41 @@ impl Store for FileStore {
                 out.push(change);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn watched_images(&self) -> Result<Vec<String>> {
+        self.blocking(|s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(WATCHED).map_err(|e| s.fail(e))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| s.fail(e))? {
+                out.push(entry.map_err(|e| s.fail(e))?.0.value().to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn watch_image(&self, image: &str) -> Result<bool> {
+        let image = image.to_owned();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(WATCHED).map_err(|e| s.fail(e))?;
+                Ok(table.insert(image.as_str(), ()).map_err(|e| s.fail(e))?.is_none())
+            })
+        })
+        .await
+    }
+
+    async fn unwatch_image(&self, image: &str) -> Result<bool> {
+        let image = image.to_owned();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(WATCHED).map_err(|e| s.fail(e))?;
+                Ok(table.remove(image.as_str()).map_err(|e| s.fail(e))?.is_some())
+            })
         })
         .await
     }
