@@ -176,7 +176,7 @@ def test_origin_secret_header_is_set_and_checked(tpl):
     # Every function behind CloudFront knows where to read the value, and may read it.
     for fn in ("RegistryFunction", "TokenFunction"):
         assert function_env(tpl, fn)["METAHUB_ORIGIN_SECRET_PARAM"] == {"Ref": "OriginSecretParameterName"}
-        granted = role_actions(tpl, FUNCTIONS[fn]["role"])["ssm:GetParameter"]
+        granted = role_actions(tpl, FUNCTIONS[fn]["role"])["ssm:GetParameters"]
         assert any("${OriginSecretParameterName}" in json.dumps(r) for r in granted), fn
 
 
@@ -301,8 +301,8 @@ def test_least_privilege_per_function(tpl):
             assert "/index/" not in json.dumps(res), action
     # Parameters: registry and token read the signing key and origin secret; only the registry
     # reads upstream credentials, and only when configured; the admin reads none.
-    registry_params = json.dumps(role_actions(tpl, "RegistryRole")["ssm:GetParameter"])
-    token_params = json.dumps(role_actions(tpl, "TokenRole")["ssm:GetParameter"])
+    registry_params = json.dumps(role_actions(tpl, "RegistryRole")["ssm:GetParameters"])
+    token_params = json.dumps(role_actions(tpl, "TokenRole")["ssm:GetParameters"])
     for name in ("SigningKeyParameterName", "OriginSecretParameterName"):
         assert name in registry_params and name in token_params
     assert "UpstreamCredentialsParameterName" in registry_params

@@ -31,12 +31,14 @@ use axum::response::Response;
 use base64::Engine;
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
-use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
+use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
 use metahub_store_dynamodb::DynamoStore;
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod parameters;
 
 pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 pub const DEFAULT_SERVICE: &str = "metahub";
@@ -189,60 +191,6 @@ pub fn split_credentials(value: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// Reads one SecureString (or String) parameter, decrypted.
-async fn ssm_parameter(client: &aws_sdk_ssm::Client, variable: &str, name: &str) -> anyhow::Result<String> {
-    Ok(ssm_parameter_version(client, variable, name, None).await?.0)
-}
-
-/// Reads one parameter at `version` (latest if `None`): its value and its version.
-async fn ssm_parameter_version(
-    client: &aws_sdk_ssm::Client,
-    variable: &str,
-    name: &str,
-    version: Option<u64>,
-) -> anyhow::Result<(String, u64)> {
-    let selector = version.map_or_else(|| name.to_owned(), |v| format!("{name}:{v}"));
-    let output = client
-        .get_parameter()
-        .name(&selector)
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(|e| anyhow!("{}", one_line(&aws_sdk_ssm::error::DisplayErrorContext(e).to_string())))
-        .with_context(|| format!("reading SSM parameter {selector:?} ({variable})"))?;
-    let parameter = output.parameter();
-    let value = parameter
-        .and_then(|p| p.value())
-        .map(str::to_owned)
-        .with_context(|| format!("SSM parameter {selector:?} ({variable}) has no value"))?;
-    Ok((value, parameter.map_or(0, |p| p.version().max(0) as u64)))
-}
-
-/// The origin secrets to accept: the pinned (else latest) version of the parameter and the version before it, so
-/// that while CloudFront's edges move from one value to the next after a rotation, both are let through.
-async fn origin_secrets(
-    client: &aws_sdk_ssm::Client,
-    name: &str,
-    version: Option<u64>,
-) -> anyhow::Result<OriginSecrets> {
-    const VARIABLE: &str = "METAHUB_ORIGIN_SECRET_PARAM";
-    let (current, version) = ssm_parameter_version(client, VARIABLE, name, version).await?;
-    let current = current.trim().to_owned();
-    if current.is_empty() {
-        bail!("SSM parameter {name:?} ({VARIABLE}) is empty");
-    }
-    let previous = match version.checked_sub(1).filter(|v| *v > 0) {
-        // Only an older value that is readable and not empty: version 1 has no predecessor.
-        Some(previous) => ssm_parameter_version(client, VARIABLE, name, Some(previous))
-            .await
-            .map(|(value, _)| value.trim().to_owned())
-            .ok()
-            .filter(|value| !value.is_empty() && *value != current),
-        None => None,
-    };
-    Ok(OriginSecrets { current, previous })
-}
-
 /// Builds the [`App`] every function serves, from the environment and SSM. The only network calls are the SSM
 /// reads that are configured and, without a signing key parameter, the store's signing key; they run concurrently.
 /// `admin` is how `/admin/*` authenticates: `AdminAuth::Iam` for the admin function, `Disabled` for the others.
@@ -271,34 +219,24 @@ async fn app_with(
         );
     }
 
-    let signing_key = async {
+    // The SSM reads (one call, see `parameters`) and, without a key parameter, the store's key run concurrently.
+    let secrets = parameters::read(ssm, &settings);
+    let store_key = async {
         match &settings.signing_key_param {
-            Some(name) => decode_signing_key(&ssm_parameter(ssm, "METAHUB_SIGNING_KEY_PARAM", name).await?)
-                .with_context(|| format!("SSM parameter {name:?} (METAHUB_SIGNING_KEY_PARAM)")),
+            Some(_) => Ok(None),
             // The admin function issues and verifies no tokens: a throwaway key spares it a read and a permission.
-            None if admin != AdminAuth::Disabled => Ok(rand::random::<[u8; 32]>().to_vec()),
+            None if admin != AdminAuth::Disabled => Ok(Some(rand::random::<[u8; 32]>().to_vec())),
             None => store
                 .signing_key_or_insert(&rand::random::<[u8; 32]>())
                 .await
+                .map(Some)
                 .map_err(|e| anyhow!("{e}"))
                 .with_context(|| format!("reading the signing key from DynamoDB table {:?}", settings.table)),
         }
     };
-    let origin_secret = async {
-        match &settings.origin_secret_param {
-            Some(name) => origin_secrets(ssm, name, settings.origin_secret_version).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let credentials = async {
-        match &settings.upstream_credentials_param {
-            Some(name) => split_credentials(&ssm_parameter(ssm, "METAHUB_UPSTREAM_CREDENTIALS_PARAM", name).await?)
-                .with_context(|| format!("SSM parameter {name:?} (METAHUB_UPSTREAM_CREDENTIALS_PARAM)"))
-                .map(Some),
-            None => Ok(None),
-        }
-    };
-    let (signing_key, origin_secret, credentials) = tokio::try_join!(signing_key, origin_secret, credentials)?;
+    let (secrets, store_key) = tokio::try_join!(secrets, store_key)?;
+    let parameters::Secrets { signing_key, origin_secrets: origin_secret, upstream_credentials: credentials } = secrets;
+    let signing_key = signing_key.or(store_key).context("no signing key")?;
 
     let keys = TokenKeys::new(&signing_key, &settings.service, settings.token_ttl.as_secs())
         .map_err(|e| anyhow!("token keys: {e}"))?;

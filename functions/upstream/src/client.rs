@@ -17,8 +17,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -61,7 +61,11 @@ pub struct RegistryClient {
     label: String,
     docker_hub: bool,
     credentials: Option<Credentials>,
-    http: reqwest::Client,
+    /// Built on first use: loading and parsing the CA root store is most of a client's cost, and a Lambda function
+    /// that never calls the upstream (token) or not before its first request should not pay it during init.
+    http: OnceLock<std::result::Result<reqwest::Client, String>>,
+    timeout: Duration,
+    connect_timeout: Duration,
     max_manifest_bytes: usize,
     tokens: Mutex<HashMap<String, CachedToken>>,
     /// The upstream asked for Basic once: send configured credentials up front from then on.
@@ -94,23 +98,31 @@ impl RegistryClient {
                 return Err(Error::internal(format!("upstream {label}: give both username and password, or neither")));
             }
         };
-        let http = reqwest::Client::builder()
-            .redirect(redirect::Policy::none())
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .user_agent(concat!("metahub/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         Ok(RegistryClient {
             docker_hub: config.docker_hub || is_docker_hub_host(&base),
             base,
             label,
             credentials,
-            http,
+            http: OnceLock::new(),
+            timeout: options.timeout,
+            connect_timeout: options.connect_timeout,
             max_manifest_bytes: options.max_manifest_bytes,
             tokens: Mutex::new(HashMap::new()),
             basic_challenged: AtomicBool::new(false),
         })
+    }
+
+    fn http(&self) -> Result<&reqwest::Client> {
+        let built = self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(redirect::Policy::none())
+                .timeout(self.timeout)
+                .connect_timeout(self.connect_timeout)
+                .user_agent(concat!("metahub/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        });
+        built.as_ref().map_err(|e| Error::internal(e.clone()))
     }
 
     /// The base URL requests go to.
@@ -182,7 +194,7 @@ impl RegistryClient {
     async fn send(&self, method: Method, url: &Url, accept: Option<&HeaderValue>, scope: &str) -> Result<Response> {
         let mut auth = self.initial_auth(scope);
         for attempt in 0..2 {
-            let mut req = self.http.request(method.clone(), url.clone());
+            let mut req = self.http()?.request(method.clone(), url.clone());
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a.clone());
             }
@@ -261,7 +273,7 @@ impl RegistryClient {
             query.push(("service", s));
         }
         query.push(("scope", scope));
-        let mut req = self.http.get(url).query(&query);
+        let mut req = self.http()?.get(url).query(&query);
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(&c.password));
         }

@@ -1,0 +1,259 @@
+//! The secrets a function reads from SSM Parameter Store at init, in as few round trips as SSM allows: one
+//! `GetParameters` for every configured name (signing key, origin secret, upstream credentials), plus — only when
+//! the origin secret's version is not pinned and is past 1 — one more for the version before it. Each round trip on
+//! a cold instance is a connection (and in AWS a TLS handshake) that init waits for.
+//!
+//! What is asked and how the answers are read is plain data ([`Request`], [`Answer`]), tested without AWS.
+
+use anyhow::{Context, anyhow, bail};
+use metahub_http::OriginSecrets;
+
+use crate::{Settings, decode_signing_key, one_line, split_credentials};
+
+const SIGNING_KEY: &str = "METAHUB_SIGNING_KEY_PARAM";
+const ORIGIN_SECRET: &str = "METAHUB_ORIGIN_SECRET_PARAM";
+const UPSTREAM_CREDENTIALS: &str = "METAHUB_UPSTREAM_CREDENTIALS_PARAM";
+
+/// The values read from SSM, decoded; `None` where no parameter is configured.
+#[derive(Default)]
+pub struct Secrets {
+    pub signing_key: Option<Vec<u8>>,
+    pub origin_secrets: Option<OriginSecrets>,
+    pub upstream_credentials: Option<(String, String)>,
+}
+
+/// One parameter SSM answered: its name (without selector), version and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub name: String,
+    pub version: u64,
+    pub value: String,
+}
+
+/// The names of one `GetParameters` call: plain names, or `name:version` selectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub names: Vec<String>,
+}
+
+/// The first (and usually only) call: every configured parameter; with a pinned origin secret version, that version
+/// and the one before it.
+pub fn first_request(settings: &Settings) -> Request {
+    let mut names = Vec::new();
+    names.extend(settings.signing_key_param.clone());
+    if let Some(name) = &settings.origin_secret_param {
+        match settings.origin_secret_version {
+            Some(version) => {
+                names.push(format!("{name}:{version}"));
+                names.extend(previous(version).map(|v| format!("{name}:{v}")));
+            }
+            None => names.push(name.clone()),
+        }
+    }
+    names.extend(settings.upstream_credentials_param.clone());
+    names.dedup();
+    Request { names }
+}
+
+/// The version before `version`, if there is one (version 1 has no predecessor).
+fn previous(version: u64) -> Option<u64> {
+    version.checked_sub(1).filter(|v| *v > 0)
+}
+
+/// The answer for a plain name (the latest version) or, with `version`, for that version.
+fn find<'a>(answers: &'a [Answer], name: &str, version: Option<u64>) -> Option<&'a Answer> {
+    answers.iter().find(|a| a.name == name && version.is_none_or(|v| a.version == v))
+}
+
+fn required<'a>(answers: &'a [Answer], variable: &str, name: &str, version: Option<u64>) -> anyhow::Result<&'a Answer> {
+    find(answers, name, version).with_context(|| {
+        let selector = version.map_or_else(|| name.to_owned(), |v| format!("{name}:{v}"));
+        format!("reading SSM parameter {selector:?} ({variable}): ParameterNotFound (or no permission to read it)")
+    })
+}
+
+/// Reads the answers of [`first_request`]: every configured parameter must be there. Returns the secrets and, when
+/// the origin secret was read at its latest version and that version has a predecessor, the selector still to read.
+pub fn read_first(settings: &Settings, answers: &[Answer]) -> anyhow::Result<(Secrets, Option<String>)> {
+    let signing_key = settings
+        .signing_key_param
+        .as_deref()
+        .map(|name| {
+            decode_signing_key(&required(answers, SIGNING_KEY, name, None)?.value)
+                .with_context(|| format!("SSM parameter {name:?} ({SIGNING_KEY})"))
+        })
+        .transpose()?;
+    let upstream_credentials = settings
+        .upstream_credentials_param
+        .as_deref()
+        .map(|name| {
+            split_credentials(&required(answers, UPSTREAM_CREDENTIALS, name, None)?.value)
+                .with_context(|| format!("SSM parameter {name:?} ({UPSTREAM_CREDENTIALS})"))
+        })
+        .transpose()?;
+    let mut next = None;
+    let origin_secrets = match &settings.origin_secret_param {
+        None => None,
+        Some(name) => {
+            let pinned = settings.origin_secret_version;
+            let current = required(answers, ORIGIN_SECRET, name, pinned)?;
+            let value = current.value.trim();
+            if value.is_empty() {
+                bail!("SSM parameter {name:?} ({ORIGIN_SECRET}) is empty");
+            }
+            let previous_version = previous(current.version);
+            if pinned.is_none() {
+                next = previous_version.map(|v| format!("{name}:{v}"));
+            }
+            let mut secrets = OriginSecrets { current: value.to_owned(), previous: None };
+            if pinned.is_some() {
+                secrets.previous = previous_value(answers, name, previous_version, value);
+            }
+            Some(secrets)
+        }
+    };
+    Ok((Secrets { signing_key, origin_secrets, upstream_credentials }, next))
+}
+
+/// The previous origin secret from the answers of the second call: only a readable, non-empty value that differs
+/// from the current one (a missing old version is no error — rotation may have deleted it).
+pub fn read_previous(secrets: &mut Secrets, settings: &Settings, answers: &[Answer]) {
+    let (Some(name), Some(origin)) = (&settings.origin_secret_param, secrets.origin_secrets.as_mut()) else {
+        return;
+    };
+    let version = answers.iter().filter(|a| a.name == *name).map(|a| a.version).max();
+    origin.previous = previous_value(answers, name, version, &origin.current);
+}
+
+fn previous_value(answers: &[Answer], name: &str, version: Option<u64>, current: &str) -> Option<String> {
+    let answer = find(answers, name, Some(version?))?;
+    Some(answer.value.trim().to_owned()).filter(|value| !value.is_empty() && value != current)
+}
+
+/// Reads every configured secret through `ssm` (see the module header for how many calls that is).
+pub async fn read(ssm: &aws_sdk_ssm::Client, settings: &Settings) -> anyhow::Result<Secrets> {
+    let request = first_request(settings);
+    if request.names.is_empty() {
+        return Ok(Secrets::default());
+    }
+    let answers = get_parameters(ssm, &request.names).await?;
+    let (mut secrets, next) = read_first(settings, &answers)?;
+    if let Some(selector) = next {
+        // Best effort, as the previous value only widens what is accepted during a rotation.
+        match get_parameters(ssm, std::slice::from_ref(&selector)).await {
+            Ok(answers) => read_previous(&mut secrets, settings, &answers),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the previous origin secret; accepting only the current one")
+            }
+        }
+    }
+    Ok(secrets)
+}
+
+/// One `GetParameters` call, decrypted. Names SSM does not know come back in `InvalidParameters`, not as an error:
+/// they are simply missing from the answers.
+async fn get_parameters(ssm: &aws_sdk_ssm::Client, names: &[String]) -> anyhow::Result<Vec<Answer>> {
+    let output = ssm
+        .get_parameters()
+        .set_names(Some(names.to_vec()))
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| anyhow!("{}", one_line(&aws_sdk_ssm::error::DisplayErrorContext(e).to_string())))
+        .with_context(|| format!("reading SSM parameters {names:?}"))?;
+    Ok(output
+        .parameters()
+        .iter()
+        .filter_map(|p| {
+            Some(Answer {
+                name: p.name()?.to_owned(),
+                version: p.version().max(0) as u64,
+                value: p.value()?.to_owned(),
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        let mut map: HashMap<String, String> = [("METAHUB_STORE", "dynamodb:t"), ("METAHUB_PUBLIC_URL", "https://x")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        map.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::from_lookup(|k| map.get(k).cloned()).unwrap()
+    }
+
+    fn answer(name: &str, version: u64, value: &str) -> Answer {
+        Answer { name: name.into(), version, value: value.into() }
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn all() -> Settings {
+        settings(&[(SIGNING_KEY, "/k"), (ORIGIN_SECRET, "/o"), (UPSTREAM_CREDENTIALS, "/c")])
+    }
+
+    #[test]
+    fn one_call_for_every_configured_name() {
+        assert_eq!(first_request(&all()).names, ["/k", "/o", "/c"]);
+        assert!(first_request(&settings(&[])).names.is_empty());
+        let pinned = settings(&[(ORIGIN_SECRET, "/o"), ("METAHUB_ORIGIN_SECRET_VERSION", "4")]);
+        assert_eq!(first_request(&pinned).names, ["/o:4", "/o:3"], "a pinned version and its predecessor, at once");
+        let first = settings(&[(ORIGIN_SECRET, "/o"), ("METAHUB_ORIGIN_SECRET_VERSION", "1")]);
+        assert_eq!(first_request(&first).names, ["/o:1"]);
+    }
+
+    #[test]
+    fn latest_origin_secret_needs_a_second_call_only_past_version_1() {
+        let answers = [answer("/k", 1, KEY), answer("/o", 3, " secret-3\n"), answer("/c", 2, "u:p")];
+        let (secrets, next) = read_first(&all(), &answers).unwrap();
+        assert_eq!(secrets.signing_key.as_deref(), Some(KEY.as_bytes()));
+        assert_eq!(secrets.upstream_credentials, Some(("u".into(), "p".into())));
+        let origin = secrets.origin_secrets.as_ref().unwrap();
+        assert_eq!((origin.current.as_str(), origin.previous.as_deref()), ("secret-3", None));
+        assert_eq!(next.as_deref(), Some("/o:2"));
+
+        let mut secrets = secrets;
+        read_previous(&mut secrets, &all(), &[answer("/o", 2, "secret-2")]);
+        assert_eq!(secrets.origin_secrets.unwrap().previous.as_deref(), Some("secret-2"));
+
+        let answers = [answer("/k", 1, KEY), answer("/o", 1, "secret-1"), answer("/c", 1, "u:p")];
+        assert_eq!(read_first(&all(), &answers).unwrap().1, None);
+    }
+
+    #[test]
+    fn pinned_origin_secret_takes_both_versions_from_the_first_call() {
+        let s = settings(&[(ORIGIN_SECRET, "/o"), ("METAHUB_ORIGIN_SECRET_VERSION", "4")]);
+        let answers = [answer("/o", 3, "old"), answer("/o", 4, "new")];
+        let (secrets, next) = read_first(&s, &answers).unwrap();
+        let origin = secrets.origin_secrets.unwrap();
+        assert_eq!((origin.current.as_str(), origin.previous.as_deref(), next), ("new", Some("old"), None));
+        // The older version deleted (InvalidParameters): only the current one is accepted.
+        let origin = read_first(&s, &[answer("/o", 4, "new")]).unwrap().0.origin_secrets.unwrap();
+        assert_eq!(origin.previous, None);
+        // The same value twice is one secret.
+        let origin = read_first(&s, &[answer("/o", 4, "same"), answer("/o", 3, "same")]).unwrap().0.origin_secrets;
+        assert_eq!(origin.unwrap().previous, None);
+    }
+
+    #[test]
+    fn a_missing_or_bad_parameter_is_one_clear_line() {
+        let e = format!("{:#}", read_first(&all(), &[answer("/k", 1, KEY), answer("/c", 1, "u:p")]).err().unwrap());
+        assert!(e.contains("\"/o\"") && e.contains(ORIGIN_SECRET) && e.contains("ParameterNotFound"), "{e}");
+        let pinned = settings(&[(ORIGIN_SECRET, "/o"), ("METAHUB_ORIGIN_SECRET_VERSION", "4")]);
+        let e = format!("{:#}", read_first(&pinned, &[answer("/o", 3, "old")]).err().unwrap());
+        assert!(e.contains("\"/o:4\""), "{e}");
+        let answers = [answer("/k", 1, "short"), answer("/o", 1, "x"), answer("/c", 1, "u:p")];
+        let e = format!("{:#}", read_first(&all(), &answers).err().unwrap());
+        assert!(e.contains(SIGNING_KEY) && e.contains("32 bytes"), "{e}");
+        let answers = [answer("/k", 1, KEY), answer("/o", 1, "  "), answer("/c", 1, "u:p")];
+        assert!(format!("{:#}", read_first(&all(), &answers).err().unwrap()).contains("is empty"));
+        let answers = [answer("/k", 1, KEY), answer("/o", 1, "x"), answer("/c", 1, "nocolon")];
+        let e = format!("{:#}", read_first(&all(), &answers).err().unwrap());
+        assert!(e.contains(UPSTREAM_CREDENTIALS) && !e.contains("nocolon"), "no secret in the message: {e}");
+    }
+}
