@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import signal
 import socket
 import subprocess
@@ -419,9 +420,10 @@ def throughput(hub: Metahub, upstream: str, pushed, args, workdir: Path, only: l
 
 # ------------------------------------------------------------------------------------------------ Lambda
 
-def http_event(method: str, path: str, headers: dict[str, str], query: str = "") -> dict:
-    """A Lambda function URL event (payload 2.0), as CloudFront forwards it (with the origin secret header)."""
-    return {
+def http_event(method: str, path: str, headers: dict[str, str], query: str = "", iam_caller: str | None = None) -> dict:
+    """A Lambda function URL event (payload 2.0), as CloudFront forwards it (with the origin secret header); with
+    `iam_caller`, as Lambda passes a SigV4-signed request to an AWS_IAM Function URL (the admin function)."""
+    event = {
         "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": query,
         "headers": {"host": "bench.lambda-url.us-east-1.on.aws", "user-agent": "bench", "x-origin-verify": ORIGIN_SECRET, **headers},
         "requestContext": {"accountId": "anonymous", "apiId": "bench", "domainName": "bench.lambda-url.us-east-1.on.aws",
@@ -431,6 +433,10 @@ def http_event(method: str, path: str, headers: dict[str, str], query: str = "")
                            "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0},
         "isBase64Encoded": False,
     }
+    if iam_caller:
+        event["requestContext"]["authorizer"] = {"iam": {"accountId": "123456789012", "callerId": "AROAEXAMPLE:bench",
+                                                         "userArn": iam_caller, "userId": "AROAEXAMPLE:bench"}}
+    return event
 
 
 def lambda_binary(name: str, release_dir: Path) -> Path | None:
@@ -440,7 +446,7 @@ def lambda_binary(name: str, release_dir: Path) -> Path | None:
     return None
 
 
-def cold_start(binary: Path, env: dict, events: list[tuple[str, str, dict, str]], workdir: Path, name: str) -> dict:
+def cold_start(binary: Path, env: dict, events: list[tuple], workdir: Path, name: str) -> dict:
     """Start `binary` against the Runtime API stand-in of tests/lambda with its first event already queued (as Lambda
     does on a cold invoke); time process start -> first `next` poll (init) and -> first response."""
     sys.path.insert(0, str(ROOT / "tests" / "lambda"))
@@ -452,14 +458,15 @@ def cold_start(binary: Path, env: dict, events: list[tuple[str, str, dict, str]]
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128", "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": "bench", "RUST_LOG": "warn", **env,
     }
-    ids = [api.submit(http_event(m, p, h, q)) for m, p, h, q in events[:1]]
+    ids = [api.submit(http_event(*e)) for e in events[:1]]
     t0 = time.monotonic()
     proc = start(f"lambda-{name}", [str(binary)], workdir, env=lambda_env)
     try:
         results = []
-        for i, (method, path, headers, query) in enumerate(events):
+        for i, event in enumerate(events):
+            method, path = event[0], event[1]
             sent = time.monotonic()
-            outcome = api.wait(ids[0], timeout=30) if i == 0 else api.invoke(http_event(method, path, headers, query), timeout=30)
+            outcome = api.wait(ids[0], timeout=30) if i == 0 else api.invoke(http_event(*event), timeout=30)
             try:
                 payload = outcome.json()
             except ValueError:
@@ -474,6 +481,87 @@ def cold_start(binary: Path, env: dict, events: list[tuple[str, str, dict, str]]
     finally:
         stop(proc)
         api.stop()
+
+
+def cold_starts(binary: Path, env: dict, events: list[tuple], workdir: Path, name: str, runs: int) -> dict:
+    """`runs` cold starts of `binary`: the first run's invocations, and the median init and first answer of all runs
+    (each run is a fresh process; the shared 2-core machine makes single runs noisy)."""
+    results = [cold_start(binary, env, events, workdir, name) for _ in range(runs)]
+    first = results[0]
+    for key in ("init_ms", "first_answer_ms"):
+        values = sorted(r[key] for r in results)
+        first[key] = statistics.median(values)
+        first[key.replace("_ms", "_range_ms")] = [values[0], values[-1]]
+    first["runs"] = len(results)
+    first["peak_rss_kib"] = max((r["peak_rss_kib"] or 0) for r in results) or None
+    return first
+
+
+def cold_pull(registry_bin: Path, token_bin: Path, env: dict, basic: str, workdir: Path) -> dict:
+    """One `docker pull` by tag as the client sees it, both functions cold (fresh processes, first event queued before
+    each starts, as on a cold invoke): registry GET /v2/ (401, cold), token GET /token (cold), then the registry (now
+    warm) GET the index by tag, GET the child manifest the client picks, and the config and layer blobs (307).
+    Each step is timed from the moment the client would send it to the function's answer; total = their sum."""
+    sys.path.insert(0, str(ROOT / "tests" / "lambda"))
+    from runtime_api import start_runtime_api
+
+    steps: list[dict] = []
+    procs: list[subprocess.Popen] = []
+    apis = []
+
+    def lambda_env(api, name: str) -> dict:
+        return {"AWS_LAMBDA_RUNTIME_API": api.address, "AWS_LAMBDA_FUNCTION_NAME": name,
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}", "AWS_LAMBDA_LOG_STREAM_NAME": "bench",
+                "RUST_LOG": "warn", **env}
+
+    def cold(binary: Path, name: str, event: dict) -> tuple:
+        api = start_runtime_api()
+        apis.append(api)
+        request_id = api.submit(event)
+        t0 = time.monotonic()
+        procs.append(start(f"pull-{name}", [str(binary)], workdir, env=lambda_env(api, name)))
+        outcome = api.wait(request_id, timeout=30)
+        return api, outcome, (outcome.posted_at - t0) * 1000, ((api.first_poll or t0) - t0) * 1000
+
+    def step(what: str, outcome, ms: float, init_ms: float | None = None) -> dict:
+        payload = outcome.json()
+        row = {"step": what, "status": payload.get("statusCode"), "ms": ms}
+        if init_ms is not None:
+            row["init_ms"] = init_ms
+        steps.append(row)
+        return payload
+
+    def warm(api, what: str, path: str, headers: dict) -> dict:
+        sent = time.monotonic()
+        outcome = api.invoke(http_event("GET", path, headers), timeout=30)
+        return step(what, outcome, (outcome.posted_at - sent) * 1000)
+
+    try:
+        registry, outcome, ms, init = cold(registry_bin, "metahub-registry", http_event("GET", "/v2/", {}))
+        step("registry GET /v2/ (cold) → 401", outcome, ms, init)
+        scope = f"service=metahub&scope=repository:{REPO}:pull"
+        _, outcome, ms, init = cold(token_bin, "metahub-token", http_event("GET", "/token", {"authorization": basic}, scope))
+        payload = step("token GET /token (cold)", outcome, ms, init)
+        auth = {"authorization": f"Bearer {json.loads(payload.get('body') or '{}').get('token', '')}"}
+        index = warm(registry, f"registry GET /v2/{REPO}/manifests/latest (warm)", f"/v2/{REPO}/manifests/latest",
+                     {**auth, "accept": ", ".join(ACCEPT_ALL)})
+        entries = json.loads(index.get("body") or "{}").get("manifests") or []
+        amd64 = [m for m in entries if (m.get("platform") or {}).get("architecture") == "amd64"] or entries
+        if amd64:
+            child = amd64[0]["digest"]
+            manifest = warm(registry, "registry GET child manifest by digest", f"/v2/{REPO}/manifests/{child}",
+                            {**auth, "accept": ", ".join(ACCEPT_ALL)})
+            image = json.loads(manifest.get("body") or "{}")
+            for blob in [image.get("config", {}), *image.get("layers", [])][:2]:
+                if blob.get("digest"):
+                    warm(registry, "registry GET blob (307)", f"/v2/{REPO}/blobs/{blob['digest']}", auth)
+    finally:
+        for proc in procs:
+            stop(proc)
+        for api in apis:
+            api.stop()
+    return {"steps": steps, "total_ms": sum(s["ms"] for s in steps)}
 
 
 def short_bodies(result: dict) -> dict:
@@ -511,6 +599,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--out", default=str(ROOT / "target" / "bench" / "e2e.json"))
     ap.add_argument("--skip-dynamodb", action="store_true")
+    ap.add_argument("--lambda-runs", type=int, default=5, help="cold starts per function (medians reported)")
     ap.add_argument("--only", choices=["throughput", "counts", "lambda"], action="append",
                     help="run only these parts (repeatable); default all")
     args = ap.parse_args()
@@ -586,6 +675,8 @@ def main() -> int:
 
     if "lambda" in parts:
         release_dir = Path(args.release_dir)
+        lambda_load_before = load()
+        results["lambda_when"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["sizes"] = sizes(release_dir, workdir)
         results["lambda"] = {}
         if not moto_env:
@@ -615,7 +706,8 @@ def main() -> int:
             scope = f"service=metahub&scope=repository:{REPO}:pull"
             if token_bin:
                 log(f"cold start {token_bin}")
-                r = cold_start(token_bin, fn_env, [("GET", "/token", {"authorization": basic}, scope)] * 2, workdir, "metahub-token")
+                r = cold_starts(token_bin, fn_env, [("GET", "/token", {"authorization": basic}, scope)] * 2, workdir,
+                                "metahub-token", args.lambda_runs)
                 for inv in r["invocations"]:
                     try:
                         token = token or json.loads(inv["body"] or "{}").get("token")
@@ -629,10 +721,20 @@ def main() -> int:
                 if token:
                     auth = {"authorization": f"Bearer {token}", "accept": ACCEPT_INDEX}
                     events += [("GET", f"/v2/{REPO}/manifests/latest", auth, "")] * 2
-                results["lambda"]["metahub-registry"] = short_bodies(cold_start(registry_bin, fn_env, events, workdir, "metahub-registry"))
+                results["lambda"]["metahub-registry"] = short_bodies(
+                    cold_starts(registry_bin, fn_env, events, workdir, "metahub-registry", args.lambda_runs))
             if admin_bin:
                 log(f"cold start {admin_bin}")
-                results["lambda"]["metahub-admin"] = short_bodies(cold_start(admin_bin, {"AWS_REGION": "us-east-1"}, [("GET", "/admin/machine-types", {}, "")], workdir, "metahub-admin"))
+                # as template.yaml deploys it: the table and the upstream, no SSM parameter, behind AWS_IAM
+                admin_env = {**moto_env, "METAHUB_STORE": f"dynamodb:{table}", "METAHUB_UPSTREAM": upstream}
+                caller = "arn:aws:sts::123456789012:assumed-role/ops/bench"
+                results["lambda"]["metahub-admin"] = short_bodies(cold_starts(
+                    admin_bin, admin_env, [("GET", "/admin/machine-types", {}, "", caller)] * 2, workdir, "metahub-admin",
+                    args.lambda_runs))
+            if registry_bin and token_bin:
+                log("cold pull: registry and token functions cold, one pull by tag")
+                results["cold_pull"] = cold_pull(registry_bin, token_bin, fn_env, basic, workdir)
+        results["lambda_load"] = [lambda_load_before, load()]
             missing = [n for n, b in (("metahub-token", token_bin), ("metahub-registry", registry_bin), ("metahub-admin", admin_bin)) if not b]
             if missing:
                 results["lambda_missing"] = f"not built: {', '.join(missing)} (cargo build --release -p metahub-registry -p metahub-token -p metahub-admin)"

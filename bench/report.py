@@ -2,6 +2,8 @@
 """Renders docs/bench.md from criterion's estimates (target/criterion) and bench/e2e.py's JSON.
 
 Usage: bench/report.py [--e2e target/bench/e2e.json] [--criterion target/criterion] [--out docs/bench.md]
+       bench/report.py --lambda-only   # after `bench/e2e.py --only lambda`: rewrite only the Lambda rows of the
+                                       # targets, the notes and the "Lambda functions" section of the existing page
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {
     "filter64_us": 20.0,
-    "init_ms": 30.0,
-    "zip_bytes": 4 * 1024 * 1024,
+    "init_ms": 25.0,
+    "first_answer_ms": 100.0,
+    "zip_bytes": 4_000_000,
     "rss_kib": 128 * 1024,
     "tag_ratio": 1.0,
 }
@@ -90,19 +93,7 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
             targets.append((f"pull by digest, once cached: no upstream request ({label})",
                             f"{dig['manifest HEAD'] + dig['manifest GET']} manifest requests, {dig['blob GET/HEAD']} blob GETs",
                             ok(dig["total"] == 0)))
-    reg = e2e.get("lambda", {}).get("metahub-registry")
-    targets.append(("registry function init < 30 ms", f"{reg['init_ms']:.1f} ms" if reg else "not measured",
-                    ok(reg["init_ms"] < TARGETS["init_ms"]) if reg else ok(None)))
-    zips = [s for s in e2e.get("sizes", []) if s["name"] != "metahub" and not s.get("missing")]
-    if zips:
-        biggest = max(zips, key=lambda s: s["zip_bytes"])
-        targets.append(("function zip < 4 MB", f"largest {biggest['name']}: {mib(biggest['zip_bytes'])}",
-                        ok(biggest["zip_bytes"] < TARGETS["zip_bytes"])))
-    else:
-        targets.append(("function zip < 4 MB", "functions not built", ok(None)))
-    rss = [v["peak_rss_kib"] for v in e2e.get("lambda", {}).values() if v.get("peak_rss_kib")]
-    targets.append(("fits a 128 MB function (peak RSS)", f"max {max(rss) / 1024:.1f} MiB" if rss else "not measured",
-                    ok(max(rss) < TARGETS["rss_kib"]) if rss else ok(None)))
+    targets += lambda_targets(e2e)
     L += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     L += [f"| {a} | {b} | {c} |" for a, b, c in targets]
     L += [""]
@@ -177,29 +168,7 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
             L.append(f"- {s}: {u['upstream']['manifest HEAD']} HEADs for {u['requests']} requests = {u['heads_per_request']:.3f} per request")
         L += [""]
 
-    # ---- lambda
-    L += ["## Lambda functions", ""]
-    if e2e.get("sizes"):
-        L += ["| binary | size | `zip -9` of it as `bootstrap` |", "|---|---:|---:|"]
-        for s in e2e["sizes"]:
-            if s.get("missing"):
-                L.append(f"| {s['name']} | not built | — |")
-            else:
-                L.append(f"| `{s['path']}` | {mib(s['bytes'])} | {mib(s['zip_bytes'])} |")
-        L += [""]
-    if e2e.get("lambda"):
-        L += ["Cold start against the Lambda Runtime API stand-in of `tests/lambda/runtime_api.py` (first event queued before the\n",
-              "process starts, as on a cold invoke), DynamoDB and SSM on moto, configured as template.yaml deploys them:",
-              "**init** = process start to its first `GET /runtime/invocation/next` (what Lambda bills as Init Duration);",
-              "**first answer** = process start to the first invocation's response. Peak RSS = `VmHWM` after the invocations.", "",
-              "| function | init ms | first answer ms | invocations (status, ms each) | peak RSS |", "|---|---:|---:|---|---:|"]
-        for name, r in e2e["lambda"].items():
-            inv = "; ".join(f"{i['request']} → {i['status']}, {i['ms']:.1f}" for i in r["invocations"])
-            L.append(f"| {name} | {r['init_ms']:.1f} | {r['first_answer_ms']:.1f} | {inv} | "
-                     f"{(r['peak_rss_kib'] or 0) / 1024:.1f} MiB |")
-        L += [""]
-    if e2e.get("lambda_missing"):
-        L += [f"Missing: {e2e['lambda_missing']}.", ""]
+    L += lambda_section(e2e)
     if e2e.get("rss"):
         L += ["Peak RSS of `metahub serve`: " + "; ".join(f"{k}: {v / 1024:.1f} MiB" for k, v in e2e["rss"].items() if v), ""]
 
@@ -209,17 +178,119 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
     return "\n".join(L)
 
 
+FUNCTIONS = ("metahub-registry", "metahub-token", "metahub-admin")
+
+
+def lambda_targets(e2e: dict) -> list[tuple[str, str, str]]:
+    """One row per function and target: init, first answer, zip; and peak RSS over all three."""
+    rows = []
+    lam = e2e.get("lambda", {})
+    sizes = {s["name"]: s for s in e2e.get("sizes", []) if not s.get("missing")}
+    for name in FUNCTIONS:
+        r = lam.get(name)
+        runs = f" (median of {r['runs']})" if r and r.get("runs") else ""
+        rows.append((f"{name} init < {TARGETS['init_ms']:.0f} ms", f"{r['init_ms']:.1f} ms{runs}" if r else "not measured",
+                     ok(r["init_ms"] < TARGETS["init_ms"]) if r else ok(None)))
+        rows.append((f"{name} first answer < {TARGETS['first_answer_ms']:.0f} ms",
+                     f"{r['first_answer_ms']:.1f} ms{runs}" if r else "not measured",
+                     ok(r["first_answer_ms"] < TARGETS["first_answer_ms"]) if r else ok(None)))
+        z = sizes.get(name)
+        rows.append((f"{name} zip < 4 MB", f"{z['zip_bytes'] / 1e6:.2f} MB ({mib(z['zip_bytes'])})" if z else "not built",
+                     ok(z["zip_bytes"] < TARGETS["zip_bytes"]) if z else ok(None)))
+    rss = [v["peak_rss_kib"] for v in lam.values() if v.get("peak_rss_kib")]
+    rows.append(("fits a 128 MB function (peak RSS)", f"max {max(rss) / 1024:.1f} MiB" if rss else "not measured",
+                 ok(max(rss) < TARGETS["rss_kib"]) if rss else ok(None)))
+    return rows
+
+
+def lambda_section(e2e: dict) -> list[str]:
+    L = ["## Lambda functions", ""]
+    if e2e.get("lambda_load"):
+        L += [f"Measured {e2e.get('lambda_when', e2e.get('when', '?'))}; load average before {e2e['lambda_load'][0]}, "
+              f"after {e2e['lambda_load'][1]}.", ""]
+    if e2e.get("sizes"):
+        L += ["| binary | size | `zip -9` of it as `bootstrap` |", "|---|---:|---:|"]
+        for s in e2e["sizes"]:
+            if s.get("missing"):
+                L.append(f"| {s['name']} | not built | — |")
+            else:
+                L.append(f"| `{s['path']}` | {mib(s['bytes'])} | {s['zip_bytes'] / 1e6:.2f} MB ({mib(s['zip_bytes'])}) |")
+        L += [""]
+    if e2e.get("lambda"):
+        L += ["Cold start against the Lambda Runtime API stand-in of `tests/lambda/runtime_api.py` (first event queued before the",
+              "process starts, as on a cold invoke), DynamoDB and SSM on moto, configured as template.yaml deploys them:",
+              "**init** = process start to its first `GET /runtime/invocation/next` (what Lambda bills as Init Duration);",
+              "**first answer** = process start to the first invocation's response. Each is the median of fresh processes",
+              "(range in brackets); the invocations are the first process's. Peak RSS = `VmHWM` after the invocations.", "",
+              "| function | init ms | first answer ms | invocations (status, ms each) | peak RSS |", "|---|---:|---:|---|---:|"]
+        for name, r in e2e["lambda"].items():
+            inv = "; ".join(f"{i['request']} → {i['status']}, {i['ms']:.1f}" for i in r["invocations"])
+            rng = lambda key: f" [{r[key][0]:.1f}–{r[key][1]:.1f}]" if r.get(key) else ""  # noqa: E731
+            L.append(f"| {name} | {r['init_ms']:.1f}{rng('init_range_ms')} | {r['first_answer_ms']:.1f}"
+                     f"{rng('first_answer_range_ms')} | {inv} | {(r['peak_rss_kib'] or 0) / 1024:.1f} MiB |")
+        L += [""]
+    if e2e.get("cold_pull"):
+        pull = e2e["cold_pull"]
+        L += ["### A cold pull, end to end", "",
+              "One pull by tag as `docker pull` makes it, both functions cold (fresh processes, first event queued), through",
+              "the Runtime API stand-in; each step from the moment the client sends it to the function's answer (no",
+              "CloudFront, no network: add those round trips in AWS).", "",
+              "| step | status | ms | of which init |", "|---|---:|---:|---:|"]
+        for st in pull["steps"]:
+            init = f"{st['init_ms']:.1f}" if "init_ms" in st else ""
+            L.append(f"| {st['step']} | {st['status']} | {st['ms']:.1f} | {init} |")
+        L += [f"| **total, as the user feels it** | | **{pull['total_ms']:.1f}** | |", ""]
+    if e2e.get("lambda_missing"):
+        L += [f"Missing: {e2e['lambda_missing']}.", ""]
+    return L
+
+
+def replace_lambda_parts(page: str, e2e: dict, notes: list[str]) -> str:
+    """The existing page with its Lambda target rows, its notes and its "Lambda functions" section rendered anew."""
+    lines = page.split("\n")
+    lambda_row = re.compile(r"^\| (registry function init|function zip|fits a 128 MB|metahub-(registry|token|admin) )")
+    out, i, inserted = [], 0, False
+    while i < len(lines):
+        line = lines[i]
+        if lambda_row.match(line):
+            if not inserted:
+                out += [f"| {a} | {b} | {c} |" for a, b, c in lambda_targets(e2e)]
+                inserted = True
+            i += 1
+            continue
+        if line.startswith("Why a target is missed"):
+            out += [line, ""] + [f"- {n}" for n in notes]
+            i += 1
+            while i < len(lines) and (lines[i].startswith("- ") or not lines[i].strip()):
+                i += 1
+            out.append("")
+            continue
+        if line == "## Lambda functions":
+            out += lambda_section(e2e)
+            i += 1
+            while i < len(lines) and not lines[i].startswith("## ") and not lines[i].startswith("Peak RSS of `metahub serve`"):
+                i += 1
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--e2e", default=str(ROOT / "target" / "bench" / "e2e.json"))
     ap.add_argument("--criterion", default=str(ROOT / "target" / "criterion"))
     ap.add_argument("--notes", default=str(ROOT / "bench" / "notes.md"), help="one bullet per line: why targets are missed")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench.md"))
+    ap.add_argument("--lambda-only", action="store_true", help="update only the Lambda parts of --out")
     a = ap.parse_args()
     e2e = json.loads(Path(a.e2e).read_text()) if Path(a.e2e).is_file() else {}
     notes_path = Path(a.notes)
     notes = [ln[2:].strip() for ln in notes_path.read_text().splitlines() if ln.startswith("- ")] if notes_path.is_file() else []
-    text = render(e2e, criterion(Path(a.criterion)), notes)
+    if a.lambda_only:
+        text = replace_lambda_parts(Path(a.out).read_text(), e2e, notes)
+    else:
+        text = render(e2e, criterion(Path(a.criterion)), notes)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)

@@ -43,8 +43,7 @@ def tpl() -> dict:
     return json.loads(json.dumps(template, default=str))  # plain dicts, no node types
 
 
-@pytest.fixture(scope="module")
-def expanded(tpl) -> dict:
+def sam_transform(tpl: dict, parameter_values: dict) -> dict:
     """The template after the SAM transform (what CloudFormation really deploys)."""
     from samtranslator.translator.transform import transform
 
@@ -57,7 +56,12 @@ def expanded(tpl) -> dict:
         def load(self):
             return {}
 
-    return transform(doc, {}, NoManagedPolicies())
+    return transform(doc, parameter_values, NoManagedPolicies())
+
+
+@pytest.fixture(scope="module")
+def expanded(tpl) -> dict:
+    return sam_transform(tpl, {})
 
 
 def resources(t: dict, kind: str) -> dict:
@@ -194,6 +198,29 @@ def test_functions_build_with_cargo_lambda(tpl):
         meta = tpl["Resources"][fn]["Metadata"]
         assert meta["BuildMethod"] == "rust-cargolambda"
         assert meta["BuildProperties"]["Binary"] == want["binary"]
+
+
+def resolve_parameters(node, values: dict):
+    """`node` with every `{"Ref": <parameter>}` of `values` replaced by its value (what CloudFormation renders)."""
+    if isinstance(node, dict):
+        if set(node) == {"Ref"} and node["Ref"] in values:
+            return values[node["Ref"]]
+        return {k: resolve_parameters(v, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_parameters(v, values) for v in node]
+    return node
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_architecture_parameter_renders_both(tpl, arch):
+    """Graviton is a deploy-time choice: Architecture=arm64 puts every function on arm64, the default stays x86_64."""
+    values = {"Architecture": arch}
+    rendered = resolve_parameters(sam_transform(tpl, values), values)
+    functions = resources(rendered, "AWS::Lambda::Function")
+    assert set(functions) >= set(FUNCTIONS)
+    for name, fn in functions.items():
+        assert fn["Properties"]["Architectures"] == [arch], name
+    assert tpl["Parameters"]["Architecture"]["Default"] == "x86_64"
 
 
 def test_binaries_exist_in_the_workspace(tpl):
