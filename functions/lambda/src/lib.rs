@@ -316,18 +316,27 @@ async fn report_init_error(message: &str) {
 /// Logs for CloudWatch: no ANSI colours; JSON when the function's log format is JSON (`AWS_LAMBDA_LOG_FORMAT`) or
 /// `METAHUB_LOG_FORMAT=json`; the level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(std::env::var("AWS_LAMBDA_LOG_LEVEL").unwrap_or_default().to_lowercase()))
-        .ok()
-        .filter(|f| !f.to_string().is_empty())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    // `Targets` reads `RUST_LOG`-style `target=level,level` lists without `EnvFilter`'s regex engine, which was
+    // ~150 KB of every function's zip (docs/bench.md, "Lambda functions").
+    let filter = ["RUST_LOG", "AWS_LAMBDA_LOG_LEVEL"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .filter(|v| !v.trim().is_empty())
+        .find_map(|v| v.trim().parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     let json = ["AWS_LAMBDA_LOG_FORMAT", "METAHUB_LOG_FORMAT"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|f| f.eq_ignore_ascii_case("json")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     // CloudWatch stamps plain lines itself; JSON lines carry their own time.
-    let _ = if json { builder.json().with_current_span(false).try_init() } else { builder.without_time().try_init() };
+    let _ = if json {
+        registry.with(layer.json().with_current_span(false)).try_init()
+    } else {
+        registry.with(layer.without_time()).try_init()
+    };
 }
 
 /// Whatever the handler built, a HEAD answer goes out without a body: no hyper strips it here.
