@@ -734,10 +734,10 @@ def main() -> int:
             if registry_bin and token_bin:
                 log("cold pull: registry and token functions cold, one pull by tag")
                 results["cold_pull"] = cold_pull(registry_bin, token_bin, fn_env, basic, workdir)
-        results["lambda_load"] = [lambda_load_before, load()]
             missing = [n for n, b in (("metahub-token", token_bin), ("metahub-registry", registry_bin), ("metahub-admin", admin_bin)) if not b]
             if missing:
                 results["lambda_missing"] = f"not built: {', '.join(missing)} (cargo build --release -p metahub-registry -p metahub-token -p metahub-admin)"
+        results["lambda_load"] = [lambda_load_before, load()]
 
     results["load_after"] = load()
     results["elapsed_s"] = time.monotonic() - started
