@@ -173,7 +173,9 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
         L += ["Peak RSS of `metahub serve`: " + "; ".join(f"{k}: {v / 1024:.1f} MiB" for k, v in e2e["rss"].items() if v), ""]
 
     L += ["## How to run", "", "```", "bench/run.sh                 # release build if needed, criterion, e2e, writes docs/bench.md",
-          "BENCH_SECONDS=5 bench/run.sh # shorter wrk runs (max 10)", "bench/e2e.py --help", "```", "",
+          "BENCH_SECONDS=5 bench/run.sh # shorter wrk runs (max 10)", "bench/e2e.py --help",
+          "bench/e2e.py --only lambda && bench/report.py --lambda-only   # only the Lambda figures",
+          "bench/cost.py                # docs/cost.md from the same measurements", "```", "",
           f"This run's end-to-end part took {e2e.get('elapsed_s', 0):.0f} s.", ""]
     return "\n".join(L)
 
@@ -286,7 +288,12 @@ def main() -> None:
     a = ap.parse_args()
     e2e = json.loads(Path(a.e2e).read_text()) if Path(a.e2e).is_file() else {}
     notes_path = Path(a.notes)
-    notes = [ln[2:].strip() for ln in notes_path.read_text().splitlines() if ln.startswith("- ")] if notes_path.is_file() else []
+    notes: list[str] = []
+    for ln in notes_path.read_text().splitlines() if notes_path.is_file() else []:
+        if ln.startswith("- "):
+            notes.append(ln[2:].strip())
+        elif ln.startswith("  ") and notes:  # a bullet's continuation line
+            notes[-1] += " " + ln.strip()
     if a.lambda_only:
         text = replace_lambda_parts(Path(a.out).read_text(), e2e, notes)
     else:

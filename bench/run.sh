@@ -34,5 +34,6 @@ echo "== bench/e2e.py (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 # shellcheck disable=SC2086
 timeout 420 "${NICE[@]}" "$PY" bench/e2e.py --seconds "${BENCH_SECONDS:-8}" ${BENCH_ARGS:-}
 
-echo "== docs/bench.md"
+echo "== docs/bench.md, docs/cost.md"
 "$PY" bench/report.py
+"$PY" bench/cost.py
