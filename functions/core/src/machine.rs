@@ -163,6 +163,14 @@ pub fn cpu_level(cpu: &str, architecture: &str) -> Option<&'static str> {
     Some(family.levels.iter().find(|(_, level)| runs(level)).map_or(family.baseline, |(_, level)| *level))
 }
 
+/// The `platform.variant` that states `cpu`'s level on `architecture` (`haswell` → `v3`, `neoverse_v1` → `v8.4`);
+/// `None` at the baseline, or when the cpu is not of that architecture.
+pub fn level_variant(cpu: &str, architecture: &str) -> Option<&'static str> {
+    let level = cpu_level(cpu, architecture)?;
+    let family = levelled_architecture(architecture)?;
+    family.levels.iter().find(|(_, l)| *l == level).map(|(variant, _)| *variant)
+}
+
 /// The generic level of a cpu in its own family (`haswell` → `x86_64_v3`), for `detect` and messages.
 pub fn cpu_level_any(cpu: &str) -> Option<&'static str> {
     cpu_level(cpu, "amd64").or_else(|| cpu_level(cpu, "arm64"))
@@ -348,5 +356,10 @@ mod tests {
         assert_eq!(cpu_level("neoverse_v1", "arm64"), Some("armv8.4a"));
         assert_eq!(cpu_level_any("neoverse_n1"), Some("armv8.2a"));
         assert_eq!(cpu_level_any("x86_64_v3"), Some("x86_64_v3"));
+        assert_eq!(level_variant("haswell", "amd64"), Some("v3"));
+        assert_eq!(level_variant("sapphirerapids", "amd64"), Some("v4"));
+        assert_eq!(level_variant("core2", "amd64"), None);
+        assert_eq!(level_variant("neoverse_v1", "arm64"), Some("v8.4"));
+        assert_eq!(level_variant("haswell", "arm64"), None);
     }
 }
