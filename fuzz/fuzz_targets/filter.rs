@@ -53,15 +53,15 @@ fn served_form_of(input: &Value, output: &Value) -> bool {
     if input == output {
         return true;
     }
-    let (mut i, mut o) = (input.clone(), output.clone());
-    let (Some(ip), Some(op)) = (i.get_mut("platform").and_then(Value::as_object_mut), o.get("platform")) else {
+    let mut i = input.clone();
+    let (Some(ip), Some(op)) = (i.get_mut("platform").and_then(Value::as_object_mut), output.get("platform")) else {
         return false;
     };
     ip.remove("variant");
     if let Some(arch) = op.get("architecture") {
         ip.insert("architecture".into(), arch.clone());
     }
-    o.as_object_mut().is_some_and(|_| i == o)
+    &i == output
 }
 
 /// Whether `machine`'s cpu is `name` or descends from it in the archspec DAG.
