@@ -127,9 +127,11 @@ fn bench_filter(c: &mut Criterion) {
     let mut group = c.benchmark_group("filter_index_4MiB");
     group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3)).sample_size(20);
     group.throughput(Throughput::Bytes(bytes.len() as u64));
-    group.bench_with_input(BenchmarkId::new("best", format!("{n}_entries_{}_bytes", bytes.len())), &bytes, |b, bytes| {
-        b.iter(|| filter::filter_index(black_box(bytes), OCI_INDEX, black_box(&best)))
-    });
+    group.bench_with_input(
+        BenchmarkId::new("best", format!("{n}_entries_{}_bytes", bytes.len())),
+        &bytes,
+        |b, bytes| b.iter(|| filter::filter_index(black_box(bytes), OCI_INDEX, black_box(&best))),
+    );
     group.finish();
 }
 
