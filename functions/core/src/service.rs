@@ -37,6 +37,7 @@ pub struct RegistryService {
     generated: BoundedMap<(RepositoryName, Digest), Manifest>,
     /// The last manifest served per (repository, tag, machine type): the answer when the upstream is down.
     last_served: BoundedMap<(RepositoryName, Reference, String), Manifest>,
+    index_digest_pulls: IndexDigestPulls,
 }
 
 impl RegistryService {
@@ -47,7 +48,14 @@ impl RegistryService {
             filtered: BoundedMap::new(options.manifests),
             generated: BoundedMap::new(options.manifests),
             last_served: BoundedMap::new(options.manifests),
+            index_digest_pulls: IndexDigestPulls::default(),
         }
+    }
+
+    /// What a pull by the digest of an upstream index is answered with.
+    pub fn with_index_digest_pulls(mut self, policy: IndexDigestPulls) -> Self {
+        self.index_digest_pulls = policy;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -71,7 +79,7 @@ impl RegistryService {
     ) -> Result<Manifest> {
         match reference {
             Reference::Tag(_) => self.manifest_by_tag(repository, reference, machine_type).await,
-            Reference::Digest(digest) => self.manifest_by_digest(repository, digest).await,
+            Reference::Digest(digest) => self.manifest_by_digest(repository, digest, machine_type).await,
         }
     }
 
@@ -131,6 +139,15 @@ impl RegistryService {
                 f
             }
         };
+        if filtered.verbatim {
+            // Nothing dropped, nothing changed: the upstream's bytes under the upstream's digest, which a pull by
+            // digest then gets from the upstream; nothing to store.
+            return Ok(Manifest {
+                digest: head.digest.clone(),
+                media_type: filtered.media_type.clone(),
+                bytes: Bytes::from(filtered.bytes.clone()),
+            });
+        }
         let manifest = Manifest {
             digest: filtered.digest.clone(),
             media_type: filtered.media_type.clone(),
@@ -145,16 +162,58 @@ impl RegistryService {
         Ok(manifest)
     }
 
-    async fn manifest_by_digest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Manifest> {
+    async fn manifest_by_digest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        machine_type: &str,
+    ) -> Result<Manifest> {
         let key = (repository.clone(), digest.clone());
-        if let Some(m) = self.generated.get(&key).or_else(|| self.upstream.cached(repository, digest)) {
+        if let Some(m) = self.generated.get(&key) {
             return Ok(m);
+        }
+        if let Some(m) = self.upstream.cached(repository, digest) {
+            return self.upstream_by_digest(repository, m, machine_type).await;
         }
         if let Some(m) = self.store.generated_manifest(repository, digest).await? {
             self.generated.insert(key, m.clone());
             return Ok(m);
         }
-        self.upstream.get_manifest(repository, &Reference::Digest(digest.clone()), &ACCEPT).await
+        let m = self.upstream.get_manifest(repository, &Reference::Digest(digest.clone()), &ACCEPT).await?;
+        self.upstream_by_digest(repository, m, machine_type).await
+    }
+
+    /// An upstream manifest pulled by its digest. An index cannot be filtered then (the client verifies the digest):
+    /// `Refuse` names what to pull instead — unless filtering keeps that index unchanged for this machine type, as
+    /// when a tag pull was answered with it verbatim and the client (containerd) follows up by digest.
+    async fn upstream_by_digest(
+        &self,
+        repository: &RepositoryName,
+        manifest: Manifest,
+        machine_type: &str,
+    ) -> Result<Manifest> {
+        if self.index_digest_pulls == IndexDigestPulls::Verbatim || !filter::is_index_media_type(&manifest.media_type) {
+            return Ok(manifest);
+        }
+        let machine = self.machine_type(machine_type).await?;
+        let filtered = filter::filter_index(&manifest.bytes, &manifest.media_type, &machine)?;
+        if filtered.verbatim {
+            return Ok(manifest);
+        }
+        let children: Vec<String> = filter::Index::parse(&filtered.bytes)?
+            .entries
+            .iter()
+            .filter(|e| e.attests.is_none())
+            .map(|e| format!("{repository}@{}", e.digest))
+            .collect();
+        Err(Error::denied(format!(
+            "{} is an upstream index: pulled by its digest it cannot be filtered for machine type {:?}, and this \
+             registry refuses such pulls; pull by tag, or by the digest of the image served: {}",
+            manifest.digest,
+            machine.name,
+            children.join(", ")
+        ))
+        .with_detail(serde_json::json!({"indexDigest": manifest.digest.to_string(), "pullInstead": children})))
     }
 
     /// The upstream's manifest for `image`, unfiltered: what `explain` reads.
@@ -164,6 +223,27 @@ impl RegistryService {
 
     pub async fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         self.upstream.blob_location(repository, digest).await
+    }
+}
+
+/// What a pull by the digest of an upstream index gets (`METAHUB_INDEX_DIGEST_PULLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexDigestPulls {
+    /// The whole index, verbatim: pins keep working, but the machine's client picks the entry itself.
+    #[default]
+    Verbatim,
+    /// A `DENIED` error naming the tag-or-child-digest to pull instead (unless filtering changes nothing).
+    Refuse,
+}
+
+impl std::str::FromStr for IndexDigestPulls {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "verbatim" => Ok(IndexDigestPulls::Verbatim),
+            "refuse" => Ok(IndexDigestPulls::Refuse),
+            _ => Err(Error::new(ErrorCode::ManifestInvalid, format!("{s:?} is neither verbatim nor refuse"))),
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `METAHUB_UPSTREAM` | upstream registry, default `https://registry-1.docker.io` |
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
 //! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
+//! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
 //! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes |
 //! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
 //! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | grant credential-less token requests this machine type |
@@ -29,7 +30,7 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
 use metahub_store_dynamodb::DynamoStore;
@@ -72,6 +73,7 @@ pub struct Settings {
     pub upstream: String,
     pub service: String,
     pub tag_ttl: Option<Duration>,
+    pub index_digest_pulls: IndexDigestPulls,
     pub token_ttl: Duration,
     pub budget: Budget,
     pub upstream_timeout: Duration,
@@ -91,6 +93,7 @@ impl fmt::Debug for Settings {
             .field("upstream", &self.upstream)
             .field("service", &self.service)
             .field("tag_ttl", &self.tag_ttl)
+            .field("index_digest_pulls", &self.index_digest_pulls)
             .field("token_ttl", &self.token_ttl)
             .field("budget", &self.budget)
             .field("upstream_timeout", &self.upstream_timeout)
@@ -142,6 +145,12 @@ impl Settings {
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             service: get("METAHUB_SERVICE").unwrap_or_else(|| DEFAULT_SERVICE.to_owned()),
             tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
+            index_digest_pulls: get("METAHUB_INDEX_DIGEST_PULLS")
+                .map(|v| {
+                    v.parse().map_err(|e: metahub_core::Error| anyhow!("METAHUB_INDEX_DIGEST_PULLS: {}", e.message))
+                })
+                .transpose()?
+                .unwrap_or_default(),
             token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(DEFAULT_TOKEN_TTL),
             budget,
             // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
@@ -319,7 +328,8 @@ async fn app_with(
         store,
         Arc::new(upstream),
         CacheOptions { tag_ttl: settings.tag_ttl, ..CacheOptions::default() },
-    );
+    )
+    .with_index_digest_pulls(settings.index_digest_pulls);
     let config = HttpConfig {
         public_url: settings.public_url.clone().unwrap_or_default(),
         service: settings.service.clone(),
@@ -484,6 +494,7 @@ mod tests {
         assert_eq!(s.upstream, DEFAULT_UPSTREAM);
         assert_eq!(s.service, "metahub");
         assert_eq!(s.tag_ttl, None);
+        assert_eq!(s.index_digest_pulls, IndexDigestPulls::Verbatim);
         assert_eq!(s.token_ttl, DEFAULT_TOKEN_TTL);
         assert_eq!(s.signing_key_param, None);
     }
@@ -497,8 +508,10 @@ mod tests {
             ("METAHUB_ANONYMOUS_MACHINE_TYPE", ""),
             ("METAHUB_SIGNING_KEY_PARAM", "/metahub/key"),
             ("METAHUB_UPSTREAM", "http://127.0.0.1:5000"),
+            ("METAHUB_INDEX_DIGEST_PULLS", "refuse"),
         ]);
         let s = settings(&vars).unwrap();
+        assert_eq!(s.index_digest_pulls, IndexDigestPulls::Refuse);
         assert_eq!(s.tag_ttl, Some(Duration::from_secs(10)));
         assert_eq!(s.token_ttl, Duration::from_secs(600));
         assert_eq!(s.anonymous_machine_type, None);

@@ -3,7 +3,7 @@
 use crate::cli::StoreArg;
 use anyhow::Context;
 use clap::Args;
-use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, App, HttpConfig};
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Reuse a tag's upstream check for this long (e.g. `10s`); off by default: every pull checks upstream.
     #[arg(long, env = "METAHUB_TAG_TTL", value_parser = humantime::parse_duration)]
     tag_ttl: Option<Duration>,
+    /// A pull by the digest of an upstream index (a pin) cannot be filtered: `verbatim` serves the whole index,
+    /// `refuse` answers DENIED naming the digest of the image the machine type is served. See the README.
+    #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value = "verbatim", value_parser = parse_index_digest_pulls)]
+    index_digest_pulls: IndexDigestPulls,
     #[arg(long, env = "METAHUB_TOKEN_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
     /// Upstream request timeout.
@@ -45,6 +49,10 @@ pub struct ServeArgs {
     /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
     #[arg(long)]
     admin_secret_file: Option<PathBuf>,
+}
+
+fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
+    value.parse().map_err(|e: metahub_core::Error| e.message)
 }
 
 /// The admin API's authentication: the secret from `--admin-secret-file` or `METAHUB_ADMIN_SECRET`, if any.
@@ -80,7 +88,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store,
         Arc::new(upstream),
         CacheOptions { tag_ttl: args.tag_ttl, ..CacheOptions::default() },
-    );
+    )
+    .with_index_digest_pulls(args.index_digest_pulls);
 
     let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
     let config = HttpConfig {
