@@ -76,6 +76,8 @@ run_pytest() { # each folder alone: they have conftest modules of the same name
 run_pytest 2400 tests/e2e
 log "pytest tests/lambda (the Lambda binaries against a Runtime API stand-in, moto and docker-registry)"
 run_pytest 900 tests/lambda
+log "pytest tests/serverless (real clients through the edge stand-in of template.yaml to the Lambda binaries)"
+run_pytest 900 tests/serverless
 log "deploy checks: cfn-lint, sam validate --lint, template tests"
 if ! timeout 900 bash tests/deploy/check.sh; then status=1; fi
 exit "$status"

@@ -429,10 +429,14 @@ def _is_utf8(b: bytes) -> bool:
         return False
 
 
+# Lambda's limit on a synchronous invocation's response payload (the JSON the function posts, escaping included)
+MAX_RESPONSE_PAYLOAD = 6 * 1024 * 1024
+
+
 def function_url_response(method: str, outcome: Outcome | None) -> EdgeResponse:
     """What a Function URL makes of the payload a function posted back (payload format 2.0)."""
-    if outcome is None or outcome.kind != "response":
-        # a function error, a crash or a timeout
+    if outcome is None or outcome.kind != "response" or len(outcome.body) > MAX_RESPONSE_PAYLOAD:
+        # a function error, a crash, a timeout or an answer over the payload limit
         return EdgeResponse(502, [("Content-Type", "application/json")], b'{"Message":"Internal Server Error"}')
     try:
         payload = json.loads(outcome.body)
