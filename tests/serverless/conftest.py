@@ -32,7 +32,9 @@ def _load(name: str, path: Path):
 e2e = _load("e2e_conftest", TESTS / "e2e" / "conftest.py")
 import edge as edge_mod  # noqa: E402
 import lambda_harness  # noqa: E402
-from lambda_harness import ORIGIN_SECRET_PARAM, SERVICE, SIGNING_KEY_PARAM, full_env, launch_function, seed_parameters, ssm_value  # noqa: E402
+from lambda_harness import (  # noqa: E402
+    ORIGIN_SECRET_PARAM, SERVICE, SIGNING_KEY_PARAM, admin_env, full_env, launch_function, seed_parameters, ssm_value,
+)
 
 # the e2e fixtures this folder uses (pytest finds fixtures by the names of a conftest's attributes)
 workdir = e2e.workdir
@@ -97,6 +99,23 @@ def edge(workdir, moto, redirecting_upstream, serve_hub, parameters) -> edge_mod
     e = start_edge_for(workdir, moto, redirecting_upstream, serve_hub.store)
     yield e
     e.stop()
+
+
+# Lambda's SigV4 check of the admin function's AWS_IAM Function URL: (method, target, headers, body, url) -> the
+# caller's ARN, or None. HOOK for #13 (branch `deploy`): its SigV4-verifying stand-in goes here; until then no request
+# is taken as signed, so the admin function is only reached in tests/lambda (events with an IAM caller).
+SIGV4_CALLER = None
+
+
+def start_admin_url(workdir, moto, upstream, table_store: str, caller_of=None) -> edge_mod.IamFunctionUrl:
+    """The admin function behind its own AWS_IAM Function URL, configured as template.yaml deploys it."""
+    distribution = edge_mod.read_distribution(lambda name: ssm_value(moto_endpoint(moto), name), TEMPLATE_PARAMETERS)
+    admin = next(t for t in distribution.functions.values() if t.auth_type == "AWS_IAM")
+
+    def start_instance(binary: str, name: str):
+        return launch_function(workdir, binary, {**admin_env(moto, upstream), "METAHUB_STORE": table_store}, name)[0]
+
+    return edge_mod.start_iam_function_url(admin, start_instance, caller_of or SIGV4_CALLER or (lambda *request: None))
 
 
 @pytest.fixture

@@ -156,6 +156,7 @@ class Target:
     binary: str  # the bin target: metahub-registry, metahub-token, ...
     domain: str  # <id>.lambda-url.<region>.on.aws: the Host the function sees
     timeout: float  # seconds
+    auth_type: str = "NONE"  # of its Function URL: NONE, or AWS_IAM (SigV4-signed callers only)
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Distribution:
     behaviours: list[Behaviour]  # in the template's order, the default last
     origin_headers: dict[str, dict[str, str]]  # origin id -> custom headers, values resolved
     targets: dict[str, Target]  # origin id -> function
+    functions: dict[str, Target]  # logical id -> every function with a Function URL (the admin one is no origin)
 
     def behaviour_for(self, path: str) -> Behaviour:
         return next(b for b in self.behaviours if b.matches(path))
@@ -199,10 +201,11 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
     domains = {}
     for function_id, res in resources.items():
         if res["Type"] == "AWS::Serverless::Function" and "FunctionUrlConfig" in res.get("Properties", {}):
-            timeout = float(ev.eval(res["Properties"].get("Timeout", global_timeout)))
-            url = ev.function_url(function_id)
-            domain = url.split("/")[2]
-            domains[domain] = Target(function_id, res["Metadata"]["BuildProperties"]["Binary"], domain, timeout)
+            props = res["Properties"]
+            timeout = float(ev.eval(props.get("Timeout", global_timeout)))
+            domain = ev.function_url(function_id).split("/")[2]
+            domains[domain] = Target(function_id, res["Metadata"]["BuildProperties"]["Binary"], domain, timeout,
+                                     props["FunctionUrlConfig"]["AuthType"])
 
     targets, origin_headers = {}, {}
     for origin in config["Origins"]:
@@ -227,7 +230,7 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
 
     behaviours = [behaviour(b, b["PathPattern"]) for b in config.get("CacheBehaviors", [])]
     behaviours.append(behaviour(config["DefaultCacheBehavior"], "*"))
-    return Distribution(behaviours, origin_headers, targets)
+    return Distribution(behaviours, origin_headers, targets, {t.function_id: t for t in domains.values()})
 
 
 # --------------------------------------------------------------------------------------------- function instances
@@ -362,14 +365,14 @@ class Edge:
     # -- one request
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, client_ip: str) -> EdgeResponse:
-        path, _, query = target.partition("?")
-        behaviour = self.distribution.behaviour_for(path)
+        behaviour = self.distribution.behaviour_for(target.partition("?")[0])
         if method not in behaviour.allowed_methods:
             return EdgeResponse(403, [("Content-Type", "text/html"), ("Server", "CloudFront")],
                                 b"This distribution is not configured to allow the HTTP request method that was used for this request.")
         origin = behaviour.origin_id
         pool = self.pools[origin]
-        ev = self.function_url_event(method, path, query, headers, body, client_ip, behaviour, origin)
+        forwarded = self.origin_request_headers(headers, client_ip, behaviour, origin)
+        ev = function_url_event(method, target, forwarded, body, client_ip, self.distribution.targets[origin])
         outcome, cold = pool.invoke(ev)
         response = function_url_response(method, outcome)
         response.headers += [("Via", "1.1 edge-stand-in.cloudfront.net (CloudFront)"), ("X-Cache", "Miss from cloudfront"),
@@ -377,48 +380,57 @@ class Edge:
         self.log.append((method, target, response.status, origin, cold))
         return response
 
-    def function_url_event(self, method, path, query, headers, body, client_ip, behaviour: Behaviour, origin: str) -> dict:
-        target = self.distribution.targets[origin]
-        forwarded: dict[str, str] = {}
-        cookies: list[str] = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower in HOP_BY_HOP or (lower == "host" and not behaviour.forwards_host):
-                continue
-            if lower == "cookie":
-                cookies += [c.strip() for c in value.split(";") if c.strip()]
-                continue
-            # a Function URL joins repeated headers with commas
-            forwarded[lower] = f"{forwarded[lower]},{value}" if lower in forwarded else value
-        # CloudFront's own request headers; an origin custom header overwrites a viewer header of the same name
-        forwarded.setdefault("host", target.domain)
+    def origin_request_headers(self, headers: list[tuple[str, str]], client_ip: str, behaviour: Behaviour, origin: str) -> dict[str, str]:
+        """The viewer's headers as CloudFront sends them to the origin: the policy's selection, its own headers, and
+        the origin's custom headers (which overwrite a viewer header of the same name)."""
+        forwarded = viewer_headers(headers, keep_host=behaviour.forwards_host)
         forwarded["via"] = "2.0 edge-stand-in.cloudfront.net (CloudFront)"
         forwarded["x-amz-cf-id"] = base64.b64encode(uuid.uuid4().bytes).decode()
-        forwarded["x-forwarded-for"] = client_ip if "x-forwarded-for" not in forwarded else f"{forwarded['x-forwarded-for']}, {client_ip}"
+        previous = forwarded.get("x-forwarded-for")
+        forwarded["x-forwarded-for"] = f"{previous}, {client_ip}" if previous else client_ip
         for name, value in self.distribution.origin_headers[origin].items():
             forwarded[name.lower()] = value
-        # what the Function URL adds
-        forwarded["x-forwarded-proto"] = "https"
-        forwarded["x-forwarded-port"] = "443"
-        forwarded["x-amzn-trace-id"] = f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"
-        content_type = forwarded.get("content-type", "")
-        b64 = bool(body) and not (content_type.startswith(TEXT_TYPES) and _is_utf8(body))
-        ev = event(method, path, query=query, body=body or None, b64=b64, origin=False)
-        ev["headers"] = forwarded
-        if body:
-            ev["headers"]["content-length"] = str(len(body))
-        if not query:
-            ev.pop("queryStringParameters", None)
-        if cookies:
-            ev["cookies"] = cookies
-        http_ctx = ev["requestContext"]["http"]
-        http_ctx["sourceIp"] = client_ip
-        http_ctx["userAgent"] = forwarded.get("user-agent", "")
-        ev["requestContext"]["domainName"] = target.domain
-        ev["requestContext"]["domainPrefix"] = target.domain.split(".")[0]
-        ev["requestContext"]["requestId"] = str(uuid.uuid4())
-        ev["requestContext"]["timeEpoch"] = int(time.time() * 1000)
-        return ev
+        return forwarded
+
+
+def viewer_headers(headers: list[tuple[str, str]], keep_host: bool) -> dict[str, str]:
+    """Lower-case names, repeated headers joined with commas (as a Function URL joins them), no hop-by-hop ones."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or (lower == "host" and not keep_host):
+            continue
+        out[lower] = f"{out[lower]},{value}" if lower in out else value
+    return out
+
+
+def function_url_event(method: str, target: str, headers: dict[str, str], body: bytes, client_ip: str, function: Target) -> dict:
+    """The payload 2.0 event a Function URL hands `function` for this request."""
+    path, _, query = target.partition("?")
+    headers = dict(headers)
+    cookies = [c.strip() for c in headers.pop("cookie", "").split(";") if c.strip()]
+    headers.setdefault("host", function.domain)
+    headers["x-forwarded-proto"] = "https"
+    headers["x-forwarded-port"] = "443"
+    headers["x-amzn-trace-id"] = f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}"
+    content_type = headers.get("content-type", "")
+    b64 = bool(body) and not (content_type.startswith(TEXT_TYPES) and _is_utf8(body))
+    ev = event(method, path, query=query, body=body or None, b64=b64, origin=False)
+    ev["headers"] = headers
+    if body:
+        headers["content-length"] = str(len(body))
+    if not query:
+        ev.pop("queryStringParameters", None)
+    if cookies:
+        ev["cookies"] = cookies
+    http_ctx = ev["requestContext"]["http"]
+    http_ctx["sourceIp"] = client_ip
+    http_ctx["userAgent"] = headers.get("user-agent", "")
+    ev["requestContext"]["domainName"] = function.domain
+    ev["requestContext"]["domainPrefix"] = function.domain.split(".")[0]
+    ev["requestContext"]["requestId"] = str(uuid.uuid4())
+    ev["requestContext"]["timeEpoch"] = int(time.time() * 1000)
+    return ev
 
 
 def _is_utf8(b: bytes) -> bool:
@@ -467,20 +479,14 @@ def function_url_response(method: str, outcome: Outcome | None) -> EdgeResponse:
     return EdgeResponse(int(payload["statusCode"]), headers, body)
 
 
-def start_edge(distribution: Distribution, start_instance: Callable[[str, str], Function]) -> Edge:
-    """Serve `distribution` on a free 127.0.0.1 port. `start_instance(binary, name)` starts one instance."""
-    pools = {}
-    by_binary: dict[str, Pool] = {}
-    for origin, target in distribution.targets.items():
-        if target.binary not in by_binary:
-            by_binary[target.binary] = Pool(target, lambda name, b=target.binary: start_instance(b, name))
-        pools[origin] = by_binary[target.binary]
-    edge = Edge(distribution, pools)
+def serve_http(handle: Callable[[str, str, list[tuple[str, str]], bytes, str], EdgeResponse], name: str) -> http.server.ThreadingHTTPServer:
+    """An HTTP/1.1 server on a free 127.0.0.1 port answering every request with `handle(method, target, headers,
+    body, client_ip)`."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format, *args):  # noqa: A002 - the edge keeps its own log
+        def log_message(self, format, *args):  # noqa: A002 - the callers keep their own log
             pass
 
         def _read_body(self) -> bytes:
@@ -499,7 +505,7 @@ def start_edge(distribution: Distribution, start_instance: Callable[[str, str], 
 
         def _any(self):
             body = self._read_body()
-            r = edge.handle(self.command, self.path, list(self.headers.items()), body, self.client_address[0])
+            r = handle(self.command, self.path, list(self.headers.items()), body, self.client_address[0])
             try:
                 self.send_response(r.status)
                 for k, v in r.headers:
@@ -514,6 +520,60 @@ def start_edge(distribution: Distribution, start_instance: Callable[[str, str], 
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    edge.server = server
-    threading.Thread(target=server.serve_forever, name="edge", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
+def start_edge(distribution: Distribution, start_instance: Callable[[str, str], Function]) -> Edge:
+    """Serve `distribution` on a free 127.0.0.1 port. `start_instance(binary, name)` starts one instance."""
+    pools = {}
+    by_binary: dict[str, Pool] = {}
+    for origin, target in distribution.targets.items():
+        if target.binary not in by_binary:
+            by_binary[target.binary] = Pool(target, lambda name, b=target.binary: start_instance(b, name))
+        pools[origin] = by_binary[target.binary]
+    edge = Edge(distribution, pools)
+    edge.server = serve_http(edge.handle, "edge")
     return edge
+
+
+@dataclass
+class IamFunctionUrl:
+    """An `AWS_IAM` Function URL (the admin function's): reached directly with SigV4-signed requests, never through
+    the edge. `caller_of(method, target, headers, body, url)` stands in for Lambda's signature check: the caller's ARN
+    for a correctly signed request, None otherwise (403, and the function is never invoked, as on AWS). The check
+    itself is #13's (a SigV4-verifying stand-in in tests/); until it lands nothing here verifies a signature."""
+
+    pool: Pool
+    caller_of: Callable[[str, str, list[tuple[str, str]], bytes, str], str | None]
+    server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, client_ip: str) -> EdgeResponse:
+        caller = self.caller_of(method, target, headers, body, self.url)
+        if caller is None:
+            return EdgeResponse(403, [("Content-Type", "application/json"), ("Content-Length", "23")], b'{"Message":"Forbidden"}')
+        ev = function_url_event(method, target, viewer_headers(headers, keep_host=True), body, client_ip, self.pool.target)
+        account = caller.split(":")[4] if caller.count(":") >= 5 else ""
+        ev["requestContext"]["authorizer"] = {"iam": {"accessKey": "", "accountId": account, "callerId": "",
+                                                      "userArn": caller, "userId": ""}}
+        outcome, _ = self.pool.invoke(ev)
+        return function_url_response(method, outcome)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.pool.stop()
+
+
+def start_iam_function_url(function: Target, start_instance: Callable[[str, str], Function], caller_of) -> IamFunctionUrl:
+    if function.auth_type != "AWS_IAM":
+        raise ValueError(f"{function.function_id}'s Function URL is {function.auth_type}, not AWS_IAM")
+    url = IamFunctionUrl(Pool(function, lambda name: start_instance(function.binary, name)), caller_of)
+    url.server = serve_http(url.handle, f"function-url-{function.function_id}")
+    return url
