@@ -136,6 +136,7 @@ def main() -> None:
             hub.start(work, "metahub-serve")
             samples["serve_cold"].append(pull(hub.host))
         pull(edge.host)
+        served_before = len(edge.log)
         for _ in range(a.warm):
             if not in_budget():
                 break
@@ -151,6 +152,8 @@ def main() -> None:
             "loadavg_after": loadavg(),
             "elapsed_s": time.monotonic() - started,
             "cold_starts": {"registry": registry.cold_starts, "token": token.cold_starts},
+            "edge_requests_per_warm_pull": (len(edge.log) - served_before) / max(1, len(samples["serverless_warm"])),
+            "command": " ".join(["bench/serverless_pull.py", *sys.argv[1:]]),
             "results": {k: summary(v) for k, v in samples.items()},
         }
     finally:
@@ -203,10 +206,12 @@ def render(r: dict) -> str:
         f"p50 ratio serverless / serve: cold {ratio('serverless_cold', 'serve_cold')}, warm {ratio('serverless_warm', 'serve_warm')}.",
         f"Binaries: `{r['binaries']}`. Machine: {r['machine']}, **shared with other work during the run**: load average",
         f"{r['loadavg_before']} before, {r['loadavg_after']} after (1/5/15 min), so absolute figures are inflated and",
-        "noisy; the ratios compare neighbouring samples. What the stand-in leaves out: the network legs (viewer -> edge",
-        "-> Function URL, Lambda's own invoke path) and the download of the function's code on a real cold start.",
+        "noisy; the ratios compare neighbouring samples. The serverless figures include the stand-ins' own cost (two",
+        f"Python HTTP hops per request - edge, then Runtime API - for {r.get('edge_requests_per_warm_pull', 0):.0f} requests"
+        " per warm pull) and leave out what only AWS has: the network legs (viewer -> edge -> Function URL, Lambda's",
+        "invoke path) and the download of the function's code on a real cold start.",
         f"Function cold starts in this run: registry {r['cold_starts']['registry']}, token {r['cold_starts']['token']};",
-        f"run {r['date']}, {r['elapsed_s']:.0f} s. Command: `bench/serverless_pull.py --markdown`.",
+        f"run {r['date']}, {r['elapsed_s']:.0f} s. Command: `{r.get('command', 'bench/serverless_pull.py')}`.",
         "",
     ])
 

@@ -16,8 +16,12 @@ Each request becomes a Function URL event (payload 2.0) handed to an instance of
 stand-in of tests/lambda (`runtime_api.py`, started per instance by `lambda_harness`). The instance's answer is turned
 back into HTTP as a Function URL does: statusCode, `headers` (a Function URL reads no `multiValueHeaders`), `cookies`
 as Set-Cookie, a base64 body decoded, Content-Length of the body (HEAD keeps the function's own Content-Length), a
-function error or timeout as 502. Instances scale out as Lambda does: a request takes an idle instance or starts a
-new one (a cold start); `cold_every_request` starts every request on a fresh instance.
+function error, a timeout or a response over Lambda's 6 MB payload limit as 502. Instances scale out as Lambda does:
+a request takes an idle instance or starts a new one (a cold start); `cold_every_request` starts every request on a
+fresh instance.
+
+The admin function is no origin: `start_iam_function_url` serves its AWS_IAM Function URL on its own port, where a
+pluggable check stands in for Lambda's SigV4 verification (see tests/serverless/conftest.py, SIGV4_CALLER).
 
 Not modelled: TLS (the stand-in is plain HTTP on 127.0.0.1, which every client treats as an insecure registry),
 caching (every behaviour of the template disables it), compression (every behaviour turns it off).
