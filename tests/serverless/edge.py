@@ -9,8 +9,9 @@ What it takes from template.yaml (so a change there changes what the tests see):
   * the managed origin request policy: AllViewerExceptHostHeader forwards every viewer header but Host (the
     origin gets the Function URL's domain), every query string and cookie - so Authorization reaches the function;
   * the function timeout (Globals or the function's own Timeout).
-A policy, a cache policy or a viewer-request function association it does not model is refused when the template is
-read, rather than silently behaving differently from the deployed edge.
+  * a viewer-request CloudFront Function's code, run in node on each request (cloudfront-js event shape).
+A policy, a cache policy or an edge function it does not model is refused when the template is read, rather than
+silently behaving differently from the deployed edge.
 
 Each request becomes a Function URL event (payload 2.0) handed to an instance of the function through the Runtime API
 stand-in of tests/lambda (`runtime_api.py`, started per instance by `lambda_harness`). The instance's answer is turned
@@ -34,6 +35,7 @@ import http.server
 import json
 import itertools
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -169,6 +171,7 @@ class Behaviour:
     origin_id: str
     allowed_methods: frozenset[str]
     forwards_host: bool
+    viewer_request: str | None = None  # the code of a viewer-request CloudFront Function (cloudfront-js), if any
 
     def matches(self, path: str) -> bool:
         # CloudFront patterns: * any run of characters (slashes too), ? one character; case-sensitive
@@ -227,10 +230,17 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
             raise NotImplementedError(f"{pattern}: origin request policy {policy} is not modelled")
         if raw.get("Compress", False):
             raise NotImplementedError(f"{pattern}: compression is not modelled (and would break digests)")
-        for association in raw.get("FunctionAssociations", []) + raw.get("LambdaFunctionAssociations", []):
-            # The hook for a viewer-request function (#11): model its effect here, in Python, when one is added.
-            raise NotImplementedError(f"{pattern}: the edge stand-in does not run edge functions yet: {association}")
-        return Behaviour(pattern, raw["TargetOriginId"], frozenset(raw["AllowedMethods"]), FORWARDS_HOST[policy])
+        if raw.get("LambdaFunctionAssociations"):
+            raise NotImplementedError(f"{pattern}: Lambda@Edge is not modelled")
+        code = None
+        for association in raw.get("FunctionAssociations", []):
+            arn = association.get("FunctionARN")
+            function_id = arn.get("Fn::GetAtt", [None])[0] if isinstance(arn, dict) else None
+            function = resources.get(function_id or "", {})
+            if association.get("EventType") != "viewer-request" or function.get("Type") != "AWS::CloudFront::Function":
+                raise NotImplementedError(f"{pattern}: only viewer-request CloudFront Functions are modelled: {association}")
+            code = function["Properties"]["FunctionCode"]
+        return Behaviour(pattern, raw["TargetOriginId"], frozenset(raw["AllowedMethods"]), FORWARDS_HOST[policy], code)
 
     behaviours = [behaviour(b, b["PathPattern"]) for b in config.get("CacheBehaviors", [])]
     behaviours.append(behaviour(config["DefaultCacheBehavior"], "*"))
@@ -375,6 +385,8 @@ class Edge:
                                 b"This distribution is not configured to allow the HTTP request method that was used for this request.")
         origin = behaviour.origin_id
         pool = self.pools[origin]
+        if behaviour.viewer_request:
+            headers = run_viewer_request(behaviour.viewer_request, method, target, headers, client_ip)
         forwarded = self.origin_request_headers(headers, client_ip, behaviour, origin)
         ev = function_url_event(method, target, forwarded, body, client_ip, self.distribution.targets[origin])
         outcome, cold = pool.invoke(ev)
@@ -395,6 +407,27 @@ class Edge:
         for name, value in self.distribution.origin_headers[origin].items():
             forwarded[name.lower()] = value
         return forwarded
+
+
+_RUN_CLOUDFRONT_FUNCTION = """
+const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const handler = new Function(input.code + "\\nreturn handler;")();
+process.stdout.write(JSON.stringify(handler(input.event)));
+"""
+
+
+def run_viewer_request(code: str, method: str, target: str, headers: list[tuple[str, str]], client_ip: str) -> list[tuple[str, str]]:
+    """The viewer's headers after a viewer-request CloudFront Function (cloudfront-js event shape), run in node."""
+    joined: dict[str, str] = {}
+    for name, value in headers:
+        joined[name.lower()] = f"{joined[name.lower()]},{value}" if name.lower() in joined else value
+    event_ = {"version": "1.0", "context": {"eventType": "viewer-request"}, "viewer": {"ip": client_ip},
+              "request": {"method": method, "uri": target.partition("?")[0], "querystring": {}, "cookies": {},
+                          "headers": {k: {"value": v} for k, v in joined.items()}}}
+    out = subprocess.run(["node", "-e", _RUN_CLOUDFRONT_FUNCTION], input=json.dumps({"code": code, "event": event_}).encode(),
+                         capture_output=True, timeout=30, check=True)
+    request = json.loads(out.stdout)
+    return [(k, v["value"]) for k, v in request.get("headers", {}).items()]
 
 
 def viewer_headers(headers: list[tuple[str, str]], keep_host: bool) -> dict[str, str]:

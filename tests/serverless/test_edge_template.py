@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 
@@ -49,7 +50,8 @@ def test_what_the_stand_in_does_not_model_is_refused():
     template = edge_mod.load_template()
     for change in ({"Compress": True}, {"CachePolicyId": "658327ea-f89d-4fab-a63d-7e88639e58f6"},
                    {"OriginRequestPolicyId": "88a5eaf4-2fd4-4709-b370-b4c650ea3fcf"},
-                   {"FunctionAssociations": [{"EventType": "viewer-request", "FunctionARN": "x"}]}):
+                   {"FunctionAssociations": [{"EventType": "viewer-request", "FunctionARN": "x"}]},
+                   {"LambdaFunctionAssociations": [{"EventType": "origin-request", "LambdaFunctionARN": "x"}]}):
         t = copy.deepcopy(template)
         t_dist = next(r for r in t["Resources"].values() if r["Type"] == "AWS::CloudFront::Distribution")
         t_dist["Properties"]["DistributionConfig"]["CacheBehaviors"][0].update(change)
@@ -78,3 +80,35 @@ def test_function_url_response_conversion():
     assert edge_mod.function_url_response("GET", outcome(b"[1]")).body == b"[1]", "not the response format: the payload is the body"
     big = {"statusCode": 200, "body": "x" * edge_mod.MAX_RESPONSE_PAYLOAD}
     assert edge_mod.function_url_response("GET", outcome(big)).status == 502
+
+
+VIEWER_HOST_CODE = """function handler(event) {
+  var request = event.request;
+  var host = request.headers.host;
+  if (host) { request.headers['x-forwarded-host'] = { value: host.value }; }
+  else { delete request.headers['x-forwarded-host']; }
+  return request;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node runs the CloudFront Function")
+def test_viewer_request_function_runs_on_each_request():
+    """A viewer-request CloudFront Function (#11's copies Host into X-Forwarded-Host) is run, in node, before the
+    origin request is built: its header reaches the function, a client's own value does not."""
+    template = copy.deepcopy(edge_mod.load_template())
+    template["Resources"]["ViewerHost"] = {"Type": "AWS::CloudFront::Function", "Properties": {"FunctionCode": VIEWER_HOST_CODE}}
+    dist = next(r for r in template["Resources"].values() if r["Type"] == "AWS::CloudFront::Distribution")
+    association = [{"EventType": "viewer-request", "FunctionARN": {"Fn::GetAtt": ["ViewerHost", "FunctionMetadata.FunctionARN"]}}]
+    dist["Properties"]["DistributionConfig"]["DefaultCacheBehavior"]["FunctionAssociations"] = association
+    for b in dist["Properties"]["DistributionConfig"]["CacheBehaviors"]:
+        b["FunctionAssociations"] = association
+    d = distribution(template)
+    behaviour = d.behaviour_for("/token")
+    assert behaviour.viewer_request == VIEWER_HOST_CODE
+    headers = edge_mod.run_viewer_request(behaviour.viewer_request, "GET", "/token?x=1",
+                                          [("Host", "registry.example.com"), ("X-Forwarded-Host", "evil"), ("Authorization", "Basic x")], "1.2.3.4")
+    forwarded = edge_mod.Edge(d, {}).origin_request_headers(headers, "1.2.3.4", behaviour, behaviour.origin_id)
+    assert forwarded["x-forwarded-host"] == "registry.example.com"
+    assert forwarded["authorization"] == "Basic x"
+    assert forwarded.get("host") is None, "Host itself is still not forwarded"
