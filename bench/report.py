@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,11 +216,18 @@ def main() -> None:
     ap.add_argument("--criterion", default=str(ROOT / "target" / "criterion"))
     ap.add_argument("--notes", default=str(ROOT / "bench" / "notes.md"), help="one bullet per line: why targets are missed")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench.md"))
+    ap.add_argument("--serverless", default=str(ROOT / "target" / "bench" / "serverless.json"), help="bench/serverless_pull.py's JSON")
     a = ap.parse_args()
     e2e = json.loads(Path(a.e2e).read_text()) if Path(a.e2e).is_file() else {}
     notes_path = Path(a.notes)
     notes = [ln[2:].strip() for ln in notes_path.read_text().splitlines() if ln.startswith("- ")] if notes_path.is_file() else []
     text = render(e2e, criterion(Path(a.criterion)), notes)
+    if Path(a.serverless).is_file():
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from serverless_pull import render as render_serverless
+
+        section = render_serverless(json.loads(Path(a.serverless).read_text()))
+        text = text.replace("## How to run", section + "\n## How to run", 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)

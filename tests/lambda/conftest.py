@@ -7,8 +7,6 @@ a failing test's report. The start-up time of each binary is printed at the end 
 
 from __future__ import annotations
 
-import base64
-import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -25,14 +23,10 @@ from lambda_harness import (  # noqa: E402
     LOGIN,
     MACHINE_TYPE,
     METAHUB_BIN,
-    ORIGIN_SECRET,
-    ORIGIN_SECRET_PARAM,
     PASSWORD,
     SERVICE,
-    SIGNING_KEY_PARAM,
     TABLE,
     TIMINGS,
-    UPSTREAM_CREDENTIALS_PARAM,
     Function,
     Moto,
     Proc,
@@ -46,6 +40,7 @@ from lambda_harness import (  # noqa: E402
     free_port,
     full_env,
     run,
+    seed_parameters,
     start_function,
     stop_all,
     wait_until,
@@ -118,22 +113,13 @@ def moto(workdir) -> Moto:
 @pytest.fixture(scope="session")
 def seeded(moto) -> Seeded:
     """The table (created and filled with the real CLI) and the SSM parameters the functions read."""
-    import boto3
-
     env = clean_env(moto.env)
     store = ["--store", f"dynamodb:{TABLE}"]
     run([METAHUB_BIN, "store", "init", *store], env)
     name, features = MACHINE_TYPE
     run([METAHUB_BIN, "machine-type", "put", name, *[a for f in features for a in ("--feature", f)], *store], env)
     run([METAHUB_BIN, "account", "put", LOGIN, "--machine-type", name, "--password-stdin", *store], env, input=PASSWORD.encode())
-
-    ssm = boto3.client("ssm", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
-    key = os.urandom(32)
-    ssm.put_parameter(Name=SIGNING_KEY_PARAM, Type="SecureString", Value=base64.b64encode(key).decode(), Overwrite=True)
-    # CloudFront reads the origin secret through {{resolve:ssm:...}}, which takes plain String parameters
-    ssm.put_parameter(Name=ORIGIN_SECRET_PARAM, Type="String", Value=ORIGIN_SECRET, Overwrite=True)
-    # the test upstream is open: the credentials are read and held, never challenged for
-    ssm.put_parameter(Name=UPSTREAM_CREDENTIALS_PARAM, Type="SecureString", Value="upstream-user:upstream:pass", Overwrite=True)
+    key = seed_parameters(moto.endpoint)
     return Seeded(signing_key=key)
 
 

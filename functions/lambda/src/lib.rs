@@ -402,10 +402,13 @@ pub fn init_tracing() {
     let _ = if json { builder.json().with_current_span(false).try_init() } else { builder.without_time().try_init() };
 }
 
-/// Whatever the handler built, a HEAD answer goes out without a body: no hyper strips it here.
-async fn head_without_body(request: Request, next: Next) -> Response {
+/// What `lambda_http` needs done before it turns an answer into a Function URL response: a HEAD answer goes out
+/// without a body (no hyper strips it here), and a repeated header is joined into one value, because `lambda_http`
+/// writes only the first value of each header into the payload (format 2.0 has no `multiValueHeaders`).
+async fn for_function_url(request: Request, next: Next) -> Response {
     let head = request.method() == Method::HEAD;
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    join_repeated_headers(response.headers_mut());
     if head {
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Body::empty());
@@ -439,10 +442,27 @@ async fn within_budget(budget: Budget, request: Request, next: Next) -> Response
     }
 }
 
-/// The router as a function serves it: with empty HEAD bodies, within `budget`.
+/// One value per header, the values joined with ", " (RFC 9110 §5.3). Set-Cookie is left alone: `lambda_http`
+/// moves each of its values into the payload's `cookies`.
+fn join_repeated_headers(headers: &mut axum::http::HeaderMap) {
+    use axum::http::{HeaderValue, header::SET_COOKIE};
+    let repeated: Vec<_> = headers
+        .keys()
+        .filter(|name| *name != SET_COOKIE && headers.get_all(*name).iter().nth(1).is_some())
+        .cloned()
+        .collect();
+    for name in repeated {
+        let joined = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b", "[..]);
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The router as a function serves it: shaped for the Function URL (see [`for_function_url`]), within `budget`.
 pub fn lambda_router(router: Router, budget: Budget) -> Router {
     router
-        .layer(axum::middleware::from_fn(head_without_body))
+        .layer(axum::middleware::from_fn(for_function_url))
         .layer(axum::middleware::from_fn(move |request: Request, next: Next| within_budget(budget, request, next)))
 }
 
@@ -614,6 +634,53 @@ mod tests {
         assert_eq!(split_credentials("bob:pa:ss\n").unwrap(), ("bob".into(), "pa:ss".into()));
         assert!(split_credentials("bob").is_err());
         assert!(split_credentials(":pw").is_err());
+    }
+
+    /// The answer as the Function URL gets it: `router` behind `lambda_http`'s own adapter, for a payload 2.0 event.
+    async fn function_url_payload(router: Router, method: &str) -> serde_json::Value {
+        use lambda_http::request::LambdaRequest;
+        use lambda_http::{Adapter, Context, LambdaEvent, Service};
+        let event = serde_json::json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": "/x", "rawQueryString": "",
+            "headers": {"host": "abc.lambda-url.us-east-1.on.aws"},
+            "requestContext": {"accountId": "anonymous", "apiId": "abc", "domainName": "abc.lambda-url.us-east-1.on.aws",
+                "domainPrefix": "abc", "http": {"method": method, "path": "/x", "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1", "userAgent": "test"}, "requestId": "id", "routeKey": "$default",
+                "stage": "$default", "time": "04/Feb/2025:10:12:34 +0000", "timeEpoch": 1_738_663_954_000_i64},
+            "isBase64Encoded": false
+        });
+        let request: LambdaRequest = serde_json::from_value(event).unwrap();
+        let mut adapter = Adapter::from(lambda_router(router, Budget::for_function_timeout(DEFAULT_FUNCTION_TIMEOUT)));
+        let response = adapter.call(LambdaEvent::new(request, Context::default())).await.unwrap();
+        serde_json::to_value(&response).unwrap()
+    }
+
+    #[tokio::test]
+    async fn repeated_headers_reach_the_function_url_whole() {
+        let router = Router::new().route(
+            "/x",
+            axum::routing::get(|| async {
+                let mut response = Response::new(Body::from("{}"));
+                let h = response.headers_mut();
+                h.append("www-authenticate", "Bearer realm=\"https://a/token\"".parse().unwrap());
+                h.append("www-authenticate", "Basic realm=\"a\"".parse().unwrap());
+                h.append("set-cookie", "a=1".parse().unwrap());
+                h.append("set-cookie", "b=2".parse().unwrap());
+                response
+            }),
+        );
+        let payload = function_url_payload(router, "GET").await;
+        assert_eq!(payload["headers"]["www-authenticate"], r#"Bearer realm="https://a/token", Basic realm="a""#);
+        assert_eq!(payload["cookies"], serde_json::json!(["a=1", "b=2"]));
+    }
+
+    #[tokio::test]
+    async fn head_keeps_its_content_length_through_lambda_http() {
+        let router = Router::new()
+            .route("/x", axum::routing::get(|| async { ([(axum::http::header::CONTENT_LENGTH, "7")], "a body!") }));
+        let payload = function_url_payload(router, "HEAD").await;
+        assert_eq!(payload["headers"]["content-length"], "7");
+        assert_eq!(payload["body"].as_str().unwrap_or_default(), "");
     }
 
     #[tokio::test]
