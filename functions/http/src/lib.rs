@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod listing;
 mod registry;
 mod response;
 mod token;
