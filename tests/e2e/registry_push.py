@@ -162,9 +162,10 @@ def build_attestation(subject: Image) -> Image:
 class Registry:
     """Minimal distribution API client for pushing (no auth: the test upstreams are open)."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, login: tuple[str, str] | None = None):
         self.base = base.rstrip("/")
         self.s = requests.Session()
+        self.s.auth = login
 
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = sha256(data)

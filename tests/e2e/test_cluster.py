@@ -290,3 +290,42 @@ def test_impossible_manifest_reference_is_404_after_authentication(hub):
     assert_registry_error(r.status_code, r.content, 404, {"MANIFEST_UNKNOWN"})
     r = v2(hub, "org/app/manifests/nope", token_for(hub, "org/app"), method="HEAD")
     assert r.status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# credentials per upstream: from a file, never the command line
+
+
+def test_upstream_credentials_from_a_file(workdir, upstream, images, tmp_path):
+    login = ("puller", "upstream-secret-1")
+    private = start_registry(workdir, "upstream-private", login=login)
+    hubs = []
+    try:
+        reg = registry_push.Registry(private.url, login)
+        single = registry_push.build_image("single")
+        digest = reg.push_image("org/secret", single, "v1")
+        auths = tmp_path / "upstreams.json"
+        auths.write_text(json.dumps({"auths": {"private.io": {"username": login[0], "password": login[1]}}}))
+        auths.chmod(0o600)
+        with_file = start_configured_metahub(workdir, upstream, "metahub-creds",
+                                             ["--upstream", f"private.io={private.url}", "--upstream-credentials", str(auths)])
+        hubs.append(with_file)
+        raw = conftest.skopeo_raw(f"{with_file.host}/private.io/org/secret:v1", creds("skylake"))
+        assert hashlib.sha256(raw).hexdigest() == digest.split(":", 1)[1]
+        assert login[1] not in with_file.log()
+
+        without = start_configured_metahub(workdir, upstream, "metahub-nocreds", ["--upstream", f"private.io={private.url}"])
+        hubs.append(without)
+        r = v2(without, "private.io/org/secret/manifests/v1", token_for(without, "private.io/org/secret"))
+        assert_registry_error(r.status_code, r.content, 403, {"DENIED"})
+
+        # a key for no configured upstream stops the server with one line naming it
+        typo = tmp_path / "typo.json"
+        typo.write_text(json.dumps({"auths": {"privat.io": {"username": "a", "password": "b"}}}))
+        p = run([conftest.METAHUB_BIN, "serve", "--listen", "127.0.0.1:1", "--upstream", f"private.io={private.url}",
+                 "--upstream-credentials", str(typo), "--store", f"file:{tmp_path / 's.redb'}"], check=False)
+        assert p.returncode != 0 and b"privat.io" in p.stderr, p.stderr
+    finally:
+        for h in hubs:
+            h.stop()
+        private.stop()
