@@ -139,13 +139,11 @@ impl Upstream for UpstreamRouter {
     }
 
     fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
+        // Names the prefixes (what clients may use), never the upstreams' URLs (they may be internal hosts).
         let refuse = || {
-            let configured: Vec<&str> = self.routes.iter().flat_map(|r| r.hosts.iter().map(String::as_str)).collect();
             let prefixes: Vec<&str> = self.prefixes().filter(|p| !p.is_empty()).collect();
-            Error::denied(format!(
-                "MetaHub mirrors no registry {host:?} (ns); configured: prefixes {prefixes:?}, hosts {configured:?}"
-            ))
-            .with_detail(serde_json::json!({"ns": host}))
+            Error::denied(format!("MetaHub mirrors no registry {host:?} (ns); configured prefixes: {prefixes:?}"))
+                .with_detail(serde_json::json!({"ns": host}))
         };
         let route = self.route_for_namespace(host).ok_or_else(refuse)?;
         let routed = if route.prefix.is_empty() { name.clone() } else { name.with_prefix(&route.prefix) };

@@ -46,7 +46,10 @@ mod tests {
     fn pages_an_upstream_that_ignores_n_and_last() {
         let all = page(&["c", "a", "e", "b", "d"]);
         assert_eq!(paginate(all.clone(), Some(2), None), TagPage { next_last: Some("b".into()), ..page(&["a", "b"]) });
-        assert_eq!(paginate(all.clone(), Some(2), Some("b")), TagPage { next_last: Some("d".into()), ..page(&["c", "d"]) });
+        assert_eq!(
+            paginate(all.clone(), Some(2), Some("b")),
+            TagPage { next_last: Some("d".into()), ..page(&["c", "d"]) }
+        );
         assert_eq!(paginate(all.clone(), Some(2), Some("d")), page(&["e"]));
         assert_eq!(paginate(all.clone(), None, Some("c")), page(&["d", "e"]));
         assert_eq!(paginate(all.clone(), None, None), all, "no paging asked: the upstream's list as it is");
