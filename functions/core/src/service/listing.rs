@@ -19,15 +19,16 @@ impl RegistryService {
 }
 
 /// The page the client asked for. An upstream that ignores `n` and `last` (docker-registry 2.8 does) sends its whole
-/// list: then MetaHub pages it itself, in lexical order as the spec asks.
-fn paginate(page: TagPage, n: Option<usize>, last: Option<&str>) -> TagPage {
+/// list: then MetaHub pages it itself. Tags are always answered in lexical order, as the spec asks.
+fn paginate(mut page: TagPage, n: Option<usize>, last: Option<&str>) -> TagPage {
+    // Some upstreams (docker-registry 2.8) list in storage order.
+    page.tags.sort();
     let paged_upstream =
         n.is_none_or(|n| page.tags.len() <= n) && last.is_none_or(|l| page.tags.iter().all(|t| t.as_str() > l));
     if paged_upstream {
         return page;
     }
     let mut tags: Vec<String> = page.tags.into_iter().filter(|t| last.is_none_or(|l| t.as_str() > l)).collect();
-    tags.sort();
     let more = n.is_some_and(|n| tags.len() > n);
     tags.truncate(n.unwrap_or(tags.len()));
     let next_last = if more { tags.last().cloned() } else { page.next_last };
@@ -52,7 +53,7 @@ mod tests {
         );
         assert_eq!(paginate(all.clone(), Some(2), Some("d")), page(&["e"]));
         assert_eq!(paginate(all.clone(), None, Some("c")), page(&["d", "e"]));
-        assert_eq!(paginate(all.clone(), None, None), all, "no paging asked: the upstream's list as it is");
+        assert_eq!(paginate(all.clone(), None, None), page(&["a", "b", "c", "d", "e"]), "sorted even unpaged");
     }
 
     #[test]
