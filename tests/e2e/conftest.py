@@ -241,8 +241,9 @@ class Upstream:
             self.storage.stop()
 
 
-def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream:
-    """`docker-registry serve CONFIG` with filesystem storage; with `redirect`, blobs 307 to a file server."""
+def start_registry(workdir: Path, name: str, redirect: bool = False, login: tuple[str, str] | None = None) -> Upstream:
+    """`docker-registry serve CONFIG` with filesystem storage; with `redirect`, blobs 307 to a file server; with
+    `login`, every request needs that Basic login (htpasswd)."""
     d = workdir / name
     root = d / "data"
     root.mkdir(parents=True)
@@ -256,6 +257,10 @@ def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream
         "  delete: {enabled: true}",
         f"http: {{addr: '127.0.0.1:{port}', secret: e2e-test-secret}}",
     ]
+    if login:
+        htpasswd = d / "htpasswd"
+        htpasswd.write_bytes(run(["htpasswd", "-Bbn", login[0], login[1]]).stdout)
+        lines += ["auth:", f"  htpasswd: {{realm: e2e, path: {htpasswd}}}"]
     if storage:
         # distribution's redirect middleware answers blob GETs with 307 to baseurl + the storage path
         # (/docker/registry/v2/blobs/sha256/ab/abcd.../data), which the file server maps onto `root`.
@@ -264,7 +269,8 @@ def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream
     config.write_text("\n".join(lines) + "\n")
     proc = Proc(name, ["docker-registry", "serve", str(config)], workdir)
     up = Upstream(name=name, port=port, root=root, proc=proc, storage=storage)
-    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2).status_code == 200, f"{name} /v2/", proc=proc)
+    ready = 401 if login else 200
+    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2).status_code == ready, f"{name} /v2/", proc=proc)
     return up
 
 

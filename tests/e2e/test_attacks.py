@@ -100,9 +100,12 @@ def test_ssrf_through_names(hub, token, canary, proxy):
 
 
 def test_ssrf_through_query_strings_and_headers(hub, token, canary):
-    """Query parameters (containerd's `ns`, anything else) and Host/X-Forwarded-* headers choose nothing."""
+    """Query parameters and Host/X-Forwarded-* headers choose nothing; containerd's `ns` only picks among the configured
+    upstreams, and one naming any other host is refused."""
     target = f"127.0.0.1:{canary.port}"
-    for query in [f"ns={target}", f"upstream=http://{target}", f"url=http://{target}/x", f"realm=http://{target}/token"]:
+    r = requests.get(f"{hub.url}/v2/org/app/manifests/latest?ns={target}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert_registry_error(r.status_code, r.content, 403, {"DENIED"})
+    for query in [f"upstream=http://{target}", f"url=http://{target}/x", f"realm=http://{target}/token"]:
         r = requests.get(f"{hub.url}/v2/org/app/manifests/latest?{query}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.status_code == 200, (query, r.text)
     for headers in [{"Host": target}, {"X-Forwarded-Host": target, "X-Forwarded-Proto": "http"}, {"Forwarded": f"host={target}"}]:

@@ -6,7 +6,7 @@
 //! are reused for [`BLOB_LOCATION_TTL`]; lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
-use crate::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
+use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -170,6 +170,24 @@ impl Upstream for CachingUpstream {
         let location = self.blobs.run(key.clone(), || self.inner.blob_location(repository, digest)).await?;
         self.recent_blobs.insert(key, (Instant::now(), location.clone()));
         Ok(location)
+    }
+
+    // Tag lists and referrers change at any time: always asked upstream.
+    async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
+        self.inner.tags(repository, n, last).await
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        self.inner.referrers(repository, digest, artifact_type).await
+    }
+
+    fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
+        self.inner.name_in_namespace(host, name)
     }
 }
 

@@ -62,6 +62,23 @@ pub struct BlobLocation {
     pub url: String,
 }
 
+/// One page of a repository's tags.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TagPage {
+    pub tags: Vec<String>,
+    /// When the upstream has more: the `last` to ask the next page with.
+    pub next_last: Option<String>,
+}
+
+/// The descriptors of the manifests that refer to a subject (distribution-spec 1.1 referrers).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Referrers {
+    /// Descriptors as the upstream wrote them (`mediaType`, `digest`, `size`, `artifactType`, `annotations`, …).
+    pub manifests: Vec<serde_json::Value>,
+    /// Whether the `artifactType` filter was already applied (the upstream's `OCI-Filters-Applied`).
+    pub artifact_type_filtered: bool,
+}
+
 /// The refusal every store gives for deleting a machine type that accounts still use.
 pub fn machine_type_in_use(machine_type: &str, mut accounts: Vec<String>) -> crate::Error {
     accounts.sort();
@@ -141,4 +158,29 @@ pub trait Upstream: Send + Sync {
     ) -> Result<Manifest>;
     /// Where the client fetches a blob: the upstream's presigned storage URL when it redirects, else its blob URL.
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation>;
+
+    /// A page of `repository`'s tags: at most `n`, after `last` (tags/list pagination).
+    async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
+        let _ = (n, last);
+        Err(crate::Error::new(crate::ErrorCode::Unsupported, format!("tags of {repository} cannot be listed")))
+    }
+
+    /// The upstream's referrers API answer for `digest`; `Ok(None)` when the upstream has no referrers API (it
+    /// answers 404), so that the caller falls back to the `<alg>-<hex>` tag scheme.
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        let _ = (repository, digest, artifact_type);
+        Ok(None)
+    }
+
+    /// The name `name` of registry `host` goes by here (`?ns=<host>` of containerd mirrors): `host/name` when an
+    /// upstream is configured under that prefix or on that host. Any other host is refused (`DENIED`), never fetched.
+    fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
+        let _ = name;
+        Err(crate::Error::denied(format!("MetaHub mirrors no registry {host:?} (ns)")))
+    }
 }

@@ -10,6 +10,11 @@ use bytes::Bytes;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+mod listing;
+mod referrers;
+
+pub use referrers::{ReferrersIndex, is_referrers_tag};
+
 static ACCEPT: LazyLock<Vec<String>> = LazyLock::new(|| ACCEPT_ALL.iter().map(|s| s.to_string()).collect());
 
 /// Tuning of the in-process caches.
@@ -78,6 +83,10 @@ impl RegistryService {
         machine_type: &str,
     ) -> Result<Manifest> {
         match reference {
+            // A referrers tag lists artifacts, not platforms: served as the upstream has it.
+            Reference::Tag(tag) if is_referrers_tag(tag.as_str()) => {
+                self.upstream.get_manifest(repository, reference, &ACCEPT).await
+            }
             Reference::Tag(_) => self.manifest_by_tag(repository, reference, machine_type).await,
             Reference::Digest(digest) => self.manifest_by_digest(repository, digest, machine_type).await,
         }
@@ -157,6 +166,7 @@ impl RegistryService {
         let generated_key = (repository.clone(), manifest.digest.clone());
         if self.generated.get(&generated_key).is_none() {
             self.store.put_generated_manifest(repository, &manifest).await?;
+            self.remember_source(repository, &manifest.digest, &head.digest).await?;
             self.generated.insert(generated_key, manifest.clone());
         }
         Ok(manifest)

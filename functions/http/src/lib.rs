@@ -4,6 +4,7 @@
 mod admin;
 mod admin_ui;
 mod auth;
+mod listing;
 mod registry;
 mod response;
 mod token;

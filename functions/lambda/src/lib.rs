@@ -8,7 +8,7 @@
 //! | `METAHUB_STORE` | required, `dynamodb:TABLE` |
 //! | `METAHUB_PUBLIC_URL` | the URL clients use, for the token realm; optional behind CloudFront, where the viewer's host arrives in `X-Forwarded-Host` (trusted only with a valid origin secret) |
 //! | `METAHUB_FUNCTION_TIMEOUT` | the function's timeout (the template passes the one value it also sets as `Timeout`); every other timeout is derived from it, see [`Budget`]. Default 10s |
-//! | `METAHUB_UPSTREAM` | upstream registry, default `https://registry-1.docker.io` |
+//! | `METAHUB_UPSTREAM` | upstream registries, comma-separated `[PREFIX=]URL` (as `metahub serve --upstream`), default `https://registry-1.docker.io` |
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
 //! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
 //! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
@@ -18,7 +18,7 @@
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
 //! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
-//! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the upstream |
+//! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the default upstream, or Docker `config.json` JSON (`{"auths": {"<PREFIX or host>": {"auth": …}}}`) for several |
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
 
@@ -34,7 +34,7 @@ use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
 use metahub_store_dynamodb::DynamoStore;
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
+use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,6 +198,27 @@ pub fn split_credentials(value: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
+/// `METAHUB_UPSTREAM`: `[PREFIX=]URL` entries separated by commas or whitespace.
+pub fn upstream_configs(value: &str) -> anyhow::Result<Vec<UpstreamConfig>> {
+    let specs: Vec<&str> = value.split([',', ' ', '\n', '\t']).filter(|s| !s.is_empty()).collect();
+    if specs.is_empty() {
+        bail!("METAHUB_UPSTREAM names no upstream");
+    }
+    specs
+        .into_iter()
+        .map(|spec| UpstreamConfig::parse_spec(spec).map_err(|e| anyhow!("METAHUB_UPSTREAM entry {spec:?}: {e}")))
+        .collect()
+}
+
+/// The SSM credentials value: Docker `config.json` JSON (several upstreams), or `username:password` (the default).
+pub fn parse_upstream_credentials(value: &str) -> anyhow::Result<UpstreamCredentials> {
+    if value.trim_start().starts_with('{') {
+        return UpstreamCredentials::parse(value).map_err(|e| anyhow!("{e}"));
+    }
+    let (user, password) = split_credentials(value)?;
+    Ok(UpstreamCredentials::for_default(user, password))
+}
+
 /// Reads one SecureString (or String) parameter, decrypted.
 async fn ssm_parameter(client: &aws_sdk_ssm::Client, variable: &str, name: &str) -> anyhow::Result<String> {
     Ok(ssm_parameter_version(client, variable, name, None).await?.0)
@@ -301,29 +322,26 @@ async fn app_with(
     };
     let credentials = async {
         match &settings.upstream_credentials_param {
-            Some(name) => split_credentials(&ssm_parameter(ssm, "METAHUB_UPSTREAM_CREDENTIALS_PARAM", name).await?)
-                .with_context(|| format!("SSM parameter {name:?} (METAHUB_UPSTREAM_CREDENTIALS_PARAM)"))
-                .map(Some),
-            None => Ok(None),
+            Some(name) => {
+                parse_upstream_credentials(&ssm_parameter(ssm, "METAHUB_UPSTREAM_CREDENTIALS_PARAM", name).await?)
+                    .with_context(|| format!("SSM parameter {name:?} (METAHUB_UPSTREAM_CREDENTIALS_PARAM)"))
+            }
+            None => Ok(UpstreamCredentials::default()),
         }
     };
     let (signing_key, origin_secret, credentials) = tokio::try_join!(signing_key, origin_secret, credentials)?;
 
     let keys = TokenKeys::new(&signing_key, &settings.service, settings.token_ttl.as_secs())
         .map_err(|e| anyhow!("token keys: {e}"))?;
-    let mut upstream = UpstreamConfig::from_url(&settings.upstream)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("METAHUB_UPSTREAM={:?}", settings.upstream))?;
-    if let Some((user, password)) = credentials {
-        upstream = upstream.with_credentials(user, password);
-    }
+    let mut upstreams = upstream_configs(&settings.upstream)?;
+    credentials.apply(&mut upstreams).map_err(|e| anyhow!("METAHUB_UPSTREAM_CREDENTIALS_PARAM: {e}"))?;
     let defaults = ClientOptions::default();
     let options = ClientOptions {
         timeout: settings.upstream_timeout,
         connect_timeout: defaults.connect_timeout.min(settings.upstream_timeout),
         ..defaults
     };
-    let upstream = UpstreamRouter::new(&[upstream], &options).map_err(|e| anyhow!("upstream client: {e}"))?;
+    let upstream = UpstreamRouter::new(&upstreams, &options).map_err(|e| anyhow!("upstream client: {e}"))?;
     let registry = RegistryService::new(
         store,
         Arc::new(upstream),
@@ -634,6 +652,22 @@ mod tests {
         assert_eq!(split_credentials("bob:pa:ss\n").unwrap(), ("bob".into(), "pa:ss".into()));
         assert!(split_credentials("bob").is_err());
         assert!(split_credentials(":pw").is_err());
+        let several = r#"{"auths": {"ghcr.io": {"username": "gh", "password": "pw"}}}"#;
+        let mut configs = upstream_configs("https://registry-1.docker.io, ghcr.io=https://ghcr.io").unwrap();
+        parse_upstream_credentials(several).unwrap().apply(&mut configs).unwrap();
+        assert_eq!(configs[1].username.as_deref(), Some("gh"));
+        parse_upstream_credentials("bob:pw").unwrap().apply(&mut configs).unwrap();
+        assert_eq!(configs[0].username.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn upstream_lists() {
+        let configs =
+            upstream_configs("http://127.0.0.1:5000,ghcr.io=https://ghcr.io\nq=http://127.0.0.1:5001").unwrap();
+        let prefixes: Vec<&str> = configs.iter().map(|c| c.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["", "ghcr.io", "q"]);
+        assert!(upstream_configs(" , ").is_err());
+        assert!(format!("{:#}", upstream_configs("x=ftp://h").unwrap_err()).contains("x=ftp://h"));
     }
 
     /// The answer as the Function URL gets it: `router` behind `lambda_http`'s own adapter, for a payload 2.0 event.

@@ -9,6 +9,7 @@ mod index;
 mod manage;
 mod serve;
 mod store;
+mod upstreams;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -6,7 +6,7 @@ use clap::Args;
 use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, App, HttpConfig};
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
+use metahub_upstream::ClientOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,12 +19,8 @@ pub struct ServeArgs {
     /// The URL clients use to reach this front (the token realm is built from it); default http://LISTEN.
     #[arg(long, env = "METAHUB_PUBLIC_URL")]
     public_url: Option<String>,
-    /// The upstream registry every name is pulled from.
-    #[arg(long, env = "METAHUB_UPSTREAM", default_value = "https://registry-1.docker.io")]
-    upstream: String,
-    /// Upstream login; its password comes from METAHUB_UPSTREAM_PASSWORD only.
-    #[arg(long, env = "METAHUB_UPSTREAM_USERNAME")]
-    upstream_username: Option<String>,
+    #[command(flatten)]
+    upstreams: crate::upstreams::UpstreamArgs,
     #[command(flatten)]
     store: StoreArg,
     /// The `service` of challenges and the audience of tokens.
@@ -76,14 +72,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
     let keys = TokenKeys::new(&key, &args.service, args.token_ttl.as_secs())?;
 
-    let mut upstream = UpstreamConfig::from_url(&args.upstream)?;
-    if let Some(user) = args.upstream_username {
-        let password = std::env::var("METAHUB_UPSTREAM_PASSWORD")
-            .context("--upstream-username needs METAHUB_UPSTREAM_PASSWORD")?;
-        upstream = upstream.with_credentials(user, password);
-    }
     let options = ClientOptions { timeout: args.upstream_timeout, ..ClientOptions::default() };
-    let upstream = UpstreamRouter::new(&[upstream], &options)?;
+    let upstream = args.upstreams.router(&options)?;
     let registry = RegistryService::new(
         store,
         Arc::new(upstream),
@@ -103,7 +93,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, %public_url, upstream = %args.upstream, store = %args.store.store, admin_api, "metahub serving");
+    tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, "metahub serving");
     axum::serve(listener, metahub_http::router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
