@@ -1,15 +1,12 @@
-//! Bearer tokens on `/v2/*`: the challenge, verification, scope checks; and the login throttle of `/token`.
+//! Bearer tokens on `/v2/*`: the challenge, verification, scope checks; and the source of a `/token` request.
 
 use crate::App;
 use crate::response::ApiError;
 use axum::http::{HeaderMap, HeaderValue, header};
+use metahub_core::Error;
 use metahub_core::reference::RepositoryName;
 use metahub_core::token::Claims;
-use metahub_core::{Error, ErrorCode};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// `Bearer realm=…,service=…[,scope=…][,error=…]`, as the token auth spec writes it.
 fn challenge(app: &App, scope: Option<&str>, error: Option<&str>) -> HeaderValue {
@@ -37,8 +34,7 @@ pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryN
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(|v| credentials_of_scheme(v, "Bearer"));
     let Some(token) = token else {
         return Err(refuse(Error::unauthorized("authentication required"), None));
     };
@@ -54,55 +50,10 @@ pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryN
     Ok(claims)
 }
 
-const WINDOW: Duration = Duration::from_secs(60);
-const MAX_FAILURES: u32 = 10;
-const MAX_TRACKED: usize = 10_000;
-
-/// Counts failed logins per account and per source; past the limit, logins are refused for the rest of the window.
-#[derive(Default)]
-pub struct LoginThrottle {
-    failures: Mutex<HashMap<String, (Instant, u32)>>,
-}
-
-impl LoginThrottle {
-    fn keys(login: &str, source: Option<&str>) -> Vec<String> {
-        let mut keys = vec![format!("login:{login}")];
-        keys.extend(source.map(|s| format!("source:{s}")));
-        keys
-    }
-
-    /// Refuses with `TOOMANYREQUESTS` and `Retry-After` while the account or source is locked out.
-    pub fn check(&self, login: &str, source: Option<&str>) -> Result<(), ApiError> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for key in Self::keys(login, source) {
-            if let Some((start, count)) = failures.get(&key)
-                && *count >= MAX_FAILURES
-                && start.elapsed() < WINDOW
-            {
-                let retry = WINDOW.saturating_sub(start.elapsed()).as_secs().max(1);
-                return Err(ApiError::from(Error::new(
-                    ErrorCode::TooManyRequests,
-                    "too many failed logins; try again later",
-                ))
-                .with_header(header::RETRY_AFTER, HeaderValue::from(retry)));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn record_failure(&self, login: &str, source: Option<&str>) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > MAX_TRACKED {
-            failures.retain(|_, (start, _)| start.elapsed() < WINDOW);
-        }
-        for key in Self::keys(login, source) {
-            let entry = failures.entry(key).or_insert((Instant::now(), 0));
-            if entry.0.elapsed() >= WINDOW {
-                *entry = (Instant::now(), 0);
-            }
-            entry.1 += 1;
-        }
-    }
+/// The credentials of an `Authorization` value in `scheme`, matched case-insensitively (RFC 7235 §2.1).
+pub fn credentials_of_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, credentials) = value.trim_start().split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| credentials.trim())
 }
 
 /// The client's address, for throttling: behind CloudFront (an origin secret is configured) the
