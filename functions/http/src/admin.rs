@@ -17,7 +17,7 @@ use axum::routing::get;
 use metahub_core::filter::{self, Index, Verdict};
 use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names, validate_name};
 use metahub_core::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_hash};
-use metahub_core::ports::{Account, Change};
+use metahub_core::ports::{Account, Change, validate_repository_prefix};
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
 use metahub_core::{Error, ErrorCode};
@@ -178,7 +178,11 @@ async fn record(app: &App, who: String, action: &str, target: String) -> Result<
 }
 
 fn account_json(a: &Account) -> Value {
-    json!({"login": a.login, "machineType": a.machine_type})
+    let mut view = json!({"login": a.login, "machineType": a.machine_type});
+    if !a.repositories.is_empty() {
+        view["repositories"] = json!(a.repositories);
+    }
+    view
 }
 
 fn ok_json(value: Value) -> Response {
@@ -277,6 +281,9 @@ struct AccountBody {
     machine_type: String,
     password: Option<String>,
     password_hash: Option<String>,
+    /// Repository prefixes the account may pull; absent or empty: every repository.
+    #[serde(default)]
+    repositories: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -324,13 +331,21 @@ async fn put_account(
         return Err(invalid(format!("body names login {given:?} but the path names {login:?}")).into());
     }
     validate_name("machine type", &body.machine_type)?;
+    for prefix in &body.repositories {
+        validate_repository_prefix(prefix)?;
+    }
     let account = Account {
         login,
         machine_type: body.machine_type,
         password_hash: password_hash(body.password, body.password_hash).await?,
+        repositories: body.repositories,
     };
     app.registry.store().put_account(&account).await?;
-    record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
+    let mut target = format!("{} machineType={}", account.login, account.machine_type);
+    if !account.repositories.is_empty() {
+        target.push_str(&format!(" repositories={}", account.repositories.join(",")));
+    }
+    record(&app, who, "put-account", target).await?;
     Ok(ok_json(account_json(&account)))
 }
 

@@ -3,10 +3,13 @@
 use crate::App;
 use crate::response::ApiError;
 use axum::http::{HeaderMap, HeaderValue, header};
-use metahub_core::Error;
+use metahub_core::cache::BoundedMap;
+use metahub_core::ports::Account;
 use metahub_core::reference::RepositoryName;
-use metahub_core::token::Claims;
+use metahub_core::token::{Claims, account_fingerprint};
+use metahub_core::{Error, ErrorCode};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// `Bearer realm=…,service=…[,scope=…][,error=…]`, as the token auth spec writes it.
 fn challenge(app: &App, scope: Option<&str>, error: Option<&str>) -> HeaderValue {
@@ -25,8 +28,68 @@ fn challenge(app: &App, scope: Option<&str>, error: Option<&str>) -> HeaderValue
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
+/// How long an account's state is reused before the store is asked again: the bound within which deleting an
+/// account, or changing its password, machine type or repositories, takes effect on tokens already issued.
+pub const ACCOUNT_RECHECK: Duration = Duration::from_secs(30);
+
+/// The current state of accounts, as tokens are checked against it; read from the store at most every
+/// [`ACCOUNT_RECHECK`] per login and process.
+pub struct AccountCheck {
+    recent: BoundedMap<String, (Instant, Option<Account>)>,
+}
+
+impl Default for AccountCheck {
+    fn default() -> Self {
+        AccountCheck { recent: BoundedMap::new(10_000, 4 << 20, |(_, a)| a.as_ref().map_or(0, account_weight)) }
+    }
+}
+
+fn account_weight(a: &Account) -> usize {
+    a.login.len() + a.machine_type.len() + a.password_hash.len() + a.repositories.iter().map(String::len).sum::<usize>()
+}
+
+impl AccountCheck {
+    async fn current(&self, app: &App, login: &str) -> Result<Option<Account>, Error> {
+        if let Some((at, account)) = self.recent.get(&login.to_owned())
+            && at.elapsed() < ACCOUNT_RECHECK
+        {
+            return Ok(account);
+        }
+        let account = app.registry.store().account(login).await?;
+        self.recent.insert(login.to_owned(), (Instant::now(), account.clone()));
+        Ok(account)
+    }
+
+    /// Refuses a token whose account is gone or changed since login, or that names a repository the account may
+    /// no longer pull; an anonymous token only while anonymous pulls of its machine type are on.
+    async fn check(&self, app: &App, claims: &Claims, repository: Option<&RepositoryName>) -> Result<(), Error> {
+        let Some(fp) = &claims.fp else {
+            return match &app.config.anonymous_machine_type {
+                Some(mt) if *mt == claims.mt => Ok(()),
+                _ => Err(Error::unauthorized("anonymous pulls are off; log in")),
+            };
+        };
+        let account = self.current(app, &claims.sub).await?;
+        match account {
+            Some(a) if account_fingerprint(&a) == *fp => match repository {
+                Some(r) if !a.may_pull(r.as_str()) => {
+                    Err(Error::denied(format!("account {:?} may not pull {r}", claims.sub)))
+                }
+                _ => Ok(()),
+            },
+            _ => {
+                Err(Error::unauthorized("the account was deleted or changed since this token was issued; log in again"))
+            }
+        }
+    }
+}
+
 /// The claims of a valid bearer token that may pull `repository` (or any valid token, for the ping).
-pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryName>) -> Result<Claims, ApiError> {
+pub async fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    repository: Option<&RepositoryName>,
+) -> Result<Claims, ApiError> {
     let scope = repository.map(|r| format!("repository:{r}:pull"));
     let refuse = |error: Error, reason: Option<&str>| {
         ApiError::from(error).with_header(header::WWW_AUTHENTICATE, challenge(app, scope.as_deref(), reason))
@@ -47,6 +110,10 @@ pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryN
             Some("insufficient_scope"),
         ));
     }
+    app.accounts.check(app, &claims, repository).await.map_err(|e| match e.code {
+        ErrorCode::Unauthorized => refuse(e, Some("invalid_token")),
+        _ => e.into(),
+    })?;
     Ok(claims)
 }
 

@@ -52,6 +52,7 @@ pub struct App {
     pub admin: AdminAuth,
     throttle: throttle::LoginThrottle,
     hashing: throttle::HashingGate,
+    accounts: auth::AccountCheck,
 }
 
 impl App {
@@ -68,6 +69,7 @@ impl App {
             admin,
             throttle: throttle::LoginThrottle::default(),
             hashing: throttle::HashingGate::for_this_machine(),
+            accounts: auth::AccountCheck::default(),
         })
     }
 }

@@ -18,7 +18,7 @@ pub async fn ping(State(app): State<Arc<App>>, method: Method, headers: HeaderMa
     if method != Method::GET && method != Method::HEAD {
         return Err(Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only").into());
     }
-    authorize(&app, &headers, None)?;
+    authorize(&app, &headers, None).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body_for(&method, "{}".into())).into_response())
 }
 
@@ -62,7 +62,7 @@ pub async fn dispatch(
     }
     match route {
         Route::Manifest(name, reference) => {
-            let claims = authorize(&app, &headers, Some(&name))?;
+            let claims = authorize(&app, &headers, Some(&name)).await?;
             let manifest = app.registry.manifest(&name, &reference, &claims.mt).await?;
             let mut response = Response::new(body_for(&method, manifest.bytes.clone()));
             let h = response.headers_mut();
@@ -73,7 +73,7 @@ pub async fn dispatch(
             Ok(response)
         }
         Route::Blob(name, digest) => {
-            authorize(&app, &headers, Some(&name))?;
+            authorize(&app, &headers, Some(&name)).await?;
             let location = app.registry.blob(&name, &digest).await?;
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;

@@ -12,7 +12,8 @@ use base64::Engine;
 use bytes::Bytes;
 use metahub_core::machine::validate_name;
 use metahub_core::password::{MAX_PASSWORD_LEN, verify_password};
-use metahub_core::token::Access;
+use metahub_core::ports::Account;
+use metahub_core::token::{Access, account_fingerprint};
 use metahub_core::{Error, ErrorCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -103,22 +104,36 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
     {
         return Err(Error::unauthorized(format!("unknown service {service:?}")).into());
     }
-    let machine_type = match request.credentials {
+    let account = match request.credentials {
         Some((login, password)) => {
             let source = source_of(app, headers, peer.map(|Extension(ConnectInfo(addr))| addr));
-            login_machine_type(app, source, &login, password).await.map(|mt| (login, mt))?
+            Some(login_account(app, source, &login, password).await?)
+        }
+        None => None,
+    };
+    let issued = match account {
+        Some(account) => {
+            // Only what the account may pull is granted, whatever the scope asks.
+            let access = request
+                .scopes
+                .iter()
+                .filter_map(|s| Access::granted_for_scope(s))
+                .filter(|a| account.may_pull(&a.name))
+                .collect();
+            let fp = Some(account_fingerprint(&account));
+            app.keys.issue_with_fingerprint(&account.login, &account.machine_type, fp, access)?
         }
         None => match &app.config.anonymous_machine_type {
-            Some(mt) => ("anonymous".to_owned(), mt.clone()),
+            Some(mt) => {
+                let access = request.scopes.iter().filter_map(|s| Access::granted_for_scope(s)).collect();
+                app.keys.issue("anonymous", mt, access)?
+            }
             None => {
                 return Err(ApiError::from(Error::unauthorized("credentials required"))
                     .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"metahub\"")));
             }
         },
     };
-    let (login, machine_type) = machine_type;
-    let access = request.scopes.iter().filter_map(|s| Access::granted_for_scope(s)).collect();
-    let issued = app.keys.issue(&login, &machine_type, access)?;
     Ok(Json(json!({
         "token": issued.token,
         "access_token": issued.token,
@@ -127,13 +142,8 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
     })))
 }
 
-/// Checks the password (throttled per account and source, hashing bounded) and returns the account's machine type.
-async fn login_machine_type(
-    app: &App,
-    source: Option<String>,
-    login: &str,
-    password: String,
-) -> Result<String, ApiError> {
+/// Checks the password (throttled per account and source, hashing bounded) and returns the account.
+async fn login_account(app: &App, source: Option<String>, login: &str, password: String) -> Result<Account, ApiError> {
     let invalid = || ApiError::from(Error::unauthorized("invalid username or password"));
     // Nothing malformed reaches the throttle's maps or the hash; it cannot be a real account either.
     if validate_name("login", login).is_err() || password.len() > MAX_PASSWORD_LEN {
@@ -164,7 +174,7 @@ async fn login_machine_type(
     match account {
         Some(account) if matches => {
             attempt.succeeded();
-            Ok(account.machine_type)
+            Ok(account)
         }
         _ => {
             tracing::info!(login, "failed login");

@@ -307,12 +307,21 @@ async fn accounts_crud_rotation_and_audit() {
         json!({"machineType": "skl", "password": "long enough", "passwordHash": hash}),
         json!({"machineType": "skl", "passwordHash": "$2b$12$abcdefghijklmnopqrstuv"}),
         json!({"machineType": "skl", "passwordHash": "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"}),
+        // argon2id, but outside the accepted parameters: 4 GiB per login, or cheap to crack
+        json!({"machineType": "skl", "passwordHash": "$argon2id$v=19$m=4194304,t=4294967295,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"}),
+        json!({"machineType": "skl", "passwordHash": "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"}),
+        json!({"machineType": "skl", "password": "long enough", "repositories": ["../x"]}),
         json!({"machineType": 5, "password": "long enough"}),
     ];
     for body in bad_bodies {
         let (s, v) = h.admin("PUT", "/admin/accounts/m-bad", Some(body.clone())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
     }
+    let body = json!({"machineType": "skl", "password": "long enough", "repositories": ["org/", "other/app"]});
+    let (s, v) = h.admin("PUT", "/admin/accounts/m-limited", Some(body)).await;
+    assert_eq!((s, &v["repositories"]), (StatusCode::OK, &json!(["org/", "other/app"])));
+    let (s, _) = h.admin("DELETE", "/admin/accounts/m-limited", None).await;
+    assert!(s.is_success());
     let (s, v) =
         h.admin("PUT", "/admin/accounts/m-bad", Some(json!({"machineType": "nope", "password": "long enough"}))).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
@@ -348,6 +357,8 @@ async fn accounts_crud_rotation_and_audit() {
             ("delete-account", "m-two"),
             ("delete-account", "m-skl"),
             ("rotate-password", "m-skl"),
+            ("delete-account", "m-limited"),
+            ("put-account", "m-limited machineType=skl repositories=org/,other/app"),
             ("put-account", "m-two machineType=skl"),
             ("put-account", "m-skl machineType=skl"),
             ("put-machine-type", "skl [cpu:skylake] best"),
