@@ -397,3 +397,96 @@ fn secrets_are_checked_and_redacted() {
     let auth = AdminAuth::secret(SECRET).unwrap();
     assert!(!format!("{auth:?}").contains(SECRET));
 }
+
+/// A login through `/token` (Basic), for `scope`; the token.
+async fn login(h: &Harness, login: &str, password: &str, scope: &str) -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
+    let path = format!("/token?service=metahub&scope={scope}");
+    let (s, v) = h.send("GET", &path, Some(&format!("Basic {basic}")), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn pull(h: &Harness, repository: &str, token: &str) -> (StatusCode, Value) {
+    h.send("GET", &format!("/v2/{repository}/manifests/latest"), Some(&format!("Bearer {token}")), None).await
+}
+
+async fn setup_account(h: &Harness, repositories: &[&str]) {
+    for name in ["skl", "other"] {
+        let mt = MachineType::new(name, vec!["cpu:skylake".into()], metahub_core::machine::MatchMode::Best).unwrap();
+        h.store.put_machine_type(&mt).await.unwrap();
+    }
+    let account = Account {
+        login: "m-skl".into(),
+        machine_type: "skl".into(),
+        password_hash: metahub_core::password::hash_password("battery staple").unwrap(),
+        repositories: repositories.iter().map(|r| r.to_string()).collect(),
+    };
+    h.store.put_account(&account).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_claim_is_checked_on_a_validly_signed_token() {
+    let h = secret_harness();
+    setup_account(&h, &[]).await;
+    let genuine = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
+    assert_eq!(pull(&h, "org/app", &genuine).await.0, StatusCode::OK, "the positive control");
+    let claims = h.app.keys.verify(&genuine).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]).unwrap();
+    let sign = |c: &metahub_core::token::Claims| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), c, &key).unwrap()
+    };
+    assert_eq!(pull(&h, "org/app", &sign(&claims)).await.0, StatusCode::OK, "re-signed unchanged: still good");
+    let now = metahub_core::token::now_seconds();
+    let changes: [(&str, Box<dyn Fn(&mut metahub_core::token::Claims)>); 6] = [
+        ("exp", Box::new(move |c| c.exp = now - 60)),
+        ("nbf", Box::new(move |c| c.nbf = now + 3600)),
+        ("aud", Box::new(|c| c.aud = "other".into())),
+        ("iss", Box::new(|c| c.iss = "evil".into())),
+        ("fp", Box::new(|c| c.fp = Some("0".repeat(32)))),
+        ("anonymous", Box::new(|c| c.fp = None)),
+    ];
+    for (claim, change) in changes {
+        let mut forged = claims.clone();
+        change(&mut forged);
+        let (s, v) = pull(&h, "org/app", &sign(&forged)).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{claim}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn account_changes_revoke_tokens_and_repositories_are_enforced() {
+    let h = secret_harness();
+    setup_account(&h, &["org/"]).await;
+    // the scope asked beyond the account's repositories is not granted
+    let token = login(&h, "m-skl", "battery staple", "repository:other/app:pull").await;
+    let (s, v) = pull(&h, "other/app", &token).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{v}");
+    let token = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
+    // narrowed after the token was issued: the token goes (the account changed)
+    let mut account = h.store.account("m-skl").await.unwrap().unwrap();
+    account.repositories = vec!["elsewhere/".into()];
+    h.store.put_account(&account).await.unwrap();
+    assert_eq!(pull(&h, "org/app", &token).await.0, StatusCode::UNAUTHORIZED);
+
+    // a new password or machine type, or deletion, revokes the tokens issued before
+    setup_account(&h, &[]).await;
+    for change in ["password", "machine type", "delete"] {
+        let token = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
+        let mut account = h.store.account("m-skl").await.unwrap().unwrap();
+        match change {
+            "password" => account.password_hash = metahub_core::password::hash_password("new staple!").unwrap(),
+            "machine type" => account.machine_type = "other".into(),
+            _ => {}
+        }
+        if change == "delete" {
+            h.store.delete_account("m-skl").await.unwrap();
+        } else {
+            h.store.put_account(&account).await.unwrap();
+        }
+        let (s, v) = pull(&h, "org/app", &token).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{change}: {v}");
+        setup_account(&h, &[]).await;
+    }
+}
