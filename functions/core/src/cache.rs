@@ -332,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_caller_leaves_no_single_flight_entry() {
         let flight: SingleFlight<u32, u32> = SingleFlight::new();
-        let never = flight.run(1, || std::future::pending::<Result<u32>>());
+        let never = flight.run(1, std::future::pending::<Result<u32>>);
         assert!(tokio::time::timeout(Duration::from_millis(5), never).await.is_err());
         assert_eq!(flight.len(), 0);
     }

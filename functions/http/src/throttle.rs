@@ -85,7 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The count of `key`'s current window; 0 (and the record dropped) when its window is over.
-fn current<'a, K: Hash + Eq>(map: &'a mut HashMap<K, WindowCount>, key: &K, now: Instant, window: Duration) -> u32 {
+fn current<K: Hash + Eq>(map: &mut HashMap<K, WindowCount>, key: &K, now: Instant, window: Duration) -> u32 {
     match map.get(key) {
         Some(w) if now.duration_since(w.start) < window => w.count,
         Some(_) => {

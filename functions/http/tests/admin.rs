@@ -439,7 +439,8 @@ async fn each_claim_is_checked_on_a_validly_signed_token() {
     };
     assert_eq!(pull(&h, "org/app", &sign(&claims)).await.0, StatusCode::OK, "re-signed unchanged: still good");
     let now = metahub_core::token::now_seconds();
-    let changes: [(&str, Box<dyn Fn(&mut metahub_core::token::Claims)>); 6] = [
+    type Change = Box<dyn Fn(&mut metahub_core::token::Claims)>;
+    let changes: [(&str, Change); 6] = [
         ("exp", Box::new(move |c| c.exp = now - 60)),
         ("nbf", Box::new(move |c| c.nbf = now + 3600)),
         ("aud", Box::new(|c| c.aud = "other".into())),
