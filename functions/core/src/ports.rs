@@ -15,6 +15,34 @@ pub struct Account {
     pub login: String,
     pub machine_type: String,
     pub password_hash: String,
+    /// Repository prefixes the account may pull (`org/`, `org/app`); empty: every repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+}
+
+impl Account {
+    /// Whether the account may pull `repository`: no list, or a prefix of the list that ends at a path boundary.
+    pub fn may_pull(&self, repository: &str) -> bool {
+        self.repositories.is_empty() || self.repositories.iter().any(|p| repository_matches(p, repository))
+    }
+}
+
+/// Refuses a repository prefix that is not a repository name, or one followed by `/`.
+pub fn validate_repository_prefix(prefix: &str) -> Result<()> {
+    prefix.strip_suffix('/').unwrap_or(prefix).parse::<RepositoryName>().map(|_| ()).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorCode::NameInvalid,
+            format!("repository prefix {prefix:?} must be a repository name, optionally ending in /: {}", e.message),
+        )
+    })
+}
+
+/// `org/` matches `org/app`; `org/app` matches `org/app` and `org/app/sub`, never `org/application`.
+fn repository_matches(prefix: &str, repository: &str) -> bool {
+    match repository.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 impl fmt::Debug for Account {
@@ -23,6 +51,7 @@ impl fmt::Debug for Account {
             .field("login", &self.login)
             .field("machine_type", &self.machine_type)
             .field("password_hash", &"<redacted>")
+            .field("repositories", &self.repositories)
             .finish()
     }
 }

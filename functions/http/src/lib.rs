@@ -7,6 +7,7 @@ mod auth;
 mod listing;
 mod registry;
 mod response;
+mod throttle;
 mod token;
 
 use axum::Router;
@@ -75,7 +76,9 @@ pub struct App {
     /// How `/admin/*` authenticates. Kept out of `HttpConfig` so that the functions that serve no admin routes
     /// need not name it.
     pub admin: AdminAuth,
-    throttle: auth::LoginThrottle,
+    throttle: throttle::LoginThrottle,
+    hashing: throttle::HashingGate,
+    accounts: auth::AccountCheck,
 }
 
 impl App {
@@ -85,7 +88,15 @@ impl App {
 
     /// An app whose `/admin/*` routes authenticate with `admin`.
     pub fn with_admin(registry: RegistryService, keys: TokenKeys, config: HttpConfig, admin: AdminAuth) -> Arc<App> {
-        Arc::new(App { registry, keys, config, admin, throttle: auth::LoginThrottle::default() })
+        Arc::new(App {
+            registry,
+            keys,
+            config,
+            admin,
+            throttle: throttle::LoginThrottle::default(),
+            hashing: throttle::HashingGate::for_this_machine(),
+            accounts: auth::AccountCheck::default(),
+        })
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn ping(State(app): State<Arc<App>>, method: Method, headers: HeaderMa
     if method != Method::GET && method != Method::HEAD {
         return Err(Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only").into());
     }
-    authorize(&app, &headers, None)?;
+    authorize(&app, &headers, None).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body_for(&method, "{}".into())).into_response())
 }
 
@@ -81,7 +81,7 @@ pub async fn dispatch(
         Some(ns) => app.registry.name_in_namespace(ns, route.name())?,
         None => route.name().clone(),
     };
-    let claims = authorize(&app, &headers, Some(&name))?;
+    let claims = authorize(&app, &headers, Some(&name)).await?;
     match route {
         Route::Manifest(_, reference) => {
             // Spec and OCI conformance: a reference that cannot exist is an unknown manifest.

@@ -12,8 +12,10 @@
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
 //! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
 //! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
-//! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes |
+//! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes, at most 1 hour |
 //! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
+//! | `METAHUB_CACHE_MIB` | memory all caches together may hold, MiB; default a quarter of the function's memory |
+//! | `METAHUB_MAX_STALE` | while the upstream fails, serve a tag's last index at most this long; default 24h, `0`: never |
 //! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | grant credential-less token requests this machine type |
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
@@ -76,6 +78,8 @@ pub struct Settings {
     pub index_digest_pulls: IndexDigestPulls,
     pub token_ttl: Duration,
     pub budget: Budget,
+    pub cache_bytes: usize,
+    pub max_stale: Duration,
     pub upstream_timeout: Duration,
     pub anonymous_machine_type: Option<String>,
     pub signing_key_param: Option<String>,
@@ -96,6 +100,8 @@ impl fmt::Debug for Settings {
             .field("index_digest_pulls", &self.index_digest_pulls)
             .field("token_ttl", &self.token_ttl)
             .field("budget", &self.budget)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("max_stale", &self.max_stale)
             .field("upstream_timeout", &self.upstream_timeout)
             .field("anonymous_machine_type", &self.anonymous_machine_type)
             .field("signing_key_param", &self.signing_key_param)
@@ -156,6 +162,15 @@ impl Settings {
             // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
             upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?
                 .map_or(budget.upstream_request, |t| t.min(budget.upstream_request)),
+            cache_bytes: match get("METAHUB_CACHE_MIB") {
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|mib| mib.checked_mul(1 << 20))
+                    .with_context(|| format!("METAHUB_CACHE_MIB={v:?} is not a number of MiB"))?,
+                None => default_cache_bytes(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok())),
+            },
+            max_stale: duration("METAHUB_MAX_STALE")?.unwrap_or(metahub_core::service::DEFAULT_MAX_STALE),
             anonymous_machine_type: get("METAHUB_ANONYMOUS_MACHINE_TYPE"),
             signing_key_param: get("METAHUB_SIGNING_KEY_PARAM"),
             origin_secret_param,
@@ -163,6 +178,12 @@ impl Settings {
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
         })
     }
+}
+
+/// A quarter of the function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, MB): the rest is for the runtime,
+/// requests in flight and password checks. Outside Lambda, the `metahub serve` default.
+pub fn default_cache_bytes(function_memory_mb: Option<usize>) -> usize {
+    function_memory_mb.map_or(metahub_core::service::DEFAULT_CACHE_BYTES, |mb| mb * 1_000_000 / 4)
 }
 
 /// `5m`, `10s`, `1h 30m` (humantime), or a bare number of seconds.
@@ -345,7 +366,12 @@ async fn app_with(
     let registry = RegistryService::new(
         store,
         Arc::new(upstream),
-        CacheOptions { tag_ttl: settings.tag_ttl, ..CacheOptions::default() },
+        CacheOptions {
+            tag_ttl: settings.tag_ttl,
+            max_bytes: settings.cache_bytes,
+            max_stale: settings.max_stale,
+            ..CacheOptions::default()
+        },
     )
     .with_index_digest_pulls(settings.index_digest_pulls);
     let config = HttpConfig {

@@ -36,8 +36,15 @@ pub struct ServeArgs {
     /// `refuse` answers DENIED naming the digest of the image the machine type is served. See the README.
     #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value = "verbatim", value_parser = parse_index_digest_pulls)]
     index_digest_pulls: IndexDigestPulls,
+    /// Token lifetime, at most 1h (`metahub_core::token::MAX_TOKEN_TTL`).
     #[arg(long, env = "METAHUB_TOKEN_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
+    /// Memory all caches together may hold, MiB (manifests weighed by size).
+    #[arg(long, env = "METAHUB_CACHE_MIB", default_value_t = (metahub_core::service::DEFAULT_CACHE_BYTES >> 20) as u64)]
+    cache_mib: u64,
+    /// While the upstream fails, serve a tag's last index for at most this long (`0s`: never).
+    #[arg(long, env = "METAHUB_MAX_STALE", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_stale: Duration,
     /// Upstream request timeout.
     #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
@@ -77,7 +84,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry = RegistryService::new(
         store,
         Arc::new(upstream),
-        CacheOptions { tag_ttl: args.tag_ttl, ..CacheOptions::default() },
+        CacheOptions {
+            tag_ttl: args.tag_ttl,
+            max_bytes: usize::try_from(args.cache_mib << 20).context("--cache-mib is too large")?,
+            max_stale: args.max_stale,
+            ..CacheOptions::default()
+        },
     )
     .with_index_digest_pulls(args.index_digest_pulls);
 
