@@ -21,6 +21,15 @@ pub struct Account {
 }
 
 impl Account {
+    /// The account as the CLI's `--json` and the admin API show it: never the hash; `repositories` only when set.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut view = serde_json::json!({"login": self.login, "machineType": self.machine_type});
+        if !self.repositories.is_empty() {
+            view["repositories"] = serde_json::json!(self.repositories);
+        }
+        view
+    }
+
     /// Whether the account may pull `repository`: no list, or a prefix of the list that ends at a path boundary.
     pub fn may_pull(&self, repository: &str) -> bool {
         self.repositories.is_empty() || self.repositories.iter().any(|p| repository_matches(p, repository))

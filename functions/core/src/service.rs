@@ -33,7 +33,7 @@ pub struct CacheOptions {
 }
 
 /// [`CacheOptions::max_bytes`] by default: keeps `metahub serve` well under 128 MiB.
-pub const DEFAULT_CACHE_BYTES: usize = 24 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 /// [`CacheOptions::max_stale`] by default.
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 

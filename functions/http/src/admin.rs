@@ -193,14 +193,6 @@ pub(crate) async fn record(app: &App, who: String, action: &str, target: String)
     })
 }
 
-fn account_json(a: &Account) -> Value {
-    let mut view = json!({"login": a.login, "machineType": a.machine_type});
-    if !a.repositories.is_empty() {
-        view["repositories"] = json!(a.repositories);
-    }
-    view
-}
-
 pub(crate) fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
@@ -279,13 +271,13 @@ async fn delete_machine_type(
 
 async fn list_accounts(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let all = app.registry.store().list_accounts().await?;
-    Ok(ok_json(all.iter().map(account_json).collect()))
+    Ok(ok_json(all.iter().map(Account::to_json).collect()))
 }
 
 async fn get_account(State(app): State<Arc<App>>, Path(login): Path<String>) -> Result<Response, ApiError> {
     validate_name("login", &login)?;
     match app.registry.store().account(&login).await? {
-        Some(a) => Ok(ok_json(account_json(&a))),
+        Some(a) => Ok(ok_json(Account::to_json(&a))),
         None => Err(unknown("account", &login)),
     }
 }
@@ -362,7 +354,7 @@ async fn put_account(
         target.push_str(&format!(" repositories={}", account.repositories.join(",")));
     }
     record(&app, who, "put-account", target).await?;
-    Ok(ok_json(account_json(&account)))
+    Ok(ok_json(Account::to_json(&account)))
 }
 
 async fn rotate_password(
@@ -382,7 +374,7 @@ async fn rotate_password(
     account.password_hash = hash;
     store.put_account(&account).await?;
     record(&app, who, "rotate-password", login).await?;
-    Ok(ok_json(account_json(&account)))
+    Ok(ok_json(Account::to_json(&account)))
 }
 
 #[derive(Deserialize)]
@@ -409,7 +401,7 @@ async fn set_account_machine_type(
     account.machine_type = body.machine_type;
     store.put_account(&account).await?;
     record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
-    Ok(ok_json(account_json(&account)))
+    Ok(ok_json(Account::to_json(&account)))
 }
 
 async fn delete_account(

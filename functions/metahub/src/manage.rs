@@ -207,10 +207,7 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
         AccountCommand::List { json, target } => {
             let all = Admin::open(&target).await?.store().list_accounts().await?;
             if json {
-                let items: Vec<_> = all
-                    .iter()
-                    .map(|a| json!({"login": a.login, "machineType": a.machine_type, "repositories": a.repositories}))
-                    .collect();
+                let items: Vec<_> = all.iter().map(Account::to_json).collect();
                 println!("{}", serde_json::Value::from(items));
             } else {
                 println!("{:<32} {:<24} REPOSITORIES", "LOGIN", "MACHINE TYPE");
