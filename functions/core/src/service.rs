@@ -4,6 +4,7 @@ use crate::cache::{BoundedMap, CachingUpstream};
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL, Filtered};
 use crate::machine::MachineType;
+use crate::observe::{self, Answer, Cache, ObservedUpstream};
 use crate::ports::{BlobLocation, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use bytes::Bytes;
@@ -43,7 +44,7 @@ impl RegistryService {
     pub fn new(store: Arc<dyn Store>, upstream: Arc<dyn Upstream>, options: CacheOptions) -> Self {
         RegistryService {
             store,
-            upstream: CachingUpstream::new(upstream, options.manifests, options.tag_ttl),
+            upstream: CachingUpstream::new(Arc::new(ObservedUpstream::new(upstream)), options.manifests, options.tag_ttl),
             filtered: BoundedMap::new(options.manifests),
             generated: BoundedMap::new(options.manifests),
             last_served: BoundedMap::new(options.manifests),
@@ -89,6 +90,7 @@ impl RegistryService {
             }
             Err(e) if upstream_down(&e) => match self.last_served.get(&key) {
                 Some(stale) => {
+                    observe::answer(Answer::Stale);
                     tracing::warn!(%repository, %tag, machine_type, error = %e, digest = %stale.digest, "upstream failing: serving the last index served (stale)");
                     Ok(stale)
                 }
@@ -115,15 +117,19 @@ impl RegistryService {
             _ => e,
         };
         if !filter::is_index_media_type(&head.media_type) {
+            observe::answer(Answer::Verbatim);
             return self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await.map_err(announced);
         }
         let machine = self.machine_type(machine_type).await?;
         let key = (head.digest.clone(), fingerprint(&machine));
-        let filtered = match self.filtered.get(&key) {
+        let cached = self.filtered.get(&key);
+        observe::cache(Cache::Filtered, cached.is_some());
+        let filtered = match cached {
             Some(f) => f,
             None => {
                 let index = self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await.map_err(announced)?;
                 if !filter::is_index_media_type(&index.media_type) {
+                    observe::answer(Answer::Verbatim);
                     return Ok(index);
                 }
                 let f = Arc::new(filter::filter_index(&index.bytes, &index.media_type, &machine)?);
@@ -136,6 +142,7 @@ impl RegistryService {
             media_type: filtered.media_type.clone(),
             bytes: Bytes::from(filtered.bytes.clone()),
         };
+        observe::answer(if manifest.digest == head.digest { Answer::Verbatim } else { Answer::Filtered });
         // Stored so that a client can fetch it by its own digest later, from any instance.
         let generated_key = (repository.clone(), manifest.digest.clone());
         if self.generated.get(&generated_key).is_none() {
@@ -147,10 +154,18 @@ impl RegistryService {
 
     async fn manifest_by_digest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Manifest> {
         let key = (repository.clone(), digest.clone());
-        if let Some(m) = self.generated.get(&key).or_else(|| self.upstream.cached(repository, digest)) {
+        if let Some(m) = self.generated.get(&key) {
+            observe::answer(Answer::Generated);
+            observe::cache(Cache::Manifest, true);
+            return Ok(m);
+        }
+        observe::answer(Answer::Verbatim);
+        if let Some(m) = self.upstream.cached(repository, digest) {
+            observe::cache(Cache::Manifest, true);
             return Ok(m);
         }
         if let Some(m) = self.store.generated_manifest(repository, digest).await? {
+            observe::answer(Answer::Generated);
             self.generated.insert(key, m.clone());
             return Ok(m);
         }
@@ -163,6 +178,7 @@ impl RegistryService {
     }
 
     pub async fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
+        observe::answer(Answer::Redirect);
         self.upstream.blob_location(repository, digest).await
     }
 }

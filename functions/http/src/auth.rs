@@ -51,6 +51,7 @@ pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryN
             Some("insufficient_scope"),
         ));
     }
+    metahub_core::observe::machine_type(&claims.mt);
     Ok(claims)
 }
 

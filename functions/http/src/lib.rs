@@ -1,6 +1,7 @@
 //! The one router of MetaHub: `/v2/*`, `/token` and `/admin/*`, over [`metahub_core::service::RegistryService`].
 //! `metahub serve` runs it with `axum::serve`; each Lambda function runs it with `lambda_http::run`.
 
+pub mod access_log;
 mod admin;
 mod auth;
 mod registry;
@@ -83,6 +84,8 @@ fn finish(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
     routes
         .fallback(response::not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), response::common_layer))
+        // Outermost: requests refused by the origin check are logged too.
+        .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::layer))
         .with_state(app)
 }
 

@@ -22,13 +22,13 @@ pub async fn ping(State(app): State<Arc<App>>, method: Method, headers: HeaderMa
     Ok(([(header::CONTENT_TYPE, "application/json")], body_for(&method, "{}".into())).into_response())
 }
 
-enum Route {
+pub(crate) enum Route {
     Manifest(RepositoryName, Reference),
     Blob(RepositoryName, Digest),
 }
 
 /// `<name>/manifests/<reference>` or `<name>/blobs/<digest>`; anything else is an error naming what is wrong.
-fn parse_route(path: &str) -> Result<Route, Error> {
+pub(crate) fn parse_route(path: &str) -> Result<Route, Error> {
     let (name_and_kind, last) =
         path.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
     let (name, kind) =

@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
+use metahub_core::observe::{self, LoginResult};
 use metahub_core::password::verify_password;
 use metahub_core::token::Access;
 use metahub_core::{Error, ErrorCode};
@@ -129,7 +130,9 @@ async fn login_machine_type(
     login: &str,
     password: String,
 ) -> Result<String, ApiError> {
-    app.throttle.check(login, source.as_deref())?;
+    app.throttle
+        .check(login, source.as_deref())
+        .inspect_err(|_| observe::login(login, LoginResult::Throttled))?;
     let account = app.registry.store().account(login).await?;
     let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());
     // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
@@ -137,8 +140,13 @@ async fn login_machine_type(
         .await
         .map_err(|_| Error::internal("password check failed"))?;
     match account {
-        Some(account) if matches => Ok(account.machine_type),
+        Some(account) if matches => {
+            observe::login(login, LoginResult::Ok);
+            observe::machine_type(&account.machine_type);
+            Ok(account.machine_type)
+        }
         _ => {
+            observe::login(login, LoginResult::Failed);
             app.throttle.record_failure(login, source.as_deref());
             tracing::info!(login, "failed login");
             Err(Error::unauthorized("invalid username or password").into())

@@ -19,6 +19,8 @@
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
 
+pub mod emf;
+
 use anyhow::{Context, anyhow, bail};
 use axum::Router;
 use axum::body::Body;
@@ -29,6 +31,7 @@ use axum::response::Response;
 use base64::Engine;
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
+use metahub_http::access_log::RequestId;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
 use metahub_store_dynamodb::DynamoStore;
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
@@ -291,8 +294,9 @@ async fn report_init_error(message: &str) {
     }
 }
 
-/// Logs for CloudWatch: no ANSI colours; JSON when the function's log format is JSON (`AWS_LAMBDA_LOG_FORMAT`) or
-/// `METAHUB_LOG_FORMAT=json`; the level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+/// Logs and metrics for CloudWatch: metrics as EMF lines on stdout ([`emf`]); logs with no ANSI colours, one JSON
+/// object per line (Logs Insights reads the access lines' fields) unless `METAHUB_LOG_FORMAT=text`; the level from
+/// `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -300,12 +304,11 @@ pub fn init_tracing() {
         .ok()
         .filter(|f| !f.to_string().is_empty())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let json = ["AWS_LAMBDA_LOG_FORMAT", "METAHUB_LOG_FORMAT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|f| f.eq_ignore_ascii_case("json")));
+    let json = !std::env::var("METAHUB_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr);
     // CloudWatch stamps plain lines itself; JSON lines carry their own time.
-    let _ = if json { builder.json().with_current_span(false).try_init() } else { builder.without_time().try_init() };
+    emf::install();
+    let _ = if json { builder.json().flatten_event(true).with_current_span(false).try_init() } else { builder.without_time().try_init() };
 }
 
 /// Whatever the handler built, a HEAD answer goes out without a body: no hyper strips it here.
@@ -321,7 +324,17 @@ async fn head_without_body(request: Request, next: Next) -> Response {
 
 /// The router as a function serves it: with empty HEAD bodies.
 pub fn lambda_router(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(head_without_body))
+    router.layer(axum::middleware::from_fn(head_without_body)).layer(axum::middleware::map_request(with_request_id))
+}
+
+/// Lambda's request id, for the access line (it names the invocation in CloudWatch and X-Ray).
+async fn with_request_id(mut request: Request) -> Request {
+    use lambda_http::RequestExt;
+    if let Some(context) = request.lambda_context_ref() {
+        let id = RequestId(context.request_id.clone());
+        request.extensions_mut().insert(id);
+    }
+    request
 }
 
 /// Serves `router` to the Lambda Runtime API until the process is stopped.

@@ -6,6 +6,7 @@ mod detect;
 mod explain;
 mod index;
 mod manage;
+mod metrics;
 mod serve;
 mod store;
 
@@ -14,12 +15,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "metahub=info,warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing();
     let cli = cli::Cli::parse();
     match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -27,5 +23,17 @@ async fn main() -> ExitCode {
             eprintln!("metahub: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs on stderr: readable text, or one JSON object per line with `METAHUB_LOG_FORMAT=json` (what log shippers
+/// read); the level from `RUST_LOG`, else info for MetaHub and its access lines.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "metahub=info,warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("METAHUB_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.init();
     }
 }
