@@ -44,7 +44,11 @@ impl RegistryService {
     pub fn new(store: Arc<dyn Store>, upstream: Arc<dyn Upstream>, options: CacheOptions) -> Self {
         RegistryService {
             store,
-            upstream: CachingUpstream::new(Arc::new(ObservedUpstream::new(upstream)), options.manifests, options.tag_ttl),
+            upstream: CachingUpstream::new(
+                Arc::new(ObservedUpstream::new(upstream)),
+                options.manifests,
+                options.tag_ttl,
+            ),
             filtered: BoundedMap::new(options.manifests),
             generated: BoundedMap::new(options.manifests),
             last_served: BoundedMap::new(options.manifests),

@@ -72,8 +72,7 @@ pub async fn layer(State(app): State<Arc<App>>, request: Request, next: Next) ->
     let started = Instant::now();
     let (route, repository, reference) = classify(request.uri().path());
     let method = request.method().clone();
-    let request_id =
-        request.extensions().get::<RequestId>().map_or_else(local_request_id, |RequestId(id)| id.clone());
+    let request_id = request.extensions().get::<RequestId>().map_or_else(local_request_id, |RequestId(id)| id.clone());
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
     let client = source_of(&app, request.headers(), peer);
     let (response, record) = observe::record(next.run(request)).await;
@@ -120,7 +119,7 @@ impl Access {
 
     pub fn log(&self) {
         let r = &self.record;
-        let upstream_ms: f64 = r.upstream.iter().map(|c| millis(c.duration)).sum();
+        let upstream_ms = millis(r.upstream.iter().map(|c| c.duration).sum());
         tracing::info!(
             target: TARGET,
             request_id = %self.request_id,
@@ -170,7 +169,8 @@ impl Access {
         }
         for (cache, hit) in &r.cache {
             let result = if *hit { "hit" } else { "miss" };
-            metrics::counter!("metahub_cache_lookups_total", "cache" => cache.as_str(), "result" => result).increment(1);
+            metrics::counter!("metahub_cache_lookups_total", "cache" => cache.as_str(), "result" => result)
+                .increment(1);
         }
         if let Some((_, result)) = &r.login {
             metrics::counter!("metahub_logins_total", "result" => result.as_str()).increment(1);

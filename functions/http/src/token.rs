@@ -130,9 +130,7 @@ async fn login_machine_type(
     login: &str,
     password: String,
 ) -> Result<String, ApiError> {
-    app.throttle
-        .check(login, source.as_deref())
-        .inspect_err(|_| observe::login(login, LoginResult::Throttled))?;
+    app.throttle.check(login, source.as_deref()).inspect_err(|_| observe::login(login, LoginResult::Throttled))?;
     let account = app.registry.store().account(login).await?;
     let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());
     // argon2 takes tens of milliseconds of CPU: keep it off the async workers.

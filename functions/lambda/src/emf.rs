@@ -6,7 +6,9 @@
 //! of values per request, and a per-value line needs no flush hook in the Lambda runtime (a buffering recorder
 //! would lose what it holds when the sandbox is frozen).
 
-use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use serde_json::{Map, Value, json};
 use std::io::Write;
 use std::sync::Arc;
@@ -36,7 +38,11 @@ impl EmfRecorder {
     }
 
     fn metric(&self, key: &Key, unit: &'static str) -> Arc<EmfMetric> {
-        Arc::new(EmfMetric { line: template(&self.namespace, key, unit), name: key.name().to_owned(), sink: self.sink.clone() })
+        Arc::new(EmfMetric {
+            line: template(&self.namespace, key, unit),
+            name: key.name().to_owned(),
+            sink: self.sink.clone(),
+        })
     }
 }
 
@@ -156,7 +162,10 @@ mod tests {
         assert_eq!(directive["Dimensions"], json!([["machine_type", "result"]]));
         assert_eq!(directive["Metrics"], json!([{"Name": "metahub_pulls_total", "Unit": "Count"}]));
         assert!(pull["_aws"]["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
-        assert_eq!((&pull["machine_type"], &pull["result"], &pull["metahub_pulls_total"]), (&json!("skylake"), &json!("filtered"), &json!(1.0)));
+        assert_eq!(
+            (&pull["machine_type"], &pull["result"], &pull["metahub_pulls_total"]),
+            (&json!("skylake"), &json!("filtered"), &json!(1.0))
+        );
 
         let latency = &lines[1];
         assert_eq!(latency["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"], "Seconds");

@@ -308,7 +308,11 @@ pub fn init_tracing() {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr);
     // CloudWatch stamps plain lines itself; JSON lines carry their own time.
     emf::install();
-    let _ = if json { builder.json().flatten_event(true).with_current_span(false).try_init() } else { builder.without_time().try_init() };
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.without_time().try_init()
+    };
 }
 
 /// Whatever the handler built, a HEAD answer goes out without a body: no hyper strips it here.

@@ -23,8 +23,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 /// Serves `GET /metrics` on `listen` until the process ends.
 pub async fn serve(listen: SocketAddr, handle: PrometheusHandle) -> anyhow::Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--metrics-listen {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--metrics-listen {listen}"))?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         // Drains histogram samples into their buckets so that memory stays bounded between scrapes.
