@@ -89,7 +89,7 @@ def pytest_sessionfinish(session, exitstatus):
     """No password, origin secret or token in any function's log (issue 20)."""
     if _LOG_DIRS:
         stop_all()
-        found = log_secrets.leaks(_LOG_DIRS[0], [PASSWORD, ORIGIN_SECRET], {LOGIN: PASSWORD}, own_prefix="metahub")
+        found = log_secrets.leaks(_LOG_DIRS[0], [PASSWORD, ORIGIN_SECRET, "upstream:pass"], {LOGIN: PASSWORD})
         log_secrets.report(session, found)
 
 
