@@ -30,6 +30,8 @@ def observed(workdir, proxy, images):
     )
     hub.metrics_url = f"http://127.0.0.1:{port}/metrics"
     yield hub
+    # What an operator would scrape after this module, kept beside the logs.
+    (workdir / "metrics-after-test_observe.txt").write_text(requests.get(hub.metrics_url, timeout=5).text)
     hub.stop()
 
 
