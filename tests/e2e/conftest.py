@@ -30,6 +30,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
+import log_secrets  # noqa: E402
 import registry_push  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,8 +158,22 @@ def pytest_runtest_makereport(item, call):
 def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("e2e")
     print(f"\ne2e work dir and logs: {d}")
+    _LOG_DIRS.append(d)
     yield d
     stop_all()
+
+
+_LOG_DIRS: list[Path] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No password, token or admin secret in any log of the session (issue 20)."""
+    if not _LOG_DIRS:
+        return
+    stop_all()  # logs complete and closed
+    accounts = dict(creds(mt) for mt in MACHINE_TYPES)
+    secrets = [*accounts.values(), ADMIN_SECRET, *log_secrets.ISSUED_TOKENS]
+    log_secrets.report(session, log_secrets.leaks(_LOG_DIRS[0], secrets, accounts))
 
 
 def stop_all() -> None:
@@ -784,6 +799,7 @@ def get_token(hub: Metahub, machine_type: str | None = None, repo: str = "org/ap
         timeout=10,
     )
     assert r.status_code == 200, r.text
+    log_secrets.ISSUED_TOKENS.add(r.json()["token"])
     return r.json()["token"]
 
 

@@ -17,6 +17,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "e2e"))
+import log_secrets  # noqa: E402  (the e2e check that no secret reaches a log)
 import registry_push  # noqa: E402  (the e2e helper's deterministic test images)
 from lambda_harness import (  # noqa: E402
     ADMIN_ARN,
@@ -71,8 +72,20 @@ def pytest_terminal_summary(terminalreporter):
 def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("lambda")
     print(f"\nlambda test work dir and logs: {d}")
+    _LOG_DIRS.append(d)
     yield d
     stop_all()
+
+
+_LOG_DIRS: list[Path] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No password, origin secret or token in any function's log (issue 20)."""
+    if _LOG_DIRS:
+        stop_all()
+        found = log_secrets.leaks(_LOG_DIRS[0], [PASSWORD, ORIGIN_SECRET, "upstream:pass"], {LOGIN: PASSWORD})
+        log_secrets.report(session, found)
 
 
 

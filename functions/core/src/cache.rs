@@ -6,6 +6,7 @@
 //! are reused for [`BLOB_LOCATION_TTL`]; lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
+use crate::observe::{self, Cache};
 use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
 use std::collections::{HashMap, VecDeque};
@@ -164,6 +165,13 @@ impl CachingUpstream {
         self.manifests.get(&(repository.clone(), digest.clone()))
     }
 
+    /// [`Self::cached`], noting the lookup in the request's record.
+    fn cached_noted(&self, repository: &RepositoryName, digest: &Digest) -> Option<Manifest> {
+        let manifest = self.cached(repository, digest);
+        observe::cache(Cache::Manifest, manifest.is_some());
+        manifest
+    }
+
     async fn shared_head(&self, key: TagKey, accept: &[String]) -> Result<ManifestHead> {
         let result = self.heads.run(key.clone(), || self.inner.head_manifest(&key.0, &key.1, accept)).await;
         if let (Ok(head), Some(_)) = (&result, self.tag_ttl) {
@@ -182,16 +190,17 @@ impl Upstream for CachingUpstream {
         accept: &[String],
     ) -> Result<ManifestHead> {
         if let Reference::Digest(digest) = reference
-            && let Some(m) = self.cached(repository, digest)
+            && let Some(m) = self.cached_noted(repository, digest)
         {
             return Ok(ManifestHead { digest: m.digest, media_type: m.media_type, size: m.bytes.len() as u64 });
         }
         let key = (repository.clone(), reference.clone());
-        if let Some(ttl) = self.tag_ttl
-            && let Some((at, head)) = self.recent_heads.get(&key)
-            && at.elapsed() < ttl
-        {
-            return Ok(head);
+        if let Some(ttl) = self.tag_ttl {
+            let recent = self.recent_heads.get(&key).filter(|(at, _)| at.elapsed() < ttl);
+            observe::cache(Cache::Tag, recent.is_some());
+            if let Some((_, head)) = recent {
+                return Ok(head);
+            }
         }
         self.shared_head(key, accept).await
     }
@@ -203,7 +212,7 @@ impl Upstream for CachingUpstream {
         accept: &[String],
     ) -> Result<Manifest> {
         if let Reference::Digest(digest) = reference
-            && let Some(m) = self.cached(repository, digest)
+            && let Some(m) = self.cached_noted(repository, digest)
         {
             return Ok(m);
         }
@@ -215,9 +224,9 @@ impl Upstream for CachingUpstream {
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let key = (repository.clone(), digest.clone());
-        if let Some((at, location)) = self.recent_blobs.get(&key)
-            && at.elapsed() < BLOB_LOCATION_TTL
-        {
+        let recent = self.recent_blobs.get(&key).filter(|(at, _)| at.elapsed() < BLOB_LOCATION_TTL);
+        observe::cache(Cache::Blob, recent.is_some());
+        if let Some((_, location)) = recent {
             return Ok(location);
         }
         let location = self.blobs.run(key.clone(), || self.inner.blob_location(repository, digest)).await?;

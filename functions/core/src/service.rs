@@ -4,6 +4,7 @@ use crate::cache::{BoundedMap, CachingUpstream, manifest_weight};
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL};
 use crate::machine::MachineType;
+use crate::observe::{self, Answer, Cache, ObservedUpstream};
 use crate::ports::{BlobLocation, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use bytes::Bytes;
@@ -63,7 +64,12 @@ impl RegistryService {
         let (entries, sixth) = (options.max_entries, options.max_bytes / 6);
         RegistryService {
             store,
-            upstream: CachingUpstream::new(upstream, entries, options.max_bytes / 2, options.tag_ttl),
+            upstream: CachingUpstream::new(
+                Arc::new(ObservedUpstream::new(upstream)),
+                entries,
+                options.max_bytes / 2,
+                options.tag_ttl,
+            ),
             filtered: BoundedMap::new(entries, sixth, manifest_weight),
             generated: BoundedMap::new(entries, sixth, manifest_weight),
             last_served: BoundedMap::new(entries, sixth, |(_, m)| manifest_weight(m)),
@@ -123,6 +129,7 @@ impl RegistryService {
             }
             Err(e) if upstream_down(&e) => match self.last_served.get(&key) {
                 Some((fresh_at, stale)) if fresh_at.elapsed() <= self.max_stale => {
+                    observe::answer(Answer::Stale);
                     tracing::warn!(%repository, %tag, machine_type, error = %e, digest = %stale.digest, age_s = fresh_at.elapsed().as_secs(), "upstream failing: serving the last index served (stale)");
                     Ok(stale)
                 }
@@ -153,15 +160,19 @@ impl RegistryService {
             // The GET by digest is cached, so an index found here is not fetched twice.
             let manifest = self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await.map_err(announced)?;
             if !filter::is_index_media_type(&manifest.media_type) {
+                observe::answer(Answer::Verbatim);
                 return Ok(manifest);
             }
         }
         let key = (head.digest.clone(), fingerprint(machine));
-        let manifest = match self.filtered.get(&key) {
+        let cached = self.filtered.get(&key);
+        observe::cache(Cache::Filtered, cached.is_some());
+        let manifest = match cached {
             Some(f) => f,
             None => {
                 let index = self.upstream.get_manifest(repository, &by_digest, &ACCEPT).await.map_err(announced)?;
                 if !filter::is_index_media_type(&index.media_type) {
+                    observe::answer(Answer::Verbatim);
                     return Ok(index);
                 }
                 let f = filter::filter_index(&index.bytes, &index.media_type, machine)?;
@@ -174,8 +185,10 @@ impl RegistryService {
         if manifest.digest == head.digest {
             // Nothing dropped, nothing changed: the upstream's bytes under the upstream's digest, which a pull by
             // digest then gets from the upstream; nothing to store.
+            observe::answer(Answer::Verbatim);
             return Ok(manifest);
         }
+        observe::answer(Answer::Filtered);
         // Stored so that a client can fetch it by its own digest later, from any instance.
         let generated_key = (repository.clone(), manifest.digest.clone());
         if self.generated.get(&generated_key).is_none() {
@@ -194,15 +207,21 @@ impl RegistryService {
     ) -> Result<Manifest> {
         let key = (repository.clone(), digest.clone());
         if let Some(m) = self.generated.get(&key) {
+            observe::answer(Answer::Generated);
+            observe::cache(Cache::Manifest, true);
             return Ok(m);
         }
         if let Some(m) = self.upstream.cached(repository, digest) {
+            observe::answer(Answer::Verbatim);
+            observe::cache(Cache::Manifest, true);
             return self.upstream_by_digest(repository, m, machine_type).await;
         }
         if let Some(m) = self.store.generated_manifest(repository, digest).await? {
+            observe::answer(Answer::Generated);
             self.generated.insert(key, m.clone());
             return Ok(m);
         }
+        observe::answer(Answer::Verbatim);
         let m = self.upstream.get_manifest(repository, &Reference::Digest(digest.clone()), &ACCEPT).await?;
         self.upstream_by_digest(repository, m, machine_type).await
     }
@@ -246,6 +265,7 @@ impl RegistryService {
     }
 
     pub async fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
+        observe::answer(Answer::Redirect);
         self.upstream.blob_location(repository, digest).await
     }
 }

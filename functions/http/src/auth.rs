@@ -114,6 +114,7 @@ pub async fn authorize(
         ErrorCode::Unauthorized => refuse(e, Some("invalid_token")),
         _ => e.into(),
     })?;
+    metahub_core::observe::machine_type(&claims.mt);
     Ok(claims)
 }
 

@@ -1,6 +1,7 @@
 //! The one router of MetaHub: `/v2/*`, `/token`, `/admin/*` and the admin page at `/admin/`, over [`metahub_core::service::RegistryService`].
 //! `metahub serve` runs it with `axum::serve`; each Lambda function runs it with `lambda_http::run`.
 
+pub mod access_log;
 mod admin;
 mod admin_ui;
 mod auth;
@@ -120,6 +121,8 @@ fn finish(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
     routes
         .fallback(response::not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), response::common_layer))
+        // Outermost: requests refused by the origin check are logged too.
+        .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::layer))
         .with_state(app)
 }
 

@@ -25,7 +25,7 @@ pub async fn ping(State(app): State<Arc<App>>, method: Method, headers: HeaderMa
 
 /// A `/v2/<name>/…` route; references are kept raw until the caller is authorized, so that an unauthenticated
 /// request is answered 401 whatever it names.
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     Manifest(RepositoryName, &'a str),
     Blob(RepositoryName, &'a str),
     Tags(RepositoryName),
@@ -42,7 +42,7 @@ impl Route<'_> {
 
 /// `<name>/manifests/<reference>`, `<name>/blobs/<digest>`, `<name>/tags/list` or `<name>/referrers/<digest>`;
 /// anything else is an error naming what is wrong.
-fn parse_route(path: &str) -> Result<Route<'_>, Error> {
+pub(crate) fn parse_route(path: &str) -> Result<Route<'_>, Error> {
     let (name_and_kind, last) =
         path.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
     let (name, kind) =

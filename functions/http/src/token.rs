@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
 use metahub_core::machine::validate_name;
+use metahub_core::observe::{self, LoginResult};
 use metahub_core::password::{MAX_PASSWORD_LEN, verify_password};
 use metahub_core::ports::Account;
 use metahub_core::token::{Access, account_fingerprint};
@@ -155,6 +156,7 @@ async fn login_account(app: &App, source: Option<String>, login: &str, password:
     };
     let admission = app.hashing.admit().map_err(|_| busy())?;
     let attempt = app.throttle.begin(login, source.as_deref()).await.map_err(|refusal| {
+        observe::login(login, LoginResult::Throttled);
         ApiError::from(Error::new(ErrorCode::TooManyRequests, "too many failed logins; try again later"))
             .with_header(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after.as_secs().max(1)))
     })?;
@@ -174,9 +176,12 @@ async fn login_account(app: &App, source: Option<String>, login: &str, password:
     match account {
         Some(account) if matches => {
             attempt.succeeded();
+            observe::login(login, LoginResult::Ok);
+            observe::machine_type(&account.machine_type);
             Ok(account)
         }
         _ => {
+            observe::login(login, LoginResult::Failed);
             tracing::info!(login, "failed login");
             Err(invalid())
         }

@@ -24,6 +24,8 @@
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
 
+pub mod emf;
+
 use anyhow::{Context, anyhow, bail};
 use axum::Router;
 use axum::body::Body;
@@ -34,6 +36,7 @@ use axum::response::Response;
 use base64::Engine;
 use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
+use metahub_http::access_log::RequestId;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
 use metahub_store_dynamodb::DynamoStore;
 use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
@@ -429,8 +432,9 @@ async fn report_init_error(message: &str) {
     }
 }
 
-/// Logs for CloudWatch: no ANSI colours; JSON when the function's log format is JSON (`AWS_LAMBDA_LOG_FORMAT`) or
-/// `METAHUB_LOG_FORMAT=json`; the level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+/// Logs and metrics for CloudWatch: metrics as EMF lines on stdout ([`emf`]); logs with no ANSI colours, one JSON
+/// object per line (Logs Insights reads the access lines' fields) unless `METAHUB_LOG_FORMAT=text`; the level from
+/// `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -438,12 +442,15 @@ pub fn init_tracing() {
         .ok()
         .filter(|f| !f.to_string().is_empty())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let json = ["AWS_LAMBDA_LOG_FORMAT", "METAHUB_LOG_FORMAT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|f| f.eq_ignore_ascii_case("json")));
+    let json = !std::env::var("METAHUB_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr);
     // CloudWatch stamps plain lines itself; JSON lines carry their own time.
-    let _ = if json { builder.json().with_current_span(false).try_init() } else { builder.without_time().try_init() };
+    emf::install();
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.without_time().try_init()
+    };
 }
 
 /// What `lambda_http` needs done before it turns an answer into a Function URL response: a HEAD answer goes out
@@ -508,6 +515,17 @@ pub fn lambda_router(router: Router, budget: Budget) -> Router {
     router
         .layer(axum::middleware::from_fn(for_function_url))
         .layer(axum::middleware::from_fn(move |request: Request, next: Next| within_budget(budget, request, next)))
+        .layer(axum::middleware::map_request(with_request_id))
+}
+
+/// Lambda's request id, for the access line (it names the invocation in CloudWatch and X-Ray).
+async fn with_request_id(mut request: Request) -> Request {
+    use lambda_http::RequestExt;
+    if let Some(context) = request.lambda_context_ref() {
+        let id = RequestId(context.request_id.clone());
+        request.extensions_mut().insert(id);
+    }
+    request
 }
 
 /// Serves `router` to the Lambda Runtime API until the process is stopped.

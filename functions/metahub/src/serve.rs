@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
     #[arg(long)]
     admin_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default); keep ADDR private.
+    #[arg(long, env = "METAHUB_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
@@ -75,6 +78,9 @@ fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
+    if let Some(listen) = args.metrics_listen {
+        crate::metrics::serve(listen, crate::metrics::install()?).await?;
+    }
     let store = crate::store::open(&args.store.store).await?;
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
     let keys = TokenKeys::new(&key, &args.service, args.token_ttl.as_secs())?;
