@@ -24,6 +24,7 @@ from lambda_harness import (  # noqa: E402
     LOGIN,
     MACHINE_TYPE,
     METAHUB_BIN,
+    ORIGIN_SECRET,
     PASSWORD,
     SERVICE,
     TABLE,
