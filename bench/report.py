@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,6 +285,7 @@ def main() -> None:
     ap.add_argument("--criterion", default=str(ROOT / "target" / "criterion"))
     ap.add_argument("--notes", default=str(ROOT / "bench" / "notes.md"), help="one bullet per line: why targets are missed")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench.md"))
+    ap.add_argument("--serverless", default=str(ROOT / "target" / "bench" / "serverless.json"), help="bench/serverless_pull.py's JSON")
     ap.add_argument("--lambda-only", action="store_true", help="update only the Lambda parts of --out")
     a = ap.parse_args()
     e2e = json.loads(Path(a.e2e).read_text()) if Path(a.e2e).is_file() else {}
@@ -298,6 +300,12 @@ def main() -> None:
         text = replace_lambda_parts(Path(a.out).read_text(), e2e, notes)
     else:
         text = render(e2e, criterion(Path(a.criterion)), notes)
+        if Path(a.serverless).is_file():
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from serverless_pull import render as render_serverless
+
+            section = render_serverless(json.loads(Path(a.serverless).read_text()))
+            text = text.replace("## How to run", section + "\n## How to run", 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MetaHub benchmark: criterion for filtering, then metahub serve vs docker-registry on 127.0.0.1 (bench/e2e.py),
-# then docs/bench.md (bench/report.py). Bounded: each wrk run <= 10 s, the e2e part <= 6 min, criterion <= 5 min
+# then a pull through the serverless path beside metahub serve (bench/serverless_pull.py), then docs/bench.md
+# (bench/report.py). Bounded: each wrk run <= 10 s, the e2e part <= 6 min, criterion <= 5 min
 # once built. Installs what it needs with tests/install.sh bench (wrk, ab, docker-registry, skopeo, moto[server] …).
 #
 #   bench/run.sh                   everything
@@ -33,6 +34,9 @@ fi
 echo "== bench/e2e.py (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 # shellcheck disable=SC2086
 timeout 420 "${NICE[@]}" "$PY" bench/e2e.py --seconds "${BENCH_SECONDS:-8}" ${BENCH_ARGS:-}
+
+echo "== bench/serverless_pull.py (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+timeout 420 "${NICE[@]}" "$PY" bench/serverless_pull.py --budget 300
 
 echo "== docs/bench.md, docs/cost.md"
 "$PY" bench/report.py

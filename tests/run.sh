@@ -42,6 +42,8 @@ log "pytest tests/lambda (the Lambda binaries against a Runtime API stand-in, mo
 run_pytest 900 tests/lambda
 log "pytest tests/ui (the admin page in Debian's Chromium, driven by selenium)"
 run_pytest 600 tests/ui
+log "pytest tests/serverless (real clients through the edge stand-in of template.yaml to the Lambda binaries)"
+run_pytest 900 tests/serverless
 log "deploy checks: cfn-lint, sam validate --lint, template tests"
 if ! SKIP_INSTALL=1 timeout 900 bash tests/deploy/check.sh; then status=1; fi
 exit "$status"

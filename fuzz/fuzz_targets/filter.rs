@@ -1,6 +1,9 @@
 //! Index filtering from any bytes: no panic; an accepted index gives valid JSON whose digest is the sha256 of the
 //! bytes served; filtering is deterministic and idempotent (filtering the output again changes nothing); at most one
-//! image per platform group is served, and the index's own fields survive.
+//! image per platform group is served, and the index's own fields survive; never an entry whose level (the CPU level
+//! its `platform.variant` implies) or `cpu:` the machine cannot run, checked against the archspec DAG directly.
+//! A served entry is an input entry as written, or (amd64/arm64 level builds) the same with its variant dropped and
+//! its architecture spelled as Go does.
 //!
 //! The first byte picks the machine type and the media type passed; the rest is the index.
 //! Inputs that are JSON but beyond what serde_json's `Value` holds (numbers past f64, lone surrogate escapes) are
@@ -10,7 +13,7 @@
 use libfuzzer_sys::fuzz_target;
 use metahub_core::ErrorCode;
 use metahub_core::filter::{DOCKER_LIST, Index, OCI_INDEX, explain, filter_index};
-use metahub_core::machine::{MachineType, MatchMode};
+use metahub_core::machine::{Feature, Level, MachineType, MatchMode};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
@@ -26,6 +29,10 @@ static MACHINES: LazyLock<Vec<MachineType>> = LazyLock::new(|| {
         ("graviton", &["cpu:neoverse_v1"], MatchMode::Best),
         ("plain", &[], MatchMode::Best),
         ("efa", &["cpu:x86_64_v3", "fabric:efa"], MatchMode::Exact),
+        ("core2", &["cpu:core2"], MatchMode::Best),
+        ("nehalem", &["cpu:nehalem"], MatchMode::Best),
+        ("icelake-exact", &["cpu:icelake"], MatchMode::Exact),
+        ("neoverse_n1", &["cpu:neoverse_n1"], MatchMode::Best),
     ];
     types
         .iter()
@@ -39,6 +46,29 @@ fn group(entry: &Value) -> (String, String, String) {
     let text =
         |k: &str| entry.get("platform").and_then(|p| p.get(k)).and_then(Value::as_str).unwrap_or_default().to_owned();
     (text("os"), text("architecture"), text("variant"))
+}
+
+/// `output` is `input` as served: the same, or with `platform.variant` dropped and the architecture respelled.
+fn served_form_of(input: &Value, output: &Value) -> bool {
+    if input == output {
+        return true;
+    }
+    let mut i = input.clone();
+    let (Some(ip), Some(op)) = (i.get_mut("platform").and_then(Value::as_object_mut), output.get("platform")) else {
+        return false;
+    };
+    ip.remove("variant");
+    if let Some(arch) = op.get("architecture") {
+        ip.insert("architecture".into(), arch.clone());
+    }
+    &i == output
+}
+
+/// Whether `machine`'s cpu is `name` or descends from it in the archspec DAG.
+fn machine_runs(machine: &MachineType, name: &str) -> bool {
+    let cpu = machine.features.iter().find_map(|f| f.strip_prefix("cpu:"));
+    let Some(host) = cpu.and_then(|c| Feature::Cpu(c.to_owned()).microarchitecture()) else { return false };
+    host.name() == name || host.ancestors().iter().any(|a| a.name() == name)
 }
 
 fn is_attestation(entry: &Value) -> bool {
@@ -98,9 +128,24 @@ fuzz_target!(|data: &[u8]| {
     assert!(out_entries.iter().any(|e| !is_attestation(e)), "an index without an image was served");
     let mut groups = HashSet::new();
     for e in out_entries {
-        assert!(in_entries.contains(e), "entry not in the input: {e}");
+        let Some(original) = in_entries.iter().find(|i| served_form_of(i, e)) else {
+            panic!("entry not in the input: {e}")
+        };
         if !is_attestation(e) {
             assert!(groups.insert(group(e)), "two images of one platform group served: {e}");
+            // never a level or cpu the machine cannot run
+            let (_, arch, variant) = group(original);
+            match Level::of(&arch, &variant) {
+                Level::Archspec(level) => assert!(machine_runs(machine, level), "{} served {original}", machine.name),
+                Level::Unknown => panic!("{} served {original}, a level no machine is known to run", machine.name),
+                Level::Baseline | Level::NotALevel => {}
+            }
+            let features = original.get("platform").and_then(|p| p.get("features")).and_then(Value::as_array);
+            for cpu in features.into_iter().flatten().filter_map(Value::as_str).filter_map(|f| f.strip_prefix("cpu:")) {
+                let known = Feature::Cpu(cpu.to_owned()).microarchitecture().is_some();
+                let same = machine.features.iter().any(|f| f.strip_prefix("cpu:") == Some(cpu));
+                assert!(same || (known && machine_runs(machine, cpu)), "{} served {original}", machine.name);
+            }
         }
     }
 });

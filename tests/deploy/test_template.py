@@ -536,3 +536,39 @@ def test_no_stale_not_there_yet_texts():
         text = path.read_text().lower()
         for stale in ("not there yet", "still to come", "answers unsupported"):
             assert stale not in text, f"{path.relative_to(ROOT)}: {stale!r}"
+
+
+# ---------------------------------------------------------------- dashboard (issue 20)
+
+def _dashboard_body(tpl) -> dict:
+    """The dashboard's JSON with the template's ${...} references filled in with placeholders."""
+    body = tpl["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    return json.loads(re.sub(r"\$\{[A-Za-z:]+\}", "X", body))
+
+
+def test_dashboard_is_optional_and_off_by_default(tpl):
+    param = tpl["Parameters"]["CreateDashboard"]
+    assert param["Default"] == "false" and set(param["AllowedValues"]) == {"true", "false"}
+    assert tpl["Conditions"]["WantsDashboard"] == {"Fn::Equals": [{"Ref": "CreateDashboard"}, "true"]}
+    dashboard = tpl["Resources"]["Dashboard"]
+    assert dashboard["Type"] == "AWS::CloudWatch::Dashboard"
+    assert dashboard["Condition"] == "WantsDashboard"
+
+
+def test_dashboard_graphs_what_the_functions_emit(tpl):
+    body = _dashboard_body(tpl)
+    titles = [w["properties"]["title"] for w in body["widgets"]]
+    for wanted in ("Pulls per machine type", "Upstream requests per pull", "Stale answers", "Failed and throttled logins"):
+        assert any(t.startswith(wanted) for t in titles), (wanted, titles)
+    text = json.dumps(body)
+    # Every metric the dashboard reads is one the router records, in the namespace the EMF recorder writes.
+    emitted = set(re.findall(r'"(metahub_[a-z_]+)"', (ROOT / "functions/http/src/access_log.rs").read_text()))
+    graphed = set(re.findall(r"metahub_[a-z_]+", text))
+    assert graphed and graphed <= emitted, graphed - emitted
+    assert 'NAMESPACE: &str = "MetaHub"' in (ROOT / "functions/lambda/src/emf.rs").read_text()
+    assert all(m[0] == "MetaHub" for w in body["widgets"] for m in w["properties"].get("metrics", []) if isinstance(m[0], str))
+    # Log widgets read the function's own log group.
+    logs = [w for w in body["widgets"] if w["type"] == "log"]
+    assert logs and all(w["properties"]["query"].startswith("SOURCE 'X'") for w in logs)
+    raw = tpl["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert "${TokenLogGroup}" in raw

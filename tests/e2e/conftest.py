@@ -30,6 +30,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
+import log_secrets  # noqa: E402
 import registry_push  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,8 +158,22 @@ def pytest_runtest_makereport(item, call):
 def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("e2e")
     print(f"\ne2e work dir and logs: {d}")
+    _LOG_DIRS.append(d)
     yield d
     stop_all()
+
+
+_LOG_DIRS: list[Path] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No password, token or admin secret in any log of the session (issue 20)."""
+    if not _LOG_DIRS:
+        return
+    stop_all()  # logs complete and closed
+    accounts = dict(creds(mt) for mt in MACHINE_TYPES)
+    secrets = [*accounts.values(), ADMIN_SECRET, *log_secrets.ISSUED_TOKENS]
+    log_secrets.report(session, log_secrets.leaks(_LOG_DIRS[0], secrets, accounts))
 
 
 def stop_all() -> None:
@@ -241,8 +256,9 @@ class Upstream:
             self.storage.stop()
 
 
-def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream:
-    """`docker-registry serve CONFIG` with filesystem storage; with `redirect`, blobs 307 to a file server."""
+def start_registry(workdir: Path, name: str, redirect: bool = False, login: tuple[str, str] | None = None) -> Upstream:
+    """`docker-registry serve CONFIG` with filesystem storage; with `redirect`, blobs 307 to a file server; with
+    `login`, every request needs that Basic login (htpasswd)."""
     d = workdir / name
     root = d / "data"
     root.mkdir(parents=True)
@@ -256,6 +272,10 @@ def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream
         "  delete: {enabled: true}",
         f"http: {{addr: '127.0.0.1:{port}', secret: e2e-test-secret}}",
     ]
+    if login:
+        htpasswd = d / "htpasswd"
+        htpasswd.write_bytes(run(["htpasswd", "-Bbn", login[0], login[1]]).stdout)
+        lines += ["auth:", f"  htpasswd: {{realm: e2e, path: {htpasswd}}}"]
     if storage:
         # distribution's redirect middleware answers blob GETs with 307 to baseurl + the storage path
         # (/docker/registry/v2/blobs/sha256/ab/abcd.../data), which the file server maps onto `root`.
@@ -264,7 +284,8 @@ def start_registry(workdir: Path, name: str, redirect: bool = False) -> Upstream
     config.write_text("\n".join(lines) + "\n")
     proc = Proc(name, ["docker-registry", "serve", str(config)], workdir)
     up = Upstream(name=name, port=port, root=root, proc=proc, storage=storage)
-    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2).status_code == 200, f"{name} /v2/", proc=proc)
+    ready = 401 if login else 200
+    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2).status_code == ready, f"{name} /v2/", proc=proc)
     return up
 
 
@@ -778,6 +799,7 @@ def get_token(hub: Metahub, machine_type: str | None = None, repo: str = "org/ap
         timeout=10,
     )
     assert r.status_code == 200, r.text
+    log_secrets.ISSUED_TOKENS.add(r.json()["token"])
     return r.json()["token"]
 
 

@@ -162,9 +162,10 @@ def build_attestation(subject: Image) -> Image:
 class Registry:
     """Minimal distribution API client for pushing (no auth: the test upstreams are open)."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, login: tuple[str, str] | None = None):
         self.base = base.rstrip("/")
         self.s = requests.Session()
+        self.s.auth = login
 
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = sha256(data)
@@ -207,6 +208,35 @@ class Registry:
 
     def get_manifest(self, repo: str, ref: str, accept: str = ALL_MANIFEST_TYPES) -> requests.Response:
         return self.s.get(f"{self.base}/v2/{repo}/manifests/{ref}", headers={"Accept": accept}, timeout=TIMEOUT)
+
+
+def push_referrer(base: str, repo: str, subject_digest: str, subject_size: int, artifact_type: str, payload: bytes,
+                  subject_media_type: str = OCI_INDEX) -> dict:
+    """An artifact (a signature, an SBOM) that refers to `subject_digest`: an OCI manifest with `subject` and
+    `artifactType`, pushed by digest, and listed in the subject's referrers tag `<alg>-<hex>` as the fallback tag scheme
+    does it (distribution 2.8 has no referrers API). Returns the artifact's descriptor as the tag lists it."""
+    reg = Registry(base)
+    empty = b"{}"
+    reg.push_blob(repo, empty)
+    reg.push_blob(repo, payload)
+    manifest = canonical({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(empty), "size": len(empty)},
+        "layers": [{"mediaType": "application/octet-stream", "digest": sha256(payload), "size": len(payload)}],
+        "subject": {"mediaType": subject_media_type, "digest": subject_digest, "size": subject_size},
+        "annotations": {"org.example.kind": artifact_type},
+    })
+    digest = reg.push_manifest(repo, sha256(manifest), manifest, OCI_MANIFEST)
+    entry = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest), "artifactType": artifact_type,
+             "annotations": {"org.example.kind": artifact_type}}
+    tag = subject_digest.replace(":", "-", 1)
+    existing = reg.get_manifest(repo, tag, OCI_INDEX)
+    entries = existing.json()["manifests"] if existing.status_code == 200 else []
+    index = canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries + [entry]})
+    reg.push_manifest(repo, tag, index, OCI_INDEX)
+    return entry
 
 
 def descriptor(img: Image, platform: dict | None, annotations: dict | None = None) -> dict:

@@ -334,7 +334,8 @@ def test_cli_accounts(admin_metahub):
     listed = json.loads(cli(hub, "account", "list", "--json").stdout)
     assert {"login": "adm-cli-user", "machineType": "graviton"} in listed
     table = cli(hub, "account", "list").stdout.decode().splitlines()
-    assert table[0].split() == ["LOGIN", "MACHINE", "TYPE"] and ["adm-cli-user", "graviton"] in [l.split() for l in table]
+    assert table[0].split() == ["LOGIN", "MACHINE", "TYPE", "REPOSITORIES"]
+    assert ["adm-cli-user", "graviton", "*"] in [l.split() for l in table]
     cli(hub, "account", "rotate-password", "adm-cli-user", "--password-stdin", input=b"cli-password-2\n")
     assert token_status(hub, "adm-cli-user", "cli-password-1") == 401
     assert token_status(hub, "adm-cli-user", "cli-password-2") == 200

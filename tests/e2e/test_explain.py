@@ -88,7 +88,7 @@ def test_explain_table(explain_store, images):
     assert lines[0].startswith("org/app:latest sha256:") and OCI_INDEX in lines[0], out
     assert lines[1] == "machine type cascadelake-a100 [cpu:cascadelake, nvcap:8.6] (best)", out
     header = next(i for i, line in enumerate(lines) if line.startswith("DIGEST"))
-    assert lines[header].split() == ["DIGEST", "PLATFORM", "FEATURES", "FITS", "SERVED", "WHY"], out
+    assert lines[header].split() == ["DIGEST", "PLATFORM", "REQUIRES", "FITS", "SERVED", "WHY"], out
     rows = lines[header + 1 : header + 1 + len(json.loads(images.tags["org/app"][0])["manifests"])]
     for row in rows:
         assert re.match(r"^sha256:[0-9a-f]{12}\s", row), row

@@ -163,12 +163,14 @@ def test_create_pushes_index_with_features(published, sources):
     assert index["mediaType"] == OCI_INDEX and index["schemaVersion"] == 2
     got = [(m["digest"], m["platform"]) for m in index["manifests"]]
     img = sources.images
+    # each cpu's x86-64 level is written as the variant too (broadwell, skylake: x86_64_v3), as buildx spells it
+    v3 = {"architecture": "amd64", "os": "linux", "variant": "v3"}
     expected = [
         (img["generic"].digest, {"architecture": "amd64", "os": "linux"}),
         (img["arm64"].digest, {"architecture": "arm64", "os": "linux", "variant": "v8"}),
-        (img["cpu-broadwell"].digest, {"architecture": "amd64", "os": "linux", "features": ["cpu:broadwell"]}),
-        (img["cpu-skylake"].digest, {"architecture": "amd64", "os": "linux", "features": ["cpu:skylake"]}),
-        (img["cpu-x86_64_v3"].digest, {"architecture": "amd64", "os": "linux", "features": ["cpu:x86_64_v3"]}),
+        (img["cpu-broadwell"].digest, {**v3, "features": ["cpu:broadwell"]}),
+        (img["cpu-skylake"].digest, {**v3, "features": ["cpu:skylake"]}),
+        (img["cpu-x86_64_v3"].digest, {**v3, "features": ["cpu:x86_64_v3"]}),
     ]
     assert got == expected
     for m in index["manifests"]:
@@ -227,9 +229,9 @@ def test_inspect_table_and_json(published, proxy, sources):
     assert [(r[2], r[3]) for r in rows] == [
         ("linux/amd64", "(generic)"),
         ("linux/arm64/v8", "(generic)"),
-        ("linux/amd64", "cpu:broadwell"),
-        ("linux/amd64", "cpu:skylake"),
-        ("linux/amd64", "cpu:x86_64_v3"),
+        ("linux/amd64/v3", "cpu:broadwell"),
+        ("linux/amd64/v3", "cpu:skylake"),
+        ("linux/amd64/v3", "cpu:x86_64_v3"),
     ], table
     assert rows[2][1] == sources.images["cpu-broadwell"].digest[:19]
 

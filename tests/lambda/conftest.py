@@ -7,8 +7,6 @@ a failing test's report. The start-up time of each binary is printed at the end 
 
 from __future__ import annotations
 
-import base64
-import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -19,6 +17,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "e2e"))
+import log_secrets  # noqa: E402  (the e2e check that no secret reaches a log)
 import registry_push  # noqa: E402  (the e2e helper's deterministic test images)
 from lambda_harness import (  # noqa: E402
     ADMIN_ARN,
@@ -26,13 +25,10 @@ from lambda_harness import (  # noqa: E402
     MACHINE_TYPE,
     METAHUB_BIN,
     ORIGIN_SECRET,
-    ORIGIN_SECRET_PARAM,
     PASSWORD,
     SERVICE,
-    SIGNING_KEY_PARAM,
     TABLE,
     TIMINGS,
-    UPSTREAM_CREDENTIALS_PARAM,
     Function,
     Moto,
     Proc,
@@ -46,6 +42,7 @@ from lambda_harness import (  # noqa: E402
     free_port,
     full_env,
     run,
+    seed_parameters,
     start_function,
     stop_all,
     wait_until,
@@ -76,8 +73,20 @@ def pytest_terminal_summary(terminalreporter):
 def workdir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("lambda")
     print(f"\nlambda test work dir and logs: {d}")
+    _LOG_DIRS.append(d)
     yield d
     stop_all()
+
+
+_LOG_DIRS: list[Path] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No password, origin secret or token in any function's log (issue 20)."""
+    if _LOG_DIRS:
+        stop_all()
+        found = log_secrets.leaks(_LOG_DIRS[0], [PASSWORD, ORIGIN_SECRET, "upstream:pass"], {LOGIN: PASSWORD})
+        log_secrets.report(session, found)
 
 
 
@@ -118,22 +127,13 @@ def moto(workdir) -> Moto:
 @pytest.fixture(scope="session")
 def seeded(moto) -> Seeded:
     """The table (created and filled with the real CLI) and the SSM parameters the functions read."""
-    import boto3
-
     env = clean_env(moto.env)
     store = ["--store", f"dynamodb:{TABLE}"]
     run([METAHUB_BIN, "store", "init", *store], env)
     name, features = MACHINE_TYPE
     run([METAHUB_BIN, "machine-type", "put", name, *[a for f in features for a in ("--feature", f)], *store], env)
     run([METAHUB_BIN, "account", "put", LOGIN, "--machine-type", name, "--password-stdin", *store], env, input=PASSWORD.encode())
-
-    ssm = boto3.client("ssm", endpoint_url=moto.endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
-    key = os.urandom(32)
-    ssm.put_parameter(Name=SIGNING_KEY_PARAM, Type="SecureString", Value=base64.b64encode(key).decode(), Overwrite=True)
-    # CloudFront reads the origin secret through {{resolve:ssm:...}}, which takes plain String parameters
-    ssm.put_parameter(Name=ORIGIN_SECRET_PARAM, Type="String", Value=ORIGIN_SECRET, Overwrite=True)
-    # the test upstream is open: the credentials are read and held, never challenged for
-    ssm.put_parameter(Name=UPSTREAM_CREDENTIALS_PARAM, Type="SecureString", Value="upstream-user:upstream:pass", Overwrite=True)
+    key = seed_parameters(moto.endpoint)
     return Seeded(signing_key=key)
 
 

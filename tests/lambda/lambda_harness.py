@@ -274,16 +274,23 @@ def function_env(runtime: RuntimeApi, binary: str, extra: dict[str, str]) -> dic
     )
 
 
-def start_function(workdir: Path, binary: str, env: dict[str, str], first: dict | None, name: str | None = None) -> Function:
-    """Start `binary` against a fresh runtime stand-in; with `first`, hand it that event right away and time the
-    start-up up to its answer (what a cold start costs, less the download of the code)."""
+def launch_function(workdir: Path, binary: str, env: dict[str, str], name: str | None = None, first: dict | None = None) -> tuple[Function, str | None]:
+    """Start `binary` against a fresh runtime stand-in, as Lambda starts an instance; with `first`, that event is
+    queued before the process starts (a cold invoke) and its request id returned."""
     path = BIN_DIR / binary
     if not os.access(path, os.X_OK):
         pytest.fail(f"{path} not found: build it (cargo build --workspace --bins) or set METAHUB_LAMBDA_BIN_DIR")
     runtime = start_runtime_api()
     request_id = runtime.submit(first) if first is not None else None
     proc = Proc(name or binary, [str(path)], workdir, function_env(runtime, binary, env))
-    fn = Function(binary, runtime, proc)
+    return Function(binary, runtime, proc), request_id
+
+
+def start_function(workdir: Path, binary: str, env: dict[str, str], first: dict | None, name: str | None = None) -> Function:
+    """Start `binary` against a fresh runtime stand-in; with `first`, hand it that event right away and time the
+    start-up up to its answer (what a cold start costs, less the download of the code)."""
+    fn, request_id = launch_function(workdir, binary, env, name, first)
+    runtime, proc = fn.runtime, fn.proc
     if request_id is not None:
         outcome = runtime.wait(request_id, timeout=START_TIMEOUT)
         fn.first = parse_outcome(outcome)
@@ -320,3 +327,24 @@ def admin_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
 def basic(login: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode()
 
+
+def seed_parameters(endpoint: str, origin_secret: str = ORIGIN_SECRET) -> bytes:
+    """The SSM parameters the functions read (see template.yaml), in moto at `endpoint`; returns the signing key."""
+    import boto3
+
+    ssm = boto3.client("ssm", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    key = os.urandom(32)
+    ssm.put_parameter(Name=SIGNING_KEY_PARAM, Type="SecureString", Value=base64.b64encode(key).decode(), Overwrite=True)
+    # CloudFront reads the origin secret through {{resolve:ssm:...}}, which takes plain String parameters
+    ssm.put_parameter(Name=ORIGIN_SECRET_PARAM, Type="String", Value=origin_secret, Overwrite=True)
+    # the test upstream is open: the credentials are read and held, never challenged for
+    ssm.put_parameter(Name=UPSTREAM_CREDENTIALS_PARAM, Type="SecureString", Value="upstream-user:upstream:pass", Overwrite=True)
+    return key
+
+
+def ssm_value(endpoint: str, name: str) -> str:
+    """One parameter's value from moto, as CloudFormation's {{resolve:ssm:NAME[:VERSION]}} reads it."""
+    import boto3
+
+    ssm = boto3.client("ssm", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]

@@ -6,7 +6,8 @@
 //! are reused for [`BLOB_LOCATION_TTL`]; lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
-use crate::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
+use crate::observe::{self, Cache};
+use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -15,39 +16,73 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-/// A map that forgets its oldest entries past `capacity` (insertion order). Immutable values only need this much:
-/// no entry ever goes stale, so recency tracking buys little for its cost on every hit.
+/// What one entry costs besides its value's own bytes: keys (names, digests, tags), map and queue slots.
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// A map that forgets its oldest entries past `capacity` entries or `max_bytes` (insertion order), each entry
+/// weighed by `weigh` plus [`ENTRY_OVERHEAD`]; a value heavier than the whole budget is not kept. Immutable values
+/// only need this much: no entry ever goes stale, so recency tracking buys little for its cost on every hit.
 pub struct BoundedMap<K, V> {
     capacity: usize,
-    inner: Mutex<(HashMap<K, V>, VecDeque<K>)>,
+    max_bytes: usize,
+    weigh: fn(&V) -> usize,
+    inner: Mutex<Entries<K, V>>,
+}
+
+struct Entries<K, V> {
+    map: HashMap<K, (V, usize)>,
+    order: VecDeque<K>,
+    bytes: usize,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> BoundedMap<K, V> {
-    pub fn new(capacity: usize) -> Self {
-        BoundedMap { capacity: capacity.max(1), inner: Mutex::new((HashMap::new(), VecDeque::new())) }
+    pub fn new(capacity: usize, max_bytes: usize, weigh: fn(&V) -> usize) -> Self {
+        BoundedMap {
+            capacity: capacity.max(1),
+            max_bytes,
+            weigh,
+            inner: Mutex::new(Entries { map: HashMap::new(), order: VecDeque::new(), bytes: 0 }),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, (HashMap<K, V>, VecDeque<K>)> {
+    fn lock(&self) -> MutexGuard<'_, Entries<K, V>> {
         // A panic while holding this lock cannot leave the map inconsistent: take it back.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn get(&self, key: &K) -> Option<V> {
-        self.lock().0.get(key).cloned()
+        self.lock().map.get(key).map(|(v, _)| v.clone())
     }
 
     pub fn insert(&self, key: K, value: V) {
+        let weight = (self.weigh)(&value) + ENTRY_OVERHEAD;
+        if weight > self.max_bytes {
+            return;
+        }
         let mut guard = self.lock();
-        let (map, order) = &mut *guard;
-        if map.insert(key.clone(), value).is_none() {
-            order.push_back(key);
-            while order.len() > self.capacity {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
-                }
+        let entries = &mut *guard;
+        match entries.map.insert(key.clone(), (value, weight)) {
+            Some((_, old)) => entries.bytes -= old,
+            None => entries.order.push_back(key),
+        }
+        entries.bytes += weight;
+        while entries.order.len() > self.capacity || entries.bytes > self.max_bytes {
+            let Some(old) = entries.order.pop_front() else { break };
+            if let Some((_, w)) = entries.map.remove(&old) {
+                entries.bytes -= w;
             }
         }
     }
+
+    /// The bytes held, as weighed.
+    pub fn weight(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// A manifest's weight: its bytes and media type.
+pub fn manifest_weight(m: &Manifest) -> usize {
+    m.bytes.len() + m.media_type.len()
 }
 
 type TagKey = (RepositoryName, Reference);
@@ -69,12 +104,29 @@ impl<K: Hash + Eq + Clone, V: Clone> SingleFlight<K, V> {
 
     async fn run<F: Future<Output = Result<V>>>(&self, key: K, call: impl FnOnce() -> F) -> Result<V> {
         let cell = self.lock().entry(key.clone()).or_default().clone();
-        let result = cell.get_or_init(call).await.clone();
-        let mut in_flight = self.lock();
-        if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            in_flight.remove(&key);
+        // Retired on the way out, however that is: a caller cancelled mid-call must not leave its entry behind.
+        let _retire = Retire { flight: self, key: &key, cell: &cell };
+        cell.get_or_init(call).await.clone()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+struct Retire<'a, K: Hash + Eq + Clone, V: Clone> {
+    flight: &'a SingleFlight<K, V>,
+    key: &'a K,
+    cell: &'a Arc<OnceCell<Result<V>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Drop for Retire<'_, K, V> {
+    fn drop(&mut self) {
+        let mut in_flight = self.flight.lock();
+        if in_flight.get(self.key).is_some_and(|c| Arc::ptr_eq(c, self.cell)) {
+            in_flight.remove(self.key);
         }
-        result
     }
 }
 
@@ -94,21 +146,30 @@ pub struct CachingUpstream {
 pub const BLOB_LOCATION_TTL: Duration = Duration::from_secs(30);
 
 impl CachingUpstream {
-    pub fn new(inner: Arc<dyn Upstream>, manifest_capacity: usize, tag_ttl: Option<Duration>) -> Self {
+    /// `max_bytes` bounds the manifests kept; tag heads and blob locations (a few hundred bytes each) get a
+    /// sixteenth of it each on top.
+    pub fn new(inner: Arc<dyn Upstream>, capacity: usize, max_bytes: usize, tag_ttl: Option<Duration>) -> Self {
         CachingUpstream {
             inner,
-            manifests: BoundedMap::new(manifest_capacity),
+            manifests: BoundedMap::new(capacity, max_bytes, manifest_weight),
             heads: SingleFlight::new(),
             tag_ttl,
-            recent_heads: BoundedMap::new(manifest_capacity),
+            recent_heads: BoundedMap::new(capacity, max_bytes / 16, |(_, h)| h.media_type.len()),
             blobs: SingleFlight::new(),
-            recent_blobs: BoundedMap::new(manifest_capacity),
+            recent_blobs: BoundedMap::new(capacity, max_bytes / 16, |(_, b)| b.url.len()),
         }
     }
 
     /// A manifest already fetched by digest, without asking upstream.
     pub fn cached(&self, repository: &RepositoryName, digest: &Digest) -> Option<Manifest> {
         self.manifests.get(&(repository.clone(), digest.clone()))
+    }
+
+    /// [`Self::cached`], noting the lookup in the request's record.
+    fn cached_noted(&self, repository: &RepositoryName, digest: &Digest) -> Option<Manifest> {
+        let manifest = self.cached(repository, digest);
+        observe::cache(Cache::Manifest, manifest.is_some());
+        manifest
     }
 
     async fn shared_head(&self, key: TagKey, accept: &[String]) -> Result<ManifestHead> {
@@ -129,16 +190,17 @@ impl Upstream for CachingUpstream {
         accept: &[String],
     ) -> Result<ManifestHead> {
         if let Reference::Digest(digest) = reference
-            && let Some(m) = self.cached(repository, digest)
+            && let Some(m) = self.cached_noted(repository, digest)
         {
             return Ok(ManifestHead { digest: m.digest, media_type: m.media_type, size: m.bytes.len() as u64 });
         }
         let key = (repository.clone(), reference.clone());
-        if let Some(ttl) = self.tag_ttl
-            && let Some((at, head)) = self.recent_heads.get(&key)
-            && at.elapsed() < ttl
-        {
-            return Ok(head);
+        if let Some(ttl) = self.tag_ttl {
+            let recent = self.recent_heads.get(&key).filter(|(at, _)| at.elapsed() < ttl);
+            observe::cache(Cache::Tag, recent.is_some());
+            if let Some((_, head)) = recent {
+                return Ok(head);
+            }
         }
         self.shared_head(key, accept).await
     }
@@ -150,7 +212,7 @@ impl Upstream for CachingUpstream {
         accept: &[String],
     ) -> Result<Manifest> {
         if let Reference::Digest(digest) = reference
-            && let Some(m) = self.cached(repository, digest)
+            && let Some(m) = self.cached_noted(repository, digest)
         {
             return Ok(m);
         }
@@ -162,14 +224,32 @@ impl Upstream for CachingUpstream {
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let key = (repository.clone(), digest.clone());
-        if let Some((at, location)) = self.recent_blobs.get(&key)
-            && at.elapsed() < BLOB_LOCATION_TTL
-        {
+        let recent = self.recent_blobs.get(&key).filter(|(at, _)| at.elapsed() < BLOB_LOCATION_TTL);
+        observe::cache(Cache::Blob, recent.is_some());
+        if let Some((_, location)) = recent {
             return Ok(location);
         }
         let location = self.blobs.run(key.clone(), || self.inner.blob_location(repository, digest)).await?;
         self.recent_blobs.insert(key, (Instant::now(), location.clone()));
         Ok(location)
+    }
+
+    // Tag lists and referrers change at any time: always asked upstream.
+    async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
+        self.inner.tags(repository, n, last).await
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        self.inner.referrers(repository, digest, artifact_type).await
+    }
+
+    fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
+        self.inner.name_in_namespace(host, name)
     }
 }
 
@@ -212,7 +292,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_tag_checks_share_one_head_and_digests_are_cached() {
         let spy = Arc::new(Spy::default());
-        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, None));
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, None));
         let repo: RepositoryName = "org/app".parse().unwrap();
         let tag: Reference = "latest".parse().unwrap();
         let tasks: Vec<_> = (0..20)
@@ -240,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn tag_ttl_reuses_a_recent_head() {
         let spy = Arc::new(Spy::default());
-        let cache = CachingUpstream::new(spy.clone(), 16, Some(Duration::from_secs(60)));
+        let cache = CachingUpstream::new(spy.clone(), 16, 1 << 20, Some(Duration::from_secs(60)));
         let repo: RepositoryName = "org/app".parse().unwrap();
         let tag: Reference = "latest".parse().unwrap();
         for _ in 0..3 {
@@ -252,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_blob_lookups_share_one_request_and_locations_are_kept_briefly() {
         let spy = Arc::new(Spy::default());
-        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, None));
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, None));
         let repo: RepositoryName = "org/app".parse().unwrap();
         for (blob, ok) in [(Digest::sha256_of(b"layer"), true), (Digest::sha256_of(b"missing"), false)] {
             let before = spy.blobs.load(Ordering::SeqCst);
@@ -276,12 +356,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_cancelled_caller_leaves_no_single_flight_entry() {
+        let flight: SingleFlight<u32, u32> = SingleFlight::new();
+        let never = flight.run(1, std::future::pending::<Result<u32>>);
+        assert!(tokio::time::timeout(Duration::from_millis(5), never).await.is_err());
+        assert_eq!(flight.len(), 0);
+    }
+
     #[test]
     fn bounded_map_forgets_oldest() {
-        let m = BoundedMap::new(2);
+        let m = BoundedMap::new(2, usize::MAX, |_: &&str| 0);
         m.insert(1, "a");
         m.insert(2, "b");
         m.insert(3, "c");
         assert_eq!((m.get(&1), m.get(&2), m.get(&3)), (None, Some("b"), Some("c")));
+    }
+
+    #[test]
+    fn bounded_map_keeps_to_its_byte_budget() {
+        let m = BoundedMap::new(1000, 10 * (1000 + ENTRY_OVERHEAD), |v: &Vec<u8>| v.len());
+        for i in 0..100 {
+            m.insert(i, vec![0u8; 1000]);
+            assert!(m.weight() <= 10 * (1000 + ENTRY_OVERHEAD));
+        }
+        assert!(m.get(&89).is_none() && m.get(&90).is_some() && m.get(&99).is_some(), "the newest ten stay");
+        m.insert(1000, vec![0u8; 1 << 20]);
+        assert!(m.get(&1000).is_none(), "a value over the whole budget is not kept");
+        assert!(m.get(&99).is_some(), "and pushes nothing out");
+        m.insert(99, vec![0u8; 10]);
+        assert_eq!(m.weight(), 9 * (1000 + ENTRY_OVERHEAD) + 10 + ENTRY_OVERHEAD, "a replaced value is reweighed");
     }
 }

@@ -13,6 +13,8 @@ pub enum ErrorCode {
     NameInvalid,
     NameUnknown,
     SizeInvalid,
+    /// A tag list's `n` that is not a number.
+    PaginationNumberInvalid,
     Unauthorized,
     Denied,
     Unsupported,
@@ -29,7 +31,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BlobUnknown,
         ErrorCode::DigestInvalid,
         ErrorCode::ManifestUnknown,
@@ -37,6 +39,7 @@ impl ErrorCode {
         ErrorCode::NameInvalid,
         ErrorCode::NameUnknown,
         ErrorCode::SizeInvalid,
+        ErrorCode::PaginationNumberInvalid,
         ErrorCode::Unauthorized,
         ErrorCode::Denied,
         ErrorCode::Unsupported,
@@ -63,6 +66,7 @@ impl ErrorCode {
             ErrorCode::NameInvalid => ("NAME_INVALID", 400),
             ErrorCode::NameUnknown => ("NAME_UNKNOWN", 404),
             ErrorCode::SizeInvalid => ("SIZE_INVALID", 400),
+            ErrorCode::PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", 400),
             ErrorCode::Unauthorized => ("UNAUTHORIZED", 401),
             ErrorCode::Denied => ("DENIED", 403),
             ErrorCode::Unsupported => ("UNSUPPORTED", 405),

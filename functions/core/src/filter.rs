@@ -7,8 +7,9 @@
 //! matcher needs are decoded; the output writes the kept fields and entries back as the upstream spelled them.
 
 use crate::error::{Error, Result};
-use crate::machine::{Feature, MachineType, MatchMode};
+use crate::machine::{Feature, Level, MachineType, MatchMode, cpu_level};
 use crate::reference::Digest;
+use archspec::cpu::Microarchitecture;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -42,6 +43,8 @@ pub struct Entry {
     pub architecture: String,
     pub variant: String,
     pub features: Vec<String>,
+    /// The CPU level `variant` implies on `architecture`: a requirement, like a `cpu:` feature.
+    pub level: Level,
     /// For an attestation manifest: the digest of the entry it describes.
     pub attests: Option<String>,
 }
@@ -84,6 +87,7 @@ impl Entry {
                 .then(|| a.get(ATTESTATION_SUBJECT).map(|d| d.to_string()).unwrap_or_default())
         });
         Ok(Entry {
+            level: Level::of(&platform.architecture, &platform.variant),
             digest: wire.digest.into_owned(),
             os: platform.os.into_owned(),
             architecture: platform.architecture.into_owned(),
@@ -100,8 +104,22 @@ impl Entry {
         }
     }
 
+    /// The platform group: (os, architecture), and the variant only where it is not a level (32-bit arm …).
     fn group(&self) -> (&str, &str, &str) {
-        (&self.os, &self.architecture, &self.variant)
+        match self.level {
+            Level::NotALevel => (&self.os, &self.architecture, &self.variant),
+            _ => (&self.os, normalized_architecture(&self.architecture), ""),
+        }
+    }
+
+    /// The requirements as `explain` shows them: the level a variant implies, then the features.
+    pub fn requirements(&self) -> Vec<String> {
+        let level = match self.level {
+            Level::Archspec(name) => Some(format!("{} = {name}", self.variant)),
+            Level::Unknown => Some(format!("{} (no archspec level)", self.variant)),
+            Level::Baseline | Level::NotALevel => None,
+        };
+        level.into_iter().chain(self.features.iter().cloned()).collect()
     }
 }
 
@@ -124,6 +142,7 @@ impl Verdict {
             "architecture": self.entry.architecture,
             "variant": self.entry.variant,
             "features": self.entry.features,
+            "level": self.entry.level.archspec_name(),
             "attests": self.entry.attests,
             "fits": self.fits,
             "served": self.served,
@@ -152,117 +171,170 @@ impl<'a> Index<'a> {
     }
 }
 
-/// Specificity of a fitting entry: cpu depth in the µarch DAG, nvcap, number of features. Greater is more specific.
+/// `amd64` and `x86_64` are one platform to every client (they normalize), so they are one group here too.
+fn normalized_architecture(architecture: &str) -> &str {
+    match architecture {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+/// Specificity of a fitting entry: depth of its cpu or level in the µarch DAG, nvcap, number of features. Greater
+/// is more specific.
 type Rank = (usize, (u32, u32), usize);
 
-/// How well an entry's features fit `machine`: its rank, or why it does not fit.
-fn fit_rank(entry_features: &[Feature], machine: &MachineType, machine_features: &[Feature]) -> Result<Rank, String> {
-    if machine.match_mode == MatchMode::Exact && !entry_features.is_empty() {
-        let same = entry_features.len() == machine_features.len()
-            && entry_features.iter().all(|f| machine_features.contains(f));
-        return if same {
-            Ok((0, (0, 0), entry_features.len()))
-        } else {
-            Err("exact mode: features differ from the machine's".into())
-        };
-    }
-    let mut cpu_depth = 0;
-    let mut nvcap = (0, 0);
-    for feature in entry_features {
-        match feature {
-            Feature::Cpu(wanted) => {
-                let host = machine_features.iter().find_map(|f| match f {
-                    Feature::Cpu(name) => Some(name),
-                    _ => None,
-                });
-                let Some(host) = host else { return Err(format!("needs cpu:{wanted}; the machine names no cpu")) };
-                let runs = host == wanted
-                    || feature.microarchitecture().is_some_and(|want| {
-                        Feature::Cpu(host.clone())
-                            .microarchitecture()
-                            .is_some_and(|h| h.ancestors().iter().any(|a| a.name() == want.name()))
-                    });
-                if !runs {
-                    return Err(format!("needs cpu:{wanted}; cpu:{host} does not descend from it"));
-                }
-                cpu_depth = feature.microarchitecture().map_or(0, |m| m.ancestors().len() + 1);
+fn depth(archspec_name: &str) -> usize {
+    Microarchitecture::known_targets().get(archspec_name).map_or(0, |m| m.ancestors().len() + 1)
+}
+
+/// The machine type as the matcher reads it, computed once per filtering.
+struct Host<'m> {
+    mode: MatchMode,
+    features: Vec<Feature>,
+    /// The cpu's name and every archspec node it runs (itself and its ancestors).
+    cpu: Option<(&'m str, HashSet<&'static str>)>,
+    nvcap: Option<(u32, u32)>,
+}
+
+impl<'m> Host<'m> {
+    fn of(machine: &'m MachineType) -> Host<'m> {
+        let features = machine.parsed_features();
+        let cpu = machine.features.iter().find_map(|f| f.strip_prefix("cpu:")).map(|name| {
+            let mut runs: HashSet<&'static str> = HashSet::new();
+            if let Some(uarch) = Microarchitecture::known_targets().get(name) {
+                runs.insert(uarch.name());
+                runs.extend(uarch.ancestors().iter().map(|a| a.name()));
             }
-            Feature::NvCap { major, minor } => {
-                let host = machine_features.iter().find_map(|f| match f {
-                    Feature::NvCap { major, minor } => Some((*major, *minor)),
-                    _ => None,
-                });
-                match host {
+            (name, runs)
+        });
+        let nvcap = features.iter().find_map(|f| match f {
+            Feature::NvCap { major, minor } => Some((*major, *minor)),
+            _ => None,
+        });
+        Host { mode: machine.match_mode, features, cpu, nvcap }
+    }
+
+    /// Whether the machine's cpu is `archspec_name` or descends from it.
+    fn runs(&self, archspec_name: &str) -> bool {
+        self.cpu.as_ref().is_some_and(|(name, runs)| *name == archspec_name || runs.contains(archspec_name))
+    }
+
+    fn cpu_name(&self) -> &str {
+        self.cpu.as_ref().map_or("", |(name, _)| name)
+    }
+
+    /// Why the machine cannot run an entry's level: "v4 needs x86_64_v4; haswell is x86_64_v3".
+    fn level_miss(&self, entry: &Entry, level: &str) -> String {
+        let what = format!("{} needs {level}", entry.variant);
+        match &self.cpu {
+            None => format!("{what}; the machine names no cpu"),
+            Some((name, _)) => match cpu_level(name, &entry.architecture) {
+                Some(own) => format!("{what}; {name} is {own}"),
+                None => format!("{what}; {name} is no {} cpu", entry.architecture),
+            },
+        }
+    }
+
+    /// How well an entry fits: its rank and why, or why it does not fit.
+    fn fit(&self, entry: &Entry) -> Result<(Rank, String), String> {
+        let mut why = Vec::new();
+        let mut cpu_depth = 0;
+        match entry.level {
+            Level::Baseline | Level::NotALevel => {}
+            Level::Unknown => {
+                return Err(format!(
+                    "variant {} is no {} level archspec knows; no machine is known to run it",
+                    entry.variant, entry.architecture
+                ));
+            }
+            Level::Archspec(level) => {
+                if !self.runs(level) {
+                    return Err(self.level_miss(entry, level));
+                }
+                why.push(format!("{} needs {level}; {} runs it", entry.variant, self.cpu_name()));
+                cpu_depth = depth(level);
+            }
+        }
+        let features: Vec<Feature> = entry.features.iter().map(|f| Feature::parse_lenient(f)).collect();
+        if self.mode == MatchMode::Exact && !features.is_empty() {
+            let same = features.len() == self.features.len() && features.iter().all(|f| self.features.contains(f));
+            if !same {
+                return Err("exact mode: features differ from the machine's".into());
+            }
+        }
+        let mut nvcap = (0, 0);
+        for feature in &features {
+            match feature {
+                Feature::Cpu(wanted) => {
+                    if !self.runs(wanted) {
+                        return Err(match &self.cpu {
+                            None => format!("needs cpu:{wanted}; the machine names no cpu"),
+                            Some((name, _)) => format!("needs cpu:{wanted}; cpu:{name} does not descend from it"),
+                        });
+                    }
+                    cpu_depth = cpu_depth.max(depth(wanted));
+                }
+                Feature::NvCap { major, minor } => match self.nvcap {
                     Some((hmaj, hmin)) if hmaj == *major && hmin >= *minor => nvcap = (*major, *minor),
                     Some((hmaj, hmin)) => {
                         return Err(format!("needs nvcap:{major}.{minor}; the machine has nvcap:{hmaj}.{hmin}"));
                     }
                     None => return Err(format!("needs nvcap:{major}.{minor}; the machine names no GPU")),
-                }
-            }
-            Feature::Other(s) => {
-                if !machine_features.contains(feature) {
-                    return Err(format!("needs {s}; the machine lacks it"));
+                },
+                Feature::Other(s) => {
+                    if !self.features.contains(feature) {
+                        return Err(format!("needs {s}; the machine lacks it"));
+                    }
                 }
             }
         }
+        if !features.is_empty() {
+            why.push("every feature is satisfied".into());
+        }
+        let why = if why.is_empty() { "generic: fits every machine".to_owned() } else { why.join("; ") };
+        Ok(((cpu_depth, nvcap, features.len()), why))
     }
-    Ok((cpu_depth, nvcap, entry_features.len()))
 }
 
-/// Every entry with its verdict, in index order.
+/// Every entry with its verdict, in index order. One pass: each entry is matched once and competes for its group's
+/// place in a map, so the cost is linear in the number of entries.
 pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
-    let machine_features = machine.parsed_features();
-    let outcomes: Vec<Result<Rank, String>> = index
-        .entries
-        .iter()
-        .map(|e| {
-            let features: Vec<Feature> = e.features.iter().map(|f| Feature::parse_lenient(f)).collect();
-            fit_rank(&features, machine, &machine_features)
-        })
-        .collect();
-    let ranks: Vec<Option<Rank>> = outcomes.iter().map(|o| o.as_ref().ok().copied()).collect();
-    let mut verdicts: Vec<Verdict> = index
-        .entries
-        .iter()
-        .zip(outcomes)
-        .map(|(entry, outcome)| {
-            let (fits, reason) = match outcome {
-                Ok(_) if entry.features.is_empty() => (true, "generic: fits every machine".to_owned()),
-                Ok(_) => (true, "every feature is satisfied".to_owned()),
-                Err(why) => (false, why),
-            };
-            Verdict { entry: entry.clone(), fits, served: false, reason }
-        })
-        .collect();
-
-    // Per platform group, serve the one fitting entry with the highest rank; ties go to index order.
-    let mut groups_done: HashSet<(&str, &str, &str)> = HashSet::new();
-    let mut served_digests = HashSet::new();
+    let host = Host::of(machine);
+    let mut verdicts = Vec::with_capacity(index.entries.len());
+    // Per platform group, the fitting entry with the highest rank; ties go to index order.
+    let mut best: HashMap<(&str, &str, &str), (Rank, usize)> = HashMap::new();
     for (i, entry) in index.entries.iter().enumerate() {
-        if entry.attests.is_some() || !groups_done.insert(entry.group()) {
-            continue;
-        }
-        let best = (i..index.entries.len())
-            .filter(|&j| index.entries[j].attests.is_none() && index.entries[j].group() == entry.group())
-            .filter_map(|j| ranks[j].map(|r| (r, j)))
-            .fold(None::<(Rank, usize)>, |best, (r, j)| match best {
-                Some((br, _)) if br >= r => best,
-                _ => Some((r, j)),
-            });
-        if let Some((_, j)) = best {
-            verdicts[j].served = true;
-            served_digests.insert(index.entries[j].digest.clone());
-        }
+        let (fits, reason) = match host.fit(entry) {
+            Ok((rank, why)) => {
+                if entry.attests.is_none() {
+                    best.entry(entry.group())
+                        .and_modify(|b| {
+                            if rank > b.0 {
+                                *b = (rank, i)
+                            }
+                        })
+                        .or_insert((rank, i));
+                }
+                (true, why)
+            }
+            Err(why) => (false, why),
+        };
+        verdicts.push(Verdict { entry: entry.clone(), fits, served: false, reason });
+    }
+    let mut served_digests = HashSet::new();
+    for (_, i) in best.into_values() {
+        verdicts[i].served = true;
+        served_digests.insert(index.entries[i].digest.as_str());
     }
     for v in &mut verdicts {
         if let Some(subject) = &v.entry.attests {
-            v.fits = served_digests.contains(subject);
+            v.fits = served_digests.contains(subject.as_str());
             v.served = v.fits;
             v.reason =
                 if v.fits { "attestation of a served entry" } else { "attestation of an entry not served" }.into();
         } else if v.fits && !v.served {
-            v.reason = "fits, but a more specific entry of the same platform is served".into();
+            v.reason = format!("{}; but a more specific entry of the same platform is served", v.reason);
         }
     }
     verdicts
@@ -274,6 +346,9 @@ pub struct Filtered {
     pub bytes: Vec<u8>,
     pub digest: Digest,
     pub media_type: String,
+    /// Filtering kept every entry unchanged, so `bytes` are the upstream's own: serve them under the upstream's
+    /// digest (signatures and pins of the index stay valid).
+    pub verbatim: bool,
 }
 
 /// Filters `bytes` (an OCI index or Docker manifest list) for `machine`.
@@ -283,18 +358,68 @@ pub fn filter_index(bytes: &[u8], media_type: &str, machine: &MachineType) -> Re
     if !verdicts.iter().any(|v| v.served && v.entry.attests.is_none()) {
         return Err(nothing_fits(machine, &index));
     }
-    let kept: Vec<&RawValue> =
-        index.raw_entries.iter().zip(&verdicts).filter(|(_, v)| v.served).map(|(e, _)| *e).collect();
     let serialize = |e: serde_json::Error| Error::internal(format!("serializing index: {e}"));
+    let mut kept: Vec<Cow<'_, RawValue>> = Vec::with_capacity(verdicts.len());
+    for (raw, verdict) in index.raw_entries.iter().zip(&verdicts) {
+        if verdict.served {
+            kept.push(served_form(raw, &verdict.entry)?);
+        }
+    }
+    let media_type = index
+        .object
+        .get("mediaType")
+        .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
+        .unwrap_or_else(|| media_type.to_owned());
+    if kept.len() == verdicts.len() && kept.iter().all(|k| matches!(k, Cow::Borrowed(_))) {
+        return Ok(Filtered { digest: Digest::sha256_of(bytes), bytes: bytes.to_vec(), media_type, verbatim: true });
+    }
     let kept = RawValue::from_string(serde_json::to_string(&kept).map_err(serialize)?).map_err(serialize)?;
     let mut object = index.object;
     object.insert("manifests".to_owned(), &kept);
     let bytes = serde_json::to_vec(&object).map_err(serialize)?;
-    let media_type = object
-        .get("mediaType")
-        .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
-        .unwrap_or_else(|| media_type.to_owned());
-    Ok(Filtered { digest: Digest::sha256_of(&bytes), bytes, media_type })
+    Ok(Filtered { digest: Digest::sha256_of(&bytes), bytes, media_type, verbatim: false })
+}
+
+/// How a served entry is written: as the upstream wrote it, except on the architectures whose variant is a level
+/// (amd64, arm64), where the chosen entry stands under its group's plain platform (`linux/amd64`, `linux/arm64`):
+/// the variant is dropped (all but arm64 `v8`) and the architecture is spelled as Go does (`x86_64` → `amd64`). The
+/// level was MetaHub's to read; left to the clients, such entries are refused — read from their matchers:
+///
+/// - containerd (`ctr`; Docker Engine ≥ 23 matches with the same containerd/platforms package): `platforms.Only(host)`
+///   accepts, for a host of variant vN, amd64 vN…v1, and normalizes `amd64/v1` to `amd64` and `arm64/v8` to `arm64`.
+///   The host's default platform has no amd64 variant (`cpuVariant()` detects one on arm only), so an index whose
+///   amd64 entry is `amd64/v3` fails with "no match for platform in manifest". containerd 1.6 does not normalize
+///   `arm64/v8.0`.
+/// - containers/image (skopeo, podman, CRI-O; `internal/pkg/platform`): `WantedPlatforms` wants variant "" on amd64
+///   ("" then `v8` on arm64) and `MatchesPlatform` compares variants (and architectures) for equality: `amd64/v1`,
+///   `amd64/v3` and `x86_64` entries are never chosen on an amd64 host.
+///
+/// So the plain platform is the one form every client resolves to the chosen build with its default platform. Only
+/// the served copy changes, so the output stays a pure function of the upstream bytes and the machine type; the
+/// e2e test `test_levels.py` pulls it with every client.
+fn served_form<'a>(raw: &'a RawValue, entry: &Entry) -> Result<Cow<'a, RawValue>> {
+    let architecture = normalized_architecture(&entry.architecture);
+    let plain_variant = entry.variant.is_empty() || (architecture == "arm64" && entry.variant == "v8");
+    let plain = plain_variant && architecture == entry.architecture;
+    if plain || entry.level == Level::NotALevel || entry.attests.is_some() {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let malformed = |e: serde_json::Error| Error::bad_gateway(format!("upstream index entry is malformed: {e}"));
+    let mut object: IndexMap<String, &RawValue> = serde_json::from_str(raw.get()).map_err(malformed)?;
+    let Some(platform) = object.get("platform") else { return Ok(Cow::Borrowed(raw)) };
+    let mut platform: IndexMap<String, &RawValue> = serde_json::from_str(platform.get()).map_err(malformed)?;
+    if !plain_variant {
+        platform.shift_remove("variant");
+    }
+    let spelled = serde_json::value::to_raw_value(architecture).map_err(|e| Error::internal(e.to_string()))?;
+    if architecture != entry.architecture {
+        platform.insert("architecture".to_owned(), &spelled);
+    }
+    let serialize = |e: serde_json::Error| Error::internal(format!("serializing index entry: {e}"));
+    let platform = RawValue::from_string(serde_json::to_string(&platform).map_err(serialize)?).map_err(serialize)?;
+    object.insert("platform".to_owned(), &platform);
+    let entry = RawValue::from_string(serde_json::to_string(&object).map_err(serialize)?).map_err(serialize)?;
+    Ok(Cow::Owned(entry))
 }
 
 fn nothing_fits(machine: &MachineType, index: &Index) -> Error {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod error;
 pub mod filter;
 pub mod machine;
+pub mod observe;
 pub mod password;
 pub mod ports;
 pub mod reference;

@@ -76,6 +76,106 @@ impl fmt::Display for Feature {
     }
 }
 
+/// What a `platform.variant` means to the matcher. Most µarch builds are published as variants (buildx
+/// `linux/amd64/v3`, GOAMD64, arm64 `v8.2`), so a variant is a CPU level where archspec has one for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// The architecture's baseline (amd64 with no variant or `v1`, arm64 with none, `v8` or `v8.0`): every machine
+    /// of the architecture runs it.
+    Baseline,
+    /// An archspec generic level (`x86_64_v3`, `armv8.2a`): the machine's cpu must be it or descend from it.
+    Archspec(&'static str),
+    /// A variant of a levelled architecture archspec has no level for (amd64 `v5`, arm64 `v8.7`): no machine is known
+    /// to run it, so it never fits.
+    Unknown,
+    /// The architecture has no archspec levels (32-bit arm, ppc64le, riscv64 …): the variant stays part of the
+    /// platform, as clients read it (containerd, containers/image and docker detect 32-bit arm variants themselves).
+    NotALevel,
+}
+
+/// amd64 levels, deepest first: (variant, archspec name).
+const AMD64_LEVELS: &[(&str, &str)] = &[("v4", "x86_64_v4"), ("v3", "x86_64_v3"), ("v2", "x86_64_v2")];
+/// arm64 levels archspec 0.2 knows, deepest first. It has no armv8.7a+ nor armv9.1a+.
+const ARM64_LEVELS: &[(&str, &str)] = &[
+    ("v9.0", "armv9.0a"),
+    ("v8.6", "armv8.6a"),
+    ("v8.5", "armv8.5a"),
+    ("v8.4", "armv8.4a"),
+    ("v8.3", "armv8.3a"),
+    ("v8.2", "armv8.2a"),
+    ("v8.1", "armv8.1a"),
+];
+
+/// An architecture whose variants are CPU levels.
+struct LevelledArchitecture {
+    /// archspec's generic root of the family.
+    baseline: &'static str,
+    /// Variants that mean the baseline.
+    baseline_variants: &'static [&'static str],
+    /// (variant, archspec level), deepest first.
+    levels: &'static [(&'static str, &'static str)],
+}
+
+/// The architecture's name in an index (GOARCH), also when spelled as the kernel does.
+fn levelled_architecture(architecture: &str) -> Option<LevelledArchitecture> {
+    match architecture {
+        "amd64" | "x86_64" | "x86-64" => {
+            Some(LevelledArchitecture { baseline: "x86_64", baseline_variants: &["", "v1"], levels: AMD64_LEVELS })
+        }
+        "arm64" | "aarch64" => Some(LevelledArchitecture {
+            baseline: "aarch64",
+            baseline_variants: &["", "v8", "v8.0"],
+            levels: ARM64_LEVELS,
+        }),
+        _ => None,
+    }
+}
+
+impl Level {
+    /// The level `variant` implies on `architecture`.
+    pub fn of(architecture: &str, variant: &str) -> Level {
+        let Some(family) = levelled_architecture(architecture) else { return Level::NotALevel };
+        let variant = if variant == "v9" { "v9.0" } else { variant };
+        if family.baseline_variants.contains(&variant) {
+            return Level::Baseline;
+        }
+        family.levels.iter().find(|(v, _)| *v == variant).map_or(Level::Unknown, |(_, level)| Level::Archspec(level))
+    }
+
+    /// The archspec name this level requires, if any.
+    pub fn archspec_name(self) -> Option<&'static str> {
+        match self {
+            Level::Archspec(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// The deepest generic level of `architecture` a `cpu` runs (`haswell` → `x86_64_v3`, `neoverse_v1` → `armv8.4a`),
+/// or the architecture's baseline; `None` when the cpu is not of that architecture or unknown to archspec.
+pub fn cpu_level(cpu: &str, architecture: &str) -> Option<&'static str> {
+    let family = levelled_architecture(architecture)?;
+    let uarch = Microarchitecture::known_targets().get(cpu)?;
+    let runs = |name: &str| uarch.name() == name || uarch.ancestors().iter().any(|a| a.name() == name);
+    if !runs(family.baseline) {
+        return None;
+    }
+    Some(family.levels.iter().find(|(_, level)| runs(level)).map_or(family.baseline, |(_, level)| *level))
+}
+
+/// The `platform.variant` that states `cpu`'s level on `architecture` (`haswell` → `v3`, `neoverse_v1` → `v8.4`);
+/// `None` at the baseline, or when the cpu is not of that architecture.
+pub fn level_variant(cpu: &str, architecture: &str) -> Option<&'static str> {
+    let level = cpu_level(cpu, architecture)?;
+    let family = levelled_architecture(architecture)?;
+    family.levels.iter().find(|(_, l)| *l == level).map(|(variant, _)| *variant)
+}
+
+/// The generic level of a cpu in its own family (`haswell` → `x86_64_v3`), for `detect` and messages.
+pub fn cpu_level_any(cpu: &str) -> Option<&'static str> {
+    cpu_level(cpu, "amd64").or_else(|| cpu_level(cpu, "arm64"))
+}
+
 /// The three archspec names closest to `wanted` (edit distance), to suggest on a typo.
 pub fn nearest_cpu_names(wanted: &str) -> Vec<String> {
     let mut names: Vec<(usize, &String)> =
@@ -213,5 +313,53 @@ mod tests {
         assert!(MachineType::new("bad name", vec![], MatchMode::Best).is_err());
         let m = MachineType::new("hsw-m60", vec!["cpu:haswell".into(), "nvcap:5.2".into()], MatchMode::Exact).unwrap();
         assert_eq!(m.features, ["cpu:haswell", "nvcap:5.2"]);
+    }
+
+    #[test]
+    fn variants_are_levels() {
+        let table: &[(&str, &str, Level)] = &[
+            ("amd64", "", Level::Baseline),
+            ("amd64", "v1", Level::Baseline),
+            ("amd64", "v2", Level::Archspec("x86_64_v2")),
+            ("amd64", "v3", Level::Archspec("x86_64_v3")),
+            ("x86_64", "v4", Level::Archspec("x86_64_v4")),
+            ("amd64", "v5", Level::Unknown),
+            ("amd64", "v8", Level::Unknown),
+            ("arm64", "", Level::Baseline),
+            ("arm64", "v8", Level::Baseline),
+            ("arm64", "v8.0", Level::Baseline),
+            ("arm64", "v8.2", Level::Archspec("armv8.2a")),
+            ("aarch64", "v8.6", Level::Archspec("armv8.6a")),
+            ("arm64", "v9", Level::Archspec("armv9.0a")),
+            ("arm64", "v9.0", Level::Archspec("armv9.0a")),
+            ("arm64", "v8.7", Level::Unknown),
+            ("arm64", "v1", Level::Unknown),
+            ("arm", "v7", Level::NotALevel),
+            ("ppc64le", "", Level::NotALevel),
+        ];
+        for (arch, variant, want) in table {
+            assert_eq!(Level::of(arch, variant), *want, "{arch}/{variant}");
+        }
+        // every archspec name used is known to archspec
+        for (_, name) in AMD64_LEVELS.iter().chain(ARM64_LEVELS) {
+            assert!(Microarchitecture::known_targets().contains_key(*name), "{name}");
+        }
+    }
+
+    #[test]
+    fn cpus_have_levels() {
+        assert_eq!(cpu_level("core2", "amd64"), Some("x86_64"));
+        assert_eq!(cpu_level("nehalem", "amd64"), Some("x86_64_v2"));
+        assert_eq!(cpu_level("haswell", "amd64"), Some("x86_64_v3"));
+        assert_eq!(cpu_level("zen4", "amd64"), Some("x86_64_v4"));
+        assert_eq!(cpu_level("haswell", "arm64"), None);
+        assert_eq!(cpu_level("neoverse_v1", "arm64"), Some("armv8.4a"));
+        assert_eq!(cpu_level_any("neoverse_n1"), Some("armv8.2a"));
+        assert_eq!(cpu_level_any("x86_64_v3"), Some("x86_64_v3"));
+        assert_eq!(level_variant("haswell", "amd64"), Some("v3"));
+        assert_eq!(level_variant("sapphirerapids", "amd64"), Some("v4"));
+        assert_eq!(level_variant("core2", "amd64"), None);
+        assert_eq!(level_variant("neoverse_v1", "arm64"), Some("v8.4"));
+        assert_eq!(level_variant("haswell", "arm64"), None);
     }
 }

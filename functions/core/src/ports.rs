@@ -15,6 +15,43 @@ pub struct Account {
     pub login: String,
     pub machine_type: String,
     pub password_hash: String,
+    /// Repository prefixes the account may pull (`org/`, `org/app`); empty: every repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+}
+
+impl Account {
+    /// The account as the CLI's `--json` and the admin API show it: never the hash; `repositories` only when set.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut view = serde_json::json!({"login": self.login, "machineType": self.machine_type});
+        if !self.repositories.is_empty() {
+            view["repositories"] = serde_json::json!(self.repositories);
+        }
+        view
+    }
+
+    /// Whether the account may pull `repository`: no list, or a prefix of the list that ends at a path boundary.
+    pub fn may_pull(&self, repository: &str) -> bool {
+        self.repositories.is_empty() || self.repositories.iter().any(|p| repository_matches(p, repository))
+    }
+}
+
+/// Refuses a repository prefix that is not a repository name, or one followed by `/`.
+pub fn validate_repository_prefix(prefix: &str) -> Result<()> {
+    prefix.strip_suffix('/').unwrap_or(prefix).parse::<RepositoryName>().map(|_| ()).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorCode::NameInvalid,
+            format!("repository prefix {prefix:?} must be a repository name, optionally ending in /: {}", e.message),
+        )
+    })
+}
+
+/// `org/` matches `org/app`; `org/app` matches `org/app` and `org/app/sub`, never `org/application`.
+fn repository_matches(prefix: &str, repository: &str) -> bool {
+    match repository.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 impl fmt::Debug for Account {
@@ -23,6 +60,7 @@ impl fmt::Debug for Account {
             .field("login", &self.login)
             .field("machine_type", &self.machine_type)
             .field("password_hash", &"<redacted>")
+            .field("repositories", &self.repositories)
             .finish()
     }
 }
@@ -60,6 +98,23 @@ pub struct ManifestHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobLocation {
     pub url: String,
+}
+
+/// One page of a repository's tags.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TagPage {
+    pub tags: Vec<String>,
+    /// When the upstream has more: the `last` to ask the next page with.
+    pub next_last: Option<String>,
+}
+
+/// The descriptors of the manifests that refer to a subject (distribution-spec 1.1 referrers).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Referrers {
+    /// Descriptors as the upstream wrote them (`mediaType`, `digest`, `size`, `artifactType`, `annotations`, …).
+    pub manifests: Vec<serde_json::Value>,
+    /// Whether the `artifactType` filter was already applied (the upstream's `OCI-Filters-Applied`).
+    pub artifact_type_filtered: bool,
 }
 
 /// The refusal every store gives for deleting a machine type that accounts still use.
@@ -141,4 +196,29 @@ pub trait Upstream: Send + Sync {
     ) -> Result<Manifest>;
     /// Where the client fetches a blob: the upstream's presigned storage URL when it redirects, else its blob URL.
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation>;
+
+    /// A page of `repository`'s tags: at most `n`, after `last` (tags/list pagination).
+    async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
+        let _ = (n, last);
+        Err(crate::Error::new(crate::ErrorCode::Unsupported, format!("tags of {repository} cannot be listed")))
+    }
+
+    /// The upstream's referrers API answer for `digest`; `Ok(None)` when the upstream has no referrers API (it
+    /// answers 404), so that the caller falls back to the `<alg>-<hex>` tag scheme.
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        let _ = (repository, digest, artifact_type);
+        Ok(None)
+    }
+
+    /// The name `name` of registry `host` goes by here (`?ns=<host>` of containerd mirrors): `host/name` when an
+    /// upstream is configured under that prefix or on that host. Any other host is refused (`DENIED`), never fetched.
+    fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
+        let _ = name;
+        Err(crate::Error::denied(format!("MetaHub mirrors no registry {host:?} (ns)")))
+    }
 }

@@ -10,6 +10,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const ALGORITHM: Algorithm = Algorithm::HS256;
 pub const ISSUER: &str = "metahub";
+/// The longest token lifetime accepted: a stolen token is worth at most this long, and revocation (account
+/// checks) covers the rest.
+pub const MAX_TOKEN_TTL_SECONDS: u64 = 3600;
+
+/// What a token remembers of its account: a change of any of these (or deletion) revokes the account's tokens.
+pub fn account_fingerprint(account: &crate::ports::Account) -> String {
+    let mut text = format!("{}\0{}\0{}", account.login, account.machine_type, account.password_hash);
+    for prefix in &account.repositories {
+        text.push('\0');
+        text.push_str(prefix);
+    }
+    let digest = crate::reference::Digest::sha256_of(text.as_bytes());
+    digest.as_str().trim_start_matches("sha256:").chars().take(32).collect()
+}
 
 /// One `type:name:actions` grant, as the token auth spec writes it in `access`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +61,10 @@ pub struct Claims {
     pub iat: u64,
     /// The machine type the account pulls as.
     pub mt: String,
+    /// The account as it was at login ([`account_fingerprint`]): a token whose account has since been deleted or
+    /// changed (password, machine type, repositories) is refused. `None`: an anonymous token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp: Option<String>,
     #[serde(default)]
     pub access: Vec<Access>,
 }
@@ -91,6 +109,11 @@ impl TokenKeys {
         if key.len() < 32 {
             return Err(Error::internal("token signing key must be at least 32 bytes"));
         }
+        if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&ttl_seconds) {
+            return Err(Error::internal(format!(
+                "token lifetime must be 1 to {MAX_TOKEN_TTL_SECONDS} seconds, not {ttl_seconds}"
+            )));
+        }
         let bad_key = |e: jsonwebtoken::errors::Error| Error::internal(format!("token signing key: {e}"));
         Ok(TokenKeys {
             encoding: EncodingKey::from_secret(key).map_err(bad_key)?,
@@ -104,7 +127,19 @@ impl TokenKeys {
         &self.audience
     }
 
+    /// An anonymous token (no account behind it).
     pub fn issue(&self, login: &str, machine_type: &str, access: Vec<Access>) -> Result<IssuedToken> {
+        self.issue_with_fingerprint(login, machine_type, None, access)
+    }
+
+    /// A token of an account, remembering its [`account_fingerprint`].
+    pub fn issue_with_fingerprint(
+        &self,
+        login: &str,
+        machine_type: &str,
+        fp: Option<String>,
+        access: Vec<Access>,
+    ) -> Result<IssuedToken> {
         let now = now_seconds();
         let claims = Claims {
             iss: ISSUER.into(),
@@ -114,6 +149,7 @@ impl TokenKeys {
             nbf: now,
             iat: now,
             mt: machine_type.into(),
+            fp,
             access,
         };
         let token = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
@@ -158,11 +194,18 @@ mod tests {
     }
 
     #[test]
+    fn the_lifetime_is_capped() {
+        assert!(TokenKeys::new(&[7u8; 32], "metahub", MAX_TOKEN_TTL_SECONDS).is_ok());
+        assert!(TokenKeys::new(&[7u8; 32], "metahub", MAX_TOKEN_TTL_SECONDS + 1).is_err());
+        assert!(TokenKeys::new(&[7u8; 32], "metahub", 0).is_err());
+    }
+
+    #[test]
     fn refuses_forged_expired_other_audience_and_alg_none() {
         let t = keys().issue("alice", "hsw", vec![]).unwrap().token;
         assert!(TokenKeys::new(&[8u8; 32], "metahub", 300).unwrap().verify(&t).is_err());
         assert!(TokenKeys::new(&[7u8; 32], "other", 300).unwrap().verify(&t).is_err());
-        let expired = TokenKeys::new(&[7u8; 32], "metahub", 0).unwrap();
+        let expired = TokenKeys::new(&[7u8; 32], "metahub", 1).unwrap();
         let mut claims = keys().verify(&t).unwrap();
         claims.exp = now_seconds() - 60;
         let old = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &expired.encoding).unwrap();

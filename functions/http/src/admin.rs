@@ -8,7 +8,6 @@
 use crate::App;
 use crate::admin_ui;
 use crate::response::{ApiError, constant_time_eq};
-use argon2::password_hash::PasswordHash;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -18,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metahub_core::filter::{self, Index, Verdict};
 use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names, validate_name};
-use metahub_core::password::{MIN_PASSWORD_LEN, hash_password};
-use metahub_core::ports::{Account, Change, Manifest};
+use metahub_core::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_hash};
+use metahub_core::ports::{Account, Change, Manifest, validate_repository_prefix};
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
 use metahub_core::{Error, ErrorCode};
@@ -32,8 +31,6 @@ use std::sync::Arc;
 
 /// An admin secret shorter than this is refused at startup: it must not be guessable.
 pub const MIN_ADMIN_SECRET_LEN: usize = 32;
-/// Longer passwords are refused: hashing is deliberately slow, and its cost grows with the input.
-const MAX_PASSWORD_LEN: usize = 1024;
 const DEFAULT_CHANGES: usize = 100;
 const MAX_CHANGES: usize = 1000;
 /// Admin bodies are a few hundred bytes; anything near this is not a request worth parsing.
@@ -124,8 +121,7 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        .and_then(|v| crate::auth::credentials_of_scheme(v, "Bearer"))
 }
 
 /// Authenticates the operator and leaves an [`AdminPrincipal`] for the handlers; refuses with 401 otherwise.
@@ -195,10 +191,6 @@ pub(crate) async fn record(app: &App, who: String, action: &str, target: String)
         tracing::error!(action, target = %change.target, error = %e, "change applied but not recorded");
         ApiError::from(Error::new(e.code, format!("the change was applied, but recording it failed: {}", e.message)))
     })
-}
-
-fn account_json(a: &Account) -> Value {
-    json!({"login": a.login, "machineType": a.machine_type})
 }
 
 pub(crate) fn ok_json(value: Value) -> Response {
@@ -279,13 +271,13 @@ async fn delete_machine_type(
 
 async fn list_accounts(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let all = app.registry.store().list_accounts().await?;
-    Ok(ok_json(all.iter().map(account_json).collect()))
+    Ok(ok_json(all.iter().map(Account::to_json).collect()))
 }
 
 async fn get_account(State(app): State<Arc<App>>, Path(login): Path<String>) -> Result<Response, ApiError> {
     validate_name("login", &login)?;
     match app.registry.store().account(&login).await? {
-        Some(a) => Ok(ok_json(account_json(&a))),
+        Some(a) => Ok(ok_json(Account::to_json(&a))),
         None => Err(unknown("account", &login)),
     }
 }
@@ -297,6 +289,9 @@ struct AccountBody {
     machine_type: String,
     password: Option<String>,
     password_hash: Option<String>,
+    /// Repository prefixes the account may pull; absent or empty: every repository.
+    #[serde(default)]
+    repositories: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -320,14 +315,8 @@ async fn password_hash(password: Option<String>, hash: Option<String>) -> Result
                 .map_err(|e| Error::internal(format!("hashing the password: {e}")))?
         }
         (None, Some(hash)) => {
-            let parsed =
-                PasswordHash::new(&hash).map_err(|e| invalid(format!("passwordHash is not a PHC string: {e}")))?;
-            if parsed.algorithm != argon2::Algorithm::Argon2id.ident() || parsed.salt.is_none() || parsed.hash.is_none()
-            {
-                return Err(invalid(
-                    "passwordHash must be an argon2id PHC string ($argon2id$v=19$m=…,t=…,p=…$salt$hash)",
-                ));
-            }
+            // argon2id v19 within the documented parameter range only: not 4 GiB per login, not trivially crackable.
+            validate_hash(&hash)?;
             Ok(hash)
         }
         (Some(_), Some(_)) => Err(invalid("give either password or passwordHash, not both")),
@@ -350,14 +339,22 @@ async fn put_account(
         return Err(invalid(format!("body names login {given:?} but the path names {login:?}")).into());
     }
     validate_name("machine type", &body.machine_type)?;
+    for prefix in &body.repositories {
+        validate_repository_prefix(prefix)?;
+    }
     let account = Account {
         login,
         machine_type: body.machine_type,
         password_hash: password_hash(body.password, body.password_hash).await?,
+        repositories: body.repositories,
     };
     app.registry.store().put_account(&account).await?;
-    record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
-    Ok(ok_json(account_json(&account)))
+    let mut target = format!("{} machineType={}", account.login, account.machine_type);
+    if !account.repositories.is_empty() {
+        target.push_str(&format!(" repositories={}", account.repositories.join(",")));
+    }
+    record(&app, who, "put-account", target).await?;
+    Ok(ok_json(Account::to_json(&account)))
 }
 
 async fn rotate_password(
@@ -377,7 +374,7 @@ async fn rotate_password(
     account.password_hash = hash;
     store.put_account(&account).await?;
     record(&app, who, "rotate-password", login).await?;
-    Ok(ok_json(account_json(&account)))
+    Ok(ok_json(Account::to_json(&account)))
 }
 
 #[derive(Deserialize)]
@@ -404,7 +401,7 @@ async fn set_account_machine_type(
     account.machine_type = body.machine_type;
     store.put_account(&account).await?;
     record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
-    Ok(ok_json(account_json(&account)))
+    Ok(ok_json(Account::to_json(&account)))
 }
 
 async fn delete_account(

@@ -1,14 +1,14 @@
-//! Bearer tokens on `/v2/*`: the challenge, verification, scope checks; and the login throttle of `/token`.
+//! Bearer tokens on `/v2/*`: the challenge, verification, scope checks; and the source of a `/token` request.
 
 use crate::App;
 use crate::response::ApiError;
 use axum::http::{HeaderMap, HeaderValue, header};
+use metahub_core::cache::BoundedMap;
+use metahub_core::ports::Account;
 use metahub_core::reference::RepositoryName;
-use metahub_core::token::Claims;
+use metahub_core::token::{Claims, account_fingerprint};
 use metahub_core::{Error, ErrorCode};
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// `Bearer realm=…,service=…[,scope=…][,error=…]`, as the token auth spec writes it.
@@ -28,8 +28,68 @@ fn challenge(app: &App, headers: &HeaderMap, scope: Option<&str>, error: Option<
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
+/// How long an account's state is reused before the store is asked again: the bound within which deleting an
+/// account, or changing its password, machine type or repositories, takes effect on tokens already issued.
+pub const ACCOUNT_RECHECK: Duration = Duration::from_secs(30);
+
+/// The current state of accounts, as tokens are checked against it; read from the store at most every
+/// [`ACCOUNT_RECHECK`] per login and process.
+pub struct AccountCheck {
+    recent: BoundedMap<String, (Instant, Option<Account>)>,
+}
+
+impl Default for AccountCheck {
+    fn default() -> Self {
+        AccountCheck { recent: BoundedMap::new(10_000, 4 << 20, |(_, a)| a.as_ref().map_or(0, account_weight)) }
+    }
+}
+
+fn account_weight(a: &Account) -> usize {
+    a.login.len() + a.machine_type.len() + a.password_hash.len() + a.repositories.iter().map(String::len).sum::<usize>()
+}
+
+impl AccountCheck {
+    async fn current(&self, app: &App, login: &str) -> Result<Option<Account>, Error> {
+        if let Some((at, account)) = self.recent.get(&login.to_owned())
+            && at.elapsed() < ACCOUNT_RECHECK
+        {
+            return Ok(account);
+        }
+        let account = app.registry.store().account(login).await?;
+        self.recent.insert(login.to_owned(), (Instant::now(), account.clone()));
+        Ok(account)
+    }
+
+    /// Refuses a token whose account is gone or changed since login, or that names a repository the account may
+    /// no longer pull; an anonymous token only while anonymous pulls of its machine type are on.
+    async fn check(&self, app: &App, claims: &Claims, repository: Option<&RepositoryName>) -> Result<(), Error> {
+        let Some(fp) = &claims.fp else {
+            return match &app.config.anonymous_machine_type {
+                Some(mt) if *mt == claims.mt => Ok(()),
+                _ => Err(Error::unauthorized("anonymous pulls are off; log in")),
+            };
+        };
+        let account = self.current(app, &claims.sub).await?;
+        match account {
+            Some(a) if account_fingerprint(&a) == *fp => match repository {
+                Some(r) if !a.may_pull(r.as_str()) => {
+                    Err(Error::denied(format!("account {:?} may not pull {r}", claims.sub)))
+                }
+                _ => Ok(()),
+            },
+            _ => {
+                Err(Error::unauthorized("the account was deleted or changed since this token was issued; log in again"))
+            }
+        }
+    }
+}
+
 /// The claims of a valid bearer token that may pull `repository` (or any valid token, for the ping).
-pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryName>) -> Result<Claims, ApiError> {
+pub async fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    repository: Option<&RepositoryName>,
+) -> Result<Claims, ApiError> {
     let scope = repository.map(|r| format!("repository:{r}:pull"));
     let refuse = |error: Error, reason: Option<&str>| {
         ApiError::from(error).with_header(header::WWW_AUTHENTICATE, challenge(app, headers, scope.as_deref(), reason))
@@ -37,8 +97,7 @@ pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryN
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(|v| credentials_of_scheme(v, "Bearer"));
     let Some(token) = token else {
         return Err(refuse(Error::unauthorized("authentication required"), None));
     };
@@ -51,58 +110,18 @@ pub fn authorize(app: &App, headers: &HeaderMap, repository: Option<&RepositoryN
             Some("insufficient_scope"),
         ));
     }
+    app.accounts.check(app, &claims, repository).await.map_err(|e| match e.code {
+        ErrorCode::Unauthorized => refuse(e, Some("invalid_token")),
+        _ => e.into(),
+    })?;
+    metahub_core::observe::machine_type(&claims.mt);
     Ok(claims)
 }
 
-const WINDOW: Duration = Duration::from_secs(60);
-const MAX_FAILURES: u32 = 10;
-const MAX_TRACKED: usize = 10_000;
-
-/// Counts failed logins per account and per source; past the limit, logins are refused for the rest of the window.
-#[derive(Default)]
-pub struct LoginThrottle {
-    failures: Mutex<HashMap<String, (Instant, u32)>>,
-}
-
-impl LoginThrottle {
-    fn keys(login: &str, source: Option<&str>) -> Vec<String> {
-        let mut keys = vec![format!("login:{login}")];
-        keys.extend(source.map(|s| format!("source:{s}")));
-        keys
-    }
-
-    /// Refuses with `TOOMANYREQUESTS` and `Retry-After` while the account or source is locked out.
-    pub fn check(&self, login: &str, source: Option<&str>) -> Result<(), ApiError> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for key in Self::keys(login, source) {
-            if let Some((start, count)) = failures.get(&key)
-                && *count >= MAX_FAILURES
-                && start.elapsed() < WINDOW
-            {
-                let retry = WINDOW.saturating_sub(start.elapsed()).as_secs().max(1);
-                return Err(ApiError::from(Error::new(
-                    ErrorCode::TooManyRequests,
-                    "too many failed logins; try again later",
-                ))
-                .with_header(header::RETRY_AFTER, HeaderValue::from(retry)));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn record_failure(&self, login: &str, source: Option<&str>) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > MAX_TRACKED {
-            failures.retain(|_, (start, _)| start.elapsed() < WINDOW);
-        }
-        for key in Self::keys(login, source) {
-            let entry = failures.entry(key).or_insert((Instant::now(), 0));
-            if entry.0.elapsed() >= WINDOW {
-                *entry = (Instant::now(), 0);
-            }
-            entry.1 += 1;
-        }
-    }
+/// The credentials of an `Authorization` value in `scheme`, matched case-insensitively (RFC 7235 §2.1).
+pub fn credentials_of_scheme<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, credentials) = value.trim_start().split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| credentials.trim())
 }
 
 /// The client's address, for throttling: behind CloudFront (an origin secret is configured) the

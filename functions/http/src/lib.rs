@@ -1,11 +1,14 @@
 //! The one router of MetaHub: `/v2/*`, `/token`, `/admin/*` and the admin page at `/admin/`, over [`metahub_core::service::RegistryService`].
 //! `metahub serve` runs it with `axum::serve`; each Lambda function runs it with `lambda_http::run`.
 
+pub mod access_log;
 mod admin;
 mod admin_ui;
 mod auth;
+mod listing;
 mod registry;
 mod response;
+mod throttle;
 mod token;
 
 use axum::Router;
@@ -74,7 +77,9 @@ pub struct App {
     /// How `/admin/*` authenticates. Kept out of `HttpConfig` so that the functions that serve no admin routes
     /// need not name it.
     pub admin: AdminAuth,
-    throttle: auth::LoginThrottle,
+    throttle: throttle::LoginThrottle,
+    hashing: throttle::HashingGate,
+    accounts: auth::AccountCheck,
 }
 
 impl App {
@@ -84,7 +89,15 @@ impl App {
 
     /// An app whose `/admin/*` routes authenticate with `admin`.
     pub fn with_admin(registry: RegistryService, keys: TokenKeys, config: HttpConfig, admin: AdminAuth) -> Arc<App> {
-        Arc::new(App { registry, keys, config, admin, throttle: auth::LoginThrottle::default() })
+        Arc::new(App {
+            registry,
+            keys,
+            config,
+            admin,
+            throttle: throttle::LoginThrottle::default(),
+            hashing: throttle::HashingGate::for_this_machine(),
+            accounts: auth::AccountCheck::default(),
+        })
     }
 }
 
@@ -108,6 +121,8 @@ fn finish(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
     routes
         .fallback(response::not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), response::common_layer))
+        // Outermost: requests refused by the origin check are logged too.
+        .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::layer))
         .with_state(app)
 }
 

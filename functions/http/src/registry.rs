@@ -1,8 +1,9 @@
-//! `/v2/`: the ping, manifests and blobs. Paths are parsed raw (never percent-decoded), so `%2f` or `%2e%2e` in
+//! `/v2/`: the ping, manifests, blobs, tag lists and referrers. Paths are parsed raw (never percent-decoded), so `%2f` or `%2e%2e` in
 //! a name is simply an invalid name.
 
 use crate::App;
 use crate::auth::authorize;
+use crate::listing;
 use crate::response::{ApiError, body_for};
 use axum::body::Body;
 use axum::extract::State;
@@ -18,30 +19,44 @@ pub async fn ping(State(app): State<Arc<App>>, method: Method, headers: HeaderMa
     if method != Method::GET && method != Method::HEAD {
         return Err(Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only").into());
     }
-    authorize(&app, &headers, None)?;
+    authorize(&app, &headers, None).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body_for(&method, "{}".into())).into_response())
 }
 
-enum Route {
-    Manifest(RepositoryName, Reference),
-    Blob(RepositoryName, Digest),
+/// A `/v2/<name>/…` route; references are kept raw until the caller is authorized, so that an unauthenticated
+/// request is answered 401 whatever it names.
+pub(crate) enum Route<'a> {
+    Manifest(RepositoryName, &'a str),
+    Blob(RepositoryName, &'a str),
+    Tags(RepositoryName),
+    Referrers(RepositoryName, &'a str),
 }
 
-/// `<name>/manifests/<reference>` or `<name>/blobs/<digest>`; anything else is an error naming what is wrong.
-fn parse_route(path: &str) -> Result<Route, Error> {
+impl Route<'_> {
+    fn name(&self) -> &RepositoryName {
+        match self {
+            Route::Manifest(n, _) | Route::Blob(n, _) | Route::Tags(n) | Route::Referrers(n, _) => n,
+        }
+    }
+}
+
+/// `<name>/manifests/<reference>`, `<name>/blobs/<digest>`, `<name>/tags/list` or `<name>/referrers/<digest>`;
+/// anything else is an error naming what is wrong.
+pub(crate) fn parse_route(path: &str) -> Result<Route<'_>, Error> {
     let (name_and_kind, last) =
         path.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
     let (name, kind) =
         name_and_kind.rsplit_once('/').ok_or_else(|| Error::new(ErrorCode::NotFound, "no such route"))?;
-    match kind {
-        "manifests" => Ok(Route::Manifest(name.parse()?, last.parse()?)),
-        "blobs" => Ok(Route::Blob(name.parse()?, last.parse()?)),
-        "uploads" | "tags" | "referrers" => {
-            Err(Error::new(ErrorCode::Unsupported, format!("MetaHub does not serve {kind}")))
-        }
+    match (kind, last) {
+        ("manifests", _) => Ok(Route::Manifest(name.parse()?, last)),
+        ("blobs", _) => Ok(Route::Blob(name.parse()?, last)),
+        ("tags", "list") => Ok(Route::Tags(name.parse()?)),
+        ("referrers", _) => Ok(Route::Referrers(name.parse()?, last)),
+        ("uploads", _) => Err(Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only")),
         _ => Err(Error::new(
             ErrorCode::NotFound,
-            "no such route; expected <name>/manifests/<reference> or <name>/blobs/<digest>",
+            "no such route; expected <name>/manifests/<reference>, <name>/blobs/<digest>, <name>/tags/list or \
+             <name>/referrers/<digest>",
         )),
     }
 }
@@ -60,9 +75,19 @@ pub async fn dispatch(
     if method != Method::GET && method != Method::HEAD {
         return Err(Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only").into());
     }
+    let params = listing::query_params(uri.query());
+    // `?ns=<registry host>` (containerd mirrors): the name as that registry's upstream is routed here.
+    let name = match params.get("ns") {
+        Some(ns) => app.registry.name_in_namespace(ns, route.name())?,
+        None => route.name().clone(),
+    };
+    let claims = authorize(&app, &headers, Some(&name)).await?;
     match route {
-        Route::Manifest(name, reference) => {
-            let claims = authorize(&app, &headers, Some(&name))?;
+        Route::Manifest(_, reference) => {
+            // Spec and OCI conformance: a reference that cannot exist is an unknown manifest.
+            let reference: Reference = reference
+                .parse()
+                .map_err(|_| Error::manifest_unknown(format!("manifest {name}:{} is unknown", truncate(reference))))?;
             let manifest = app.registry.manifest(&name, &reference, &claims.mt).await?;
             let mut response = Response::new(body_for(&method, manifest.bytes.clone()));
             let h = response.headers_mut();
@@ -72,8 +97,8 @@ pub async fn dispatch(
             h.insert(header::ETAG, header_value(&format!("\"{}\"", manifest.digest))?);
             Ok(response)
         }
-        Route::Blob(name, digest) => {
-            authorize(&app, &headers, Some(&name))?;
+        Route::Blob(_, digest) => {
+            let digest: Digest = digest.parse()?;
             let location = app.registry.blob(&name, &digest).await?;
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
@@ -81,7 +106,17 @@ pub async fn dispatch(
             response.headers_mut().insert(CONTENT_DIGEST, header_value(digest.as_str())?);
             Ok(response)
         }
+        Route::Tags(path_name) => Ok(listing::tags(&app, &method, &path_name, &name, &params).await?),
+        Route::Referrers(_, digest) => {
+            // Spec: an invalid digest is 400.
+            let digest: Digest = digest.parse()?;
+            Ok(listing::referrers(&app, &method, &name, &digest, &params).await?)
+        }
     }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(140).collect()
 }
 
 /// Upstream-supplied text (media types, URLs) may not be a valid header: that is the upstream's fault.

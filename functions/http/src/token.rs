@@ -1,7 +1,7 @@
 //! `/token`: GET with Basic auth (docker, podman, skopeo) and POST with the OAuth2 password form (containerd).
 
 use crate::App;
-use crate::auth::source_of;
+use crate::auth::{credentials_of_scheme, source_of};
 use crate::response::ApiError;
 use axum::Extension;
 use axum::Json;
@@ -10,8 +10,11 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
-use metahub_core::password::verify_password;
-use metahub_core::token::Access;
+use metahub_core::machine::validate_name;
+use metahub_core::observe::{self, LoginResult};
+use metahub_core::password::{MAX_PASSWORD_LEN, verify_password};
+use metahub_core::ports::Account;
+use metahub_core::token::{Access, account_fingerprint};
 use metahub_core::{Error, ErrorCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -34,10 +37,14 @@ fn form_pairs(raw: &[u8]) -> Vec<(String, String)> {
 fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let malformed = || ApiError::from(Error::unauthorized("malformed Basic credentials"));
-    let encoded = value.to_str().ok().and_then(|v| v.strip_prefix("Basic ")).ok_or_else(malformed)?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let encoded = value.to_str().ok().and_then(|v| credentials_of_scheme(v, "Basic")).ok_or_else(malformed)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| malformed())?;
     let text = String::from_utf8(decoded).map_err(|_| malformed())?;
     let (login, password) = text.split_once(':').ok_or_else(malformed)?;
+    // Some clients always send Basic, empty when they have nothing (`Og==`): that is an anonymous request.
+    if login.is_empty() && password.is_empty() {
+        return Ok(None);
+    }
     Ok(Some((login.to_owned(), password.to_owned())))
 }
 
@@ -98,22 +105,36 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
     {
         return Err(Error::unauthorized(format!("unknown service {service:?}")).into());
     }
-    let machine_type = match request.credentials {
+    let account = match request.credentials {
         Some((login, password)) => {
             let source = source_of(app, headers, peer.map(|Extension(ConnectInfo(addr))| addr));
-            login_machine_type(app, source, &login, password).await.map(|mt| (login, mt))?
+            Some(login_account(app, source, &login, password).await?)
+        }
+        None => None,
+    };
+    let issued = match account {
+        Some(account) => {
+            // Only what the account may pull is granted, whatever the scope asks.
+            let access = request
+                .scopes
+                .iter()
+                .filter_map(|s| Access::granted_for_scope(s))
+                .filter(|a| account.may_pull(&a.name))
+                .collect();
+            let fp = Some(account_fingerprint(&account));
+            app.keys.issue_with_fingerprint(&account.login, &account.machine_type, fp, access)?
         }
         None => match &app.config.anonymous_machine_type {
-            Some(mt) => ("anonymous".to_owned(), mt.clone()),
+            Some(mt) => {
+                let access = request.scopes.iter().filter_map(|s| Access::granted_for_scope(s)).collect();
+                app.keys.issue("anonymous", mt, access)?
+            }
             None => {
                 return Err(ApiError::from(Error::unauthorized("credentials required"))
                     .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"metahub\"")));
             }
         },
     };
-    let (login, machine_type) = machine_type;
-    let access = request.scopes.iter().filter_map(|s| Access::granted_for_scope(s)).collect();
-    let issued = app.keys.issue(&login, &machine_type, access)?;
     Ok(Json(json!({
         "token": issued.token,
         "access_token": issued.token,
@@ -122,26 +143,47 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
     })))
 }
 
-/// Checks the password (throttled per account and source) and returns the account's machine type.
-async fn login_machine_type(
-    app: &App,
-    source: Option<String>,
-    login: &str,
-    password: String,
-) -> Result<String, ApiError> {
-    app.throttle.check(login, source.as_deref())?;
-    let account = app.registry.store().account(login).await?;
+/// Checks the password (throttled per account and source, hashing bounded) and returns the account.
+async fn login_account(app: &App, source: Option<String>, login: &str, password: String) -> Result<Account, ApiError> {
+    let invalid = || ApiError::from(Error::unauthorized("invalid username or password"));
+    // Nothing malformed reaches the throttle's maps or the hash; it cannot be a real account either.
+    if validate_name("login", login).is_err() || password.len() > MAX_PASSWORD_LEN {
+        return Err(invalid());
+    }
+    let busy = || {
+        ApiError::from(Error::new(ErrorCode::Unavailable, "too many logins at once; try again shortly"))
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    };
+    let admission = app.hashing.admit().map_err(|_| busy())?;
+    let attempt = app.throttle.begin(login, source.as_deref()).await.map_err(|refusal| {
+        observe::login(login, LoginResult::Throttled);
+        ApiError::from(Error::new(ErrorCode::TooManyRequests, "too many failed logins; try again later"))
+            .with_header(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after.as_secs().max(1)))
+    })?;
+    let account = match app.registry.store().account(login).await {
+        Ok(account) => account,
+        Err(e) => {
+            attempt.withdraw();
+            return Err(e.into());
+        }
+    };
+    // Unknown logins are checked against a dummy hash: the same time, and the same place in the gate.
     let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());
-    // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(|_| Error::internal("password check failed"))?;
+    let Ok(matches) = admission.run(move || verify_password(&password, &hash)).await else {
+        attempt.withdraw();
+        return Err(busy());
+    };
     match account {
-        Some(account) if matches => Ok(account.machine_type),
+        Some(account) if matches => {
+            attempt.succeeded();
+            observe::login(login, LoginResult::Ok);
+            observe::machine_type(&account.machine_type);
+            Ok(account)
+        }
         _ => {
-            app.throttle.record_failure(login, source.as_deref());
+            observe::login(login, LoginResult::Failed);
             tracing::info!(login, "failed login");
-            Err(Error::unauthorized("invalid username or password").into())
+            Err(invalid())
         }
     }
 }

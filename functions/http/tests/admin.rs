@@ -321,12 +321,21 @@ async fn accounts_crud_rotation_and_audit() {
         json!({"machineType": "skl", "password": "long enough", "passwordHash": hash}),
         json!({"machineType": "skl", "passwordHash": "$2b$12$abcdefghijklmnopqrstuv"}),
         json!({"machineType": "skl", "passwordHash": "$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"}),
+        // argon2id, but outside the accepted parameters: 4 GiB per login, or cheap to crack
+        json!({"machineType": "skl", "passwordHash": "$argon2id$v=19$m=4194304,t=4294967295,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"}),
+        json!({"machineType": "skl", "passwordHash": "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"}),
+        json!({"machineType": "skl", "password": "long enough", "repositories": ["../x"]}),
         json!({"machineType": 5, "password": "long enough"}),
     ];
     for body in bad_bodies {
         let (s, v) = h.admin("PUT", "/admin/accounts/m-bad", Some(body.clone())).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
     }
+    let body = json!({"machineType": "skl", "password": "long enough", "repositories": ["org/", "other/app"]});
+    let (s, v) = h.admin("PUT", "/admin/accounts/m-limited", Some(body)).await;
+    assert_eq!((s, &v["repositories"]), (StatusCode::OK, &json!(["org/", "other/app"])));
+    let (s, _) = h.admin("DELETE", "/admin/accounts/m-limited", None).await;
+    assert!(s.is_success());
     let (s, v) =
         h.admin("PUT", "/admin/accounts/m-bad", Some(json!({"machineType": "nope", "password": "long enough"}))).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
@@ -362,6 +371,8 @@ async fn accounts_crud_rotation_and_audit() {
             ("delete-account", "m-two"),
             ("delete-account", "m-skl"),
             ("rotate-password", "m-skl"),
+            ("delete-account", "m-limited"),
+            ("put-account", "m-limited machineType=skl repositories=org/,other/app"),
             ("put-account", "m-two machineType=skl"),
             ("put-account", "m-skl machineType=skl"),
             ("put-machine-type", "skl [cpu:skylake] best"),
@@ -385,7 +396,10 @@ async fn explain_route() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["index"], json!(true));
     assert_eq!(v["served"], json!([format!("sha256:{}", "a".repeat(64))]));
-    assert_eq!(v["entries"][1]["reason"], json!("fits, but a more specific entry of the same platform is served"));
+    assert_eq!(
+        v["entries"][1]["reason"],
+        json!("generic: fits every machine; but a more specific entry of the same platform is served")
+    );
     let (s, _) = h.admin("GET", "/admin/explain?machineType=nope&image=org/app:v1", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = h.admin("GET", "/admin/explain?machineType=cll", None).await;
@@ -525,4 +539,98 @@ async fn the_viewer_host_names_the_realm_only_behind_cloudfront() {
     assert!(
         headers[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer realm=\"http://127.0.0.1:5000/token\"")
     );
+}
+
+/// A login through `/token` (Basic), for `scope`; the token.
+async fn login(h: &Harness, login: &str, password: &str, scope: &str) -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
+    let path = format!("/token?service=metahub&scope={scope}");
+    let (s, v) = h.send("GET", &path, Some(&format!("Basic {basic}")), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+async fn pull(h: &Harness, repository: &str, token: &str) -> (StatusCode, Value) {
+    h.send("GET", &format!("/v2/{repository}/manifests/latest"), Some(&format!("Bearer {token}")), None).await
+}
+
+async fn setup_account(h: &Harness, repositories: &[&str]) {
+    for name in ["skl", "other"] {
+        let mt = MachineType::new(name, vec!["cpu:skylake".into()], metahub_core::machine::MatchMode::Best).unwrap();
+        h.store.put_machine_type(&mt).await.unwrap();
+    }
+    let account = Account {
+        login: "m-skl".into(),
+        machine_type: "skl".into(),
+        password_hash: metahub_core::password::hash_password("battery staple").unwrap(),
+        repositories: repositories.iter().map(|r| r.to_string()).collect(),
+    };
+    h.store.put_account(&account).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_claim_is_checked_on_a_validly_signed_token() {
+    let h = secret_harness();
+    setup_account(&h, &[]).await;
+    let genuine = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
+    assert_eq!(pull(&h, "org/app", &genuine).await.0, StatusCode::OK, "the positive control");
+    let claims = h.app.keys.verify(&genuine).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]).unwrap();
+    let sign = |c: &metahub_core::token::Claims| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), c, &key).unwrap()
+    };
+    assert_eq!(pull(&h, "org/app", &sign(&claims)).await.0, StatusCode::OK, "re-signed unchanged: still good");
+    let now = metahub_core::token::now_seconds();
+    type Change = Box<dyn Fn(&mut metahub_core::token::Claims)>;
+    let changes: [(&str, Change); 6] = [
+        ("exp", Box::new(move |c| c.exp = now - 60)),
+        ("nbf", Box::new(move |c| c.nbf = now + 3600)),
+        ("aud", Box::new(|c| c.aud = "other".into())),
+        ("iss", Box::new(|c| c.iss = "evil".into())),
+        ("fp", Box::new(|c| c.fp = Some("0".repeat(32)))),
+        ("anonymous", Box::new(|c| c.fp = None)),
+    ];
+    for (claim, change) in changes {
+        let mut forged = claims.clone();
+        change(&mut forged);
+        let (s, v) = pull(&h, "org/app", &sign(&forged)).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{claim}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn account_changes_revoke_tokens_and_repositories_are_enforced() {
+    let h = secret_harness();
+    setup_account(&h, &["org/"]).await;
+    // the scope asked beyond the account's repositories is not granted
+    let token = login(&h, "m-skl", "battery staple", "repository:other/app:pull").await;
+    let (s, v) = pull(&h, "other/app", &token).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{v}");
+    let token = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
+    // narrowed after the token was issued: the token goes (the account changed)
+    let mut account = h.store.account("m-skl").await.unwrap().unwrap();
+    account.repositories = vec!["elsewhere/".into()];
+    h.store.put_account(&account).await.unwrap();
+    assert_eq!(pull(&h, "org/app", &token).await.0, StatusCode::UNAUTHORIZED);
+
+    // a new password or machine type, or deletion, revokes the tokens issued before
+    setup_account(&h, &[]).await;
+    for change in ["password", "machine type", "delete"] {
+        let token = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
+        let mut account = h.store.account("m-skl").await.unwrap().unwrap();
+        match change {
+            "password" => account.password_hash = metahub_core::password::hash_password("new staple!").unwrap(),
+            "machine type" => account.machine_type = "other".into(),
+            _ => {}
+        }
+        if change == "delete" {
+            h.store.delete_account("m-skl").await.unwrap();
+        } else {
+            h.store.put_account(&account).await.unwrap();
+        }
+        let (s, v) = pull(&h, "org/app", &token).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{change}: {v}");
+        setup_account(&h, &[]).await;
+    }
 }

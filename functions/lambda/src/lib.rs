@@ -8,18 +8,23 @@
 //! | `METAHUB_STORE` | required, `dynamodb:TABLE` |
 //! | `METAHUB_PUBLIC_URL` | the URL clients use, for the token realm; optional behind CloudFront, where the viewer's host arrives in `X-Forwarded-Host` (trusted only with a valid origin secret) |
 //! | `METAHUB_FUNCTION_TIMEOUT` | the function's timeout (the template passes the one value it also sets as `Timeout`); every other timeout is derived from it, see [`Budget`]. Default 10s |
-//! | `METAHUB_UPSTREAM` | upstream registry, default `https://registry-1.docker.io` |
+//! | `METAHUB_UPSTREAM` | upstream registries, comma-separated `[PREFIX=]URL` (as `metahub serve --upstream`), default `https://registry-1.docker.io` |
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
 //! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
-//! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes |
+//! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
+//! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes, at most 1 hour |
 //! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
+//! | `METAHUB_CACHE_MIB` | memory all caches together may hold, MiB; default a quarter of the function's memory |
+//! | `METAHUB_MAX_STALE` | while the upstream fails, serve a tag's last index at most this long; default 24h, `0`: never |
 //! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | grant credential-less token requests this machine type |
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
 //! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
-//! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the upstream |
+//! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the default upstream, or Docker `config.json` JSON (`{"auths": {"<PREFIX or host>": {"auth": …}}}`) for several |
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
+
+pub mod emf;
 
 use anyhow::{Context, anyhow, bail};
 use axum::Router;
@@ -29,11 +34,12 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
+use metahub_http::access_log::RequestId;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
 use metahub_store_dynamodb::DynamoStore;
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
+use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +80,11 @@ pub struct Settings {
     pub upstream: String,
     pub service: String,
     pub tag_ttl: Option<Duration>,
+    pub index_digest_pulls: IndexDigestPulls,
     pub token_ttl: Duration,
     pub budget: Budget,
+    pub cache_bytes: usize,
+    pub max_stale: Duration,
     pub upstream_timeout: Duration,
     pub anonymous_machine_type: Option<String>,
     pub signing_key_param: Option<String>,
@@ -93,8 +102,11 @@ impl fmt::Debug for Settings {
             .field("upstream", &self.upstream)
             .field("service", &self.service)
             .field("tag_ttl", &self.tag_ttl)
+            .field("index_digest_pulls", &self.index_digest_pulls)
             .field("token_ttl", &self.token_ttl)
             .field("budget", &self.budget)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("max_stale", &self.max_stale)
             .field("upstream_timeout", &self.upstream_timeout)
             .field("anonymous_machine_type", &self.anonymous_machine_type)
             .field("signing_key_param", &self.signing_key_param)
@@ -144,11 +156,26 @@ impl Settings {
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             service: get("METAHUB_SERVICE").unwrap_or_else(|| DEFAULT_SERVICE.to_owned()),
             tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
+            index_digest_pulls: get("METAHUB_INDEX_DIGEST_PULLS")
+                .map(|v| {
+                    v.parse().map_err(|e: metahub_core::Error| anyhow!("METAHUB_INDEX_DIGEST_PULLS: {}", e.message))
+                })
+                .transpose()?
+                .unwrap_or_default(),
             token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(DEFAULT_TOKEN_TTL),
             budget,
             // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
             upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?
                 .map_or(budget.upstream_request, |t| t.min(budget.upstream_request)),
+            cache_bytes: match get("METAHUB_CACHE_MIB") {
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|mib| mib.checked_mul(1 << 20))
+                    .with_context(|| format!("METAHUB_CACHE_MIB={v:?} is not a number of MiB"))?,
+                None => default_cache_bytes(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok())),
+            },
+            max_stale: duration("METAHUB_MAX_STALE")?.unwrap_or(metahub_core::service::DEFAULT_MAX_STALE),
             anonymous_machine_type: get("METAHUB_ANONYMOUS_MACHINE_TYPE"),
             signing_key_param: get("METAHUB_SIGNING_KEY_PARAM"),
             origin_secret_param,
@@ -156,6 +183,12 @@ impl Settings {
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
         })
     }
+}
+
+/// A quarter of the function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, MB): the rest is for the runtime,
+/// requests in flight and password checks. Outside Lambda, the `metahub serve` default.
+pub fn default_cache_bytes(function_memory_mb: Option<usize>) -> usize {
+    function_memory_mb.map_or(metahub_core::service::DEFAULT_CACHE_BYTES, |mb| mb * 1_000_000 / 4)
 }
 
 /// `5m`, `10s`, `1h 30m` (humantime), or a bare number of seconds.
@@ -189,6 +222,27 @@ pub fn split_credentials(value: &str) -> anyhow::Result<(String, String)> {
         }
         _ => bail!("upstream credentials must be username:password"),
     }
+}
+
+/// `METAHUB_UPSTREAM`: `[PREFIX=]URL` entries separated by commas or whitespace.
+pub fn upstream_configs(value: &str) -> anyhow::Result<Vec<UpstreamConfig>> {
+    let specs: Vec<&str> = value.split([',', ' ', '\n', '\t']).filter(|s| !s.is_empty()).collect();
+    if specs.is_empty() {
+        bail!("METAHUB_UPSTREAM names no upstream");
+    }
+    specs
+        .into_iter()
+        .map(|spec| UpstreamConfig::parse_spec(spec).map_err(|e| anyhow!("METAHUB_UPSTREAM entry {spec:?}: {e}")))
+        .collect()
+}
+
+/// The SSM credentials value: Docker `config.json` JSON (several upstreams), or `username:password` (the default).
+pub fn parse_upstream_credentials(value: &str) -> anyhow::Result<UpstreamCredentials> {
+    if value.trim_start().starts_with('{') {
+        return UpstreamCredentials::parse(value).map_err(|e| anyhow!("{e}"));
+    }
+    let (user, password) = split_credentials(value)?;
+    Ok(UpstreamCredentials::for_default(user, password))
 }
 
 /// Builds the [`App`] every function serves, from the environment and SSM. The only network calls are the SSM
@@ -240,24 +294,26 @@ async fn app_with(
 
     let keys = TokenKeys::new(&signing_key, &settings.service, settings.token_ttl.as_secs())
         .map_err(|e| anyhow!("token keys: {e}"))?;
-    let mut upstream = UpstreamConfig::from_url(&settings.upstream)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("METAHUB_UPSTREAM={:?}", settings.upstream))?;
-    if let Some((user, password)) = credentials {
-        upstream = upstream.with_credentials(user, password);
-    }
+    let mut upstreams = upstream_configs(&settings.upstream)?;
+    credentials.apply(&mut upstreams).map_err(|e| anyhow!("METAHUB_UPSTREAM_CREDENTIALS_PARAM: {e}"))?;
     let defaults = ClientOptions::default();
     let options = ClientOptions {
         timeout: settings.upstream_timeout,
         connect_timeout: defaults.connect_timeout.min(settings.upstream_timeout),
         ..defaults
     };
-    let upstream = UpstreamRouter::new(&[upstream], &options).map_err(|e| anyhow!("upstream client: {e}"))?;
+    let upstream = UpstreamRouter::new(&upstreams, &options).map_err(|e| anyhow!("upstream client: {e}"))?;
     let registry = RegistryService::new(
         store,
         Arc::new(upstream),
-        CacheOptions { tag_ttl: settings.tag_ttl, ..CacheOptions::default() },
-    );
+        CacheOptions {
+            tag_ttl: settings.tag_ttl,
+            max_bytes: settings.cache_bytes,
+            max_stale: settings.max_stale,
+            ..CacheOptions::default()
+        },
+    )
+    .with_index_digest_pulls(settings.index_digest_pulls);
     let config = HttpConfig {
         public_url: settings.public_url.clone().unwrap_or_default(),
         service: settings.service.clone(),
@@ -313,8 +369,9 @@ async fn report_init_error(message: &str) {
     }
 }
 
-/// Logs for CloudWatch: no ANSI colours; JSON when the function's log format is JSON (`AWS_LAMBDA_LOG_FORMAT`) or
-/// `METAHUB_LOG_FORMAT=json`; the level from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
+/// Logs and metrics for CloudWatch: metrics as EMF lines on stdout ([`emf`]); logs with no ANSI colours, one JSON
+/// object per line (Logs Insights reads the access lines' fields) unless `METAHUB_LOG_FORMAT=text`; the level from
+/// `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn init_tracing() {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
@@ -326,23 +383,25 @@ pub fn init_tracing() {
         .filter(|v| !v.trim().is_empty())
         .find_map(|v| v.trim().parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let json = ["AWS_LAMBDA_LOG_FORMAT", "METAHUB_LOG_FORMAT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|f| f.eq_ignore_ascii_case("json")));
+    let json = !std::env::var("METAHUB_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
     let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
     // CloudWatch stamps plain lines itself; JSON lines carry their own time.
+    emf::install();
     let _ = if json {
-        registry.with(layer.json().with_current_span(false)).try_init()
+        registry.with(layer.json().flatten_event(true).with_current_span(false)).try_init()
     } else {
         registry.with(layer.without_time()).try_init()
     };
 }
 
-/// Whatever the handler built, a HEAD answer goes out without a body: no hyper strips it here.
-async fn head_without_body(request: Request, next: Next) -> Response {
+/// What `lambda_http` needs done before it turns an answer into a Function URL response: a HEAD answer goes out
+/// without a body (no hyper strips it here), and a repeated header is joined into one value, because `lambda_http`
+/// writes only the first value of each header into the payload (format 2.0 has no `multiValueHeaders`).
+async fn for_function_url(request: Request, next: Next) -> Response {
     let head = request.method() == Method::HEAD;
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    join_repeated_headers(response.headers_mut());
     if head {
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Body::empty());
@@ -376,11 +435,39 @@ async fn within_budget(budget: Budget, request: Request, next: Next) -> Response
     }
 }
 
-/// The router as a function serves it: with empty HEAD bodies, within `budget`.
+/// One value per header, the values joined with ", " (RFC 9110 §5.3). Set-Cookie is left alone: `lambda_http`
+/// moves each of its values into the payload's `cookies`.
+fn join_repeated_headers(headers: &mut axum::http::HeaderMap) {
+    use axum::http::{HeaderValue, header::SET_COOKIE};
+    let repeated: Vec<_> = headers
+        .keys()
+        .filter(|name| *name != SET_COOKIE && headers.get_all(*name).iter().nth(1).is_some())
+        .cloned()
+        .collect();
+    for name in repeated {
+        let joined = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b", "[..]);
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// The router as a function serves it: shaped for the Function URL (see [`for_function_url`]), within `budget`.
 pub fn lambda_router(router: Router, budget: Budget) -> Router {
     router
-        .layer(axum::middleware::from_fn(head_without_body))
+        .layer(axum::middleware::from_fn(for_function_url))
         .layer(axum::middleware::from_fn(move |request: Request, next: Next| within_budget(budget, request, next)))
+        .layer(axum::middleware::map_request(with_request_id))
+}
+
+/// Lambda's request id, for the access line (it names the invocation in CloudWatch and X-Ray).
+async fn with_request_id(mut request: Request) -> Request {
+    use lambda_http::RequestExt;
+    if let Some(context) = request.lambda_context_ref() {
+        let id = RequestId(context.request_id.clone());
+        request.extensions_mut().insert(id);
+    }
+    request
 }
 
 /// Serves `router` to the Lambda Runtime API until the process is stopped.
@@ -431,6 +518,7 @@ mod tests {
         assert_eq!(s.upstream, DEFAULT_UPSTREAM);
         assert_eq!(s.service, "metahub");
         assert_eq!(s.tag_ttl, None);
+        assert_eq!(s.index_digest_pulls, IndexDigestPulls::Verbatim);
         assert_eq!(s.token_ttl, DEFAULT_TOKEN_TTL);
         assert_eq!(s.signing_key_param, None);
     }
@@ -444,8 +532,10 @@ mod tests {
             ("METAHUB_ANONYMOUS_MACHINE_TYPE", ""),
             ("METAHUB_SIGNING_KEY_PARAM", "/metahub/key"),
             ("METAHUB_UPSTREAM", "http://127.0.0.1:5000"),
+            ("METAHUB_INDEX_DIGEST_PULLS", "refuse"),
         ]);
         let s = settings(&vars).unwrap();
+        assert_eq!(s.index_digest_pulls, IndexDigestPulls::Refuse);
         assert_eq!(s.tag_ttl, Some(Duration::from_secs(10)));
         assert_eq!(s.token_ttl, Duration::from_secs(600));
         assert_eq!(s.anonymous_machine_type, None);
@@ -548,6 +638,69 @@ mod tests {
         assert_eq!(split_credentials("bob:pa:ss\n").unwrap(), ("bob".into(), "pa:ss".into()));
         assert!(split_credentials("bob").is_err());
         assert!(split_credentials(":pw").is_err());
+        let several = r#"{"auths": {"ghcr.io": {"username": "gh", "password": "pw"}}}"#;
+        let mut configs = upstream_configs("https://registry-1.docker.io, ghcr.io=https://ghcr.io").unwrap();
+        parse_upstream_credentials(several).unwrap().apply(&mut configs).unwrap();
+        assert_eq!(configs[1].username.as_deref(), Some("gh"));
+        parse_upstream_credentials("bob:pw").unwrap().apply(&mut configs).unwrap();
+        assert_eq!(configs[0].username.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn upstream_lists() {
+        let configs =
+            upstream_configs("http://127.0.0.1:5000,ghcr.io=https://ghcr.io\nq=http://127.0.0.1:5001").unwrap();
+        let prefixes: Vec<&str> = configs.iter().map(|c| c.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["", "ghcr.io", "q"]);
+        assert!(upstream_configs(" , ").is_err());
+        assert!(format!("{:#}", upstream_configs("x=ftp://h").unwrap_err()).contains("x=ftp://h"));
+    }
+
+    /// The answer as the Function URL gets it: `router` behind `lambda_http`'s own adapter, for a payload 2.0 event.
+    async fn function_url_payload(router: Router, method: &str) -> serde_json::Value {
+        use lambda_http::request::LambdaRequest;
+        use lambda_http::{Adapter, Context, LambdaEvent, Service};
+        let event = serde_json::json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": "/x", "rawQueryString": "",
+            "headers": {"host": "abc.lambda-url.us-east-1.on.aws"},
+            "requestContext": {"accountId": "anonymous", "apiId": "abc", "domainName": "abc.lambda-url.us-east-1.on.aws",
+                "domainPrefix": "abc", "http": {"method": method, "path": "/x", "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1", "userAgent": "test"}, "requestId": "id", "routeKey": "$default",
+                "stage": "$default", "time": "04/Feb/2025:10:12:34 +0000", "timeEpoch": 1_738_663_954_000_i64},
+            "isBase64Encoded": false
+        });
+        let request: LambdaRequest = serde_json::from_value(event).unwrap();
+        let mut adapter = Adapter::from(lambda_router(router, Budget::for_function_timeout(DEFAULT_FUNCTION_TIMEOUT)));
+        let response = adapter.call(LambdaEvent::new(request, Context::default())).await.unwrap();
+        serde_json::to_value(&response).unwrap()
+    }
+
+    #[tokio::test]
+    async fn repeated_headers_reach_the_function_url_whole() {
+        let router = Router::new().route(
+            "/x",
+            axum::routing::get(|| async {
+                let mut response = Response::new(Body::from("{}"));
+                let h = response.headers_mut();
+                h.append("www-authenticate", "Bearer realm=\"https://a/token\"".parse().unwrap());
+                h.append("www-authenticate", "Basic realm=\"a\"".parse().unwrap());
+                h.append("set-cookie", "a=1".parse().unwrap());
+                h.append("set-cookie", "b=2".parse().unwrap());
+                response
+            }),
+        );
+        let payload = function_url_payload(router, "GET").await;
+        assert_eq!(payload["headers"]["www-authenticate"], r#"Bearer realm="https://a/token", Basic realm="a""#);
+        assert_eq!(payload["cookies"], serde_json::json!(["a=1", "b=2"]));
+    }
+
+    #[tokio::test]
+    async fn head_keeps_its_content_length_through_lambda_http() {
+        let router = Router::new()
+            .route("/x", axum::routing::get(|| async { ([(axum::http::header::CONTENT_LENGTH, "7")], "a body!") }));
+        let payload = function_url_payload(router, "HEAD").await;
+        assert_eq!(payload["headers"]["content-length"], "7");
+        assert_eq!(payload["body"].as_str().unwrap_or_default(), "");
     }
 
     #[tokio::test]

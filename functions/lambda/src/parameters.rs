@@ -8,18 +8,20 @@
 use anyhow::{Context, anyhow, bail};
 use metahub_http::OriginSecrets;
 
-use crate::{Settings, decode_signing_key, one_line, split_credentials};
+use metahub_upstream::UpstreamCredentials;
+
+use crate::{Settings, decode_signing_key, one_line, parse_upstream_credentials};
 
 const SIGNING_KEY: &str = "METAHUB_SIGNING_KEY_PARAM";
 const ORIGIN_SECRET: &str = "METAHUB_ORIGIN_SECRET_PARAM";
 const UPSTREAM_CREDENTIALS: &str = "METAHUB_UPSTREAM_CREDENTIALS_PARAM";
 
-/// The values read from SSM, decoded; `None` where no parameter is configured.
+/// The values read from SSM, decoded; `None` (or no credentials) where no parameter is configured.
 #[derive(Default)]
 pub struct Secrets {
     pub signing_key: Option<Vec<u8>>,
     pub origin_secrets: Option<OriginSecrets>,
-    pub upstream_credentials: Option<(String, String)>,
+    pub upstream_credentials: UpstreamCredentials,
 }
 
 /// One parameter SSM answered: its name (without selector), version and value.
@@ -87,10 +89,11 @@ pub fn read_first(settings: &Settings, answers: &[Answer]) -> anyhow::Result<(Se
         .upstream_credentials_param
         .as_deref()
         .map(|name| {
-            split_credentials(&required(answers, UPSTREAM_CREDENTIALS, name, None)?.value)
+            parse_upstream_credentials(&required(answers, UPSTREAM_CREDENTIALS, name, None)?.value)
                 .with_context(|| format!("SSM parameter {name:?} ({UPSTREAM_CREDENTIALS})"))
         })
-        .transpose()?;
+        .transpose()?
+        .unwrap_or_default();
     let mut next = None;
     let origin_secrets = match &settings.origin_secret_param {
         None => None,
@@ -212,7 +215,7 @@ mod tests {
         let answers = [answer("/k", 1, KEY), answer("/o", 3, " secret-3\n"), answer("/c", 2, "u:p")];
         let (secrets, next) = read_first(&all(), &answers).unwrap();
         assert_eq!(secrets.signing_key.as_deref(), Some(KEY.as_bytes()));
-        assert_eq!(secrets.upstream_credentials, Some(("u".into(), "p".into())));
+        assert!(!format!("{:?}", secrets.upstream_credentials).contains("\"p\""), "credentials are redacted in Debug");
         let origin = secrets.origin_secrets.as_ref().unwrap();
         assert_eq!((origin.current.as_str(), origin.previous.as_deref()), ("secret-3", None));
         assert_eq!(next.as_deref(), Some("/o:2"));

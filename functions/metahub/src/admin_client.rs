@@ -263,12 +263,19 @@ fn unsupported(what: &str) -> Error {
 struct AccountView {
     login: String,
     machine_type: String,
+    #[serde(default)]
+    repositories: Vec<String>,
 }
 
 impl From<AccountView> for Account {
     /// The API never returns hashes.
     fn from(a: AccountView) -> Account {
-        Account { login: a.login, machine_type: a.machine_type, password_hash: String::new() }
+        Account {
+            login: a.login,
+            machine_type: a.machine_type,
+            password_hash: String::new(),
+            repositories: a.repositories,
+        }
     }
 }
 
@@ -301,7 +308,11 @@ impl Store for AdminApiStore {
 
     async fn put_account(&self, account: &Account) -> Result<()> {
         validate_name("login", &account.login)?;
-        let body = json!({"machineType": account.machine_type, "passwordHash": account.password_hash});
+        let body = json!({
+            "machineType": account.machine_type,
+            "passwordHash": account.password_hash,
+            "repositories": account.repositories,
+        });
         self.call(Method::PUT, &format!("/admin/accounts/{}", account.login), Some(body)).await.map(|_| ())
     }
 

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use archspec::cpu::Microarchitecture;
 use archspec::schema::MicroarchitecturesSchema;
 use clap::Args;
-use metahub_core::machine::{MachineType, MatchMode};
+use metahub_core::machine::{MachineType, MatchMode, cpu_level_any};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -109,6 +109,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
             "name": name,
             "features": features,
             "cpu": detected.cpu,
+            "level": cpu_level_any(&detected.cpu),
             "cpuSource": detected.cpu_source,
             "gpus": gpus,
             "nvcap": nvcap.map(|(a, b)| format!("{a}.{b}")),
@@ -118,6 +119,11 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         println!("{out}");
     } else {
         eprintln!("cpu from {}", detected.cpu_source);
+        match cpu_level_any(&detected.cpu) {
+            // the level says which `linux/amd64/vN` (or arm64 `v8.x`) builds this host runs
+            Some(level) => eprintln!("cpu {} is level {level}", detected.cpu),
+            None => eprintln!("cpu {} has no archspec level", detected.cpu),
+        }
         for note in &detected.notes {
             eprintln!("note: {note}");
         }

@@ -124,11 +124,13 @@ fn short(digest: &str) -> String {
     }
 }
 
-fn features_text(v: &Verdict) -> String {
+fn requirements_text(v: &Verdict) -> String {
     match (&v.entry.attests, v.entry.features.is_empty()) {
         (Some(subject), _) => format!("attests {}", short(subject)),
-        (None, true) => "-".to_owned(),
-        (None, false) => v.entry.features.join(","),
+        (None, _) => match v.entry.requirements() {
+            r if r.is_empty() => "-".to_owned(),
+            r => r.join(","),
+        },
     }
 }
 
@@ -137,14 +139,15 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 fn print_table(verdicts: &[Verdict]) {
-    let header = ["DIGEST", "PLATFORM", "FEATURES", "FITS", "SERVED", "WHY"];
+    // REQUIRES: the level a variant implies (`v3 = x86_64_v3`), then the features
+    let header = ["DIGEST", "PLATFORM", "REQUIRES", "FITS", "SERVED", "WHY"];
     let rows: Vec<[String; 6]> = verdicts
         .iter()
         .map(|v| {
             [
                 short(&v.entry.digest),
                 v.entry.platform(),
-                features_text(v),
+                requirements_text(v),
                 yes_no(v.fits).to_owned(),
                 yes_no(v.served).to_owned(),
                 v.reason.clone(),

@@ -93,6 +93,9 @@ pub enum AccountCommand {
         login: String,
         #[arg(long)]
         machine_type: String,
+        /// Only repositories under this prefix may be pulled (`org/`, `org/app`); repeatable. None: every repository.
+        #[arg(long = "repository", value_name = "PREFIX")]
+        repositories: Vec<String>,
         /// Read the password from standard input (the only way: it never appears in shell history or `ps`).
         #[arg(long, required = true)]
         password_stdin: bool,
@@ -185,12 +188,16 @@ pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
 
 pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
     match command {
-        AccountCommand::Put { login, machine_type, password_stdin: _, target } => {
+        AccountCommand::Put { login, machine_type, repositories, password_stdin: _, target } => {
             metahub_core::machine::validate_name("login", &login)?;
+            for prefix in &repositories {
+                metahub_core::ports::validate_repository_prefix(prefix)?;
+            }
             let account = Account {
                 login: login.clone(),
                 machine_type: machine_type.clone(),
                 password_hash: password_from_stdin()?,
+                repositories,
             };
             let admin = Admin::open(&target).await?;
             admin.store().put_account(&account).await?;
@@ -200,12 +207,15 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
         AccountCommand::List { json, target } => {
             let all = Admin::open(&target).await?.store().list_accounts().await?;
             if json {
-                let items: Vec<_> =
-                    all.iter().map(|a| json!({"login": a.login, "machineType": a.machine_type})).collect();
+                let items: Vec<_> = all.iter().map(Account::to_json).collect();
                 println!("{}", serde_json::Value::from(items));
             } else {
-                println!("{:<32} MACHINE TYPE", "LOGIN");
-                all.iter().for_each(|a| println!("{:<32} {}", a.login, a.machine_type));
+                println!("{:<32} {:<24} REPOSITORIES", "LOGIN", "MACHINE TYPE");
+                for a in &all {
+                    let repositories =
+                        if a.repositories.is_empty() { "*".to_owned() } else { a.repositories.join(",") };
+                    println!("{:<32} {:<24} {repositories}", a.login, a.machine_type);
+                }
             }
         }
         AccountCommand::Delete { login, target } => {

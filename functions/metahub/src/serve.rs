@@ -3,10 +3,10 @@
 use crate::cli::StoreArg;
 use anyhow::Context;
 use clap::Args;
-use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, App, HttpConfig};
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
+use metahub_upstream::ClientOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,12 +19,8 @@ pub struct ServeArgs {
     /// The URL clients use to reach this front (the token realm is built from it); default http://LISTEN.
     #[arg(long, env = "METAHUB_PUBLIC_URL")]
     public_url: Option<String>,
-    /// The upstream registry every name is pulled from.
-    #[arg(long, env = "METAHUB_UPSTREAM", default_value = "https://registry-1.docker.io")]
-    upstream: String,
-    /// Upstream login; its password comes from METAHUB_UPSTREAM_PASSWORD only.
-    #[arg(long, env = "METAHUB_UPSTREAM_USERNAME")]
-    upstream_username: Option<String>,
+    #[command(flatten)]
+    upstreams: crate::upstreams::UpstreamArgs,
     #[command(flatten)]
     store: StoreArg,
     /// The `service` of challenges and the audience of tokens.
@@ -36,8 +32,19 @@ pub struct ServeArgs {
     /// Reuse a tag's upstream check for this long (e.g. `10s`); off by default: every pull checks upstream.
     #[arg(long, env = "METAHUB_TAG_TTL", value_parser = humantime::parse_duration)]
     tag_ttl: Option<Duration>,
+    /// A pull by the digest of an upstream index (a pin) cannot be filtered: `verbatim` serves the whole index,
+    /// `refuse` answers DENIED naming the digest of the image the machine type is served. See the README.
+    #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value = "verbatim", value_parser = parse_index_digest_pulls)]
+    index_digest_pulls: IndexDigestPulls,
+    /// Token lifetime, at most 1h (`metahub_core::token::MAX_TOKEN_TTL`).
     #[arg(long, env = "METAHUB_TOKEN_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     token_ttl: Duration,
+    /// Memory all caches together may hold, MiB (manifests weighed by size).
+    #[arg(long, env = "METAHUB_CACHE_MIB", default_value_t = (metahub_core::service::DEFAULT_CACHE_BYTES >> 20) as u64)]
+    cache_mib: u64,
+    /// While the upstream fails, serve a tag's last index for at most this long (`0s`: never).
+    #[arg(long, env = "METAHUB_MAX_STALE", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_stale: Duration,
     /// Upstream request timeout.
     #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
@@ -45,6 +52,13 @@ pub struct ServeArgs {
     /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
     #[arg(long)]
     admin_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default); keep ADDR private.
+    #[arg(long, env = "METAHUB_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
+    value.parse().map_err(|e: metahub_core::Error| e.message)
 }
 
 /// The admin API's authentication: the secret from `--admin-secret-file` or `METAHUB_ADMIN_SECRET`, if any.
@@ -64,23 +78,26 @@ fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
+    if let Some(listen) = args.metrics_listen {
+        crate::metrics::serve(listen, crate::metrics::install()?).await?;
+    }
     let store = crate::store::open(&args.store.store).await?;
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
     let keys = TokenKeys::new(&key, &args.service, args.token_ttl.as_secs())?;
 
-    let mut upstream = UpstreamConfig::from_url(&args.upstream)?;
-    if let Some(user) = args.upstream_username {
-        let password = std::env::var("METAHUB_UPSTREAM_PASSWORD")
-            .context("--upstream-username needs METAHUB_UPSTREAM_PASSWORD")?;
-        upstream = upstream.with_credentials(user, password);
-    }
     let options = ClientOptions { timeout: args.upstream_timeout, ..ClientOptions::default() };
-    let upstream = UpstreamRouter::new(&[upstream], &options)?;
+    let upstream = args.upstreams.router(&options)?;
     let registry = RegistryService::new(
         store,
         Arc::new(upstream),
-        CacheOptions { tag_ttl: args.tag_ttl, ..CacheOptions::default() },
-    );
+        CacheOptions {
+            tag_ttl: args.tag_ttl,
+            max_bytes: usize::try_from(args.cache_mib << 20).context("--cache-mib is too large")?,
+            max_stale: args.max_stale,
+            ..CacheOptions::default()
+        },
+    )
+    .with_index_digest_pulls(args.index_digest_pulls);
 
     let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
     let config = HttpConfig {
@@ -94,7 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, %public_url, upstream = %args.upstream, store = %args.store.store, admin_api, "metahub serving");
+    tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, "metahub serving");
     axum::serve(listener, metahub_http::router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

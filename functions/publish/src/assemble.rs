@@ -3,7 +3,7 @@
 //! manifest list) are unit tested without a registry.
 
 use metahub_core::filter::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX};
-use metahub_core::machine::Feature;
+use metahub_core::machine::{Feature, level_variant};
 use metahub_core::reference::{Digest, ImageRef};
 use metahub_core::{Error, Result};
 use serde_json::{Map, Value, json};
@@ -157,6 +157,20 @@ pub struct Entry {
     pub features: Vec<String>,
 }
 
+impl Entry {
+    /// An amd64 or arm64 entry with a `cpu:` feature also states the cpu's level as `platform.variant` (`cpu:haswell`
+    /// → `amd64/v3`): a client pulling the index straight from the upstream can then pick by level too (buildx's
+    /// spelling), and MetaHub reads both. The baseline (`cpu:core2`) leaves the platform as the image has it.
+    fn with_level_variant(&self) -> Entry {
+        let cpu = self.features.iter().find_map(|f| f.strip_prefix("cpu:"));
+        let mut entry = self.clone();
+        if let Some(variant) = cpu.and_then(|cpu| level_variant(cpu, &self.platform.architecture)) {
+            entry.platform.variant = Some(variant.to_owned());
+        }
+        entry
+    }
+}
+
 /// The index to push: its exact bytes, digest and media type, and the entries in index order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assembled {
@@ -182,8 +196,9 @@ pub fn assemble(entries: &[Entry], format: Format) -> Result<Assembled> {
             e.source, e.media_type
         )));
     }
+    let entries: Vec<Entry> = entries.iter().map(Entry::with_level_variant).collect();
     let mut seen: Vec<(&Entry, BTreeSet<&str>)> = Vec::new();
-    for e in entries {
+    for e in &entries {
         let set: BTreeSet<&str> = e.features.iter().map(String::as_str).collect();
         if let Some((first, _)) = seen.iter().find(|(o, s)| o.platform.key() == e.platform.key() && *s == set) {
             let what = if set.is_empty() {
@@ -278,9 +293,10 @@ mod tests {
         assert_eq!(v["schemaVersion"], 2);
         assert_eq!(v["mediaType"], OCI_INDEX);
         assert_eq!(v["manifests"][0]["platform"], json!({"architecture": "amd64", "os": "linux"}));
+        // the cpu's x86-64 level is written as the variant, as buildx spells level builds
         assert_eq!(
             v["manifests"][2]["platform"],
-            json!({"architecture": "amd64", "os": "linux", "features": ["cpu:broadwell"]})
+            json!({"architecture": "amd64", "os": "linux", "variant": "v3", "features": ["cpu:broadwell"]})
         );
         assert_eq!(v["manifests"][2]["digest"], Digest::sha256_of(b"bw").as_str());
         assert_eq!(v["manifests"][2]["size"], 100);
@@ -302,6 +318,22 @@ mod tests {
         let pos = |k: &str| text.find(k).unwrap();
         assert!(pos("\"architecture\"") < pos("\"os\"") && pos("\"os\"") < pos("\"os.version\""));
         assert!(pos("\"os.features\"") < pos("\"variant\"") && pos("\"variant\"") < pos("\"features\""));
+    }
+
+    #[test]
+    fn cpu_levels_become_variants() {
+        let a = assemble(
+            &[
+                entry("core2", "amd64", &["cpu:core2"]),
+                entry("nehalem", "amd64", &["cpu:nehalem"]),
+                entry("icelake", "amd64", &["cpu:icelake", "nvcap:8.0"]),
+                entry("graviton3", "arm64", &["cpu:neoverse_v1"]),
+            ],
+            Format::Oci,
+        )
+        .unwrap();
+        let variants: Vec<Option<&str>> = a.entries.iter().map(|e| e.platform.variant.as_deref()).collect();
+        assert_eq!(variants, [None, Some("v2"), Some("v4"), Some("v8.4")]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | item             | pk                     | sk            | attributes                                        |
 //! |------------------|------------------------|---------------|---------------------------------------------------|
 //! | machine type     | `MT#<name>`            | `MT`          | `features` (L of S), `match` (S), `users` (SS)     |
-//! | account          | `ACCT#<login>`         | `ACCT`        | `machineType` (S), `passwordHash` (S)              |
+//! | account          | `ACCT#<login>`         | `ACCT`        | `machineType` (S), `passwordHash` (S), `repositories` (L of S, optional) |
 //! | generated index  | `MAN#<repo>@<digest>`  | `MAN`         | `mediaType` (S), `body` (B), `ttl` (N)             |
 //! | signing key      | `META`                 | `SIGNING_KEY` | `key` (B)                                          |
 //! | audit log entry  | `CHANGES`              | `<at, 20 digits>#<ns, 9 digits>-<random>` | `at` (N), `who`, `action`, `target` (S) |
@@ -448,7 +448,21 @@ fn decode_account(login: &str, item: &Item) -> Result<Account> {
             ))
         })
     };
-    Ok(Account { login: login.to_owned(), machine_type: field("machineType")?, password_hash: field("passwordHash")? })
+    let repositories = match item.get("repositories") {
+        None => Vec::new(),
+        Some(AttributeValue::L(items)) => items.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+        Some(_) => {
+            return Err(Error::internal(format!(
+                "stored account {login:?} (item pk=ACCT#{login}) is malformed: repositories is not a list"
+            )));
+        }
+    };
+    Ok(Account {
+        login: login.to_owned(),
+        machine_type: field("machineType")?,
+        password_hash: field("passwordHash")?,
+        repositories,
+    })
 }
 
 const CHANGES_PK: &str = "CHANGES";
@@ -581,6 +595,9 @@ impl Store for DynamoStore {
             let mut item = account_key(login);
             item.insert("machineType".into(), s(&account.machine_type));
             item.insert("passwordHash".into(), s(&account.password_hash));
+            if !account.repositories.is_empty() {
+                item.insert("repositories".into(), AttributeValue::L(account.repositories.iter().map(s).collect()));
+            }
             // The account must still be as read, so the old machine type's `users` set is cleaned up correctly.
             let put = Put::builder().table_name(&self.table).set_item(Some(item));
             let put = match &old {

@@ -31,6 +31,7 @@ pub fn account(login: &str, machine_type: &str) -> Account {
         login: login.into(),
         machine_type: machine_type.into(),
         password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${login}"),
+        repositories: Vec::new(),
     }
 }
 
@@ -121,6 +122,15 @@ pub async fn accounts(store: Arc<dyn Store>) {
     // Replace: another machine type and hash.
     let mut moved = account("node-1", "zen2");
     moved.password_hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$other".into();
+    store.put_account(&moved).await.unwrap();
+    assert_eq!(store.account("node-1").await.unwrap().unwrap(), moved);
+
+    // Repository prefixes round-trip, in order, and go away when replaced by an account without them.
+    let mut limited = moved.clone();
+    limited.repositories = vec!["org/".into(), "other/app".into()];
+    store.put_account(&limited).await.unwrap();
+    assert_eq!(store.account("node-1").await.unwrap().unwrap(), limited);
+    assert_eq!(store.list_accounts().await.unwrap().iter().find(|a| a.login == "node-1"), Some(&limited));
     store.put_account(&moved).await.unwrap();
     assert_eq!(store.account("node-1").await.unwrap().unwrap(), moved);
 

@@ -8,7 +8,7 @@ use crate::challenge::{self, Challenge};
 use crate::config::{ClientOptions, UpstreamConfig, is_docker_hub_host, parse_base_url};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
+use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, WWW_AUTHENTICATE};
@@ -52,7 +52,11 @@ enum Auth {
 enum Target<'a> {
     Manifest(&'a RepositoryName, &'a Reference),
     Blob(&'a RepositoryName, &'a Digest),
+    /// The repository itself (tag list, referrers): a 404 means the name is unknown.
+    Repository(&'a RepositoryName),
 }
+
+const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 
 /// A client for one upstream registry.
 pub struct RegistryClient {
@@ -377,7 +381,7 @@ impl RegistryClient {
         let status = resp.status().as_u16();
         let label = &self.label;
         let name = match &target {
-            Target::Manifest(n, _) | Target::Blob(n, _) => *n,
+            Target::Manifest(n, _) | Target::Blob(n, _) | Target::Repository(n) => *n,
         };
         match status {
             404 => {
@@ -397,6 +401,9 @@ impl RegistryClient {
                     }
                     Target::Blob(n, d) => {
                         Error::new(ErrorCode::BlobUnknown, format!("blob {d} of {n} is unknown to upstream {label}"))
+                    }
+                    Target::Repository(n) => {
+                        Error::new(ErrorCode::NameUnknown, format!("repository {n} is unknown to upstream {label}"))
                     }
                 }
             }
@@ -512,6 +519,26 @@ impl RegistryClient {
         };
         self.check_media_type(&media_type)?;
         Ok(Manifest { digest, media_type, bytes })
+    }
+
+    /// GETs a small JSON document of the registry API (tag list, referrers index) and decodes it as `T`.
+    async fn fetch_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &Url,
+        name: &RepositoryName,
+        what: &str,
+        mut resp: Response,
+    ) -> Result<(T, HeaderMap)> {
+        if resp.status() != StatusCode::OK {
+            return Err(self.unexpected(resp, Target::Repository(name)).await);
+        }
+        let headers = resp.headers().clone();
+        let body = self.read_limited(&mut resp, self.max_manifest_bytes, what).await?;
+        let value = serde_json::from_slice(&body).map_err(|e| {
+            Error::bad_gateway(format!("upstream {} sent a {what} for {name} that is not valid: {e}", self.label))
+        })?;
+        tracing::debug!(upstream = %self.label, url = %url, what, "upstream JSON answer");
+        Ok((value, headers))
     }
 
     /// A non-200 answer as an error; a redirect of a manifest is not a registry answer.
@@ -630,6 +657,78 @@ impl Upstream for RegistryClient {
         }
         Err(self.unexpected(resp, Target::Blob(&name, digest)).await)
     }
+
+    async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
+        #[derive(Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let name = self.upstream_name(repository);
+        let mut url = self.api_url(&name, "tags", "list")?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(n) = n {
+                query.append_pair("n", &n.to_string());
+            }
+            if let Some(last) = last {
+                query.append_pair("last", last);
+            }
+        }
+        let resp = self.send(Method::GET, &url, None, &Self::scope(&name)).await?;
+        let (list, headers): (TagList, _) = self.fetch_json(&url, &name, "tag list", resp).await?;
+        let tags = list.tags.unwrap_or_default();
+        let next_last = next_link_last(&headers).map(|from_link| from_link.or_else(|| tags.last().cloned()));
+        Ok(TagPage { next_last: next_last.flatten(), tags })
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        #[derive(Deserialize)]
+        struct ReferrersIndex {
+            #[serde(default)]
+            manifests: Vec<serde_json::Value>,
+        }
+        let name = self.upstream_name(repository);
+        let mut url = self.api_url(&name, "referrers", digest.as_str())?;
+        if let Some(t) = artifact_type {
+            url.query_pairs_mut().append_pair("artifactType", t);
+        }
+        let accept = HeaderValue::from_static(metahub_core::filter::OCI_INDEX);
+        let resp = self.send(Method::GET, &url, Some(&accept), &Self::scope(&name)).await?;
+        // A registry with the referrers API never answers 404 (spec); one without it does.
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let (index, headers): (ReferrersIndex, _) = self.fetch_json(&url, &name, "referrers index", resp).await?;
+        let applied = headers
+            .get_all(OCI_FILTERS_APPLIED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|f| f.trim() == "artifactType");
+        Ok(Some(Referrers { manifests: index.manifests, artifact_type_filtered: applied }))
+    }
+}
+
+/// The `Link: <…>; rel="next"` of a tag list: `None` without one; `Some(last)` with the `last` its URL names (when it
+/// names one: some registries page by other means, then the page's last tag is used).
+fn next_link_last(headers: &HeaderMap) -> Option<Option<String>> {
+    headers.get_all(reqwest::header::LINK).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(
+        |link| {
+            let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+            let next = params.split(';').any(|p| p.replace([' ', '"'], "").eq_ignore_ascii_case("rel=next"));
+            if !next {
+                return None;
+            }
+            let url = Url::parse("http://upstream.invalid/").ok()?.join(target).ok()?;
+            Some(url.query_pairs().find(|(k, _)| k == "last").map(|(_, v)| v.into_owned()))
+        },
+    )
 }
 
 #[cfg(test)]
@@ -696,6 +795,18 @@ mod tests {
         c.store_token("s2", "t2", 1);
         c.tokens.lock().unwrap().get_mut("s2").unwrap().expires = Instant::now();
         assert_eq!(c.cached_token("s2"), None);
+    }
+
+    #[test]
+    fn next_links() {
+        let mut h = HeaderMap::new();
+        assert_eq!(next_link_last(&h), None);
+        h.insert(reqwest::header::LINK, HeaderValue::from_static("</v2/a/tags/list?last=v%201&n=2>; rel=\"next\""));
+        assert_eq!(next_link_last(&h), Some(Some("v 1".to_owned())));
+        h.insert(reqwest::header::LINK, HeaderValue::from_static("<https://x/v2/a/tags/list?page=2>; rel=next"));
+        assert_eq!(next_link_last(&h), Some(None));
+        h.insert(reqwest::header::LINK, HeaderValue::from_static("</x>; rel=\"prev\""));
+        assert_eq!(next_link_last(&h), None);
     }
 
     #[test]

@@ -58,6 +58,35 @@ impl UpstreamConfig {
         self
     }
 
+    /// One `--upstream` value: `[PREFIX=]URL`. PREFIX is a first name segment, by convention the registry's host
+    /// (`ghcr.io=https://ghcr.io`); without it, the default route.
+    pub fn parse_spec(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        match spec.split_once('=') {
+            // A URL carries no '=' before its scheme: anything before "://" is a prefix.
+            Some((prefix, url)) if !prefix.contains("://") => {
+                if prefix.is_empty() {
+                    return Err(Error::internal(format!("upstream {spec:?}: empty PREFIX before '='")));
+                }
+                Ok(Self::from_url(url)?.with_prefix(prefix))
+            }
+            _ => Self::from_url(spec),
+        }
+    }
+
+    /// The registry hosts this upstream answers for, as `ns` names them (`host[:port]`; Docker Hub's aliases).
+    pub fn hosts(&self) -> Vec<String> {
+        let Ok(base) = parse_base_url(&self.url) else { return Vec::new() };
+        if is_docker_hub_host(&base) {
+            return DOCKER_HUB_HOSTS.iter().map(|h| h.to_string()).collect();
+        }
+        let host = base.host_str().unwrap_or_default();
+        match base.port() {
+            Some(port) => vec![format!("{host}:{port}")],
+            None => vec![host.to_owned()],
+        }
+    }
+
     /// This upstream under `prefix/`, builder style.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -164,6 +193,20 @@ mod tests {
             let e = UpstreamConfig::from_url(bad).unwrap_err();
             assert!(!e.message.contains("secret"), "{e}");
         }
+    }
+
+    #[test]
+    fn specs_with_and_without_prefix() {
+        let c = UpstreamConfig::parse_spec("ghcr.io=https://ghcr.io").unwrap();
+        assert_eq!((c.prefix.as_str(), c.url.as_str()), ("ghcr.io", "https://ghcr.io"));
+        assert_eq!(c.hosts(), ["ghcr.io"]);
+        let c = UpstreamConfig::parse_spec("http://127.0.0.1:5001").unwrap();
+        assert_eq!((c.prefix.as_str(), c.url.as_str()), ("", "http://127.0.0.1:5001"));
+        assert_eq!(c.hosts(), ["127.0.0.1:5001"]);
+        let c = UpstreamConfig::parse_spec("docker.io=https://docker.io").unwrap();
+        assert!(c.docker_hub && c.hosts().contains(&"docker.io".to_owned()));
+        assert!(UpstreamConfig::parse_spec("=http://h").is_err());
+        assert!(UpstreamConfig::parse_spec("p=ftp://h").is_err());
     }
 
     #[test]

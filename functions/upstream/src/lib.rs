@@ -7,10 +7,12 @@
 pub mod challenge;
 mod client;
 mod config;
+mod credentials;
 mod router;
 
 pub use client::RegistryClient;
 pub use config::{ClientOptions, UpstreamConfig};
+pub use credentials::UpstreamCredentials;
 pub use router::UpstreamRouter;
 
 pub use metahub_core::filter::ACCEPT_ALL;

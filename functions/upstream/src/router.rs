@@ -4,7 +4,7 @@
 use crate::client::RegistryClient;
 use crate::config::{ClientOptions, UpstreamConfig};
 use async_trait::async_trait;
-use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Upstream};
+use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 use std::fmt;
@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 struct Route {
     prefix: String,
+    /// The registry hosts this route's upstream answers for (`?ns=` values), lowercase.
+    hosts: Vec<String>,
     upstream: Arc<dyn Upstream>,
 }
 
@@ -33,15 +35,24 @@ impl UpstreamRouter {
     pub fn new(configs: &[UpstreamConfig], options: &ClientOptions) -> Result<Self> {
         let routes = configs
             .iter()
-            .map(|c| Ok((c.prefix.clone(), Arc::new(RegistryClient::new(c, options)?) as Arc<dyn Upstream>)))
+            .map(|c| Ok((c.prefix.clone(), c.hosts(), Arc::new(RegistryClient::new(c, options)?) as Arc<dyn Upstream>)))
             .collect::<Result<Vec<_>>>()?;
-        Self::from_upstreams(routes)
+        Self::build(routes)
     }
 
     /// Any upstreams (spies in tests, decorators) under their prefixes.
     pub fn from_upstreams(routes: impl IntoIterator<Item = (String, Arc<dyn Upstream>)>) -> Result<Self> {
+        Self::build(routes.into_iter().map(|(prefix, upstream)| (prefix, Vec::new(), upstream)))
+    }
+
+    /// Upstreams under their prefixes, each with the registry hosts `?ns=` may name it by.
+    pub fn with_hosts(routes: impl IntoIterator<Item = (String, Vec<String>, Arc<dyn Upstream>)>) -> Result<Self> {
+        Self::build(routes)
+    }
+
+    fn build(routes: impl IntoIterator<Item = (String, Vec<String>, Arc<dyn Upstream>)>) -> Result<Self> {
         let mut out: Vec<Route> = Vec::new();
-        for (prefix, upstream) in routes {
+        for (prefix, hosts, upstream) in routes {
             if !prefix.is_empty() {
                 prefix
                     .parse::<RepositoryName>()
@@ -50,7 +61,8 @@ impl UpstreamRouter {
             if out.iter().any(|r| r.prefix == prefix) {
                 return Err(Error::internal(format!("upstream prefix {prefix:?} is configured twice")));
             }
-            out.push(Route { prefix, upstream });
+            let hosts = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+            out.push(Route { prefix, hosts, upstream });
         }
         out.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(UpstreamRouter { routes: out })
@@ -72,6 +84,15 @@ impl UpstreamRouter {
             }
         }
         Err(Error::new(ErrorCode::NameUnknown, format!("no upstream is configured for repository {name}")))
+    }
+
+    /// The route `?ns=<host>` names: the one whose PREFIX is `host`, else the one whose upstream is on `host`.
+    fn route_for_namespace(&self, host: &str) -> Option<&Route> {
+        let host = host.to_ascii_lowercase();
+        self.routes
+            .iter()
+            .find(|r| !r.prefix.is_empty() && r.prefix == host)
+            .or_else(|| self.routes.iter().find(|r| r.hosts.contains(&host)))
     }
 }
 
@@ -100,6 +121,38 @@ impl Upstream for UpstreamRouter {
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let (upstream, name) = self.route(repository)?;
         upstream.blob_location(&name, digest).await
+    }
+
+    async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
+        let (upstream, name) = self.route(repository)?;
+        upstream.tags(&name, n, last).await
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Referrers>> {
+        let (upstream, name) = self.route(repository)?;
+        upstream.referrers(&name, digest, artifact_type).await
+    }
+
+    fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
+        // Names the prefixes (what clients may use), never the upstreams' URLs (they may be internal hosts).
+        let refuse = || {
+            let prefixes: Vec<&str> = self.prefixes().filter(|p| !p.is_empty()).collect();
+            Error::denied(format!("MetaHub mirrors no registry {host:?} (ns); configured prefixes: {prefixes:?}"))
+                .with_detail(serde_json::json!({"ns": host}))
+        };
+        let route = self.route_for_namespace(host).ok_or_else(refuse)?;
+        let routed = if route.prefix.is_empty() { name.clone() } else { name.with_prefix(&route.prefix) };
+        // A default-route name that a longer prefix claims (`ghcr.io/x` with ns=docker.io) would reach another
+        // upstream than the one `ns` named.
+        match self.routes.iter().find(|r| r.prefix.is_empty() || routed.strip_prefix(&r.prefix).is_some()) {
+            Some(r) if std::ptr::eq(r, route) => Ok(routed),
+            _ => Err(refuse()),
+        }
     }
 }
 
@@ -167,6 +220,27 @@ mod tests {
         let r: Reference = "latest".parse().unwrap();
         let e = router.get_manifest(&n, &r, &[]).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::NameUnknown);
+    }
+
+    #[test]
+    fn namespaces_pick_prefix_or_host_and_refuse_the_rest() {
+        let router = UpstreamRouter::with_hosts([
+            ("".to_owned(), vec!["docker.io".to_owned()], spy("hub") as Arc<dyn Upstream>),
+            ("ghcr.io".to_owned(), vec!["ghcr.io".to_owned()], spy("ghcr") as Arc<dyn Upstream>),
+            ("q".to_owned(), vec!["quay.io".to_owned()], spy("quay") as Arc<dyn Upstream>),
+        ])
+        .unwrap();
+        let n: RepositoryName = "org/app".parse().unwrap();
+        let ns = |h: &str| router.name_in_namespace(h, &n).map(|r| r.to_string());
+        assert_eq!(ns("docker.io").unwrap(), "org/app");
+        assert_eq!(ns("GHCR.io").unwrap(), "ghcr.io/org/app");
+        assert_eq!(ns("quay.io").unwrap(), "q/org/app");
+        assert_eq!(ns("q").unwrap(), "q/org/app");
+        for foreign in ["evil.example", "169.254.169.254", "", "docker.io/../x"] {
+            assert_eq!(ns(foreign).unwrap_err().code, ErrorCode::Denied, "{foreign}");
+        }
+        let claimed: RepositoryName = "ghcr.io/x".parse().unwrap();
+        assert!(router.name_in_namespace("docker.io", &claimed).is_err());
     }
 
     #[test]

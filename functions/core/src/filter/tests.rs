@@ -136,3 +136,232 @@ fn explain_gives_reasons() {
     let generic = verdicts.iter().find(|v| v.entry.digest == "generic").unwrap();
     assert!(generic.fits && !generic.served);
 }
+
+fn levelled(digest: &str, arch: &str, variant: &str, features: &[&str]) -> Value {
+    let mut e = entry(digest, arch, features);
+    if !variant.is_empty() {
+        e["platform"]["variant"] = json!(variant);
+    }
+    e
+}
+
+/// The index of issue 11, shaped as buildx publishes µarch builds.
+fn levels_index() -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            levelled("baseline", "amd64", "", &[]),
+            levelled("v2", "amd64", "v2", &[]),
+            levelled("v3", "amd64", "v3", &[]),
+            levelled("v4", "amd64", "v4", &[]),
+            levelled("v3-80", "amd64", "v3", &["nvcap:8.0"]),
+            levelled("arm", "arm64", "v8", &[]),
+        ]
+    }))
+    .unwrap()
+}
+
+fn served_entries(bytes: &[u8], features: &[&str], mode: MatchMode) -> Vec<Value> {
+    let machine = MachineType::new("m", features.iter().map(|s| s.to_string()).collect(), mode).unwrap();
+    let out = filter_index(bytes, OCI_INDEX, &machine).unwrap();
+    let v: Value = serde_json::from_slice(&out.bytes).unwrap();
+    v["manifests"].as_array().unwrap().clone()
+}
+
+fn amd64_served(bytes: &[u8], features: &[&str], mode: MatchMode) -> String {
+    let amd64: Vec<String> = served_entries(bytes, features, mode)
+        .iter()
+        .filter(|e| e["platform"]["architecture"] == "amd64")
+        .map(|e| e["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(amd64.len(), 1, "{features:?}: one amd64 entry, got {amd64:?}");
+    amd64[0].clone()
+}
+
+#[test]
+fn levels_issue_11_table() {
+    let table: &[(&[&str], &str)] = &[
+        (&["cpu:core2"], "baseline"),
+        (&["cpu:nehalem"], "v2"),
+        (&["cpu:haswell"], "v3"),
+        (&["cpu:zen2"], "v3"),
+        (&["cpu:icelake"], "v4"),
+        (&["cpu:zen4"], "v4"),
+        (&["cpu:x86_64_v3"], "v3"),
+        (&["cpu:haswell", "nvcap:8.0"], "v3-80"),
+        (&["cpu:skylake", "nvcap:7.0"], "v3"),
+        // no cpu named: only the baseline is known to run
+        (&[], "baseline"),
+        (&["nvcap:8.0"], "baseline"),
+    ];
+    for (features, want) in table {
+        assert_eq!(amd64_served(&levels_index(), features, MatchMode::Best), *want, "{features:?}");
+    }
+}
+
+#[test]
+fn levels_are_served_under_the_plain_platform() {
+    let served = served_entries(&levels_index(), &["cpu:icelake"], MatchMode::Best);
+    assert_eq!(served.len(), 2);
+    // the chosen level build, with its variant dropped; the rest of the entry as the upstream wrote it
+    assert_eq!(
+        served[0],
+        json!({"mediaType": OCI_MANIFEST, "digest": "v4", "size": 1,
+        "platform": {"os": "linux", "architecture": "amd64"}})
+    );
+    // arm64/v8 is what every client already accepts: unchanged
+    assert_eq!(served[1]["platform"], json!({"os": "linux", "architecture": "arm64", "variant": "v8"}));
+}
+
+#[test]
+fn arm64_levels() {
+    let bytes = serde_json::to_vec(&json!({"manifests": [
+        levelled("amd64", "amd64", "", &[]),
+        levelled("v8", "arm64", "v8", &[]),
+        levelled("v8.2", "arm64", "v8.2", &[]),
+        levelled("v8.4", "arm64", "v8.4", &[]),
+        levelled("v9", "arm64", "v9", &[]),
+        levelled("v8.7", "arm64", "v8.7", &[]),
+    ]}))
+    .unwrap();
+    let arm64 = |features: &[&str]| -> String {
+        let served = served_entries(&bytes, features, MatchMode::Best);
+        let arm: Vec<&Value> = served.iter().filter(|e| e["platform"]["architecture"] == "arm64").collect();
+        assert_eq!(arm.len(), 1, "{features:?}");
+        arm[0]["digest"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(arm64(&["cpu:neoverse_n1"]), "v8.2");
+    assert_eq!(arm64(&["cpu:neoverse_v1"]), "v8.4");
+    assert_eq!(arm64(&["cpu:neoverse_v2"]), "v9");
+    assert_eq!(arm64(&["cpu:aarch64"]), "v8");
+    assert_eq!(arm64(&["cpu:haswell"]), "v8"); // an amd64 machine keeps the arm64 group's generic entry
+}
+
+#[test]
+fn arm32_variants_stay_platforms() {
+    // archspec has no 32-bit arm levels: each variant is its own platform, for the clients to pick from
+    let bytes = serde_json::to_vec(&json!({"manifests": [
+        levelled("v6", "arm", "v6", &[]), levelled("v7", "arm", "v7", &[]), levelled("amd64", "amd64", "", &[])]}))
+    .unwrap();
+    let served: Vec<Value> = served_entries(&bytes, &["cpu:haswell"], MatchMode::Best);
+    let digests: Vec<&str> = served.iter().map(|e| e["digest"].as_str().unwrap()).collect();
+    assert_eq!(digests, ["v6", "v7", "amd64"]);
+}
+
+#[test]
+fn exact_mode_never_serves_a_level_the_machine_cannot_run() {
+    let bytes = serde_json::to_vec(&json!({"manifests": [
+        levelled("baseline", "amd64", "", &[]),
+        levelled("v4", "amd64", "v4", &[]),
+        levelled("v3", "amd64", "v3", &[]),
+        levelled("v4-hsw", "amd64", "v4", &["cpu:haswell"]),
+        levelled("v3-hsw", "amd64", "v3", &["cpu:haswell"]),
+    ]}))
+    .unwrap();
+    // haswell cannot run v4, even with its exact feature set; the exact entry beats the bare level
+    assert_eq!(amd64_served(&bytes, &["cpu:haswell"], MatchMode::Exact), "v3-hsw");
+    assert_eq!(amd64_served(&bytes, &["cpu:nehalem"], MatchMode::Exact), "baseline");
+    assert_eq!(amd64_served(&bytes, &["cpu:zen2"], MatchMode::Exact), "v3");
+    assert_eq!(amd64_served(&bytes, &["cpu:icelake"], MatchMode::Exact), "v4");
+}
+
+#[test]
+fn explain_names_levels() {
+    let bytes = levels_index();
+    let index = Index::parse(&bytes).unwrap();
+    let machine = MachineType::new("m", vec!["cpu:haswell".into()], MatchMode::Best).unwrap();
+    let verdicts = explain(&index, &machine);
+    let reason = |digest: &str| verdicts.iter().find(|v| v.entry.digest == digest).unwrap().reason.clone();
+    assert_eq!(reason("v4"), "v4 needs x86_64_v4; haswell is x86_64_v3");
+    assert_eq!(reason("v3"), "v3 needs x86_64_v3; haswell runs it");
+    assert!(reason("v2").contains("more specific"), "{}", reason("v2"));
+    assert_eq!(reason("v3-80"), "needs nvcap:8.0; the machine names no GPU");
+    let plain = MachineType::new("m", vec![], MatchMode::Best).unwrap();
+    let verdicts = explain(&index, &plain);
+    assert_eq!(verdicts[1].reason, "v2 needs x86_64_v2; the machine names no cpu");
+    assert_eq!(verdicts[1].entry.requirements(), ["v2 = x86_64_v2"]);
+}
+
+#[test]
+fn nothing_dropped_is_served_verbatim() {
+    // odd spacing: a re-serialization would change the digest
+    let bytes = br#"{ "schemaVersion" : 2, "manifests" : [ {"digest": "a", "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "b", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}} ] }"#;
+    let machine = MachineType::new("m", vec!["cpu:haswell".into()], MatchMode::Best).unwrap();
+    let out = filter_index(bytes, OCI_INDEX, &machine).unwrap();
+    assert!(out.verbatim);
+    assert_eq!(out.bytes, bytes);
+    assert_eq!(out.digest, Digest::sha256_of(bytes));
+    // a level entry kept alone is rewritten to its plain platform: not verbatim
+    let bytes =
+        br#"{"manifests": [{"digest": "a", "platform": {"os": "linux", "architecture": "amd64", "variant": "v3"}}]}"#;
+    let out = filter_index(bytes, OCI_INDEX, &machine).unwrap();
+    assert!(!out.verbatim);
+    assert_eq!(out.bytes, br#"{"manifests":[{"digest":"a","platform":{"os":"linux","architecture":"amd64"}}]}"#);
+}
+
+/// Generated indexes of levels, cpus and nvcaps, for every machine: never an entry whose level or cpu the machine
+/// cannot run; one image per (os, architecture); refiltering changes nothing. (The same property runs in
+/// fuzz/fuzz_targets/filter.rs on arbitrary bytes.)
+#[test]
+fn property_never_serves_what_the_machine_cannot_run() {
+    let variants = ["", "v1", "v2", "v3", "v4", "v5"];
+    let arm_variants = ["", "v8", "v8.2", "v8.4", "v9", "v8.7"];
+    let cpus = ["", "cpu:haswell", "cpu:x86_64_v2", "cpu:icelake", "cpu:zen2", "cpu:neoverse_v1", "cpu:core2"];
+    let nvcaps = ["", "nvcap:7.0", "nvcap:8.0", "nvcap:8.6"];
+    let machines: Vec<MachineType> = ["core2", "nehalem", "haswell", "zen2", "icelake", "zen4", "neoverse_n1"]
+        .iter()
+        .flat_map(|cpu| {
+            [MatchMode::Best, MatchMode::Exact].into_iter().flat_map(move |mode| {
+                [vec![format!("cpu:{cpu}")], vec![format!("cpu:{cpu}"), "nvcap:8.6".into()]]
+                    .into_iter()
+                    .map(move |f| MachineType::new("m", f, mode).unwrap())
+            })
+        })
+        .collect();
+    // a small deterministic generator (xorshift): 400 indexes of 1 to 12 entries
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for round in 0..400 {
+        let count = 1 + next(12);
+        let manifests: Vec<Value> = (0..count)
+            .map(|i| {
+                let arm = next(4) == 0;
+                let (arch, variant) = if arm { ("arm64", arm_variants[next(6)]) } else { ("amd64", variants[next(6)]) };
+                let features: Vec<&str> = [cpus[next(cpus.len())], nvcaps[next(nvcaps.len())]]
+                    .into_iter()
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                levelled(&format!("e{round}-{i}"), arch, variant, &features)
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&json!({"manifests": manifests})).unwrap();
+        for machine in &machines {
+            let Ok(out) = filter_index(&bytes, OCI_INDEX, machine) else { continue };
+            let host = Host::of(machine);
+            let served: Value = serde_json::from_slice(&out.bytes).unwrap();
+            let mut groups = HashSet::new();
+            for e in served["manifests"].as_array().unwrap() {
+                let original = manifests.iter().find(|m| m["digest"] == e["digest"]).unwrap();
+                let parsed = Entry::from_raw(&serde_json::value::to_raw_value(original).unwrap(), 0).unwrap();
+                if let Level::Archspec(level) = parsed.level {
+                    assert!(host.runs(level), "{:?} served {original} it cannot run", machine.features);
+                }
+                assert_ne!(parsed.level, Level::Unknown);
+                for f in &parsed.features {
+                    if let Some(cpu) = f.strip_prefix("cpu:") {
+                        assert!(host.runs(cpu), "{:?} served {original} it cannot run", machine.features);
+                    }
+                }
+                assert!(groups.insert(parsed.group().0.to_owned() + parsed.group().1), "two images of one group");
+            }
+            assert_eq!(filter_index(&out.bytes, OCI_INDEX, machine).unwrap().bytes, out.bytes, "idempotent");
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `serve`'s upstreams: `--upstream [PREFIX=]URL`, repeatable, and their credentials, which come from a file or the
+//! environment, never from the command line.
+
+use anyhow::Context;
+use clap::Args;
+use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct UpstreamArgs {
+    /// An upstream registry, `[PREFIX=]URL`; repeatable (or comma-separated in METAHUB_UPSTREAM). PREFIX is a first
+    /// name segment, by convention the registry host: with `ghcr.io=https://ghcr.io`, `ghcr.io/org/app` is pulled as
+    /// `org/app` from ghcr.io, and `?ns=ghcr.io` (containerd mirrors) picks it. The entry without PREFIX takes every
+    /// other name.
+    #[arg(
+        long = "upstream",
+        env = "METAHUB_UPSTREAM",
+        value_delimiter = ',',
+        default_value = "https://registry-1.docker.io"
+    )]
+    pub upstreams: Vec<String>,
+    /// Login to the default upstream; its password comes from METAHUB_UPSTREAM_PASSWORD only.
+    #[arg(long, env = "METAHUB_UPSTREAM_USERNAME")]
+    upstream_username: Option<String>,
+    /// Upstream logins in Docker's config.json shape, keyed by PREFIX or registry host:
+    /// `{"auths": {"ghcr.io": {"auth": "<base64 user:token>"}}}`. The same JSON may come in METAHUB_UPSTREAM_CREDENTIALS.
+    #[arg(long, env = "METAHUB_UPSTREAM_CREDENTIALS_FILE")]
+    upstream_credentials: Option<PathBuf>,
+}
+
+impl UpstreamArgs {
+    /// The configured upstreams with their credentials.
+    pub fn configs(&self) -> anyhow::Result<Vec<UpstreamConfig>> {
+        let mut configs = self
+            .upstreams
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|spec| UpstreamConfig::parse_spec(spec).with_context(|| format!("--upstream {spec:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut credentials = UpstreamCredentials::default();
+        if let Some(user) = &self.upstream_username {
+            let password = std::env::var("METAHUB_UPSTREAM_PASSWORD")
+                .context("--upstream-username needs METAHUB_UPSTREAM_PASSWORD")?;
+            credentials = UpstreamCredentials::for_default(user, password);
+        }
+        if let Some(path) = &self.upstream_credentials {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --upstream-credentials {}", path.display()))?;
+            let file = UpstreamCredentials::parse(&text).with_context(|| format!("{}", path.display()))?;
+            credentials = credentials.merge(file);
+        }
+        if let Ok(json) = std::env::var("METAHUB_UPSTREAM_CREDENTIALS")
+            && !json.trim().is_empty()
+        {
+            credentials = credentials.merge(UpstreamCredentials::parse(&json).context("METAHUB_UPSTREAM_CREDENTIALS")?);
+        }
+        credentials.apply(&mut configs)?;
+        Ok(configs)
+    }
+
+    /// The router over every configured upstream.
+    pub fn router(&self, options: &ClientOptions) -> anyhow::Result<UpstreamRouter> {
+        Ok(UpstreamRouter::new(&self.configs()?, options)?)
+    }
+
+    /// How logs name the upstreams: `PREFIX=URL`, never credentials.
+    pub fn describe(&self) -> String {
+        self.upstreams.join(",")
+    }
+}

@@ -1,0 +1,158 @@
+"""Fixtures for pulls through the serverless path: real clients -> the edge stand-in (`edge.py`, template.yaml's
+distribution) -> Function URL events -> the REAL `metahub-registry` / `metahub-token` binaries on the Runtime API
+stand-in of tests/lambda -> DynamoDB on moto and a redirecting `docker-registry` upstream.
+
+The components and clients are the e2e harness's own fixtures (tests/e2e/conftest.py, loaded under another module
+name: this folder's conftest has the same name, which is why tests/run.sh runs each folder alone); the function
+instances are started by tests/lambda's `lambda_harness`. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent
+sys.path[:0] = [str(HERE), str(TESTS / "lambda"), str(TESTS / "e2e")]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+e2e = _load("e2e_conftest", TESTS / "e2e" / "conftest.py")
+import edge as edge_mod  # noqa: E402
+import lambda_harness  # noqa: E402
+from lambda_harness import (  # noqa: E402
+    ORIGIN_SECRET_PARAM, SERVICE, SIGNING_KEY_PARAM, admin_env, full_env, launch_function, seed_parameters, ssm_value,
+)
+
+# the e2e fixtures this folder uses (pytest finds fixtures by the names of a conftest's attributes)
+workdir = e2e.workdir
+upstream = e2e.upstream
+redirecting_upstream = e2e.redirecting_upstream
+images = e2e.images
+moto = e2e.moto
+metahub_factory = e2e.metahub_factory
+containerd = e2e.containerd
+podman = e2e.podman
+creds = e2e.creds
+MACHINE_TYPES = e2e.MACHINE_TYPES
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for p in [*e2e._PROCS, *lambda_harness._PROCS]:
+            report.sections.append((f"log {p.name} ({p.log_path})", p.tail()))
+
+
+def moto_endpoint(moto) -> str:
+    return f"http://127.0.0.1:{moto.port}"
+
+
+# template.yaml parameters as the tests deploy it: the SSM names the functions are given
+TEMPLATE_PARAMETERS = {"OriginSecretParameterName": ORIGIN_SECRET_PARAM, "SigningKeyParameterName": SIGNING_KEY_PARAM,
+                       "ServiceName": SERVICE}
+
+
+@pytest.fixture(scope="session")
+def serve_hub(metahub_factory, redirecting_upstream, images):
+    """`metahub serve` on a DynamoDB (moto) table holding every machine type of the e2e harness and one account each
+    (see `creds`); the functions use the same table."""
+    return metahub_factory("dynamodb", redirecting_upstream)
+
+
+@pytest.fixture(scope="session")
+def parameters(moto) -> bytes:
+    return seed_parameters(moto_endpoint(moto))
+
+
+def start_edge_for(workdir, moto, upstream, table_store: str, resolve_ssm=None) -> edge_mod.Edge:
+    """An edge stand-in in front of function instances configured as template.yaml deploys them, with the public
+    URL set to the edge's own address (what infra/deploy.sh does with the distribution's domain)."""
+    resolve = resolve_ssm or (lambda name: ssm_value(moto_endpoint(moto), name))
+    distribution = edge_mod.read_distribution(resolve, TEMPLATE_PARAMETERS)
+    holder: dict[str, edge_mod.Edge] = {}
+
+    def start_instance(binary: str, name: str):
+        env = {**full_env(moto, upstream), "METAHUB_STORE": table_store, "METAHUB_PUBLIC_URL": holder["edge"].url}
+        return launch_function(workdir, binary, env, name)[0]
+
+    holder["edge"] = edge_mod.start_edge(distribution, start_instance)
+    return holder["edge"]
+
+
+@pytest.fixture(scope="session")
+def edge(workdir, moto, redirecting_upstream, serve_hub, parameters) -> edge_mod.Edge:
+    e = start_edge_for(workdir, moto, redirecting_upstream, serve_hub.store)
+    yield e
+    e.stop()
+
+
+# Lambda's SigV4 check of the admin function's AWS_IAM Function URL: (method, target, headers, body, url) -> the
+# caller's ARN, or None. HOOK for #13 (branch `deploy`): its SigV4-verifying stand-in goes here; until then no request
+# is taken as signed, so the admin function is only reached in tests/lambda (events with an IAM caller).
+SIGV4_CALLER = None
+
+
+def start_admin_url(workdir, moto, upstream, table_store: str, caller_of=None) -> edge_mod.IamFunctionUrl:
+    """The admin function behind its own AWS_IAM Function URL, configured as template.yaml deploys it."""
+    distribution = edge_mod.read_distribution(lambda name: ssm_value(moto_endpoint(moto), name), TEMPLATE_PARAMETERS)
+    admin = next(t for t in distribution.functions.values() if t.auth_type == "AWS_IAM")
+
+    def start_instance(binary: str, name: str):
+        return launch_function(workdir, binary, {**admin_env(moto, upstream), "METAHUB_STORE": table_store}, name)[0]
+
+    return edge_mod.start_iam_function_url(admin, start_instance, caller_of or SIGV4_CALLER or (lambda *request: None))
+
+
+@pytest.fixture
+def cold_edge(edge):
+    """The edge with every request on a fresh function instance, for one test."""
+    edge.set_cold_every_request(True)
+    yield edge
+    edge.set_cold_every_request(False)
+
+
+# --------------------------------------------------------------------------------------------- the client matrix
+# Each entry pulls REF as CREDS and returns the variant label of what it got (config label == layer text).
+
+
+def _pull_skopeo(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> str:
+    label, text, _ = e2e.skopeo_copy_variant(ref, tmp_path / "skopeo", creds_)
+    assert label == text
+    return label
+
+
+def _pull_podman(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> str:
+    return request.getfixturevalue("podman").pull_variant(ref, creds_)
+
+
+def _pull_ctr(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> str:
+    c = request.getfixturevalue("containerd")
+    ns = c.namespace()
+    c.pull(ref, ns, user=":".join(creds_))
+    label, text, _ = c.pulled_variant(ref, ns)
+    assert label == text
+    return label
+
+
+CLIENTS = {
+    "skopeo": _pull_skopeo,
+    "podman": _pull_podman,
+    "ctr": _pull_ctr,
+    # Docker Engine joins with one line once tests/e2e/conftest.py has its fixture (branch `fresh`), e.g.
+    # "docker": lambda request, ref, creds_, tmp_path: request.getfixturevalue("docker").pull_variant(ref, creds_),
+}
