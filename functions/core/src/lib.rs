@@ -10,7 +10,11 @@ pub mod machine;
 pub mod password;
 pub mod ports;
 pub mod reference;
+pub mod secret;
 pub mod service;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod token;
 
 pub use error::{Error, ErrorCode, Result};
+pub use secret::Secret;
