@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Unsupported,
     /// A path MetaHub has no route for.
     NotFound,
+    /// A request MetaHub's own API refuses as malformed (admin bodies, query parameters, short passwords).
+    Invalid,
     TooManyRequests,
     /// A request body or header larger than MetaHub accepts.
     TooLarge,
@@ -31,7 +33,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BlobUnknown,
         ErrorCode::DigestInvalid,
         ErrorCode::ManifestUnknown,
@@ -44,6 +46,7 @@ impl ErrorCode {
         ErrorCode::Denied,
         ErrorCode::Unsupported,
         ErrorCode::NotFound,
+        ErrorCode::Invalid,
         ErrorCode::TooManyRequests,
         ErrorCode::TooLarge,
         ErrorCode::Unavailable,
@@ -71,6 +74,7 @@ impl ErrorCode {
             ErrorCode::Denied => ("DENIED", 403),
             ErrorCode::Unsupported => ("UNSUPPORTED", 405),
             ErrorCode::NotFound => ("NOT_FOUND", 404),
+            ErrorCode::Invalid => ("INVALID", 400),
             ErrorCode::TooManyRequests => ("TOOMANYREQUESTS", 429),
             ErrorCode::TooLarge => ("TOO_LARGE", 413),
             ErrorCode::Unavailable => ("UNAVAILABLE", 503),
@@ -129,6 +133,10 @@ impl Error {
     }
     pub fn manifest_invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::ManifestInvalid, message)
+    }
+    /// A malformed request to MetaHub's own API (not a manifest: those are `MANIFEST_INVALID`).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Invalid, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthorized, message)

@@ -28,8 +28,9 @@ pub const DOCKER_MANIFEST_V1_SIGNED: &str = "application/vnd.docker.distribution
 /// never downgraded to its amd64 child for a client that only named single manifests.
 pub const ACCEPT_ALL: &[&str] = &[OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_MANIFEST_V1_SIGNED];
 
-const ATTESTATION_TYPE: &str = "vnd.docker.reference.type";
-const ATTESTATION_SUBJECT: &str = "vnd.docker.reference.digest";
+/// BuildKit's annotations on an attestation entry of an index: its type, and the digest of the entry it attests.
+pub const ATTESTATION_TYPE: &str = "vnd.docker.reference.type";
+pub const ATTESTATION_SUBJECT: &str = "vnd.docker.reference.digest";
 
 pub fn is_index_media_type(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST

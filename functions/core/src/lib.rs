@@ -11,7 +11,11 @@ pub mod observe;
 pub mod password;
 pub mod ports;
 pub mod reference;
+pub mod secret;
 pub mod service;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod token;
 
 pub use error::{Error, ErrorCode, Result};
+pub use secret::Secret;

@@ -35,7 +35,7 @@ impl FromStr for Feature {
     type Err = Error;
     /// Strict parse, for machine types: unknown cpu names and malformed nvcaps are refused.
     fn from_str(s: &str) -> Result<Self> {
-        let invalid = |why: String| Error::new(ErrorCode::ManifestInvalid, format!("invalid feature {s:?}: {why}"));
+        let invalid = |why: String| Error::invalid(format!("invalid feature {s:?}: {why}"));
         let (key, value) = s
             .split_once(':')
             .filter(|(k, v)| !k.is_empty() && !v.is_empty())
@@ -215,7 +215,7 @@ impl FromStr for MatchMode {
         match s {
             "best" => Ok(MatchMode::Best),
             "exact" => Ok(MatchMode::Exact),
-            _ => Err(Error::new(ErrorCode::ManifestInvalid, format!("match mode {s:?} is neither best nor exact"))),
+            _ => Err(Error::invalid(format!("match mode {s:?} is neither best nor exact"))),
         }
     }
 }
@@ -246,17 +246,14 @@ impl MachineType {
         for f in &features {
             let feature: Feature = f.parse()?;
             if parsed.contains(&feature) {
-                return Err(Error::new(ErrorCode::ManifestInvalid, format!("feature {f:?} is listed twice")));
+                return Err(Error::invalid(format!("feature {f:?} is listed twice")));
             }
             parsed.push(feature);
         }
         let cpus = parsed.iter().filter(|f| matches!(f, Feature::Cpu(_))).count();
         let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
         if cpus > 1 || nvcaps > 1 {
-            return Err(Error::new(
-                ErrorCode::ManifestInvalid,
-                "a machine type has at most one cpu: and one nvcap: feature",
-            ));
+            return Err(Error::invalid("a machine type has at most one cpu: and one nvcap: feature"));
         }
         Ok(MachineType { name: name.to_owned(), features: parsed.iter().map(Feature::to_string).collect(), match_mode })
     }

@@ -14,10 +14,7 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 
 pub fn hash_password(password: &str) -> Result<String> {
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(Error::new(
-            crate::ErrorCode::Denied,
-            format!("password must be at least {MIN_PASSWORD_LEN} characters"),
-        ));
+        return Err(Error::invalid(format!("password must be at least {MIN_PASSWORD_LEN} characters")));
     }
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default() // argon2id, v19, OWASP's minimum parameters
@@ -37,11 +34,11 @@ pub const LANES: RangeInclusive<u32> = 1..=4;
 /// The parameters of `phc` when it is an argon2id v19 hash within [`MEMORY_KIB`], [`ITERATIONS`] and [`LANES`],
 /// with a salt and a 16..=64-byte output.
 fn accepted_params(hash: &PasswordHash<'_>) -> Result<Params> {
-    let refuse = |why: String| Err(Error::manifest_invalid(format!("passwordHash: {why}")));
+    let refuse = |why: String| Err(Error::invalid(format!("passwordHash: {why}")));
     if hash.algorithm.as_str() != "argon2id" || hash.version != Some(Version::V0x13.into()) {
         return refuse("must be argon2id, version 19".into());
     }
-    let params = Params::try_from(hash).map_err(|e| Error::manifest_invalid(format!("passwordHash: {e}")))?;
+    let params = Params::try_from(hash).map_err(|e| Error::invalid(format!("passwordHash: {e}")))?;
     let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
     if !MEMORY_KIB.contains(&m) || !ITERATIONS.contains(&t) || !LANES.contains(&p) {
         return refuse(format!(
@@ -60,10 +57,9 @@ fn accepted_params(hash: &PasswordHash<'_>) -> Result<Params> {
     Ok(params)
 }
 
-/// Refuses (`MANIFEST_INVALID`, naming the accepted range) a PHC string MetaHub would not verify.
+/// Refuses (`INVALID`, naming the accepted range) a PHC string MetaHub would not verify.
 pub fn validate_hash(phc: &str) -> Result<()> {
-    let hash = PasswordHash::new(phc)
-        .map_err(|e| Error::manifest_invalid(format!("passwordHash is not a PHC string ({e})")))?;
+    let hash = PasswordHash::new(phc).map_err(|e| Error::invalid(format!("passwordHash is not a PHC string ({e})")))?;
     accepted_params(&hash).map(|_| ())
 }
 

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use oci_spec::image::{Digest as OciDigest, DigestAlgorithm};
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use std::fmt;
 use std::str::FromStr;
 
@@ -133,9 +133,15 @@ impl Digest {
         self.0.split_once(':').map_or("", |(_, h)| h)
     }
 
-    /// Whether `bytes` hash to this digest (only sha256 is computed; others are never verified as matching).
+    /// Whether `bytes` hash to this digest, for every algorithm a `Digest` may name.
     pub fn verifies(&self, bytes: &[u8]) -> bool {
-        self.0.starts_with("sha256:") && *self == Digest::sha256_of(bytes)
+        let computed = match self.0.split_once(':').map(|(algorithm, _)| algorithm) {
+            Some("sha256") => hex::encode(Sha256::digest(bytes)),
+            Some("sha384") => hex::encode(Sha384::digest(bytes)),
+            Some("sha512") => hex::encode(Sha512::digest(bytes)),
+            _ => return false,
+        };
+        computed == self.hex()
     }
 }
 
@@ -279,6 +285,10 @@ mod tests {
         assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert!(d.verifies(b""));
         assert!(!d.verifies(b"x"));
+        let d512: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"x"))).parse().unwrap();
+        assert!(d512.verifies(b"x") && !d512.verifies(b"y"));
+        let d384: Digest = format!("sha384:{}", hex::encode(Sha384::digest(b"x"))).parse().unwrap();
+        assert!(d384.verifies(b"x") && !d384.verifies(b"y"));
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl std::str::FromStr for IndexDigestPulls {
         match s {
             "verbatim" => Ok(IndexDigestPulls::Verbatim),
             "refuse" => Ok(IndexDigestPulls::Refuse),
-            _ => Err(Error::new(ErrorCode::ManifestInvalid, format!("{s:?} is neither verbatim nor refuse"))),
+            _ => Err(Error::invalid(format!("{s:?} is neither verbatim nor refuse"))),
         }
     }
 }

@@ -1,130 +1,34 @@
-//! The pull flow over an in-memory store and a scripted upstream.
+//! The pull flow over the in-memory store and the scripted, call-counting upstream of [`crate::testing`].
 
 use super::*;
 use crate::machine::MatchMode;
-use crate::ports::{Account, BlobLocation, Change, ManifestHead};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-#[derive(Default)]
-struct MemoryStore {
-    machine_types: Mutex<HashMap<String, MachineType>>,
-    generated: Mutex<HashMap<Digest, Manifest>>,
-}
-
-#[async_trait::async_trait]
-impl Store for MemoryStore {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
-        Ok(self.machine_types.lock().unwrap().get(name).cloned())
-    }
-    async fn put_machine_type(&self, mt: &MachineType) -> Result<()> {
-        self.machine_types.lock().unwrap().insert(mt.name.clone(), mt.clone());
-        Ok(())
-    }
-    async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
-        Ok(self.machine_types.lock().unwrap().values().cloned().collect())
-    }
-    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
-        Ok(self.machine_types.lock().unwrap().remove(name).is_some())
-    }
-    async fn account(&self, _: &str) -> Result<Option<Account>> {
-        Ok(None)
-    }
-    async fn put_account(&self, _: &Account) -> Result<()> {
-        Ok(())
-    }
-    async fn list_accounts(&self) -> Result<Vec<Account>> {
-        Ok(vec![])
-    }
-    async fn delete_account(&self, _: &str) -> Result<bool> {
-        Ok(false)
-    }
-    async fn generated_manifest(&self, _: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>> {
-        Ok(self.generated.lock().unwrap().get(digest).cloned())
-    }
-    async fn put_generated_manifest(&self, _: &RepositoryName, manifest: &Manifest) -> Result<()> {
-        self.generated.lock().unwrap().insert(manifest.digest.clone(), manifest.clone());
-        Ok(())
-    }
-    async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>> {
-        Ok(candidate.to_vec())
-    }
-    async fn record_change(&self, _: &Change) -> Result<()> {
-        Ok(())
-    }
-    async fn changes(&self, _: usize) -> Result<Vec<Change>> {
-        Ok(vec![])
-    }
-    async fn watched_images(&self) -> Result<Vec<String>> {
-        Ok(Vec::new())
-    }
-    async fn watch_image(&self, _: &str) -> Result<bool> {
-        Ok(false)
-    }
-    async fn unwatch_image(&self, _: &str) -> Result<bool> {
-        Ok(false)
-    }
-}
-
-/// One index under `org/app:latest`; its HEAD answers `head_type`; `down` makes every call a 503.
-struct ScriptedUpstream {
-    index: Bytes,
-    head_type: String,
-    down: AtomicBool,
-}
+use crate::testing::{FAKE_STORAGE, FakeUpstream, MemoryStore};
 
 const INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
 {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"os":"linux","architecture":"amd64"}},
 {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"os":"linux","architecture":"amd64","features":["cpu:haswell"]}}]}"#;
+const IMAGE: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
 
-impl ScriptedUpstream {
-    fn new(head_type: &str) -> Arc<Self> {
-        Arc::new(ScriptedUpstream {
-            index: Bytes::from_static(INDEX.as_bytes()),
-            head_type: head_type.into(),
-            down: AtomicBool::new(false),
-        })
-    }
-
-    fn check(&self) -> Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::new(ErrorCode::Unavailable, "upstream down"));
-        }
-        Ok(())
-    }
+/// `org/app:latest` is [`INDEX`]; `org/app:single` is a plain image manifest.
+fn upstream() -> Arc<FakeUpstream> {
+    let upstream = Arc::new(FakeUpstream::default());
+    upstream.tag("org/app", "latest", filter::OCI_INDEX, INDEX);
+    upstream.tag("org/app", "single", filter::OCI_MANIFEST, IMAGE);
+    upstream
 }
 
-#[async_trait::async_trait]
-impl Upstream for ScriptedUpstream {
-    async fn head_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<ManifestHead> {
-        self.check()?;
-        Ok(ManifestHead {
-            digest: Digest::sha256_of(&self.index),
-            media_type: self.head_type.clone(),
-            size: self.index.len() as u64,
-        })
-    }
-    async fn get_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
-        self.check()?;
-        // As the adapter does: a generic Content-Type gives way to the body's mediaType.
-        Ok(Manifest {
-            digest: Digest::sha256_of(&self.index),
-            media_type: filter::OCI_INDEX.into(),
-            bytes: self.index.clone(),
-        })
-    }
-    async fn blob_location(&self, _: &RepositoryName, _: &Digest) -> Result<BlobLocation> {
-        Err(Error::new(ErrorCode::BlobUnknown, "no blobs here"))
-    }
-}
-
-async fn new_service(upstream: Arc<ScriptedUpstream>, options: CacheOptions) -> (RegistryService, Arc<MemoryStore>) {
+async fn machine_types() -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::default());
-    for (name, features) in [("zen2", vec!["cpu:zen2"]), ("hsw", vec!["cpu:haswell"])] {
+    for (name, features) in [("zen2", vec!["cpu:zen2"]), ("hsw", vec!["cpu:haswell"]), ("plain", vec![])] {
         let features = features.into_iter().map(String::from).collect();
         store.put_machine_type(&MachineType::new(name, features, MatchMode::Best).unwrap()).await.unwrap();
     }
+    store
+}
+
+async fn new_service(upstream: Arc<FakeUpstream>, options: CacheOptions) -> (RegistryService, Arc<MemoryStore>) {
+    let store = machine_types().await;
     (RegistryService::new(store.clone(), upstream, options), store)
 }
 
@@ -132,25 +36,44 @@ fn app() -> (RepositoryName, Reference) {
     ("org/app".parse().unwrap(), "latest".parse().unwrap())
 }
 
+fn by_digest(digest: &Digest) -> Reference {
+    Reference::Digest(digest.clone())
+}
+
 #[tokio::test]
 async fn a_generic_head_content_type_does_not_bypass_filtering() {
     for head_type in ["application/json", "", "text/plain", filter::OCI_INDEX] {
-        let upstream = ScriptedUpstream::new(head_type);
+        let upstream = upstream();
+        upstream.set_head_media_type(head_type);
         let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
         let (repo, tag) = app();
         let served = service.manifest(&repo, &tag, "zen2").await.unwrap();
-        assert_ne!(served.digest, Digest::sha256_of(&upstream.index), "HEAD said {head_type:?}: filtered");
+        assert_ne!(served.digest, Digest::sha256_of(INDEX.as_bytes()), "HEAD said {head_type:?}: filtered");
         assert!(!String::from_utf8_lossy(&served.bytes).contains("cpu:haswell"), "a zen2 runs no haswell build");
     }
 }
 
 #[tokio::test]
+async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
+    let upstream = upstream();
+    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, tag) = app();
+    let first = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    let second = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!((upstream.heads(), upstream.gets()), (2, 1), "a HEAD per pull, one GET of the immutable index");
+    assert!(first.digest.verifies(&first.bytes));
+    let stored = store.generated_manifest(&repo, &first.digest).await.unwrap();
+    assert_eq!(stored, Some(first), "the filtered index is stored, to be served by its digest");
+}
+
+#[tokio::test]
 async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
-    let upstream = ScriptedUpstream::new(filter::OCI_INDEX);
+    let upstream = upstream();
     let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
     let (repo, tag) = app();
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
-    upstream.down.store(true, Ordering::SeqCst);
+    upstream.set_down(true);
     assert_eq!(service.manifest(&repo, &tag, "hsw").await.unwrap(), fresh, "served stale");
     // the machine type's features change while the upstream is down: the old index does not fit it any more
     store.put_machine_type(&MachineType::new("hsw", vec!["cpu:zen2".into()], MatchMode::Best).unwrap()).await.unwrap();
@@ -159,19 +82,112 @@ async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
 
     let options = CacheOptions { max_stale: Duration::ZERO, ..CacheOptions::default() };
     let (service, _) = new_service(upstream.clone(), options).await;
-    upstream.down.store(false, Ordering::SeqCst);
+    upstream.set_down(false);
     service.manifest(&repo, &tag, "zen2").await.unwrap();
-    upstream.down.store(true, Ordering::SeqCst);
+    upstream.set_down(true);
     std::thread::sleep(Duration::from_millis(2));
     let e = service.manifest(&repo, &tag, "zen2").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "older than max_stale: not served");
 }
 
 #[tokio::test]
+async fn a_digest_announced_but_not_served_is_the_upstreams_fault() {
+    let upstream = upstream();
+    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, tag) = app();
+    upstream.stop_serving(&Digest::sha256_of(INDEX.as_bytes()));
+    let e = service.manifest(&repo, &tag, "hsw").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
+    assert!(e.message.contains("announced") && e.message.contains("org/app:latest"), "{e}");
+
+    // With an index served before, the stale fallback covers it as it covers an upstream that is down.
+    let upstream = self::upstream();
+    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    let moved = upstream.tag("org/app", "latest", filter::OCI_INDEX, INDEX.replace("2222", "3333"));
+    upstream.stop_serving(&moved.digest);
+    assert_eq!(service.manifest(&repo, &tag, "hsw").await.unwrap(), fresh, "served stale");
+}
+
+#[tokio::test]
+async fn an_unknown_tag_or_digest_is_manifest_unknown() {
+    let (service, _) = new_service(upstream(), CacheOptions::default()).await;
+    let (repo, _) = app();
+    for reference in [Reference::Tag("nope".parse().unwrap()), by_digest(&Digest::sha256_of(b"nothing"))] {
+        let e = service.manifest(&repo, &reference, "hsw").await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::ManifestUnknown, "{reference}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_single_manifest_passes_through_verbatim() {
+    let (service, store) = new_service(upstream(), CacheOptions::default()).await;
+    let (repo, _) = app();
+    let served = service.manifest(&repo, &"single".parse().unwrap(), "hsw").await.unwrap();
+    assert_eq!((served.digest, &served.bytes[..]), (Digest::sha256_of(IMAGE.as_bytes()), IMAGE.as_bytes()));
+    assert_eq!(store.generated_count(), 0);
+}
+
+#[tokio::test]
+async fn a_filtered_index_is_served_by_its_digest_from_any_instance() {
+    let upstream = upstream();
+    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, tag) = app();
+    let filtered = service.manifest(&repo, &tag, "zen2").await.unwrap();
+    assert_eq!(service.manifest(&repo, &by_digest(&filtered.digest), "zen2").await.unwrap(), filtered);
+
+    // Another instance (a cold Lambda) has only the shared store; the upstream never had this digest.
+    let other = RegistryService::new(store.clone(), upstream.clone(), CacheOptions::default());
+    let gets = upstream.gets();
+    assert_eq!(other.manifest(&repo, &by_digest(&filtered.digest), "hsw").await.unwrap(), filtered);
+    assert_eq!(upstream.gets(), gets, "read from the store, not asked upstream");
+    let elsewhere: RepositoryName = "org/other".parse().unwrap();
+    let e = other.manifest(&elsewhere, &by_digest(&filtered.digest), "zen2").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::ManifestUnknown, "generated digests are per repository");
+}
+
+#[tokio::test]
+async fn upstream_digests_are_served_verbatim_or_refused_by_setting() {
+    let index = Digest::sha256_of(INDEX.as_bytes());
+    let image = Digest::sha256_of(IMAGE.as_bytes());
+    let (repo, _) = app();
+    let (service, _) = new_service(upstream(), CacheOptions::default()).await;
+    for digest in [&index, &image] {
+        let served = service.manifest(&repo, &by_digest(digest), "zen2").await.unwrap();
+        assert_eq!(served.digest, *digest, "verbatim by default");
+    }
+
+    let refusing = RegistryService::new(machine_types().await, upstream(), CacheOptions::default())
+        .with_index_digest_pulls(IndexDigestPulls::Refuse);
+    let e = refusing.manifest(&repo, &by_digest(&index), "zen2").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied, "{e}");
+    let detail = e.detail.unwrap();
+    assert_eq!(detail["pullInstead"], serde_json::json!([format!("org/app@sha256:{}", "1".repeat(64))]));
+    // Not an index: nothing to filter. An index that filtering leaves unchanged for the machine: served as is.
+    assert_eq!(refusing.manifest(&repo, &by_digest(&image), "zen2").await.unwrap().digest, image);
+    let generic_only = Arc::new(FakeUpstream::default());
+    let only = INDEX.split_once(",\n{").map(|(first, _)| format!("{first}]}}")).unwrap();
+    let only = generic_only.put(filter::OCI_INDEX, only);
+    let refusing = RegistryService::new(machine_types().await, generic_only, CacheOptions::default())
+        .with_index_digest_pulls(IndexDigestPulls::Refuse);
+    assert_eq!(refusing.manifest(&repo, &by_digest(&only.digest), "zen2").await.unwrap(), only);
+}
+
+#[tokio::test]
+async fn blobs_redirect_to_the_upstreams_storage() {
+    let upstream = upstream();
+    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, _) = app();
+    let blob = upstream.blob(b"layer");
+    assert_eq!(service.blob(&repo, &blob).await.unwrap().url, format!("{FAKE_STORAGE}/org/app/{blob}"));
+    let e = service.blob(&repo, &Digest::sha256_of(b"absent")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BlobUnknown);
+}
+
+#[tokio::test]
 async fn caches_stay_within_their_byte_budget() {
-    let upstream = ScriptedUpstream::new(filter::OCI_INDEX);
     let options = CacheOptions { max_bytes: 6 * 4096, ..CacheOptions::default() };
-    let (service, _) = new_service(upstream, options).await;
+    let (service, _) = new_service(upstream(), options).await;
     let (repo, tag) = app();
     service.manifest(&repo, &tag, "zen2").await.unwrap();
     service.manifest(&repo, &tag, "hsw").await.unwrap();

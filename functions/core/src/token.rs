@@ -3,9 +3,9 @@
 
 use crate::error::{Error, Result};
 use crate::reference::RepositoryName;
+use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const ALGORITHM: Algorithm = Algorithm::HS256;
@@ -85,18 +85,12 @@ pub struct IssuedToken {
 }
 
 /// Signs and verifies tokens with one HMAC key. Its Debug never shows the key.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    encoding: Secret<EncodingKey>,
+    decoding: Secret<DecodingKey>,
     audience: String,
     ttl_seconds: u64,
-}
-
-impl fmt::Debug for TokenKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenKeys").field("audience", &self.audience).field("key", &"<redacted>").finish()
-    }
 }
 
 pub fn now_seconds() -> u64 {
@@ -116,8 +110,8 @@ impl TokenKeys {
         }
         let bad_key = |e: jsonwebtoken::errors::Error| Error::internal(format!("token signing key: {e}"));
         Ok(TokenKeys {
-            encoding: EncodingKey::from_secret(key).map_err(bad_key)?,
-            decoding: DecodingKey::from_secret(key).map_err(bad_key)?,
+            encoding: Secret::new(EncodingKey::from_secret(key).map_err(bad_key)?),
+            decoding: Secret::new(DecodingKey::from_secret(key).map_err(bad_key)?),
             audience: audience.to_owned(),
             ttl_seconds,
         })
@@ -152,7 +146,7 @@ impl TokenKeys {
             fp,
             access,
         };
-        let token = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
+        let token = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, self.encoding.expose())
             .map_err(|e| Error::internal(format!("signing token: {e}")))?;
         Ok(IssuedToken { token, expires_in: self.ttl_seconds, issued_at: now })
     }
@@ -165,7 +159,7 @@ impl TokenKeys {
         validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+        jsonwebtoken::decode::<Claims>(token, self.decoding.expose(), &validation)
             .map(|data| data.claims)
             .map_err(|e| Error::unauthorized(format!("invalid token: {e}")))
     }
@@ -208,13 +202,13 @@ mod tests {
         let expired = TokenKeys::new(&[7u8; 32], "metahub", 1).unwrap();
         let mut claims = keys().verify(&t).unwrap();
         claims.exp = now_seconds() - 60;
-        let old = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &expired.encoding).unwrap();
+        let old = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, expired.encoding.expose()).unwrap();
         assert!(keys().verify(&old).is_err());
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let payload = t.split('.').nth(1).unwrap();
         let none = format!("{}.{payload}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#));
         assert!(keys().verify(&none).is_err());
-        let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &keys().encoding).unwrap();
+        let hs512 = jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, keys().encoding.expose()).unwrap();
         assert!(keys().verify(&hs512).is_err());
     }
 }

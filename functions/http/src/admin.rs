@@ -21,12 +21,11 @@ use metahub_core::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, 
 use metahub_core::ports::{Account, Change, Manifest, validate_repository_prefix};
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
-use metahub_core::{Error, ErrorCode};
+use metahub_core::{Error, ErrorCode, Secret};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 /// An admin secret shorter than this is refused at startup: it must not be guessable.
@@ -37,13 +36,13 @@ const MAX_CHANGES: usize = 1000;
 const MAX_BODY: usize = 64 * 1024;
 
 /// How admin requests authenticate.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum AdminAuth {
     /// No admin API: `router` serves no `/admin/` routes and `admin_router` refuses every request.
     #[default]
     Disabled,
     /// `Authorization: Bearer <secret>` (`metahub serve`); the audit log names the caller `admin-secret`.
-    Secret(String),
+    Secret(Secret<String>),
     /// An [`AdminPrincipal`] extension put there by the Lambda wiring from the IAM-authenticated request context.
     Iam,
 }
@@ -55,21 +54,11 @@ impl AdminAuth {
         if secret.chars().count() < MIN_ADMIN_SECRET_LEN {
             return Err(Error::denied(format!("the admin secret must be at least {MIN_ADMIN_SECRET_LEN} characters")));
         }
-        Ok(AdminAuth::Secret(secret.to_owned()))
+        Ok(AdminAuth::Secret(secret.into()))
     }
 
     pub fn is_enabled(&self) -> bool {
         *self != AdminAuth::Disabled
-    }
-}
-
-impl fmt::Debug for AdminAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminAuth::Disabled => f.write_str("Disabled"),
-            AdminAuth::Secret(_) => f.write_str("Secret(<redacted>)"),
-            AdminAuth::Iam => f.write_str("Iam"),
-        }
     }
 }
 
@@ -134,6 +123,7 @@ pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Requ
             }
         }
         AdminAuth::Secret(secret) => {
+            let secret = secret.expose_str();
             match bearer(request.headers()) {
                 // No Authorization header: the admin page, signed in with a session cookie.
                 None => match admin_ui::check_session(&request, secret) {
@@ -177,7 +167,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 }
 
 pub(crate) fn invalid(message: impl Into<String>) -> Error {
-    Error::manifest_invalid(message)
+    Error::invalid(message)
 }
 
 fn unknown(what: &str, name: &str) -> ApiError {
@@ -255,18 +245,39 @@ async fn put_machine_type(
     Ok(ok_json(mt.to_json()))
 }
 
+/// What a DELETE on `/admin/*/{name}` removes.
+#[derive(Clone, Copy)]
+enum Deletable {
+    MachineType,
+    Account,
+}
+
+/// Deletes one machine type or account and records it: 204, or `NAME_UNKNOWN` when there is none of that name.
+async fn delete(app: &App, who: Principal, kind: Deletable, name: String) -> Result<Response, ApiError> {
+    let who = principal(who)?;
+    let (what, name_kind, action) = match kind {
+        Deletable::MachineType => ("machine type", "machine type", "delete-machine-type"),
+        Deletable::Account => ("account", "login", "delete-account"),
+    };
+    validate_name(name_kind, &name)?;
+    let store = app.registry.store();
+    let deleted = match kind {
+        Deletable::MachineType => store.delete_machine_type(&name).await?,
+        Deletable::Account => store.delete_account(&name).await?,
+    };
+    if !deleted {
+        return Err(unknown(what, &name));
+    }
+    record(app, who, action, name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn delete_machine_type(
     State(app): State<Arc<App>>,
     who: Principal,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    validate_name("machine type", &name)?;
-    if !app.registry.store().delete_machine_type(&name).await? {
-        return Err(unknown("machine type", &name));
-    }
-    record(&app, who, "delete-machine-type", name).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    delete(&app, who, Deletable::MachineType, name).await
 }
 
 async fn list_accounts(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
@@ -409,13 +420,7 @@ async fn delete_account(
     who: Principal,
     Path(login): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    validate_name("login", &login)?;
-    if !app.registry.store().delete_account(&login).await? {
-        return Err(unknown("account", &login));
-    }
-    record(&app, who, "delete-account", login).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    delete(&app, who, Deletable::Account, login).await
 }
 
 pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {

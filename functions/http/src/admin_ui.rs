@@ -158,6 +158,7 @@ async fn session(State(app): State<Arc<App>>, request: Request) -> Response {
             None => signed_out("iam"),
         },
         AdminAuth::Secret(secret) => {
+            let secret = secret.expose_str();
             // A proxy in front that adds the bearer secret to every request (no ambient cookie: no token needed).
             if admin::bearer(request.headers()).is_some_and(|b| constant_time_eq(b.as_bytes(), secret.as_bytes())) {
                 return ok_json(json!({"signedIn": true, "mode": "secret", "via": "bearer", "csrf": ""}));
@@ -184,6 +185,7 @@ async fn sign_in(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
             Error::new(ErrorCode::Unsupported, "this server signs admin requests with AWS IAM, not a secret").into()
         );
     };
+    let secret = secret.expose_str();
     // A cross-site form cannot send JSON without a CORS preflight.
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !json.starts_with("application/json") {

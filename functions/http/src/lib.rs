@@ -13,16 +13,16 @@ mod token;
 
 use axum::Router;
 use axum::routing::{any, get};
+use metahub_core::Secret;
 use metahub_core::service::RegistryService;
 use metahub_core::token::TokenKeys;
-use std::fmt;
 use std::sync::Arc;
 
 pub use admin::{AdminAuth, AdminPrincipal, MIN_ADMIN_SECRET_LEN};
 pub use response::ApiError;
 
 /// What the router needs to know about where it runs.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HttpConfig {
     /// The URL clients reach MetaHub at; the token realm is built from it. Behind CloudFront (an origin secret is
     /// configured) the viewer's host in `X-Forwarded-Host` takes precedence, so it may be empty there.
@@ -37,35 +37,19 @@ pub struct HttpConfig {
 
 /// The `X-Origin-Verify` values accepted: the current one and, while CloudFront's edges move over to it after a
 /// rotation, the previous one.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginSecrets {
-    pub current: String,
-    pub previous: Option<String>,
+    pub current: Secret<String>,
+    pub previous: Option<Secret<String>>,
 }
 
 impl OriginSecrets {
     /// Whether `given` is one of the accepted values (in constant time per value).
     pub fn accepts(&self, given: &[u8]) -> bool {
-        let current = response::constant_time_eq(given, self.current.as_bytes());
-        let previous = self.previous.as_ref().is_some_and(|p| response::constant_time_eq(given, p.as_bytes()));
+        let current = response::constant_time_eq(given, self.current.expose_str().as_bytes());
+        let previous =
+            self.previous.as_ref().is_some_and(|p| response::constant_time_eq(given, p.expose_str().as_bytes()));
         current | previous
-    }
-}
-
-impl fmt::Debug for OriginSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OriginSecrets").field("previous", &self.previous.as_ref().map(|_| "<redacted>")).finish()
-    }
-}
-
-impl fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("public_url", &self.public_url)
-            .field("service", &self.service)
-            .field("anonymous_machine_type", &self.anonymous_machine_type)
-            .field("origin_secret", &self.origin_secret.as_ref().map(|_| "<redacted>"))
-            .finish()
     }
 }
 
@@ -121,6 +105,7 @@ fn finish(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
     routes
         .fallback(response::not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), response::common_layer))
+        .layer(axum::middleware::from_fn(response::head_without_body))
         // Outermost: requests refused by the origin check are logged too.
         .layer(axum::middleware::from_fn_with_state(app.clone(), access_log::layer))
         .with_state(app)

@@ -1,8 +1,7 @@
 //! `/v2/<name>/tags/list` and `/v2/<name>/referrers/<digest>`: the answers and their headers.
 
 use crate::App;
-use crate::response::body_for;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode};
@@ -24,7 +23,6 @@ pub fn query_params(query: Option<&str>) -> HashMap<String, String> {
 /// named it (`path_name`, before `?ns=`), which is also what the body and the next link say.
 pub async fn tags(
     app: &App,
-    method: &Method,
     path_name: &RepositoryName,
     routed: &RepositoryName,
     params: &HashMap<String, String>,
@@ -41,7 +39,7 @@ pub async fn tags(
     }
     let page = app.registry.tags(routed, n, last).await?;
     let body = serde_json::json!({"name": path_name.as_str(), "tags": page.tags}).to_string();
-    let mut response = ([(header::CONTENT_TYPE, "application/json")], body_for(method, body.into())).into_response();
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Some(next_last) = page.next_last {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         if let Some(n) = n {
@@ -62,15 +60,13 @@ pub async fn tags(
 /// The OCI index of `digest`'s referrers, with `OCI-Filters-Applied: artifactType` when filtered.
 pub async fn referrers(
     app: &App,
-    method: &Method,
     routed: &RepositoryName,
     digest: &Digest,
     params: &HashMap<String, String>,
 ) -> Result<Response, Error> {
     let artifact_type = params.get("artifactType").map(String::as_str).filter(|t| !t.is_empty());
     let index = app.registry.referrers(routed, digest, artifact_type).await?;
-    let mut response =
-        ([(header::CONTENT_TYPE, metahub_core::filter::OCI_INDEX)], body_for(method, index.bytes)).into_response();
+    let mut response = ([(header::CONTENT_TYPE, metahub_core::filter::OCI_INDEX)], index.bytes).into_response();
     if index.artifact_type_filtered {
         response.headers_mut().insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
     }

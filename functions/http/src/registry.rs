@@ -4,7 +4,7 @@
 use crate::App;
 use crate::auth::authorize;
 use crate::listing;
-use crate::response::{ApiError, body_for};
+use crate::response::ApiError;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -20,7 +20,7 @@ pub async fn ping(State(app): State<Arc<App>>, method: Method, headers: HeaderMa
         return Err(Error::new(ErrorCode::Unsupported, "MetaHub is read-only: pulls only").into());
     }
     authorize(&app, &headers, None).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body_for(&method, "{}".into())).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], "{}").into_response())
 }
 
 /// A `/v2/<name>/…` route; references are kept raw until the caller is authorized, so that an unauthenticated
@@ -89,7 +89,7 @@ pub async fn dispatch(
                 .parse()
                 .map_err(|_| Error::manifest_unknown(format!("manifest {name}:{} is unknown", truncate(reference))))?;
             let manifest = app.registry.manifest(&name, &reference, &claims.mt).await?;
-            let mut response = Response::new(body_for(&method, manifest.bytes.clone()));
+            let mut response = Response::new(Body::from(manifest.bytes.clone()));
             let h = response.headers_mut();
             h.insert(header::CONTENT_TYPE, header_value(&manifest.media_type)?);
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(manifest.bytes.len()));
@@ -106,11 +106,11 @@ pub async fn dispatch(
             response.headers_mut().insert(CONTENT_DIGEST, header_value(digest.as_str())?);
             Ok(response)
         }
-        Route::Tags(path_name) => Ok(listing::tags(&app, &method, &path_name, &name, &params).await?),
+        Route::Tags(path_name) => Ok(listing::tags(&app, &path_name, &name, &params).await?),
         Route::Referrers(_, digest) => {
             // Spec: an invalid digest is 400.
             let digest: Digest = digest.parse()?;
-            Ok(listing::referrers(&app, &method, &name, &digest, &params).await?)
+            Ok(listing::referrers(&app, &name, &digest, &params).await?)
         }
     }
 }

@@ -101,7 +101,40 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// An empty body for HEAD, with the length GET would have.
-pub fn body_for(method: &axum::http::Method, bytes: bytes::Bytes) -> Body {
-    if method == axum::http::Method::HEAD { Body::empty() } else { Body::from(bytes) }
+/// The one place a HEAD answer loses its body, for `axum::serve` and Lambda alike (`lambda_http` would send it):
+/// handlers answer HEAD as GET, and the answer keeps GET's headers, its `Content-Length` included.
+pub async fn head_without_body(request: Request, next: Next) -> Response {
+    let head = request.method() == axum::http::Method::HEAD;
+    let response = next.run(request).await;
+    if !head {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = axum::body::HttpBody::size_hint(&body).exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(parts, Body::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn head_answers_keep_gets_headers_without_the_body() {
+        let router = axum::Router::new()
+            .route("/x", axum::routing::get(|| async { "a body" }))
+            .layer(axum::middleware::from_fn(head_without_body));
+        let request = |method| Request::builder().method(method).uri("/x").body(Body::empty()).unwrap();
+        let get = router.clone().oneshot(request(Method::GET)).await.unwrap();
+        assert_eq!(axum::body::to_bytes(get.into_body(), 4096).await.unwrap(), "a body");
+        let head = router.oneshot(request(Method::HEAD)).await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], "6");
+        assert!(axum::body::to_bytes(head.into_body(), 4096).await.unwrap().is_empty());
+    }
 }

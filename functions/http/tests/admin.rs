@@ -1,130 +1,33 @@
-//! The admin API through the router, over an in-memory store and a stub upstream.
+//! The admin API through the router, over the in-memory store and scripted upstream of `metahub_core::testing`.
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use metahub_core::ports::{Account, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream};
-use metahub_core::reference::{Digest, Reference, RepositoryName};
+use metahub_core::machine::MachineType;
+use metahub_core::ports::{Account, Store};
 use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::testing::{FakeUpstream, MemoryStore};
 use metahub_core::token::TokenKeys;
-use metahub_core::{Error, ErrorCode, Result, machine::MachineType};
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tower::ServiceExt;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-admin";
 
-#[derive(Default)]
-struct MemoryStore {
-    machine_types: Mutex<BTreeMap<String, MachineType>>,
-    accounts: Mutex<BTreeMap<String, Account>>,
-    changes: Mutex<Vec<Change>>,
-    watched: Mutex<std::collections::BTreeSet<String>>,
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
-        Ok(self.machine_types.lock().unwrap().get(name).cloned())
-    }
-    async fn put_machine_type(&self, mt: &MachineType) -> Result<()> {
-        self.machine_types.lock().unwrap().insert(mt.name.clone(), mt.clone());
-        Ok(())
-    }
-    async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
-        Ok(self.machine_types.lock().unwrap().values().cloned().collect())
-    }
-    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
-        let users: Vec<String> = self
-            .accounts
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|a| a.machine_type == name)
-            .map(|a| a.login.clone())
-            .collect();
-        if !users.is_empty() {
-            return Err(Error::denied(format!("machine type {name:?} is used by {}", users.join(", "))));
-        }
-        Ok(self.machine_types.lock().unwrap().remove(name).is_some())
-    }
-    async fn account(&self, login: &str) -> Result<Option<Account>> {
-        Ok(self.accounts.lock().unwrap().get(login).cloned())
-    }
-    async fn put_account(&self, account: &Account) -> Result<()> {
-        if !self.machine_types.lock().unwrap().contains_key(&account.machine_type) {
-            return Err(Error::new(ErrorCode::NameUnknown, "no such machine type"));
-        }
-        self.accounts.lock().unwrap().insert(account.login.clone(), account.clone());
-        Ok(())
-    }
-    async fn list_accounts(&self) -> Result<Vec<Account>> {
-        Ok(self.accounts.lock().unwrap().values().cloned().collect())
-    }
-    async fn delete_account(&self, login: &str) -> Result<bool> {
-        Ok(self.accounts.lock().unwrap().remove(login).is_some())
-    }
-    async fn generated_manifest(&self, _: &RepositoryName, _: &Digest) -> Result<Option<Manifest>> {
-        Ok(None)
-    }
-    async fn put_generated_manifest(&self, _: &RepositoryName, _: &Manifest) -> Result<()> {
-        Ok(())
-    }
-    async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>> {
-        Ok(candidate.to_vec())
-    }
-    async fn record_change(&self, change: &Change) -> Result<()> {
-        self.changes.lock().unwrap().push(change.clone());
-        Ok(())
-    }
-    async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
-        Ok(self.changes.lock().unwrap().iter().rev().take(limit).cloned().collect())
-    }
-    async fn watched_images(&self) -> Result<Vec<String>> {
-        Ok(self.watched.lock().unwrap().iter().cloned().collect())
-    }
-    async fn watch_image(&self, image: &str) -> Result<bool> {
-        Ok(self.watched.lock().unwrap().insert(image.to_owned()))
-    }
-    async fn unwatch_image(&self, image: &str) -> Result<bool> {
-        Ok(self.watched.lock().unwrap().remove(image))
-    }
-}
-
-/// Serves one index for every tag: a skylake build and a generic one.
-struct StubUpstream;
-
-fn index_bytes() -> Bytes {
+/// One index for `org/app:latest`, `org/app:v1` and `other/app:latest`: a skylake build and a generic one.
+fn upstream() -> Arc<FakeUpstream> {
     let doc = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "a".repeat(64)), "size": 1,
          "platform": {"os": "linux", "architecture": "amd64", "features": ["cpu:skylake"]}},
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", "b".repeat(64)), "size": 1,
          "platform": {"os": "linux", "architecture": "amd64"}},
     ]});
-    Bytes::from(doc.to_string())
-}
-
-#[async_trait]
-impl Upstream for StubUpstream {
-    async fn head_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<ManifestHead> {
-        let b = index_bytes();
-        Ok(ManifestHead {
-            digest: Digest::sha256_of(&b),
-            media_type: metahub_core::filter::OCI_INDEX.into(),
-            size: b.len() as u64,
-        })
+    let upstream = Arc::new(FakeUpstream::default());
+    for (repository, tag) in [("org/app", "latest"), ("org/app", "v1"), ("other/app", "latest")] {
+        upstream.tag(repository, tag, metahub_core::filter::OCI_INDEX, doc.to_string());
     }
-    async fn get_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
-        let b = index_bytes();
-        Ok(Manifest { digest: Digest::sha256_of(&b), media_type: metahub_core::filter::OCI_INDEX.into(), bytes: b })
-    }
-    async fn blob_location(&self, _: &RepositoryName, _: &Digest) -> Result<BlobLocation> {
-        Err(Error::internal("unused"))
-    }
+    upstream
 }
 
 struct Harness {
@@ -138,7 +41,7 @@ fn harness(admin: AdminAuth) -> Harness {
 
 fn harness_with(admin: AdminAuth, origin_secret: Option<OriginSecrets>) -> Harness {
     let store = Arc::new(MemoryStore::default());
-    let registry = RegistryService::new(store.clone(), Arc::new(StubUpstream), CacheOptions::default());
+    let registry = RegistryService::new(store.clone(), upstream(), CacheOptions::default());
     let keys = TokenKeys::new(&[7u8; 32], "metahub", 300).unwrap();
     let config = HttpConfig {
         public_url: "http://127.0.0.1:5000".into(),
@@ -204,7 +107,7 @@ async fn refuses_missing_wrong_and_pull_credentials() {
     let (s, _) = h.send("GET", "/admin/changes", Some(&format!("Bearer {token}")), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Nothing was changed by the refused requests.
-    assert!(h.store.machine_types.lock().unwrap().is_empty());
+    assert!(h.store.list_machine_types().await.unwrap().is_empty());
     let (s, v) = h.admin("GET", "/admin/machine-types", None).await;
     assert_eq!((s, v), (StatusCode::OK, json!([])));
 }
@@ -236,7 +139,7 @@ async fn iam_needs_the_principal_and_records_it() {
     signed.extensions_mut().insert(AdminPrincipal(arn.into()));
     let response = metahub_http::admin_router(h.app.clone()).oneshot(signed).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let changes = h.store.changes.lock().unwrap().clone();
+    let changes = h.store.changes(100).await.unwrap();
     assert_eq!(changes.len(), 1);
     assert_eq!((changes[0].who.as_str(), changes[0].action.as_str()), (arn, "put-machine-type"));
 }
@@ -280,12 +183,12 @@ async fn machine_types_crud_and_validation() {
     let suggestions = v["errors"][0]["detail"]["suggestions"].as_array().unwrap();
     assert!(suggestions.contains(&json!("skylake")), "{v}");
     let (s, v) = h.send("PUT", "/admin/machine-types/bad", Some(&format!("Bearer {SECRET}")), Some("{not json")).await;
-    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"), "{v}");
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "INVALID"), "{v}");
     let (s, _) = h.send("PUT", "/admin/machine-types/bad", Some(&format!("Bearer {SECRET}")), None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, v) = h.admin("PUT", "/admin/machine-types/bad%20name", Some(json!({"features": []}))).await;
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "NAME_INVALID"), "{v}");
-    assert!(h.store.machine_types.lock().unwrap().get("bad").is_none());
+    assert!(h.store.machine_type("bad").await.unwrap().is_none());
 
     let (s, v) = h.admin("GET", "/admin/machine-types/nope", None).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
@@ -304,7 +207,7 @@ async fn accounts_crud_rotation_and_audit() {
     let (s, v) =
         h.admin("PUT", "/admin/accounts/m-skl", Some(json!({"machineType": "skl", "password": "correct horse"}))).await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"login": "m-skl", "machineType": "skl"})));
-    let stored = h.store.accounts.lock().unwrap()["m-skl"].password_hash.clone();
+    let stored = h.store.account("m-skl").await.unwrap().unwrap().password_hash;
     assert!(metahub_core::password::verify_password("correct horse", &stored));
 
     let hash = metahub_core::password::hash_password("battery staple").unwrap();
@@ -346,7 +249,7 @@ async fn accounts_crud_rotation_and_audit() {
 
     let (s, _) = h.admin("PUT", "/admin/accounts/m-skl/password", Some(json!({"password": "new password!"}))).await;
     assert_eq!(s, StatusCode::OK);
-    let stored = h.store.accounts.lock().unwrap()["m-skl"].password_hash.clone();
+    let stored = h.store.account("m-skl").await.unwrap().unwrap().password_hash;
     assert!(metahub_core::password::verify_password("new password!", &stored));
     let (s, _) = h.admin("PUT", "/admin/accounts/nobody/password", Some(json!({"password": "new password!"}))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -443,7 +346,7 @@ async fn watched_images_and_the_matrix() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, v) = h.admin("DELETE", "/admin/watched-images?image=org/app", None).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
-    let actions: Vec<String> = h.store.changes.lock().unwrap().iter().map(|c| c.action.clone()).collect();
+    let actions: Vec<String> = h.store.changes(100).await.unwrap().into_iter().rev().map(|c| c.action).collect();
     assert!(actions.ends_with(&["watch-image".to_owned(), "unwatch-image".to_owned()]), "{actions:?}");
 }
 
@@ -456,10 +359,10 @@ async fn account_moves_to_another_machine_type_keeping_its_password() {
     let (s, _) =
         h.admin("PUT", "/admin/accounts/n1", Some(json!({"machineType": "a", "password": "pw-0123456789"}))).await;
     assert_eq!(s, StatusCode::OK);
-    let hash = h.store.accounts.lock().unwrap()["n1"].password_hash.clone();
+    let hash = h.store.account("n1").await.unwrap().unwrap().password_hash;
     let (s, v) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "b"}))).await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"login": "n1", "machineType": "b"})));
-    assert_eq!(h.store.accounts.lock().unwrap()["n1"].password_hash, hash);
+    assert_eq!(h.store.account("n1").await.unwrap().unwrap().password_hash, hash);
     let (s, v) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "nope"}))).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"), "{v}");
     let (s, v) = h.admin("PUT", "/admin/accounts/ghost/machine-type", Some(json!({"machineType": "b"}))).await;

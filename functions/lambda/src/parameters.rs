@@ -108,9 +108,9 @@ pub fn read_first(settings: &Settings, answers: &[Answer]) -> anyhow::Result<(Se
             if pinned.is_none() {
                 next = previous_version.map(|v| format!("{name}:{v}"));
             }
-            let mut secrets = OriginSecrets { current: value.to_owned(), previous: None };
+            let mut secrets = OriginSecrets { current: value.into(), previous: None };
             if pinned.is_some() {
-                secrets.previous = previous_value(answers, name, previous_version, value);
+                secrets.previous = previous_value(answers, name, previous_version, value).map(Into::into);
             }
             Some(secrets)
         }
@@ -125,7 +125,7 @@ pub fn read_previous(secrets: &mut Secrets, settings: &Settings, answers: &[Answ
         return;
     };
     let version = answers.iter().filter(|a| a.name == *name).map(|a| a.version).max();
-    origin.previous = previous_value(answers, name, version, &origin.current);
+    origin.previous = previous_value(answers, name, version, origin.current.expose_str()).map(Into::into);
 }
 
 fn previous_value(answers: &[Answer], name: &str, version: Option<u64>, current: &str) -> Option<String> {
@@ -217,12 +217,12 @@ mod tests {
         assert_eq!(secrets.signing_key.as_deref(), Some(KEY.as_bytes()));
         assert!(!format!("{:?}", secrets.upstream_credentials).contains("\"p\""), "credentials are redacted in Debug");
         let origin = secrets.origin_secrets.as_ref().unwrap();
-        assert_eq!((origin.current.as_str(), origin.previous.as_deref()), ("secret-3", None));
+        assert_eq!((origin.current.expose_str(), origin.previous.as_ref().map(|s| s.expose_str())), ("secret-3", None));
         assert_eq!(next.as_deref(), Some("/o:2"));
 
         let mut secrets = secrets;
         read_previous(&mut secrets, &all(), &[answer("/o", 2, "secret-2")]);
-        assert_eq!(secrets.origin_secrets.unwrap().previous.as_deref(), Some("secret-2"));
+        assert_eq!(secrets.origin_secrets.unwrap().previous.as_ref().map(|s| s.expose_str()), Some("secret-2"));
 
         let answers = [answer("/k", 1, KEY), answer("/o", 1, "secret-1"), answer("/c", 1, "u:p")];
         assert_eq!(read_first(&all(), &answers).unwrap().1, None);
@@ -234,7 +234,10 @@ mod tests {
         let answers = [answer("/o", 3, "old"), answer("/o", 4, "new")];
         let (secrets, next) = read_first(&s, &answers).unwrap();
         let origin = secrets.origin_secrets.unwrap();
-        assert_eq!((origin.current.as_str(), origin.previous.as_deref(), next), ("new", Some("old"), None));
+        assert_eq!(
+            (origin.current.expose_str(), origin.previous.as_ref().map(|s| s.expose_str()), next),
+            ("new", Some("old"), None)
+        );
         // The older version deleted (InvalidParameters): only the current one is accepted.
         let origin = read_first(&s, &[answer("/o", 4, "new")]).unwrap().0.origin_secrets.unwrap();
         assert_eq!(origin.previous, None);

@@ -14,7 +14,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use metahub_core::machine::{MachineType, validate_name};
 use metahub_core::ports::{Account, Change, Manifest, Store};
 use metahub_core::reference::{Digest, RepositoryName};
-use metahub_core::{Error, ErrorCode, Result};
+use metahub_core::{Error, ErrorCode, Result, Secret};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ pub struct AdminApiStore {
 /// How each admin request proves who sends it.
 enum Authentication {
     /// `Authorization: Bearer` with the secret of `metahub serve --admin-secret-file`.
-    Bearer(String),
+    Bearer(Secret<String>),
     /// AWS Signature Version 4 for a Function URL with `AuthType: AWS_IAM`.
     SigV4 { credentials: SharedCredentialsProvider, region: String },
 }
@@ -40,7 +40,7 @@ enum Authentication {
 impl fmt::Debug for AdminApiStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let auth = match &self.auth {
-            Authentication::Bearer(_) => "bearer <redacted>".to_owned(),
+            Authentication::Bearer(secret) => format!("bearer {secret:?}"),
             Authentication::SigV4 { region, .. } => format!("sigv4 lambda/{region}"),
         };
         f.debug_struct("AdminApiStore").field("base", &self.base).field("auth", &auth).finish()
@@ -102,7 +102,7 @@ impl AdminApiStore {
         }
         let secret = std::env::var(SECRET_ENV).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         let auth = match secret {
-            Some(secret) => Authentication::Bearer(secret),
+            Some(secret) => Authentication::Bearer(secret.into()),
             None => {
                 let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
                 let credentials = aws.credentials_provider().ok_or_else(|| {
@@ -137,7 +137,7 @@ impl AdminApiStore {
         body: &[u8],
     ) -> Result<reqwest::RequestBuilder> {
         match &self.auth {
-            Authentication::Bearer(secret) => Ok(request.bearer_auth(secret)),
+            Authentication::Bearer(secret) => Ok(request.bearer_auth(secret.expose_str())),
             Authentication::SigV4 { credentials, region } => {
                 let credentials = credentials.provide_credentials().await.map_err(|e| {
                     Error::unauthorized(format!(

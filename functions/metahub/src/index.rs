@@ -38,10 +38,10 @@ impl RegistryArgs {
             let Some((user, password)) = c.split_once(':').filter(|(u, _)| !u.is_empty()) else {
                 bail!("--creds must be USER:PASSWORD");
             };
-            return Ok(Some(Credentials { username: user.to_owned(), password: password.to_owned() }));
+            return Ok(Some(Credentials::new(user, password)));
         }
         match (std::env::var("METAHUB_UPSTREAM_USERNAME").ok(), std::env::var("METAHUB_UPSTREAM_PASSWORD").ok()) {
-            (Some(username), Some(password)) if !username.is_empty() => Ok(Some(Credentials { username, password })),
+            (Some(username), Some(password)) if !username.is_empty() => Ok(Some(Credentials::new(username, password))),
             (Some(u), None) if !u.is_empty() => {
                 bail!("METAHUB_UPSTREAM_USERNAME is set but METAHUB_UPSTREAM_PASSWORD is not")
             }
@@ -54,7 +54,8 @@ impl RegistryArgs {
         let credentials = self.credentials()?;
         let mut config = UpstreamConfig::from_url(&self.upstream)?;
         if let Some(c) = &credentials {
-            config = config.with_credentials(c.username.clone(), c.password.clone());
+            config.username = Some(c.username.clone());
+            config.password = Some(c.password.clone());
         }
         let reader = RegistryClient::new(&config, &ClientOptions::default())?;
         let writer = PushClient::new(&self.upstream, credentials, access)?;

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
+pub use metahub_upstream::Credentials;
 use metahub_upstream::UpstreamConfig;
 use metahub_upstream::challenge::{self, Challenge};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE};
@@ -17,19 +18,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 const SMALL_BODY_LIMIT: usize = 64 * 1024;
-
-/// A registry login. Debug never shows the password.
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
-    }
-}
 
 #[derive(Clone)]
 enum Auth {
@@ -53,7 +41,7 @@ impl fmt::Debug for PushClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PushClient")
             .field("base", &self.base.as_str())
-            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("credentials", &self.credentials)
             .field("scopes", &self.scopes)
             .finish()
     }
@@ -137,7 +125,7 @@ impl PushClient {
             let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let req = match (&auth, &self.credentials) {
                 (Auth::Bearer(t), _) => build().bearer_auth(t),
-                (Auth::Basic, Some(c)) => build().basic_auth(&c.username, Some(&c.password)),
+                (Auth::Basic, Some(c)) => build().basic_auth(&c.username, Some(c.password.expose_str())),
                 _ => build(),
             };
             let resp = req.send().await.map_err(|e| self.transport_error(e))?;
@@ -188,7 +176,7 @@ impl PushClient {
         }
         let mut req = self.http.get(url).query(&query);
         if let Some(c) = &self.credentials {
-            req = req.basic_auth(&c.username, Some(&c.password));
+            req = req.basic_auth(&c.username, Some(c.password.expose_str()));
         }
         let resp = req.send().await.map_err(|e| self.transport_error(e))?;
         let status = resp.status().as_u16();
@@ -285,7 +273,7 @@ impl PushClient {
             .await
             .map_err(|e| self.transport_error(e))?
             .ok_or_else(|| Error::bad_gateway(format!("blob {digest} of {name} is over the limit of {limit} bytes")))?;
-        if digest.as_str().starts_with("sha256:") && !digest.verifies(&bytes) {
+        if !digest.verifies(&bytes) {
             return Err(Error::bad_gateway(format!("blob {digest} of {name} does not hash to its digest")));
         }
         Ok(bytes)
@@ -394,7 +382,7 @@ mod tests {
     fn urls_and_debug() {
         let c = PushClient::new(
             "http://127.0.0.1:5000",
-            Some(Credentials { username: "u".into(), password: "hunter2".into() }),
+            Some(Credentials::new("u", "hunter2")),
             &[("org/bench".parse().unwrap(), Access::PullPush), ("org/bench".parse().unwrap(), Access::PullPush)],
         )
         .unwrap();

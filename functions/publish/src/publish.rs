@@ -4,7 +4,9 @@
 use crate::assemble::{Assembled, Entry, Format, Platform, SourceSpec, assemble};
 use crate::client::PushClient;
 use bytes::Bytes;
-use metahub_core::filter::{ACCEPT_ALL, DOCKER_MANIFEST, OCI_MANIFEST, is_index_media_type};
+use metahub_core::filter::{
+    ACCEPT_ALL, ATTESTATION_SUBJECT, ATTESTATION_TYPE, DOCKER_MANIFEST, OCI_MANIFEST, is_index_media_type,
+};
 use metahub_core::ports::{Manifest, Upstream};
 use metahub_core::reference::{Digest, ImageRef, Reference, RepositoryName};
 use metahub_core::{Error, Result};
@@ -14,8 +16,6 @@ use std::collections::HashSet;
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const CONFIG_LIMIT: usize = 8 * 1024 * 1024;
-const ATTESTATION_TYPE: &str = "vnd.docker.reference.type";
-const ATTESTATION_SUBJECT: &str = "vnd.docker.reference.digest";
 
 /// A child manifest to make present in the target: where it comes from, its bytes and the blobs it references.
 #[derive(Debug, Clone)]

@@ -14,9 +14,6 @@
 //! is not deleted; one signing key) are each checked and written in a single write transaction, and redb runs one
 //! write transaction at a time across all processes, so no race can break them.
 
-#[cfg(feature = "conformance")]
-pub mod conformance;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, validate_name};
@@ -97,7 +94,7 @@ impl FileStore {
     }
 
     /// Writes a machine type's stored JSON as is, bypassing validation: only for tests of malformed items.
-    #[cfg(feature = "conformance")]
+    #[cfg(feature = "testing")]
     pub fn put_raw_machine_type(&self, name: &str, json: &str) -> Result<()> {
         self.write(|txn| {
             let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| self.fail(e))?;

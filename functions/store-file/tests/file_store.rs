@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 use metahub_core::ErrorCode;
 use metahub_core::ports::Store;
+use metahub_core::testing::conformance::{self, Fixture, account, machine_type};
 use metahub_store_file::FileStore;
-use metahub_store_file::conformance::{self, Fixture, account, machine_type};
 use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
 

@@ -6,6 +6,7 @@
 
 use crate::challenge::{self, Challenge};
 use crate::config::{ClientOptions, UpstreamConfig, is_docker_hub_host, parse_base_url};
+use crate::credentials::Credentials;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
@@ -14,7 +15,6 @@ use metahub_core::{Error, ErrorCode, Result};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url, redirect};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256, Sha384, Sha512};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,12 +29,6 @@ const SMALL_BODY_LIMIT: usize = 64 * 1024;
 /// Bounds the token cache: repository names come from clients.
 const TOKEN_CACHE_MAX: usize = 4096;
 const DEFAULT_TOKEN_SECONDS: u64 = 60;
-
-#[derive(Clone)]
-struct Credentials {
-    username: String,
-    password: String,
-}
 
 struct CachedToken {
     token: String,
@@ -81,7 +75,7 @@ impl fmt::Debug for RegistryClient {
         f.debug_struct("RegistryClient")
             .field("base", &self.base.as_str())
             .field("docker_hub", &self.docker_hub)
-            .field("credentials", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("credentials", &self.credentials)
             .field("max_manifest_bytes", &self.max_manifest_bytes)
             .finish()
     }
@@ -95,13 +89,10 @@ impl RegistryClient {
             Some(p) => format!("{host}:{p}"),
             None => host.to_owned(),
         };
-        let credentials = match (&config.username, &config.password) {
-            (Some(u), Some(p)) => Some(Credentials { username: u.clone(), password: p.clone() }),
-            (None, None) => None,
-            _ => {
-                return Err(Error::internal(format!("upstream {label}: give both username and password, or neither")));
-            }
-        };
+        let credentials = config.credentials();
+        if credentials.is_none() && (config.username.is_some() || config.password.is_some()) {
+            return Err(Error::internal(format!("upstream {label}: give both username and password, or neither")));
+        }
         Ok(RegistryClient {
             docker_hub: config.docker_hub || is_docker_hub_host(&base),
             base,
@@ -204,7 +195,7 @@ impl RegistryClient {
             }
             req = match (&auth, &self.credentials) {
                 (Auth::Bearer(t), _) => req.bearer_auth(t),
-                (Auth::Basic, Some(c)) => req.basic_auth(&c.username, Some(&c.password)),
+                (Auth::Basic, Some(c)) => req.basic_auth(&c.username, Some(c.password.expose_str())),
                 _ => req,
             };
             tracing::debug!(upstream = %self.label, %method, url = %url, "upstream request");
@@ -279,7 +270,7 @@ impl RegistryClient {
         query.push(("scope", scope));
         let mut req = self.http()?.get(url).query(&query);
         if let Some(c) = &self.credentials {
-            req = req.basic_auth(&c.username, Some(&c.password));
+            req = req.basic_auth(&c.username, Some(c.password.expose_str()));
         }
         tracing::debug!(upstream = %self.label, realm = %realm_host, scope, "fetching upstream token");
         let mut resp = req.send().await.map_err(|e| self.transport_error(e))?;
@@ -487,7 +478,7 @@ impl RegistryClient {
         }
         let digest = match reference {
             Reference::Digest(wanted) => {
-                if !verifies(wanted, &bytes) {
+                if !wanted.verifies(&bytes) {
                     return Err(Error::bad_gateway(format!(
                         "upstream {} sent bytes for {name}@{wanted} that hash to {}",
                         self.label,
@@ -498,7 +489,7 @@ impl RegistryClient {
             }
             Reference::Tag(tag) => {
                 if let Some(h) = &header_digest
-                    && !verifies(h, &bytes)
+                    && !h.verifies(&bytes)
                 {
                     return Err(Error::bad_gateway(format!(
                         "upstream {} announced {h} for {name}:{tag} but sent bytes that hash to {}",
@@ -560,17 +551,6 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     let ct = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let mt = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     (!mt.is_empty()).then_some(mt)
-}
-
-/// Whether `bytes` hash to `digest`, for every algorithm a `Digest` may name.
-fn verifies(digest: &Digest, bytes: &[u8]) -> bool {
-    let computed = match digest.as_str().split_once(':').map(|(a, _)| a) {
-        Some("sha256") => hex::encode(Sha256::digest(bytes)),
-        Some("sha384") => hex::encode(Sha384::digest(bytes)),
-        Some("sha512") => hex::encode(Sha512::digest(bytes)),
-        _ => return false,
-    };
-    computed == digest.hex()
 }
 
 /// The Accept header: every value the caller passed (or [`crate::ACCEPT_ALL`]), joined; values that cannot be in a
@@ -777,14 +757,6 @@ mod tests {
         let v = accept_header(&["a/b".into(), "bad\nvalue".into(), "c/d".into()]);
         assert_eq!(v.to_str().unwrap(), "a/b, c/d");
         assert_eq!(accept_header(&[]).to_str().unwrap(), crate::ACCEPT_ALL.join(", "));
-    }
-
-    #[test]
-    fn verifies_all_algorithms() {
-        let d = Digest::sha256_of(b"x");
-        assert!(verifies(&d, b"x") && !verifies(&d, b"y"));
-        let d512: Digest = format!("sha512:{}", hex::encode(Sha512::digest(b"x"))).parse().unwrap();
-        assert!(verifies(&d512, b"x") && !verifies(&d512, b"y"));
     }
 
     #[test]

@@ -1,16 +1,16 @@
 //! Upstream configuration: which registries exist, under which name prefix, with which credentials.
 
-use metahub_core::{Error, Result};
+use crate::credentials::Credentials;
+use metahub_core::{Error, Result, Secret};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
-use std::fmt;
 use std::time::Duration;
 
 /// Hosts that are Docker Hub: one-segment names get `library/` there.
 const DOCKER_HUB_HOSTS: &[&str] = &["registry-1.docker.io", "docker.io", "index.docker.io"];
 
 /// One upstream registry and the name prefix routed to it.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Names starting with `prefix/` go to this upstream, with the prefix removed; `""` is the default route.
     #[serde(default)]
@@ -20,22 +20,10 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret<String>>,
     /// Adds `library/` to one-segment names; also on automatically for Docker Hub's hosts.
     #[serde(default)]
     pub docker_hub: bool,
-}
-
-impl fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("prefix", &self.prefix)
-            .field("url", &self.url)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("docker_hub", &self.docker_hub)
-            .finish()
-    }
 }
 
 impl UpstreamConfig {
@@ -51,10 +39,20 @@ impl UpstreamConfig {
         })
     }
 
+    /// The login to send, when both halves are configured.
+    pub fn credentials(&self) -> Option<Credentials> {
+        match (&self.username, &self.password) {
+            (Some(username), Some(password)) => {
+                Some(Credentials { username: username.clone(), password: password.clone() })
+            }
+            _ => None,
+        }
+    }
+
     /// Credentials for the upstream, builder style.
     pub fn with_credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
         self.username = Some(username.into());
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password.into()));
         self
     }
 

@@ -6,21 +6,28 @@
 
 use crate::config::UpstreamConfig;
 use base64::Engine;
-use metahub_core::{Error, Result};
+use metahub_core::{Error, Result, Secret};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
-struct Login {
-    username: String,
-    password: String,
+/// A registry login. Debug never shows the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret<String>,
+}
+
+impl Credentials {
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials { username: username.into(), password: Secret::new(password.into()) }
+    }
 }
 
 /// Logins keyed by upstream PREFIX or registry host. Debug shows the keys only.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct UpstreamCredentials {
-    by_key: HashMap<String, Login>,
+    by_key: HashMap<String, Credentials>,
 }
 
 impl fmt::Debug for UpstreamCredentials {
@@ -64,12 +71,12 @@ impl UpstreamCredentials {
                     let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).map_err(|_| bad())?;
                     let text = String::from_utf8(decoded).map_err(|_| bad())?;
                     let (u, p) = text.split_once(':').ok_or_else(bad)?;
-                    Login { username: u.to_owned(), password: p.to_owned() }
+                    Credentials::new(u, p)
                 }
-                (None, Some(username), Some(password)) => Login { username, password },
+                (None, Some(username), Some(password)) => Credentials::new(username, password),
                 _ => return Err(bad()),
             };
-            if login.username.is_empty() || login.password.is_empty() {
+            if login.username.is_empty() || login.password.expose_str().is_empty() {
                 return Err(bad());
             }
             by_key.insert(normalize_key(&key), login);
@@ -80,7 +87,7 @@ impl UpstreamCredentials {
     /// One login for the default upstream (`""`), as `METAHUB_UPSTREAM_USERNAME`/`_PASSWORD` or an SSM
     /// `username:password` give it.
     pub fn for_default(username: impl Into<String>, password: impl Into<String>) -> Self {
-        let login = Login { username: username.into(), password: password.into() };
+        let login = Credentials::new(username, password);
         UpstreamCredentials { by_key: HashMap::from([(String::new(), login)]) }
     }
 
@@ -103,7 +110,8 @@ impl UpstreamCredentials {
             if let Some((key, login)) = found {
                 used.insert(key);
                 if config.username.is_none() {
-                    *config = config.clone().with_credentials(&login.username, &login.password);
+                    config.username = Some(login.username.clone());
+                    config.password = Some(login.password.clone());
                 }
             }
         }
@@ -147,7 +155,7 @@ mod tests {
         creds.apply(&mut cfgs).unwrap();
         let users: Vec<_> = cfgs.iter().map(|c| c.username.as_deref().unwrap_or("")).collect();
         assert_eq!(users, ["hub", "gh", "lo"]);
-        assert_eq!(cfgs[0].password.as_deref(), Some("hubsecret"));
+        assert_eq!(cfgs[0].password.as_ref().map(Secret::expose_str), Some("hubsecret"));
         assert!(!format!("{creds:?}").contains("secret"));
     }
 

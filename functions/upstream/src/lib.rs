@@ -12,7 +12,7 @@ mod router;
 
 pub use client::RegistryClient;
 pub use config::{ClientOptions, UpstreamConfig};
-pub use credentials::UpstreamCredentials;
+pub use credentials::{Credentials, UpstreamCredentials};
 pub use router::UpstreamRouter;
 
 pub use metahub_core::filter::ACCEPT_ALL;

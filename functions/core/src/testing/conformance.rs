@@ -2,12 +2,12 @@
 //!
 //! An adapter's test implements [`Fixture`] and calls [`run_all`]; a failing scenario panics with its name.
 
+use crate::machine::{MachineType, MatchMode};
+use crate::ports::{Account, Manifest, Store};
+use crate::reference::{Digest, RepositoryName};
+use crate::{Error, ErrorCode};
 use async_trait::async_trait;
 use bytes::Bytes;
-use metahub_core::machine::{MachineType, MatchMode};
-use metahub_core::ports::{Account, Manifest, Store};
-use metahub_core::reference::{Digest, RepositoryName};
-use metahub_core::{Error, ErrorCode};
 use std::sync::Arc;
 use std::time::Duration;
 
