@@ -21,8 +21,8 @@ pub struct StoreArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve /v2/ and /token on one machine.
-    Serve(serve::ServeArgs),
+    /// Serve /v2/ and /token on one machine (boxed: its many flags make it the largest command).
+    Serve(Box<serve::ServeArgs>),
     /// Define the machine types accounts pull as.
     #[command(subcommand)]
     MachineType(manage::MachineTypeCommand),
@@ -61,7 +61,7 @@ enum StoreCommand {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::MachineType(cmd) => manage::machine_type(cmd).await,
         Command::Account(cmd) => manage::account(cmd).await,
         Command::Changes(args) => manage::changes(args).await,
