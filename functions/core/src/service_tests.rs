@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::machine::MatchMode;
-use crate::ports::{Account, BlobLocation, Change, ManifestHead};
+use crate::ports::{Account, AccountChange, BlobLocation, Change, ManifestHead};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +39,9 @@ impl Store for MemoryStore {
     }
     async fn delete_account(&self, _: &str) -> Result<bool> {
         Ok(false)
+    }
+    async fn update_account(&self, _: &str, _: &AccountChange) -> Result<Option<Account>> {
+        Ok(None)
     }
     async fn generated_manifest(&self, _: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>> {
         Ok(self.generated.lock().unwrap().get(digest).cloned())

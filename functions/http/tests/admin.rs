@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use metahub_core::ports::{Account, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream};
+use metahub_core::ports::{Account, AccountChange, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream};
 use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::service::{CacheOptions, RegistryService};
 use metahub_core::token::TokenKeys;
@@ -67,6 +67,18 @@ impl Store for MemoryStore {
     }
     async fn delete_account(&self, login: &str) -> Result<bool> {
         Ok(self.accounts.lock().unwrap().remove(login).is_some())
+    }
+    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
+        if let AccountChange::MachineType(name) = change
+            && !self.machine_types.lock().unwrap().contains_key(name)
+        {
+            return Err(Error::new(ErrorCode::NameUnknown, "no such machine type"));
+        }
+        let mut accounts = self.accounts.lock().unwrap();
+        let Some(account) = accounts.get(login).cloned() else { return Ok(None) };
+        let updated = change.apply(account);
+        accounts.insert(login.to_owned(), updated.clone());
+        Ok(Some(updated))
     }
     async fn generated_manifest(&self, _: &RepositoryName, _: &Digest) -> Result<Option<Manifest>> {
         Ok(None)
