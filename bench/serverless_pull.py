@@ -207,8 +207,8 @@ def render(r: dict) -> str:
         f"Binaries: `{r['binaries']}`. Machine: {r['machine']}, **shared with other work during the run**: load average",
         f"{r['loadavg_before']} before, {r['loadavg_after']} after (1/5/15 min), so absolute figures are inflated and",
         "noisy; the ratios compare neighbouring samples. The serverless figures include the stand-ins' own cost (two",
-        f"Python HTTP hops per request, edge then Runtime API, {r.get('edge_requests_per_warm_pull', 0):.0f} requests per"
-        " warm pull) and leave",
+        f"Python hops per request, the edge (HTTPS, as CloudFront's https-only viewer policy) then the Runtime API, "
+        f"{r.get('edge_requests_per_warm_pull', 0):.0f} requests per warm pull; `metahub serve` is plain HTTP) and leave",
         "out what only AWS has: the network legs (viewer -> edge -> Function URL, Lambda's invoke path) and the",
         "download of the function's code on a real cold start.",
         f"Function cold starts in this run: registry {r['cold_starts']['registry']}, token {r['cold_starts']['token']};",

@@ -490,9 +490,22 @@ class Containerd:
     def ctr(self, *args: str, namespace: str = "default", timeout: float = CMD_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
         return run(["ctr", "-a", str(self.sock), "-n", namespace, *args], timeout=timeout, check=check)
 
-    def pull(self, ref: str, namespace: str, user: str | None = None, platform: str | None = None) -> subprocess.CompletedProcess:
+    def pull(self, ref: str, namespace: str, user: str | None = None, platform: str | None = None,
+             plain_http: bool = True) -> subprocess.CompletedProcess:
+        """`ctr images pull`: over plain HTTP, or (plain_http=False) over HTTPS without verifying the certificate."""
         # the native snapshotter unpacks without mounts: works where overlayfs is not allowed
-        args = ["images", "pull", "--plain-http", "--snapshotter", "native"]
+        args = ["images", "pull", "--snapshotter", "native"]
+        if plain_http:
+            args += ["--plain-http"]
+        else:
+            # ctr 1.6 speaks plain HTTP to a 127.0.0.1 registry unless a hosts.toml names its https:// server;
+            # skip_verify there is --skip-verify for that host
+            host = ref.split("/", 1)[0]
+            hosts_dir = self.sock.parent / "hosts-https"
+            (hosts_dir / host).mkdir(parents=True, exist_ok=True)
+            (hosts_dir / host / "hosts.toml").write_text(
+                f'server = "https://{host}"\n[host."https://{host}"]\n  capabilities = ["pull", "resolve"]\n  skip_verify = true\n')
+            args += ["--hosts-dir", str(hosts_dir)]
         if user:
             args += ["--user", user]
         if platform:
@@ -733,7 +746,9 @@ class DockerEngine:
         assert not leftover, f"dockerd left mounts behind: {leftover}"
 
 
-def start_dockerd(workdir: Path) -> DockerEngine:
+def start_dockerd(workdir: Path, extra_args: list[str] | None = None) -> DockerEngine:
+    """A daemon of its own (data root, exec root, socket, pidfile), with `extra_args` added to its command line
+    (`--registry-mirror URL`, ...); stop it with `DockerEngine.stop`. Several can run side by side."""
     # a short base: unix socket paths (dockerd's and its containerd's) must stay under 108 bytes
     base = Path(tempfile.mkdtemp(prefix="mh-docker-", dir="/tmp"))
     failures = []
@@ -749,6 +764,7 @@ def start_dockerd(workdir: Path) -> DockerEngine:
             "-H", f"unix://{sock}",
             "--iptables=false", "--ip6tables=false", "--bridge=none",
             "--storage-driver", driver,
+            *(extra_args or []),
         ]
         proc = Proc(f"dockerd-{driver}", cmd, workdir)
         engine = DockerEngine(base=base, sock=sock, proc=proc, storage_driver=driver)

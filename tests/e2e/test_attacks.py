@@ -130,7 +130,13 @@ def test_ssrf_through_upstream_redirects(hub, token, canary, proxy, images):
     proxy.set("challenge", match=r"/manifests/", www_authenticate=f'Bearer realm="{elsewhere}/token",service="x"')
     r = v2(hub, "org/app/manifests/unseen-realm", token)
     assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
-    assert "localhost" in r.json()["errors"][0]["message"]
+    message = r.json()["errors"][0]["message"]
+    assert "not on its own host and port" in message and "localhost" not in message, "client-facing: no host"
+    # the upstream's own host on another port (another service there) is refused too
+    proxy.set("challenge", match=r"/manifests/", www_authenticate=f'Bearer realm="http://127.0.0.1:{canary.port}/token",service="x"')
+    r = v2(hub, "org/app/manifests/unseen-port", token)
+    assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
+    assert str(canary.port) not in r.json()["errors"][0]["message"]
     proxy.set("challenge", match=r"/manifests/", www_authenticate='Bearer realm="file:///etc/passwd",service="x"')
     r = v2(hub, "org/app/manifests/unseen-file", token)
     assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})

@@ -9,7 +9,6 @@ registry that alone has `team/tool`, the paged repository and the referrers.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import urllib.parse
 from pathlib import Path
@@ -159,19 +158,13 @@ def test_podman_registries_conf_mirror(podman, hub, second):
     assert inspect_out[0]["Digest"] == pushed2.images["single"].digest
 
 
-def _dockerd_with_mirror(workdir, hub):
-    start = getattr(conftest, "start_dockerd", None)
-    if start is None or "extra_args" not in inspect.signature(start).parameters:
-        pytest.skip("TO ADD AFTER MERGE: needs conftest.start_dockerd(workdir, extra_args=[...]) (Docker Engine fixture, branch fresh)")
-    return start(workdir, extra_args=["--registry-mirror", hub.url])
-
-
 def test_docker_engine_registry_mirrors(workdir, upstream, images):
     """Docker Engine sends Docker Hub names to its `registry-mirrors` without `ns` and with Docker Hub's credentials,
     so the mirror serves them anonymously, as a configured machine type."""
     mirror = start_configured_metahub(workdir, upstream, "metahub-docker-mirror", ["--anonymous-machine-type", "skylake"])
     try:
-        engine = _dockerd_with_mirror(workdir, mirror)
+        # a daemon of this test's own: registry-mirrors is daemon-wide, the session's `docker` must not have it
+        engine = conftest.start_dockerd(workdir, extra_args=["--registry-mirror", mirror.url])
         try:
             pulled = engine.client().pull("org/app:latest")
             assert (pulled.label, pulled.text) == ("cpu-skylake", "cpu-skylake")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
-sys.path[:0] = [str(HERE), str(TESTS / "lambda"), str(TESTS / "e2e")]
+sys.path[:0] = [str(HERE), str(TESTS / "lambda"), str(TESTS / "e2e"), str(TESTS)]
 
 
 def _load(name: str, path: Path):
@@ -35,6 +36,7 @@ import lambda_harness  # noqa: E402
 from lambda_harness import (  # noqa: E402
     ORIGIN_SECRET_PARAM, SERVICE, SIGNING_KEY_PARAM, admin_env, full_env, launch_function, seed_parameters, ssm_value,
 )
+from sigv4_standin import Refused, Verifier  # noqa: E402
 
 # the e2e fixtures this folder uses (pytest finds fixtures by the names of a conftest's attributes)
 workdir = e2e.workdir
@@ -45,6 +47,7 @@ moto = e2e.moto
 metahub_factory = e2e.metahub_factory
 containerd = e2e.containerd
 podman = e2e.podman
+docker = e2e.docker
 creds = e2e.creds
 MACHINE_TYPES = e2e.MACHINE_TYPES
 
@@ -90,7 +93,8 @@ def start_edge_for(workdir, moto, upstream, table_store: str, resolve_ssm=None) 
         env = {**full_env(moto, upstream), "METAHUB_STORE": table_store, "METAHUB_PUBLIC_URL": holder["edge"].url}
         return launch_function(workdir, binary, env, name)[0]
 
-    holder["edge"] = edge_mod.start_edge(distribution, start_instance)
+    certificate = edge_mod.make_certificate(Path(tempfile.mkdtemp(prefix="edge-tls-", dir=workdir)))
+    holder["edge"] = edge_mod.start_edge(distribution, start_instance, certificate)
     return holder["edge"]
 
 
@@ -101,10 +105,21 @@ def edge(workdir, moto, redirecting_upstream, serve_hub, parameters) -> edge_mod
     e.stop()
 
 
-# Lambda's SigV4 check of the admin function's AWS_IAM Function URL: (method, target, headers, body, url) -> the
-# caller's ARN, or None. HOOK for #13 (branch `deploy`): its SigV4-verifying stand-in goes here; until then no request
-# is taken as signed, so the admin function is only reached in tests/lambda (events with an IAM caller).
-SIGV4_CALLER = None
+# The operator's AWS credentials, the only ones the admin function's AWS_IAM Function URL knows here.
+OPERATOR_ACCESS_KEY = "AKIDMETAHUBOPERATOR"
+OPERATOR_SECRET_KEY = "serverless/operator+secret/0123456789abcdefghijkl"
+OPERATOR_REGION = "us-east-1"
+_OPERATOR_VERIFIER = Verifier({OPERATOR_ACCESS_KEY: OPERATOR_SECRET_KEY}, region=OPERATOR_REGION)
+
+
+def SIGV4_CALLER(method: str, target: str, headers: list[tuple[str, str]], body: bytes, url: str) -> str | None:
+    """Lambda's SigV4 check of an AWS_IAM Function URL: the caller's ARN for a correctly signed request, None (403,
+    function never invoked) otherwise. tests/sigv4_standin.py recomputes the signature with botocore, independently
+    of the CLI's signer."""
+    try:
+        return _OPERATOR_VERIFIER.verify(method, url + target, dict(headers), body).arn
+    except Refused:
+        return None
 
 
 def start_admin_url(workdir, moto, upstream, table_store: str, caller_of=None) -> edge_mod.IamFunctionUrl:
@@ -115,7 +130,7 @@ def start_admin_url(workdir, moto, upstream, table_store: str, caller_of=None) -
     def start_instance(binary: str, name: str):
         return launch_function(workdir, binary, {**admin_env(moto, upstream), "METAHUB_STORE": table_store}, name)[0]
 
-    return edge_mod.start_iam_function_url(admin, start_instance, caller_of or SIGV4_CALLER or (lambda *request: None))
+    return edge_mod.start_iam_function_url(admin, start_instance, caller_of or SIGV4_CALLER)
 
 
 @pytest.fixture
@@ -127,7 +142,10 @@ def cold_edge(edge):
 
 
 # --------------------------------------------------------------------------------------------- the client matrix
-# Each entry pulls REF as CREDS and returns the variant label of what it got (config label == layer text).
+# Each entry pulls REF as CREDS and returns the variant label of what it got (config label == layer text). The edge
+# serves HTTPS with a certificate of a test CA: every client pulls with TLS verification off (skopeo and podman
+# --tls-verify=false, ctr --skip-verify; Docker Engine treats 127.0.0.0/8 as an insecure registry, which accepts any
+# certificate).
 
 
 def _pull_skopeo(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> str:
@@ -143,16 +161,23 @@ def _pull_podman(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> 
 def _pull_ctr(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> str:
     c = request.getfixturevalue("containerd")
     ns = c.namespace()
-    c.pull(ref, ns, user=":".join(creds_))
+    c.pull(ref, ns, user=":".join(creds_), plain_http=False)  # the edge is HTTPS-only, with a private CA
     label, text, _ = c.pulled_variant(ref, ns)
     assert label == text
     return label
+
+
+def _pull_docker(request, ref: str, creds_: tuple[str, str], tmp_path: Path) -> str:
+    engine = request.getfixturevalue("docker")
+    client, _ = engine.login(ref.split("/", 1)[0], creds_)  # `docker login`, then the pull reuses its credentials
+    pulled = client.pull(ref)
+    assert pulled.label == pulled.text
+    return pulled.label
 
 
 CLIENTS = {
     "skopeo": _pull_skopeo,
     "podman": _pull_podman,
     "ctr": _pull_ctr,
-    # Docker Engine joins with one line once tests/e2e/conftest.py has its fixture (branch `fresh`), e.g.
-    # "docker": lambda request, ref, creds_, tmp_path: request.getfixturevalue("docker").pull_variant(ref, creds_),
+    "docker": _pull_docker,
 }

@@ -22,20 +22,30 @@ a request takes an idle instance or starts a new one (a cold start); `cold_every
 fresh instance.
 
 The admin function is no origin: `start_iam_function_url` serves its AWS_IAM Function URL on its own port, where a
-pluggable check stands in for Lambda's SigV4 verification (see tests/serverless/conftest.py, SIGV4_CALLER).
+pluggable check stands in for Lambda's SigV4 verification (tests/sigv4_standin.py's Verifier, plugged in by
+tests/serverless/conftest.py as SIGV4_CALLER).
 
-Not modelled: TLS (the stand-in is plain HTTP on 127.0.0.1, which every client treats as an insecure registry),
-caching (every behaviour of the template disables it), compression (every behaviour turns it off).
+TLS: the distribution's viewer protocol policy is https-only, and the functions build the token realm as
+`https://<X-Forwarded-Host>/token`, so the edge serves HTTPS only, with a certificate for 127.0.0.1 signed by a CA made
+when the edge starts (`Edge.ca_file`: Python clients verify against it; skopeo, podman, containerd and Docker pull
+with verification off, as from any registry with a private CA). The admin function's own Function URL stays plain
+HTTP here: its callers sign the request, and nothing in its answers names its scheme.
+
+Not modelled: caching (every behaviour of the template disables it), compression (every behaviour turns it off).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import http.server
+import ipaddress
 import json
 import itertools
 import re
+import ssl
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -341,6 +351,7 @@ class Edge:
     distribution: Distribution
     pools: dict[str, Pool]  # origin id -> instances
     server: http.server.ThreadingHTTPServer | None = None
+    ca_file: Path | None = None  # the CA that signed the edge's certificate (for clients that verify)
     log: list[tuple[str, str, int, str, bool]] = field(default_factory=list)  # (method, path, status, origin, cold)
 
     @property
@@ -350,7 +361,7 @@ class Edge:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -516,15 +527,76 @@ def function_url_response(method: str, outcome: Outcome | None) -> EdgeResponse:
     return EdgeResponse(int(payload["statusCode"]), headers, body)
 
 
-def serve_http(handle: Callable[[str, str, list[tuple[str, str]], bytes, str], EdgeResponse], name: str) -> http.server.ThreadingHTTPServer:
+@dataclass(frozen=True)
+class Certificate:
+    ca_file: Path  # PEM of the CA that signed the server certificate
+    cert_file: Path  # PEM of the server certificate (127.0.0.1 and localhost)
+    key_file: Path
+
+
+def make_certificate(directory: Path) -> Certificate:
+    """A CA and a server certificate for 127.0.0.1 signed by it, written under `directory` (made at test time, so no
+    key is ever checked in). A CA rather than one self-signed leaf: Python's strict X.509 checks refuse a leaf that is
+    its own trust anchor."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def builder(subject: str, issuer: str, public_key) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(public_key)
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=2)))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (builder("MetaHub edge stand-in test CA", "MetaHub edge stand-in test CA", ca_key.public_key())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (builder("127.0.0.1", "MetaHub edge stand-in test CA", key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert = Certificate(directory / "ca.pem", directory / "edge.pem", directory / "edge-key.pem")
+    cert.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert.cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    cert.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    return cert
+
+
+def serve_http(handle: Callable[[str, str, list[tuple[str, str]], bytes, str], EdgeResponse], name: str,
+               certificate: Certificate | None = None) -> http.server.ThreadingHTTPServer:
     """An HTTP/1.1 server on a free 127.0.0.1 port answering every request with `handle(method, target, headers,
-    body, client_ip)`."""
+    body, client_ip)`; HTTPS with `certificate`."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format, *args):  # noqa: A002 - the callers keep their own log
             pass
+
+        def setup(self):
+            if isinstance(self.request, ssl.SSLSocket):
+                # the handshake runs here, in the connection's own thread, not in the accepting one: a client that
+                # stalls or refuses the certificate holds up no one else
+                self.request.settimeout(60)
+                self.request.do_handshake()
+                self.request.settimeout(None)
+            super().setup()
 
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -555,22 +627,35 @@ def serve_http(handle: Callable[[str, str, list[tuple[str, str]], bytes, str], E
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _any
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            if isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
+                return  # a client that gave up on the handshake or the connection: nothing to report
+            super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", 0), Handler)
+    if certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # CloudFront's floor for viewers
+        context.load_cert_chain(certificate.cert_file, certificate.key_file)
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server
 
 
-def start_edge(distribution: Distribution, start_instance: Callable[[str, str], Function]) -> Edge:
-    """Serve `distribution` on a free 127.0.0.1 port. `start_instance(binary, name)` starts one instance."""
+def start_edge(distribution: Distribution, start_instance: Callable[[str, str], Function], certificate: Certificate) -> Edge:
+    """Serve `distribution` over HTTPS with `certificate` on a free 127.0.0.1 port. `start_instance(binary, name)`
+    starts one instance."""
     pools = {}
     by_binary: dict[str, Pool] = {}
     for origin, target in distribution.targets.items():
         if target.binary not in by_binary:
             by_binary[target.binary] = Pool(target, lambda name, b=target.binary: start_instance(b, name))
         pools[origin] = by_binary[target.binary]
-    edge = Edge(distribution, pools)
-    edge.server = serve_http(edge.handle, "edge")
+    edge = Edge(distribution, pools, ca_file=certificate.ca_file)
+    edge.server = serve_http(edge.handle, "edge", certificate)
     return edge
 
 
@@ -578,8 +663,8 @@ def start_edge(distribution: Distribution, start_instance: Callable[[str, str], 
 class IamFunctionUrl:
     """An `AWS_IAM` Function URL (the admin function's): reached directly with SigV4-signed requests, never through
     the edge. `caller_of(method, target, headers, body, url)` stands in for Lambda's signature check: the caller's ARN
-    for a correctly signed request, None otherwise (403, and the function is never invoked, as on AWS). The check
-    itself is #13's (a SigV4-verifying stand-in in tests/); until it lands nothing here verifies a signature."""
+    for a correctly signed request, None otherwise (403, and the function is never invoked, as on AWS). The tests
+    plug tests/sigv4_standin.py's Verifier in (tests/serverless/conftest.py, SIGV4_CALLER)."""
 
     pool: Pool
     caller_of: Callable[[str, str, list[tuple[str, str]], bytes, str], str | None]

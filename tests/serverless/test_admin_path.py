@@ -1,19 +1,15 @@
-"""The admin function reached the way an operator reaches it: SigV4-signed requests to its AWS_IAM Function URL
-(never through the edge), then a pull through the edge with what it created.
-
-The signature check is #13's (branch `deploy`: SigV4 signing in the CLI, a SigV4-verifying stand-in in tests/). Until
-it is plugged into `conftest.SIGV4_CALLER`, only the refusal of unsigned requests runs here."""
+"""The admin function reached the way an operator reaches it: `metahub … --endpoint URL` signs each request with
+SigV4 (the operator's AWS credentials from the standard environment) to the admin function's AWS_IAM Function URL
+(never through the edge), where tests/sigv4_standin.py's Verifier stands in for Lambda's signature check; then a pull
+through the edge with what the operator created."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+import requests
 
 import conftest
-from conftest import start_admin_url
-
-OPERATOR_ARN = "arn:aws:sts::123456789012:assumed-role/metahub-operators/ops"
+from conftest import e2e, start_admin_url
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +20,6 @@ def admin_url(workdir, moto, redirecting_upstream, serve_hub, parameters):
 
 
 def test_unsigned_requests_never_reach_the_admin_function(admin_url):
-    import requests
-
     for method, path in (("GET", "/admin/machine-types"), ("PUT", "/admin/machine-types/x")):
         r = requests.request(method, admin_url.url + path, data=b'{"features":[]}' if method == "PUT" else None, timeout=30)
         assert r.status_code == 403, r.text
@@ -33,26 +27,40 @@ def test_unsigned_requests_never_reach_the_admin_function(admin_url):
     assert admin_url.pool.invocations == 0
 
 
-@pytest.mark.skipif(conftest.SIGV4_CALLER is None, reason="needs #13 (branch deploy): plug its SigV4-verifying stand-in "
-                    "into tests/serverless/conftest.py SIGV4_CALLER, and sign with its CLI instead of botocore below")
+def operator_cli(admin_url, *args: str, secret_key: str = conftest.OPERATOR_SECRET_KEY, input: bytes | None = None,
+                 check: bool = True):
+    """The CLI as an operator runs it against the deployed admin Function URL: AWS credentials, no admin secret, no
+    store of its own (a store it opened would show as a missing file)."""
+    env = {
+        "METAHUB_STORE": "file:/nonexistent/never-opened.redb",
+        "METAHUB_ADMIN_SECRET": "",
+        "AWS_ACCESS_KEY_ID": conftest.OPERATOR_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_REGION": conftest.OPERATOR_REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "RUST_LOG": "warn",
+    }
+    return e2e.run([e2e.METAHUB_BIN, *args, "--endpoint", admin_url.url], input=input, env=env, check=check)
+
+
+def test_a_wrong_secret_key_never_reaches_the_admin_function(admin_url):
+    before = admin_url.pool.invocations
+    p = operator_cli(admin_url, "machine-type", "put", "never-made", "--feature", "cpu:zen2",
+                     secret_key=conftest.OPERATOR_SECRET_KEY[:-1] + "x", check=False)
+    assert p.returncode != 0
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert b"refused" in p.stderr, p.stderr
+    assert admin_url.pool.invocations == before
+
+
 def test_operator_creates_a_machine_type_and_an_account_then_pulls(admin_url, edge, request, tmp_path):
-    import botocore.auth
-    import botocore.awsrequest
-    import botocore.credentials
-    import requests
-
-    credentials = botocore.credentials.Credentials("AKIDEXAMPLE", "operator-secret-key")
-
-    def signed(method: str, path: str, doc: dict) -> requests.Response:
-        body = json.dumps(doc).encode()
-        aws = botocore.awsrequest.AWSRequest(method=method, url=admin_url.url + path, data=body,
-                                             headers={"Content-Type": "application/json"})
-        botocore.auth.SigV4Auth(credentials, "lambda", "us-east-1").add_auth(aws)
-        return requests.request(method, aws.url, data=body, headers=dict(aws.headers), timeout=30)
-
-    put = signed("PUT", "/admin/machine-types/ops-broadwell", {"features": ["cpu:broadwell"]})
-    assert put.status_code in (200, 201), put.text
-    account = signed("PUT", "/admin/accounts/m-ops", {"machineType": "ops-broadwell", "password": "pw-ops-secret-0123"})
-    assert account.status_code in (200, 201), account.text
+    operator_cli(admin_url, "machine-type", "put", "ops-broadwell", "--feature", "cpu:broadwell")
+    operator_cli(admin_url, "account", "put", "m-ops", "--machine-type", "ops-broadwell", "--password-stdin",
+                 input=b"pw-ops-secret-0123")
+    listed = operator_cli(admin_url, "account", "list").stdout.decode()
+    assert "m-ops" in listed and "ops-broadwell" in listed, listed
+    assert admin_url.pool.invocations >= 3, "every command went through the admin function"
     got = conftest.CLIENTS["skopeo"](request, f"{edge.host}/org/app:latest", ("m-ops", "pw-ops-secret-0123"), tmp_path)
     assert got == "cpu-broadwell"

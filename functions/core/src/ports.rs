@@ -65,6 +65,36 @@ impl fmt::Debug for Account {
     }
 }
 
+/// One field of an existing account to change, with the others left as they are when the change is written (not as
+/// they were read earlier: a password rotation must not revert a concurrent move to another machine type).
+#[derive(Clone, PartialEq, Eq)]
+pub enum AccountChange {
+    /// A new argon2id PHC string.
+    PasswordHash(String),
+    /// Another machine type, which must exist.
+    MachineType(String),
+}
+
+impl fmt::Debug for AccountChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccountChange::PasswordHash(_) => f.write_str("PasswordHash(<redacted>)"),
+            AccountChange::MachineType(name) => f.debug_tuple("MachineType").field(name).finish(),
+        }
+    }
+}
+
+impl AccountChange {
+    /// `account` with the change applied, for stores that apply it inside their own transaction.
+    pub fn apply(&self, mut account: Account) -> Account {
+        match self {
+            AccountChange::PasswordHash(hash) => account.password_hash = hash.clone(),
+            AccountChange::MachineType(name) => account.machine_type = name.clone(),
+        }
+        account
+    }
+}
+
 /// One administrative change, as the audit log keeps it: who did what to which target, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -155,6 +185,10 @@ pub trait Store: Send + Sync {
     async fn put_account(&self, account: &Account) -> Result<()>;
     async fn list_accounts(&self) -> Result<Vec<Account>>;
     async fn delete_account(&self, login: &str) -> Result<bool>;
+    /// Changes one field of an existing account in one atomic write, keeping whatever the other fields hold at that
+    /// moment; the account as written, or `Ok(None)` when there is no such account. A missing machine type is
+    /// refused as by `put_account`.
+    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>>;
 
     /// A filtered index MetaHub generated for `repository`, by its digest.
     async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>>;

@@ -7,7 +7,8 @@ pub mod conformance;
 use crate::error::{Error, ErrorCode, Result};
 use crate::machine::MachineType;
 use crate::ports::{
-    Account, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream, machine_type_in_use, machine_type_missing,
+    Account, AccountChange, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream, machine_type_in_use,
+    machine_type_missing,
 };
 use crate::reference::{Digest, Reference, RepositoryName};
 use async_trait::async_trait;
@@ -93,6 +94,18 @@ impl Store for MemoryStore {
     }
     async fn delete_account(&self, login: &str) -> Result<bool> {
         Ok(self.state().accounts.remove(login).is_some())
+    }
+    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
+        let mut state = self.state();
+        let Some(current) = state.accounts.get(login).cloned() else { return Ok(None) };
+        if let AccountChange::MachineType(name) = change
+            && !state.machine_types.contains_key(name)
+        {
+            return Err(machine_type_missing(name));
+        }
+        let updated = change.apply(current);
+        state.accounts.insert(login.to_owned(), updated.clone());
+        Ok(Some(updated))
     }
     async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>> {
         Ok(self.state().generated.get(&(repository.clone(), digest.clone())).cloned())

@@ -18,7 +18,7 @@ use axum::routing::get;
 use metahub_core::filter::{self, Index, Verdict};
 use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names, validate_name};
 use metahub_core::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_hash};
-use metahub_core::ports::{Account, Change, Manifest, validate_repository_prefix};
+use metahub_core::ports::{Account, AccountChange, Change, Manifest, validate_repository_prefix};
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
 use metahub_core::{Error, ErrorCode, Secret};
@@ -378,12 +378,10 @@ async fn rotate_password(
     validate_name("login", &login)?;
     let body: PasswordBody = parse_body(&body)?;
     let hash = password_hash(body.password, body.password_hash).await?;
-    let store = app.registry.store();
-    let Some(mut account) = store.account(&login).await? else {
+    // one atomic write of the hash alone: a concurrent move to another machine type is kept
+    let Some(account) = app.registry.store().update_account(&login, &AccountChange::PasswordHash(hash)).await? else {
         return Err(unknown("account", &login));
     };
-    account.password_hash = hash;
-    store.put_account(&account).await?;
     record(&app, who, "rotate-password", login).await?;
     Ok(ok_json(Account::to_json(&account)))
 }
@@ -405,12 +403,11 @@ async fn set_account_machine_type(
     validate_name("login", &login)?;
     let body: MachineTypeOfAccount = parse_body(&body)?;
     validate_name("machine type", &body.machine_type)?;
-    let store = app.registry.store();
-    let Some(mut account) = store.account(&login).await? else {
+    // one atomic write of the machine type alone: a concurrent password rotation is kept
+    let change = AccountChange::MachineType(body.machine_type);
+    let Some(account) = app.registry.store().update_account(&login, &change).await? else {
         return Err(unknown("account", &login));
     };
-    account.machine_type = body.machine_type;
-    store.put_account(&account).await?;
     record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
     Ok(ok_json(Account::to_json(&account)))
 }

@@ -12,7 +12,7 @@ use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use metahub_core::machine::{MachineType, validate_name};
-use metahub_core::ports::{Account, Change, Manifest, Store};
+use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result, Secret};
 use reqwest::{Method, StatusCode};
@@ -324,6 +324,30 @@ impl Store for AdminApiStore {
     async fn delete_account(&self, login: &str) -> Result<bool> {
         validate_name("login", login)?;
         self.delete(&format!("/admin/accounts/{login}")).await
+    }
+
+    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
+        validate_name("login", login)?;
+        // the API's one-field routes: the server writes that field alone
+        let (path, body) = match change {
+            AccountChange::PasswordHash(hash) => ("password", json!({"passwordHash": hash})),
+            AccountChange::MachineType(name) => ("machine-type", json!({"machineType": name})),
+        };
+        let path = format!("/admin/accounts/{login}/{path}");
+        match self.call(Method::PUT, &path, Some(body)).await {
+            Ok((_, bytes)) => {
+                serde_json::from_slice::<AccountView>(&bytes).map(|v| Some(Account::from(v))).map_err(|e| {
+                    Error::bad_gateway(format!("admin endpoint {}: unexpected answer to PUT {path}: {e}", self.base))
+                })
+            }
+            // the account is unknown (a missing machine type is NAME_UNKNOWN too, with a machineType detail)
+            Err(e)
+                if e.code == ErrorCode::NameUnknown && e.detail.as_ref().is_some_and(|d| d.get("login").is_some()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn generated_manifest(&self, _: &RepositoryName, _: &Digest) -> Result<Option<Manifest>> {

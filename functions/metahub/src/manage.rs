@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use metahub_core::machine::{MachineType, MatchMode};
 use metahub_core::password::hash_password;
-use metahub_core::ports::{Account, Change, Store};
+use metahub_core::ports::{Account, AccountChange, Change, Store};
 use serde_json::json;
 use std::io::Read;
 use std::sync::Arc;
@@ -233,11 +233,10 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
                 // One request: the server checks the account exists and records the rotation.
                 Admin::Api(api) => api.rotate_password(&login, &hash).await?,
                 admin @ Admin::Store(_) => {
-                    let Some(mut account) = admin.store().account(&login).await? else {
+                    let change = AccountChange::PasswordHash(hash);
+                    if admin.store().update_account(&login, &change).await?.is_none() {
                         bail!("no account {login:?}");
-                    };
-                    account.password_hash = hash;
-                    admin.store().put_account(&account).await?;
+                    }
                     admin.record("rotate-password", login.clone()).await?;
                 }
             }

@@ -28,6 +28,7 @@ use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, Delete, GlobalSecondaryIndex,
@@ -36,7 +37,7 @@ use aws_sdk_dynamodb::types::{
 };
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MatchMode, validate_name};
-use metahub_core::ports::{Account, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
+use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
 use std::collections::HashMap;
@@ -350,6 +351,44 @@ impl DynamoStore {
             .build();
         Ok(TransactWriteItem::builder().update(self.build(update)?).build())
     }
+
+    /// Writes an account item and moves its login between the machine types' `users` sets in one transaction,
+    /// retried while the account changes concurrently. `item_write(current)` builds the account item's write from the
+    /// item as just read, conditioned on its machine type still being the one read (so the old type's `users` set is
+    /// cleaned up correctly); `None` writes nothing. Returns the item as read before the write that succeeded.
+    async fn write_account<F>(&self, login: &str, machine_type: &str, item_write: F) -> Result<Option<Item>>
+    where
+        F: Fn(Option<&Item>) -> Result<Option<TransactWriteItem>>,
+    {
+        let mut old_type_gone = false;
+        for attempt in 0..TRANSACTION_ATTEMPTS {
+            let current = self.get("GetItem", account_key(login), None, &[]).await?;
+            let Some(write) = item_write(current.as_ref())? else { return Ok(current) };
+            let old = current.as_ref().and_then(|i| get_s(i, "machineType"));
+            let mut items = vec![write, self.update_users(machine_type, "ADD", login)?];
+            if let Some(o) = old.filter(|o| *o != machine_type && !old_type_gone) {
+                items.push(self.update_users(o, "DELETE", login)?);
+            }
+            match self.transact(items).await {
+                Ok(()) => return Ok(current),
+                Err(Err(e)) => return Err(e),
+                Err(Ok(reasons)) => {
+                    if failed_condition(&reasons, 1) {
+                        return Err(machine_type_missing(machine_type));
+                    }
+                    if failed_condition(&reasons, 2) {
+                        old_type_gone = true; // an account typed in by hand pointing at a missing type
+                    }
+                    // Otherwise a concurrent write to the account or a transaction conflict: read again, retry.
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(Error::unavailable(format!(
+            "DynamoDB table {}: account {login:?} kept changing concurrently; try again",
+            self.table
+        )))
+    }
 }
 
 /// An error and its sources on one line, without Debug dumps.
@@ -586,50 +625,73 @@ impl Store for DynamoStore {
     async fn put_account(&self, account: &Account) -> Result<()> {
         validate_name("login", &account.login)?;
         let login = account.login.as_str();
-        let mut old_type_gone = false;
-        for attempt in 0..TRANSACTION_ATTEMPTS {
-            let old = self
-                .get("GetItem", account_key(login), Some("machineType"), &[])
-                .await?
-                .and_then(|i| get_s(&i, "machineType").map(str::to_owned));
+        self.write_account(login, &account.machine_type, |current| {
             let mut item = account_key(login);
             item.insert("machineType".into(), s(&account.machine_type));
             item.insert("passwordHash".into(), s(&account.password_hash));
             if !account.repositories.is_empty() {
                 item.insert("repositories".into(), AttributeValue::L(account.repositories.iter().map(s).collect()));
             }
-            // The account must still be as read, so the old machine type's `users` set is cleaned up correctly.
             let put = Put::builder().table_name(&self.table).set_item(Some(item));
-            let put = match &old {
+            let put = match current.and_then(|i| get_s(i, "machineType")) {
                 None => put.condition_expression("attribute_not_exists(pk)"),
                 Some(o) => put.condition_expression("machineType = :old").expression_attribute_values(":old", s(o)),
             };
-            let mut items = vec![
-                TransactWriteItem::builder().put(self.build(put.build())?).build(),
-                self.update_users(&account.machine_type, "ADD", login)?,
-            ];
-            if let Some(o) = old.as_ref().filter(|o| **o != account.machine_type && !old_type_gone) {
-                items.push(self.update_users(o, "DELETE", login)?);
-            }
-            match self.transact(items).await {
-                Ok(()) => return Ok(()),
-                Err(Err(e)) => return Err(e),
-                Err(Ok(reasons)) => {
-                    if failed_condition(&reasons, 1) {
-                        return Err(machine_type_missing(&account.machine_type));
+            Ok(Some(TransactWriteItem::builder().put(self.build(put.build())?).build()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
+        validate_name("login", login)?;
+        match change {
+            // One attribute, set in place: whatever else the item holds at that moment stays.
+            AccountChange::PasswordHash(hash) => {
+                let out = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(account_key(login)))
+                    .update_expression("SET #p = :p")
+                    .condition_expression("attribute_exists(pk)")
+                    .expression_attribute_names("#p", "passwordHash")
+                    .expression_attribute_values(":p", s(hash))
+                    .return_values(ReturnValue::AllNew)
+                    .send()
+                    .await;
+                match out {
+                    Ok(out) => out.attributes.map(|item| decode_account(login, &item)).transpose(),
+                    Err(e)
+                        if matches!(
+                            e.as_service_error(),
+                            Some(UpdateItemError::ConditionalCheckFailedException(_))
+                        ) =>
+                    {
+                        Ok(None)
                     }
-                    if failed_condition(&reasons, 2) {
-                        old_type_gone = true; // an account typed in by hand pointing at a missing type
-                    }
-                    // Otherwise a concurrent write to the account or a transaction conflict: read again, retry.
-                    backoff(attempt).await;
+                    Err(e) => Err(self.fail("UpdateItem", e)),
                 }
             }
+            // The machine type attribute alone, in the transaction that keeps the `users` sets right.
+            AccountChange::MachineType(name) => {
+                let before = self
+                    .write_account(login, name, |current| {
+                        let Some(old) = current.and_then(|i| get_s(i, "machineType")) else { return Ok(None) };
+                        let update = Update::builder()
+                            .table_name(&self.table)
+                            .set_key(Some(account_key(login)))
+                            .update_expression("SET machineType = :new")
+                            .condition_expression("machineType = :old")
+                            .expression_attribute_values(":new", s(name))
+                            .expression_attribute_values(":old", s(old))
+                            .build();
+                        Ok(Some(TransactWriteItem::builder().update(self.build(update)?).build()))
+                    })
+                    .await?;
+                before.map(|item| decode_account(login, &item).map(|a| change.apply(a))).transpose()
+            }
         }
-        Err(Error::unavailable(format!(
-            "DynamoDB table {}: account {login:?} kept changing concurrently; try again",
-            self.table
-        )))
     }
 
     async fn list_accounts(&self) -> Result<Vec<Account>> {

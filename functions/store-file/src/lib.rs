@@ -17,7 +17,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, validate_name};
-use metahub_core::ports::{Account, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
+use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
 use redb::{
@@ -281,6 +281,30 @@ impl Store for FileStore {
                 let mut table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
                 let removed = table.remove(login.as_str()).map_err(|e| s.fail(e))?.is_some();
                 Ok(removed)
+            })
+        })
+        .await
+    }
+
+    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
+        let (login, change) = (login.to_owned(), change.clone());
+        self.blocking(move |s| {
+            // Read, change and write in one write transaction: no other write can come in between.
+            s.write(|txn| {
+                let mut table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
+                let current = table.get(login.as_str()).map_err(|e| s.fail(e))?;
+                let Some(current) = current.map(|v| FileStore::decode_account(&login, v.value())).transpose()? else {
+                    return Ok(None);
+                };
+                let updated = change.apply(current);
+                if let AccountChange::MachineType(name) = &change {
+                    let types = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
+                    if types.get(name.as_str()).map_err(|e| s.fail(e))?.is_none() {
+                        return Err(machine_type_missing(name));
+                    }
+                }
+                table.insert(login.as_str(), to_json(&updated)?.as_str()).map_err(|e| s.fail(e))?;
+                Ok(Some(updated))
             })
         })
         .await

@@ -55,8 +55,11 @@ const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 /// A client for one upstream registry.
 pub struct RegistryClient {
     base: Url,
-    /// `host[:port]`, how messages name the upstream.
+    /// How client-facing messages name the upstream: by its PREFIX (`upstream ghcr.io`), which the client typed
+    /// itself, or `the default upstream`; never by its host, which only the logs show.
     label: String,
+    /// `host[:port]`, for the logs only.
+    host: String,
     docker_hub: bool,
     credentials: Option<Credentials>,
     /// Built on first use: loading and parsing the CA root store is most of a client's cost, and a Lambda function
@@ -84,10 +87,14 @@ impl fmt::Debug for RegistryClient {
 impl RegistryClient {
     pub fn new(config: &UpstreamConfig, options: &ClientOptions) -> Result<Self> {
         let base = parse_base_url(&config.url)?;
-        let host = base.host_str().unwrap_or_default();
-        let label = match base.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_owned(),
+        let host = match (base.host_str().unwrap_or_default(), base.port()) {
+            (host, Some(p)) => format!("{host}:{p}"),
+            (host, None) => host.to_owned(),
+        };
+        let label = if config.prefix.is_empty() {
+            "the default upstream".to_owned()
+        } else {
+            format!("upstream {}", config.prefix)
         };
         let credentials = config.credentials();
         if credentials.is_none() && (config.username.is_some() || config.password.is_some()) {
@@ -97,6 +104,7 @@ impl RegistryClient {
             docker_hub: config.docker_hub || is_docker_hub_host(&base),
             base,
             label,
+            host,
             credentials,
             http: OnceLock::new(),
             timeout: options.timeout,
@@ -134,7 +142,7 @@ impl RegistryClient {
     fn api_url(&self, name: &RepositoryName, kind: &str, reference: &str) -> Result<Url> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|()| Error::internal(format!("upstream {} has no usable base URL", self.label)))?
+            .map_err(|()| Error::internal(format!("{} has no usable base URL", self.label)))?
             .clear()
             .push("v2")
             .extend(name.as_str().split('/'))
@@ -198,7 +206,7 @@ impl RegistryClient {
                 (Auth::Basic, Some(c)) => req.basic_auth(&c.username, Some(c.password.expose_str())),
                 _ => req,
             };
-            tracing::debug!(upstream = %self.label, %method, url = %url, "upstream request");
+            tracing::debug!(upstream = %self.host, %method, url = %url, "upstream request");
             let resp = req.send().await.map_err(|e| self.transport_error(e))?;
             if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
                 return Ok(resp);
@@ -212,7 +220,7 @@ impl RegistryClient {
                 .collect();
             if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
                 let realm = bearer.param("realm").ok_or_else(|| {
-                    Error::bad_gateway(format!("upstream {} sent a Bearer challenge without a realm", self.label))
+                    Error::bad_gateway(format!("{} sent a Bearer challenge without a realm", self.label))
                 })?;
                 self.forget_token(scope);
                 let token = self.fetch_token(realm, bearer.param("service"), scope).await?;
@@ -230,32 +238,37 @@ impl RegistryClient {
         Err(Error::internal("unreachable: the retry loop always returns"))
     }
 
-    /// The realm as a URL, refused unless it is on the upstream's own host (or Docker Hub's auth host).
+    /// The realm as a URL, refused unless it is on the upstream's own host AND port (or Docker Hub's auth host on
+    /// 443): another port of the same host is another service, which the upstream's answers must not steer us to. A
+    /// realm on the default HTTPS port of an upstream configured on its default HTTP port is the same service, upgraded.
     fn check_realm(&self, realm: &str) -> Result<Url> {
-        let url = Url::parse(realm)
-            .map_err(|_| Error::bad_gateway(format!("upstream {} sent an invalid token realm", self.label)))?;
+        let url =
+            Url::parse(realm).map_err(|_| Error::bad_gateway(format!("{} sent an invalid token realm", self.label)))?;
         let host = url.host_str().unwrap_or_default();
         let own_host = self.base.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host));
-        let allowed = own_host || (self.docker_hub && host.eq_ignore_ascii_case(DOCKER_HUB_AUTH_HOST));
-        if !allowed {
+        let own_port = url.port_or_known_default() == self.base.port_or_known_default()
+            || (url.scheme() == "https" && url.port().is_none() && self.base.port().is_none());
+        let docker_hub_auth = self.docker_hub
+            && host.eq_ignore_ascii_case(DOCKER_HUB_AUTH_HOST)
+            && url.port_or_known_default() == Some(443);
+        if !((own_host && own_port) || docker_hub_auth) {
+            // the realm's host and port go to the log only: client-facing messages never name hosts
+            tracing::warn!(upstream = %self.host, realm = %url.origin().ascii_serialization(), "token realm refused");
             return Err(Error::bad_gateway(format!(
-                "upstream {} sent a token realm on host {host:?}, which is not the upstream's own host; refused",
+                "{} sent a token realm that is not on its own host and port; refused",
                 self.label
             )));
         }
         let downgrade = self.base.scheme() == "https" && url.scheme() != "https";
         if !matches!(url.scheme(), "http" | "https") || downgrade {
             return Err(Error::bad_gateway(format!(
-                "upstream {} sent a token realm with scheme {:?}; refused",
+                "{} sent a token realm with scheme {:?}; refused",
                 self.label,
                 url.scheme()
             )));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(Error::bad_gateway(format!(
-                "upstream {} sent a token realm with userinfo; refused",
-                self.label
-            )));
+            return Err(Error::bad_gateway(format!("{} sent a token realm with userinfo; refused", self.label)));
         }
         Ok(url)
     }
@@ -272,29 +285,23 @@ impl RegistryClient {
         if let Some(c) = &self.credentials {
             req = req.basic_auth(&c.username, Some(c.password.expose_str()));
         }
-        tracing::debug!(upstream = %self.label, realm = %realm_host, scope, "fetching upstream token");
+        tracing::debug!(upstream = %self.host, realm = %realm_host, scope, "fetching upstream token");
         let mut resp = req.send().await.map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(match status.as_u16() {
                 401 | 403 => Error::denied(format!(
-                    "the token service of upstream {} ({realm_host}) refused {} (HTTP {})",
+                    "the token service of {} refused {} (HTTP {})",
                     self.label,
                     if self.credentials.is_some() { "the configured credentials" } else { "anonymous access" },
                     status.as_u16()
                 )),
                 429 => Error::new(
                     ErrorCode::TooManyRequests,
-                    format!("the token service of upstream {} ({realm_host}) is rate limiting (HTTP 429)", self.label),
+                    format!("the token service of {} is rate limiting (HTTP 429)", self.label),
                 ),
-                s if s >= 500 => Error::unavailable(format!(
-                    "the token service of upstream {} ({realm_host}) answered HTTP {s}",
-                    self.label
-                )),
-                s => Error::bad_gateway(format!(
-                    "the token service of upstream {} ({realm_host}) answered unexpected HTTP {s}",
-                    self.label
-                )),
+                s if s >= 500 => Error::unavailable(format!("the token service of {} answered HTTP {s}", self.label)),
+                s => Error::bad_gateway(format!("the token service of {} answered unexpected HTTP {s}", self.label)),
             });
         }
         let body = self.read_limited(&mut resp, SMALL_BODY_LIMIT, "token answer").await?;
@@ -305,16 +312,13 @@ impl RegistryClient {
             expires_in: Option<u64>,
         }
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
-            Error::bad_gateway(format!(
-                "the token service of upstream {} sent an answer that is not token JSON",
-                self.label
-            ))
+            Error::bad_gateway(format!("the token service of {} sent an answer that is not token JSON", self.label))
         })?;
         let token = answer.token.filter(|t| !t.is_empty()).or(answer.access_token).unwrap_or_default();
         // A token goes into a header: visible ASCII only (and never echoed).
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::bad_gateway(format!(
-                "the token service of upstream {} sent an empty or malformed token",
+                "the token service of {} sent an empty or malformed token",
                 self.label
             )));
         }
@@ -338,22 +342,22 @@ impl RegistryClient {
             source = s.source();
         }
         let cause = if cause.is_empty() { e.to_string() } else { cause };
+        tracing::warn!(upstream = %self.host, error = %cause, timeout = e.is_timeout(), "upstream transport error");
         if e.is_timeout() {
-            Error::unavailable(format!("upstream {} timed out", self.label))
+            Error::unavailable(format!("{} timed out", self.label))
         } else if e.is_connect() {
-            Error::unavailable(format!("cannot connect to upstream {}: {cause}", self.label))
+            Error::unavailable(format!("cannot connect to {}: {cause}", self.label))
         } else if garbage {
-            Error::bad_gateway(format!("upstream {} did not answer as an HTTP registry: {cause}", self.label))
+            Error::bad_gateway(format!("{} did not answer as an HTTP registry: {cause}", self.label))
         } else {
-            Error::unavailable(format!("upstream {} failed: {cause}", self.label))
+            Error::unavailable(format!("{} failed: {cause}", self.label))
         }
     }
 
     /// Reads a body, refusing (without reading on) any body over `limit` bytes.
     async fn read_limited(&self, resp: &mut Response, limit: usize, what: &str) -> Result<Bytes> {
-        let too_large = || {
-            Error::bad_gateway(format!("upstream {} sent a {what} larger than the limit of {limit} bytes", self.label))
-        };
+        let too_large =
+            || Error::bad_gateway(format!("{} sent a {what} larger than the limit of {limit} bytes", self.label));
         if content_length(resp.headers()).is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
@@ -370,6 +374,7 @@ impl RegistryClient {
     /// Maps a non-success answer onto the error table.
     async fn status_error(&self, mut resp: Response, target: Target<'_>) -> Error {
         let status = resp.status().as_u16();
+        tracing::debug!(upstream = %self.host, status, "upstream error answer");
         let label = &self.label;
         let name = match &target {
             Target::Manifest(n, _) | Target::Blob(n, _) | Target::Repository(n) => *n,
@@ -378,37 +383,34 @@ impl RegistryClient {
             404 => {
                 let codes = self.error_codes(&mut resp).await;
                 if codes.iter().any(|c| c == "NAME_UNKNOWN") {
-                    return Error::new(
-                        ErrorCode::NameUnknown,
-                        format!("repository {name} is unknown to upstream {label}"),
-                    );
+                    return Error::new(ErrorCode::NameUnknown, format!("repository {name} is unknown to {label}"));
                 }
                 match target {
                     Target::Manifest(n, Reference::Digest(d)) => {
-                        Error::manifest_unknown(format!("manifest {n}@{d} is unknown to upstream {label}"))
+                        Error::manifest_unknown(format!("manifest {n}@{d} is unknown to {label}"))
                     }
                     Target::Manifest(n, Reference::Tag(t)) => {
-                        Error::manifest_unknown(format!("manifest {n}:{t} is unknown to upstream {label}"))
+                        Error::manifest_unknown(format!("manifest {n}:{t} is unknown to {label}"))
                     }
                     Target::Blob(n, d) => {
-                        Error::new(ErrorCode::BlobUnknown, format!("blob {d} of {n} is unknown to upstream {label}"))
+                        Error::new(ErrorCode::BlobUnknown, format!("blob {d} of {n} is unknown to {label}"))
                     }
                     Target::Repository(n) => {
-                        Error::new(ErrorCode::NameUnknown, format!("repository {n} is unknown to upstream {label}"))
+                        Error::new(ErrorCode::NameUnknown, format!("repository {n} is unknown to {label}"))
                     }
                 }
             }
-            401 | 403 => Error::denied(format!("upstream {label} denied pulling {name} (HTTP {status})")),
+            401 | 403 => Error::denied(format!("{label} denied pulling {name} (HTTP {status})")),
             429 => {
                 let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let e = Error::new(ErrorCode::TooManyRequests, format!("upstream {label} is rate limiting (HTTP 429)"));
+                let e = Error::new(ErrorCode::TooManyRequests, format!("{label} is rate limiting (HTTP 429)"));
                 match retry {
                     Some(r) => e.with_detail(serde_json::json!({ "retryAfter": r })),
                     None => e,
                 }
             }
-            s if s >= 500 => Error::unavailable(format!("upstream {label} answered HTTP {s}")),
-            s => Error::bad_gateway(format!("upstream {label} answered unexpected HTTP {s}")),
+            s if s >= 500 => Error::unavailable(format!("{label} answered HTTP {s}")),
+            s => Error::bad_gateway(format!("{label} answered unexpected HTTP {s}")),
         }
     }
 
@@ -438,15 +440,12 @@ impl RegistryClient {
             .ok()
             .and_then(|s| s.trim().parse::<Digest>().ok())
             .map(Some)
-            .ok_or_else(|| Error::bad_gateway(format!("upstream {} sent an invalid Docker-Content-Digest", self.label)))
+            .ok_or_else(|| Error::bad_gateway(format!("{} sent an invalid Docker-Content-Digest", self.label)))
     }
 
     fn check_media_type(&self, media_type: &str) -> Result<()> {
         if media_type.starts_with("text/html") {
-            return Err(Error::bad_gateway(format!(
-                "upstream {} answered with an HTML page, not a manifest",
-                self.label
-            )));
+            return Err(Error::bad_gateway(format!("{} answered with an HTML page, not a manifest", self.label)));
         }
         Ok(())
     }
@@ -467,12 +466,11 @@ impl RegistryClient {
         let content_type = media_type(resp.headers());
         let bytes = self.read_limited(&mut resp, self.max_manifest_bytes, "manifest").await?;
 
-        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Error::bad_gateway(format!("upstream {} sent a manifest for {name} that is not JSON", self.label))
-        })?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| Error::bad_gateway(format!("{} sent a manifest for {name} that is not JSON", self.label)))?;
         if !json.is_object() {
             return Err(Error::bad_gateway(format!(
-                "upstream {} sent a manifest for {name} that is not a JSON object",
+                "{} sent a manifest for {name} that is not a JSON object",
                 self.label
             )));
         }
@@ -480,7 +478,7 @@ impl RegistryClient {
             Reference::Digest(wanted) => {
                 if !wanted.verifies(&bytes) {
                     return Err(Error::bad_gateway(format!(
-                        "upstream {} sent bytes for {name}@{wanted} that hash to {}",
+                        "{} sent bytes for {name}@{wanted} that hash to {}",
                         self.label,
                         Digest::sha256_of(&bytes)
                     )));
@@ -492,7 +490,7 @@ impl RegistryClient {
                     && !h.verifies(&bytes)
                 {
                     return Err(Error::bad_gateway(format!(
-                        "upstream {} announced {h} for {name}:{tag} but sent bytes that hash to {}",
+                        "{} announced {h} for {name}:{tag} but sent bytes that hash to {}",
                         self.label,
                         Digest::sha256_of(&bytes)
                     )));
@@ -505,7 +503,7 @@ impl RegistryClient {
         let media_type = match content_type {
             Some(ct) if !matches!(ct.as_str(), "application/json" | "text/plain" | "application/octet-stream") => ct,
             ct => body_type.or(ct).ok_or_else(|| {
-                Error::bad_gateway(format!("upstream {} sent a manifest for {name} without a media type", self.label))
+                Error::bad_gateway(format!("{} sent a manifest for {name} without a media type", self.label))
             })?,
         };
         self.check_media_type(&media_type)?;
@@ -526,9 +524,9 @@ impl RegistryClient {
         let headers = resp.headers().clone();
         let body = self.read_limited(&mut resp, self.max_manifest_bytes, what).await?;
         let value = serde_json::from_slice(&body).map_err(|e| {
-            Error::bad_gateway(format!("upstream {} sent a {what} for {name} that is not valid: {e}", self.label))
+            Error::bad_gateway(format!("{} sent a {what} for {name} that is not valid: {e}", self.label))
         })?;
-        tracing::debug!(upstream = %self.label, url = %url, what, "upstream JSON answer");
+        tracing::debug!(upstream = %self.host, url = %url, what, "upstream JSON answer");
         Ok((value, headers))
     }
 
@@ -536,7 +534,7 @@ impl RegistryClient {
     async fn unexpected(&self, resp: Response, target: Target<'_>) -> Error {
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
-            return Error::bad_gateway(format!("upstream {} answered unexpected HTTP {}", self.label, status.as_u16()));
+            return Error::bad_gateway(format!("{} answered unexpected HTTP {}", self.label, status.as_u16()));
         }
         self.status_error(resp, target).await
     }
@@ -586,7 +584,7 @@ impl Upstream for RegistryClient {
             if let (Reference::Digest(wanted), Some(got)) = (reference, &digest)
                 && wanted != got
             {
-                return Err(Error::bad_gateway(format!("upstream {} answered {got} for {name}@{wanted}", self.label)));
+                return Err(Error::bad_gateway(format!("{} answered {got} for {name}@{wanted}", self.label)));
             }
             let media_type = media_type(resp.headers());
             let size = content_length(resp.headers());
@@ -594,7 +592,7 @@ impl Upstream for RegistryClient {
                 self.check_media_type(&media_type)?;
                 return Ok(ManifestHead { digest, media_type, size });
             }
-            tracing::debug!(upstream = %self.label, "HEAD lacked digest, type or size; falling back to GET");
+            tracing::debug!(upstream = %self.host, "HEAD lacked digest, type or size; falling back to GET");
         }
         let m = self.fetch_manifest(repository, reference, &accept).await?;
         Ok(ManifestHead { digest: m.digest, media_type: m.media_type, size: m.bytes.len() as u64 })
@@ -616,15 +614,16 @@ impl Upstream for RegistryClient {
         let resp = self.send(Method::GET, &url, None, &Self::scope(&name)).await?;
         let status = resp.status();
         if status.is_redirection() {
-            let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-                Error::bad_gateway(format!("upstream {} redirected a blob without a Location", self.label))
-            })?;
-            let target = url.join(location).map_err(|_| {
-                Error::bad_gateway(format!("upstream {} redirected a blob to an invalid Location", self.label))
-            })?;
+            let location =
+                resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                    Error::bad_gateway(format!("{} redirected a blob without a Location", self.label))
+                })?;
+            let target = url
+                .join(location)
+                .map_err(|_| Error::bad_gateway(format!("{} redirected a blob to an invalid Location", self.label)))?;
             if !matches!(target.scheme(), "http" | "https") {
                 return Err(Error::bad_gateway(format!(
-                    "upstream {} redirected a blob to a {} URL",
+                    "{} redirected a blob to a {} URL",
                     self.label,
                     target.scheme()
                 )));
@@ -738,18 +737,42 @@ mod tests {
     }
 
     #[test]
-    fn realms_only_on_own_host_or_docker_hub_auth() {
+    fn realms_only_on_own_host_and_port_or_docker_hub_auth() {
         let c = client("http://127.0.0.1:5001", false);
-        assert!(c.check_realm("http://127.0.0.1:9999/token").is_ok());
-        for bad in ["http://169.254.169.254/latest", "http://auth.docker.io/token", "file:///etc/passwd", "nonsense"] {
+        assert!(c.check_realm("http://127.0.0.1:5001/token").is_ok());
+        for bad in [
+            "http://127.0.0.1:9999/token",
+            "http://127.0.0.1/token",
+            "http://169.254.169.254/latest",
+            "http://auth.docker.io/token",
+            "file:///etc/passwd",
+            "nonsense",
+        ] {
             let e = c.check_realm(bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadGateway, "{bad}");
         }
-        assert!(c.check_realm("http://evil.example/t").unwrap_err().message.contains("evil.example"));
+        let e = c.check_realm("http://evil.example:5001/t").unwrap_err();
+        assert!(!e.message.contains("evil.example") && !e.message.contains("127.0.0.1"), "{e}");
         let hub = client("https://registry-1.docker.io", false);
         assert!(hub.check_realm("https://auth.docker.io/token").is_ok());
+        assert!(hub.check_realm("https://registry-1.docker.io:443/token").is_ok(), "the default port, spelled out");
+        assert!(hub.check_realm("https://auth.docker.io:8443/token").is_err(), "Docker Hub's auth on 443 only");
+        assert!(hub.check_realm("https://registry-1.docker.io:8443/token").is_err());
         assert!(hub.check_realm("http://auth.docker.io/token").is_err(), "no downgrade to http");
         assert!(hub.check_realm("https://u:p@auth.docker.io/token").is_err());
+        let plain = client("http://registry.example", false);
+        assert!(plain.check_realm("https://registry.example/token").is_ok(), "the same service, upgraded to https");
+        assert!(plain.check_realm("http://registry.example:8080/token").is_err());
+    }
+
+    #[test]
+    fn messages_name_the_prefix_never_the_host() {
+        let default = client("http://127.0.0.1:5001", false);
+        assert_eq!(default.label, "the default upstream");
+        let cfg = UpstreamConfig::parse_spec("ghcr.io=http://10.1.2.3:5000").unwrap();
+        let prefixed = RegistryClient::new(&cfg, &ClientOptions::default()).unwrap();
+        assert_eq!(prefixed.label, "upstream ghcr.io");
+        assert_eq!(prefixed.host, "10.1.2.3:5000", "the logs still name the host");
     }
 
     #[test]

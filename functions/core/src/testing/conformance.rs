@@ -3,7 +3,7 @@
 //! An adapter's test implements [`Fixture`] and calls [`run_all`]; a failing scenario panics with its name.
 
 use crate::machine::{MachineType, MatchMode};
-use crate::ports::{Account, Manifest, Store};
+use crate::ports::{Account, AccountChange, Manifest, Store};
 use crate::reference::{Digest, RepositoryName};
 use crate::{Error, ErrorCode};
 use async_trait::async_trait;
@@ -51,6 +51,10 @@ pub async fn run_all(fixture: &dyn Fixture) {
     concurrent_machine_type_updates(fixture.fresh().await).await;
     eprintln!("conformance: put_account vs delete_machine_type");
     put_account_vs_delete(fixture.fresh().await).await;
+    eprintln!("conformance: one-field account changes");
+    account_field_changes(fixture.fresh().await).await;
+    eprintln!("conformance: password rotations racing a machine type move");
+    rotations_race_a_move(fixture.fresh().await).await;
     eprintln!("conformance: watched images");
     watched_images(fixture.fresh().await).await;
     eprintln!("conformance: malformed machine type");
@@ -235,6 +239,70 @@ pub async fn concurrent_machine_type_updates(store: Arc<dyn Store>) {
     let mut expected: Vec<String> = (0..16).map(|i| format!("own-{i:02}")).collect();
     expected.push("shared".into());
     assert_eq!(names, expected);
+}
+
+/// `update_account` changes the one field it names, refuses a missing machine type, and says when there is no account.
+pub async fn account_field_changes(store: Arc<dyn Store>) {
+    for mt in ["from", "to"] {
+        store.put_machine_type(&machine_type(mt, &["cpu:zen3"])).await.unwrap();
+    }
+    let mut original = account("mover", "from");
+    original.repositories = vec!["org/".into()];
+    store.put_account(&original).await.unwrap();
+    let rotated = AccountChange::PasswordHash("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$rotated".into());
+    assert_eq!(store.update_account("nobody", &rotated).await.unwrap(), None, "no account: None, nothing created");
+    assert_eq!(store.account("nobody").await.unwrap(), None);
+
+    let after = store.update_account("mover", &rotated).await.unwrap().expect("the account");
+    assert_eq!(after.machine_type, "from");
+    assert_eq!(after.repositories, original.repositories);
+    let moved = store.update_account("mover", &AccountChange::MachineType("to".into())).await.unwrap().unwrap();
+    assert_eq!(moved.machine_type, "to");
+    let stored = store.account("mover").await.unwrap().unwrap();
+    assert_eq!(stored, Account { machine_type: "to".into(), ..after.clone() }, "the rotated password stayed");
+
+    let e = store.update_account("mover", &AccountChange::MachineType("absent".into())).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NameUnknown, "{e}");
+    assert_eq!(store.account("mover").await.unwrap().unwrap().machine_type, "to", "unchanged after the refusal");
+    // the move is seen by the in-use check: the old type is free, the new one is not
+    assert!(store.delete_machine_type("from").await.unwrap());
+    let e = store.delete_machine_type("to").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied, "{e}");
+}
+
+/// Password rotations running while the account moves to another machine type never put the old type back (what a
+/// read-modify-write of the whole account did), and the last rotation's hash is kept.
+pub async fn rotations_race_a_move(store: Arc<dyn Store>) {
+    for mt in ["old-type", "new-type"] {
+        store.put_machine_type(&machine_type(mt, &["cpu:zen3"])).await.unwrap();
+    }
+    store.put_account(&account("racer", "old-type")).await.unwrap();
+    let hash = |i: u64| format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$rotation{i}");
+    let rotations: Vec<_> = (0..12u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i)).await;
+                store.update_account("racer", &AccountChange::PasswordHash(hash(i))).await.unwrap().unwrap();
+            })
+        })
+        .collect();
+    let mover = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            store.update_account("racer", &AccountChange::MachineType("new-type".into())).await.unwrap().unwrap();
+        })
+    };
+    for r in rotations {
+        r.await.unwrap();
+    }
+    mover.await.unwrap();
+    let stored = store.account("racer").await.unwrap().unwrap();
+    assert_eq!(stored.machine_type, "new-type", "a rotation reverted the move");
+    assert!((0..12).any(|i| stored.password_hash == hash(i)), "one of the rotations' hashes: {}", stored.password_hash);
+    let after = store.update_account("racer", &AccountChange::PasswordHash(hash(99))).await.unwrap().unwrap();
+    assert_eq!((after.machine_type.as_str(), after.password_hash.as_str()), ("new-type", hash(99).as_str()));
 }
 
 pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
