@@ -20,7 +20,6 @@ bench/report.py puts into docs/bench.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -33,17 +32,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from load_module import load_module  # noqa: E402
+
 CLIENT = "skopeo"
 MACHINE_TYPE = "skylake"
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -88,7 +81,7 @@ def main() -> None:
         sys.exit(f"bench: no function binaries in {bin_dir} (cargo build --release --workspace --bins)")
 
     # the test harness's components, as tests/serverless starts them
-    fixtures = _load("serverless_conftest", ROOT / "tests" / "serverless" / "conftest.py")
+    fixtures = load_module("serverless_conftest", ROOT / "tests" / "serverless" / "conftest.py")
     e2e, harness = fixtures.e2e, fixtures.lambda_harness
     import registry_push
 

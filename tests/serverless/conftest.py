@@ -9,7 +9,6 @@ instances are started by tests/lambda's `lambda_harness`. Everything listens on 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -21,16 +20,9 @@ TESTS = HERE.parent
 sys.path[:0] = [str(HERE), str(TESTS / "lambda"), str(TESTS / "e2e"), str(TESTS)]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from load_module import load_module  # noqa: E402
 
-
-e2e = _load("e2e_conftest", TESTS / "e2e" / "conftest.py")
+e2e = load_module("e2e_conftest", TESTS / "e2e" / "conftest.py")
 import edge as edge_mod  # noqa: E402
 import lambda_harness  # noqa: E402
 from lambda_harness import (  # noqa: E402

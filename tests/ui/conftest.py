@@ -7,7 +7,6 @@ log attachment are shared rather than copied.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -22,11 +21,10 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 E2E = Path(__file__).resolve().parents[1] / "e2e"
-sys.path.insert(0, str(E2E))
-_spec = importlib.util.spec_from_file_location("e2e_conftest", E2E / "conftest.py")
-e2e = importlib.util.module_from_spec(_spec)
-sys.modules["e2e_conftest"] = e2e
-_spec.loader.exec_module(e2e)
+sys.path[:0] = [str(E2E), str(E2E.parent)]
+from load_module import load_module  # noqa: E402
+
+e2e = load_module("e2e_conftest", E2E / "conftest.py")
 
 # the e2e fixtures and hooks this folder uses, registered here by name
 from e2e_conftest import images, pytest_runtest_makereport, redirecting_upstream, upstream, workdir  # noqa: E402,F401
