@@ -14,6 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use metahub_core::ErrorCode;
 use metahub_core::filter::{DOCKER_LIST, Index, OCI_INDEX, explain, filter_index};
 use metahub_core::machine::{Feature, Level, MachineType, MatchMode};
+use metahub_core::ports::Manifest;
+use metahub_core::reference::Digest;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashSet;
@@ -87,7 +89,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(verdicts.iter().all(|v| v.fits || !v.served), "an entry that does not fit was served");
     }
 
-    let filtered = match filter_index(bytes, media_type, machine) {
+    let upstream =
+        Manifest { digest: Digest::sha256_of(bytes), media_type: media_type.to_owned(), bytes: bytes.to_vec().into() };
+    let filtered = match filter_index(&upstream, machine) {
         Ok(f) => f,
         Err(e) => {
             assert!(matches!(e.code, ErrorCode::BadGateway | ErrorCode::ManifestUnknown), "{e:?}");
@@ -96,19 +100,19 @@ fuzz_target!(|data: &[u8]| {
     };
     // digest of the exact bytes; deterministic
     assert_eq!(filtered.digest.as_str(), format!("sha256:{}", hex::encode(Sha256::digest(&filtered.bytes))));
-    assert_eq!(filter_index(bytes, media_type, machine).ok().as_ref(), Some(&filtered));
+    assert_eq!(filter_index(&upstream, machine).ok().as_ref(), Some(&filtered));
     if serde_json::from_slice::<Value>(bytes).is_err() {
         // Grammatical JSON that serde_json's Value cannot hold (a number beyond f64, a lone surrogate escape): the
         // filter keeps the upstream's spelling of what it does not read, so the output is as valid as the input.
         serde_json::from_slice::<serde::de::IgnoredAny>(&filtered.bytes).expect("the filtered index is JSON");
-        let again = filter_index(&filtered.bytes, &filtered.media_type, machine).expect("refiltering succeeds");
+        let again = filter_index(&filtered, machine).expect("refiltering succeeds");
         assert_eq!(again, filtered, "filtering twice differs from filtering once");
         return;
     }
     // valid JSON
     let out: Value = serde_json::from_slice(&filtered.bytes).expect("the filtered index is JSON");
     // idempotent
-    let again = filter_index(&filtered.bytes, &filtered.media_type, machine);
+    let again = filter_index(&filtered, machine);
     match &again {
         Ok(a) => assert!(
             a == &filtered,

@@ -1,4 +1,6 @@
-//! The caching decorator of the upstream port, and the small bounded map it and the service use.
+//! Every in-process cache of the pull flow, with its byte bound: [`PullCache`] holds what the service derives
+//! (filtered indexes, generated indexes, the last index served per tag) and the caching decorator of the upstream
+//! port, [`CachingUpstream`]; both are built on the small [`BoundedMap`].
 //!
 //! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD on every
 //! request (free against Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD.
@@ -6,6 +8,7 @@
 //! are reused for [`BLOB_LOCATION_TTL`]; lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
+use crate::machine::MachineType;
 use crate::observe::{self, Cache};
 use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
@@ -15,6 +18,145 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
+
+/// Tuning of the in-process caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Entries kept per cache at most.
+    pub max_entries: usize,
+    /// Bytes all the caches together hold at most (manifests weighed by their size): half for upstream manifests,
+    /// the rest shared by filtered indexes, generated indexes and the last index served per tag.
+    pub max_bytes: usize,
+    /// Reuse a tag's upstream HEAD for this long; `None` (the default) checks upstream on every request.
+    pub tag_ttl: Option<Duration>,
+    /// While the upstream fails, the last index served for a tag is served again for at most this long after it
+    /// was last fresh; zero: never.
+    pub max_stale: Duration,
+}
+
+/// [`CacheOptions::max_bytes`] by default: keeps `metahub serve` well under 128 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+/// [`CacheOptions::max_stale`] by default.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions { max_entries: 4096, max_bytes: DEFAULT_CACHE_BYTES, tag_ttl: None, max_stale: DEFAULT_MAX_STALE }
+    }
+}
+
+/// A manifest held in memory under its digest, and whose it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kept {
+    /// An index MetaHub generated (filtered) and stored.
+    Generated(Manifest),
+    /// The upstream's, as fetched.
+    Upstream(Manifest),
+}
+
+/// What the pull flow keeps in memory, each map within its share of [`CacheOptions::max_bytes`].
+pub struct PullCache {
+    upstream: CachingUpstream,
+    /// (upstream index digest, machine type fingerprint) → filtered index; filtering is pure: never stale.
+    filtered: BoundedMap<(Digest, String), Manifest>,
+    /// Generated indexes this process stored (or read back), by repository and digest.
+    generated: BoundedMap<(RepositoryName, Digest), Manifest>,
+    /// The last manifest served per (repository, tag, machine type fingerprint), and when it was fresh: the answer
+    /// while the upstream is down, for at most `max_stale`.
+    last_served: BoundedMap<(RepositoryName, Reference, String), (Instant, Manifest)>,
+    max_stale: Duration,
+}
+
+impl PullCache {
+    /// Half of `max_bytes` for upstream manifests (tag heads and blob locations on top, see [`CachingUpstream::new`]),
+    /// a sixth each for filtered indexes, generated indexes and the last index served per tag.
+    pub fn new(upstream: Arc<dyn Upstream>, options: &CacheOptions) -> Self {
+        let (entries, sixth) = (options.max_entries, options.max_bytes / 6);
+        PullCache {
+            upstream: CachingUpstream::new(upstream, entries, options.max_bytes / 2, options.tag_ttl),
+            filtered: BoundedMap::new(entries, sixth, manifest_weight),
+            generated: BoundedMap::new(entries, sixth, manifest_weight),
+            last_served: BoundedMap::new(entries, sixth, |(_, m)| manifest_weight(m)),
+            max_stale: options.max_stale,
+        }
+    }
+
+    /// The upstream port through its caches.
+    pub fn upstream(&self) -> &CachingUpstream {
+        &self.upstream
+    }
+
+    /// The manifest `digest` names in `repository`, when memory has it: a generated index, or an upstream manifest.
+    pub fn manifest(&self, repository: &RepositoryName, digest: &Digest) -> Option<Kept> {
+        let key = (repository.clone(), digest.clone());
+        let kept = match self.generated.get(&key) {
+            Some(generated) => Some(Kept::Generated(generated)),
+            None => self.upstream.cached(repository, digest).map(Kept::Upstream),
+        };
+        if kept.is_some() {
+            observe::cache(Cache::Manifest, true);
+        }
+        kept
+    }
+
+    /// The upstream index `index` as filtered for `machine` before, noting the lookup in the request's record.
+    pub fn filtered(&self, index: &Digest, machine: &MachineType) -> Option<Manifest> {
+        let filtered = self.filtered.get(&(index.clone(), fingerprint(machine)));
+        observe::cache(Cache::Filtered, filtered.is_some());
+        filtered
+    }
+
+    pub fn keep_filtered(&self, index: &Digest, machine: &MachineType, filtered: &Manifest) {
+        self.filtered.insert((index.clone(), fingerprint(machine)), filtered.clone());
+    }
+
+    /// Whether this process stored (or read back) the generated index `digest` of `repository`.
+    pub fn has_generated(&self, repository: &RepositoryName, digest: &Digest) -> bool {
+        self.generated.get(&(repository.clone(), digest.clone())).is_some()
+    }
+
+    pub fn keep_generated(&self, repository: &RepositoryName, generated: &Manifest) {
+        self.generated.insert((repository.clone(), generated.digest.clone()), generated.clone());
+    }
+
+    /// Notes `manifest` as served fresh for `repository:tag` to `machine`, now.
+    pub fn keep_served(
+        &self,
+        repository: &RepositoryName,
+        tag: &Reference,
+        machine: &MachineType,
+        manifest: &Manifest,
+    ) {
+        let key = (repository.clone(), tag.clone(), fingerprint(machine));
+        self.last_served.insert(key, (Instant::now(), manifest.clone()));
+    }
+
+    /// The last manifest served fresh for `repository:tag` to a machine type like `machine` (same features and
+    /// mode), and how long ago, unless that is longer ago than `max_stale`.
+    pub fn last_served(
+        &self,
+        repository: &RepositoryName,
+        tag: &Reference,
+        machine: &MachineType,
+    ) -> Option<(Duration, Manifest)> {
+        let (fresh_at, manifest) = self.last_served.get(&(repository.clone(), tag.clone(), fingerprint(machine)))?;
+        let age = fresh_at.elapsed();
+        (age <= self.max_stale).then_some((age, manifest))
+    }
+}
+
+#[cfg(test)]
+impl PullCache {
+    /// The bytes the filtered, generated and last-served maps hold, as weighed.
+    pub(crate) fn derived_weights(&self) -> [usize; 3] {
+        [self.filtered.weight(), self.generated.weight(), self.last_served.weight()]
+    }
+}
+
+/// What filtering depends on in a machine type: a change of features or mode is a different key.
+fn fingerprint(machine: &MachineType) -> String {
+    format!("{}|{}|{}", machine.name, machine.match_mode, machine.features.join(","))
+}
 
 /// What one entry costs besides its value's own bytes: keys (names, digests, tags), map and queue slots.
 pub const ENTRY_OVERHEAD: usize = 256;
@@ -161,7 +303,7 @@ impl CachingUpstream {
     }
 
     /// A manifest already fetched by digest, without asking upstream.
-    pub fn cached(&self, repository: &RepositoryName, digest: &Digest) -> Option<Manifest> {
+    fn cached(&self, repository: &RepositoryName, digest: &Digest) -> Option<Manifest> {
         self.manifests.get(&(repository.clone(), digest.clone()))
     }
 

@@ -8,8 +8,10 @@
 
 use crate::error::{Error, Result};
 use crate::machine::{Feature, Level, MachineType, MatchMode, cpu_level};
+use crate::ports::Manifest;
 use crate::reference::Digest;
 use archspec::cpu::Microarchitecture;
+use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
@@ -341,19 +343,11 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
     verdicts
 }
 
-/// The filtered index: exact bytes and their digest.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Filtered {
-    pub bytes: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: String,
-    /// Filtering kept every entry unchanged, so `bytes` are the upstream's own: serve them under the upstream's
-    /// digest (signatures and pins of the index stay valid).
-    pub verbatim: bool,
-}
-
-/// Filters `bytes` (an OCI index or Docker manifest list) for `machine`.
-pub fn filter_index(bytes: &[u8], media_type: &str, machine: &MachineType) -> Result<Filtered> {
+/// Filters `upstream` (an OCI index or Docker manifest list, as the upstream serves it) for `machine`. When filtering
+/// keeps every entry unchanged, the answer is `upstream` itself: the upstream's bytes under the upstream's digest
+/// (signatures and pins of the index stay valid); else the filtered bytes under their own digest.
+pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manifest> {
+    let (bytes, media_type) = (&upstream.bytes[..], upstream.media_type.as_str());
     let index = Index::parse(bytes)?;
     let verdicts = explain(&index, machine);
     if !verdicts.iter().any(|v| v.served && v.entry.attests.is_none()) {
@@ -372,13 +366,13 @@ pub fn filter_index(bytes: &[u8], media_type: &str, machine: &MachineType) -> Re
         .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
         .unwrap_or_else(|| media_type.to_owned());
     if kept.len() == verdicts.len() && kept.iter().all(|k| matches!(k, Cow::Borrowed(_))) {
-        return Ok(Filtered { digest: Digest::sha256_of(bytes), bytes: bytes.to_vec(), media_type, verbatim: true });
+        return Ok(Manifest { digest: upstream.digest.clone(), bytes: upstream.bytes.clone(), media_type });
     }
     let kept = RawValue::from_string(serde_json::to_string(&kept).map_err(serialize)?).map_err(serialize)?;
     let mut object = index.object;
     object.insert("manifests".to_owned(), &kept);
     let bytes = serde_json::to_vec(&object).map_err(serialize)?;
-    Ok(Filtered { digest: Digest::sha256_of(&bytes), bytes, media_type, verbatim: false })
+    Ok(Manifest { digest: Digest::sha256_of(&bytes), bytes: Bytes::from(bytes), media_type })
 }
 
 /// How a served entry is written: as the upstream wrote it, except on the architectures whose variant is a level

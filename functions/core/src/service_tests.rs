@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::machine::MatchMode;
+use crate::observe::{Cache, Record};
 use crate::testing::{FAKE_STORAGE, FakeUpstream, MemoryStore};
+use std::time::Duration;
 
 const INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
 {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"os":"linux","architecture":"amd64"}},
@@ -191,7 +193,92 @@ async fn caches_stay_within_their_byte_budget() {
     let (repo, tag) = app();
     service.manifest(&repo, &tag, "zen2").await.unwrap();
     service.manifest(&repo, &tag, "hsw").await.unwrap();
-    assert!(service.filtered.weight() <= 4096);
-    assert!(service.generated.weight() <= 4096);
-    assert!(service.last_served.weight() <= 4096);
+    assert!(service.cache.derived_weights().iter().all(|w| *w <= 4096), "{:?}", service.cache.derived_weights());
+}
+
+/// A pull, with what its request's record noted.
+async fn pull(
+    service: &RegistryService,
+    repository: &RepositoryName,
+    reference: &Reference,
+    machine_type: &str,
+) -> (Manifest, Record) {
+    let (served, record) = observe::record(service.manifest(repository, reference, machine_type)).await;
+    (served.unwrap(), record)
+}
+
+#[tokio::test]
+async fn each_pull_path_notes_its_answer_cache_lookups_and_upstream_calls() {
+    let upstream = upstream();
+    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, tag) = app();
+    let (filtered, first) = pull(&service, &repo, &tag, "zen2").await;
+    assert_eq!(first.answer, Some(Answer::Filtered));
+    assert_eq!(first.cache, [(Cache::Filtered, false), (Cache::Manifest, false)]);
+    assert_eq!(first.upstream_summary(), "head:ok get:ok");
+
+    let (again, second) = pull(&service, &repo, &tag, "zen2").await;
+    assert_eq!(again, filtered);
+    assert_eq!(
+        (second.answer, &second.cache[..], second.upstream_summary()),
+        (first.answer, &[(Cache::Filtered, true)][..], "head:ok".into())
+    );
+
+    // By digest: the generated index and the upstream's are both answered from memory, without a call.
+    let index = Digest::sha256_of(INDEX.as_bytes());
+    for (digest, answer) in [(&filtered.digest, Answer::Generated), (&index, Answer::Verbatim)] {
+        let (served, record) = pull(&service, &repo, &by_digest(digest), "zen2").await;
+        assert_eq!(served.digest, *digest);
+        assert_eq!(
+            (record.answer, &record.cache[..], record.upstream_summary()),
+            (Some(answer), &[(Cache::Manifest, true)][..], String::new())
+        );
+    }
+
+    // Another instance reads the generated index from the store once, then keeps it.
+    let other = RegistryService::new(store, upstream.clone(), CacheOptions::default());
+    let (served, cold) = pull(&other, &repo, &by_digest(&filtered.digest), "zen2").await;
+    assert_eq!((served, cold.answer, cold.cache.len()), (filtered.clone(), Some(Answer::Generated), 0));
+    let (_, warm) = pull(&other, &repo, &by_digest(&filtered.digest), "zen2").await;
+    assert_eq!(warm.cache, [(Cache::Manifest, true)]);
+
+    upstream.set_down(true);
+    let (stale, down) = pull(&service, &repo, &tag, "zen2").await;
+    assert_eq!(
+        (stale, down.answer, down.upstream_summary()),
+        (filtered, Some(Answer::Stale), "head:UNAVAILABLE".into())
+    );
+}
+
+#[tokio::test]
+async fn an_index_filtering_leaves_whole_is_served_as_the_upstreams_and_not_stored() {
+    let upstream = Arc::new(FakeUpstream::default());
+    let generic_only = INDEX.split_once(",\n{").map(|(first, _)| format!("{first}]}}")).unwrap();
+    let index = upstream.tag("org/app", "latest", filter::OCI_INDEX, generic_only);
+    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, tag) = app();
+    let (served, record) = pull(&service, &repo, &tag, "zen2").await;
+    assert_eq!((served, record.answer), (index.clone(), Some(Answer::Verbatim)));
+    assert_eq!(store.generated_count(), 0, "the upstream serves it by its digest");
+    // containerd follows a verbatim answer up by digest: from memory.
+    let (served, record) = pull(&service, &repo, &by_digest(&index.digest), "zen2").await;
+    assert_eq!((served, record.upstream_summary()), (index, String::new()));
+}
+
+#[tokio::test]
+async fn stale_serving_covers_only_what_was_served_fresh() {
+    let upstream = upstream();
+    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (repo, tag) = app();
+    let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    upstream.set_down(true);
+    assert_eq!(service.manifest(&repo, &tag, "hsw").await.unwrap(), fresh);
+    for (reference, machine_type) in [("latest", "zen2"), ("single", "hsw")] {
+        let e = service.manifest(&repo, &reference.parse().unwrap(), machine_type).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{reference} was never served to {machine_type}");
+    }
+    // By digest there is nothing stale to serve: the generated index is in memory, an upstream digest is not.
+    let e = service.manifest(&repo, &by_digest(&Digest::sha256_of(IMAGE.as_bytes())), "hsw").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert_eq!(service.manifest(&repo, &by_digest(&fresh.digest), "hsw").await.unwrap(), fresh);
 }

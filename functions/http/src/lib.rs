@@ -4,6 +4,7 @@
 pub mod access_log;
 mod admin;
 mod admin_ui;
+pub mod app;
 mod auth;
 mod listing;
 mod registry;
@@ -22,7 +23,7 @@ pub use admin::{AdminAuth, AdminPrincipal, MIN_ADMIN_SECRET_LEN};
 pub use response::ApiError;
 
 /// What the router needs to know about where it runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// The URL clients reach MetaHub at; the token realm is built from it. Behind CloudFront (an origin secret is
     /// configured) the viewer's host in `X-Forwarded-Host` takes precedence, so it may be empty there.

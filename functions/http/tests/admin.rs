@@ -3,9 +3,10 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
+use metahub_core::cache::CacheOptions;
 use metahub_core::machine::MachineType;
 use metahub_core::ports::{Account, Store};
-use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::service::RegistryService;
 use metahub_core::testing::{FakeUpstream, MemoryStore};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};

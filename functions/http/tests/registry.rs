@@ -4,11 +4,12 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
+use metahub_core::cache::CacheOptions;
 use metahub_core::filter::{OCI_INDEX, OCI_MANIFEST};
 use metahub_core::machine::{MachineType, MatchMode};
 use metahub_core::ports::Store;
 use metahub_core::reference::Digest;
-use metahub_core::service::{CacheOptions, RegistryService};
+use metahub_core::service::RegistryService;
 use metahub_core::testing::{FAKE_STORAGE, FakeUpstream, MemoryStore};
 use metahub_core::token::TokenKeys;
 use metahub_http::{App, HttpConfig};

@@ -32,20 +32,16 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
-use metahub_core::token::TokenKeys;
+use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES};
 use metahub_http::access_log::RequestId;
-use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig};
+use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, app};
 use metahub_store_dynamodb::DynamoStore;
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
+use metahub_upstream::{ClientOptions, DEFAULT_UPSTREAM, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
 use std::sync::Arc;
 use std::time::Duration;
 
 mod parameters;
 
-pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
-pub const DEFAULT_SERVICE: &str = "metahub";
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How one request's time is shared out, all derived from the function's timeout: a request never outlives the
@@ -74,17 +70,12 @@ impl Budget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub table: String,
-    pub public_url: Option<String>,
+    /// What the app is built from; its public URL is empty when unset, and its origin secret and admin
+    /// authentication are filled in at init (SSM; the function).
+    pub app: app::Settings,
     pub upstream: String,
-    pub service: String,
-    pub tag_ttl: Option<Duration>,
-    pub index_digest_pulls: IndexDigestPulls,
-    pub token_ttl: Duration,
     pub budget: Budget,
-    pub cache_bytes: usize,
-    pub max_stale: Duration,
     pub upstream_timeout: Duration,
-    pub anonymous_machine_type: Option<String>,
     pub signing_key_param: Option<String>,
     pub origin_secret_param: Option<String>,
     pub origin_secret_version: Option<u64>,
@@ -124,33 +115,45 @@ impl Settings {
                 })
             })
             .transpose()?;
+        let defaults = app::Settings::default();
         Ok(Settings {
             table,
-            public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()),
+            app: app::Settings {
+                http: HttpConfig {
+                    public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()).unwrap_or_default(),
+                    service: get("METAHUB_SERVICE").unwrap_or(defaults.http.service),
+                    anonymous_machine_type: get("METAHUB_ANONYMOUS_MACHINE_TYPE"),
+                    origin_secret: None,
+                },
+                token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(defaults.token_ttl),
+                cache: CacheOptions {
+                    tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
+                    max_bytes: match get("METAHUB_CACHE_MIB") {
+                        Some(v) => v
+                            .parse::<usize>()
+                            .ok()
+                            .and_then(|mib| mib.checked_mul(1 << 20))
+                            .with_context(|| format!("METAHUB_CACHE_MIB={v:?} is not a number of MiB"))?,
+                        None => {
+                            default_cache_bytes(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok()))
+                        }
+                    },
+                    max_stale: duration("METAHUB_MAX_STALE")?.unwrap_or(defaults.cache.max_stale),
+                    ..defaults.cache
+                },
+                index_digest_pulls: get("METAHUB_INDEX_DIGEST_PULLS")
+                    .map(|v| {
+                        v.parse().map_err(|e: metahub_core::Error| anyhow!("METAHUB_INDEX_DIGEST_PULLS: {}", e.message))
+                    })
+                    .transpose()?
+                    .unwrap_or(defaults.index_digest_pulls),
+                admin: AdminAuth::Disabled,
+            },
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
-            service: get("METAHUB_SERVICE").unwrap_or_else(|| DEFAULT_SERVICE.to_owned()),
-            tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
-            index_digest_pulls: get("METAHUB_INDEX_DIGEST_PULLS")
-                .map(|v| {
-                    v.parse().map_err(|e: metahub_core::Error| anyhow!("METAHUB_INDEX_DIGEST_PULLS: {}", e.message))
-                })
-                .transpose()?
-                .unwrap_or_default(),
-            token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(DEFAULT_TOKEN_TTL),
             budget,
             // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
             upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?
                 .map_or(budget.upstream_request, |t| t.min(budget.upstream_request)),
-            cache_bytes: match get("METAHUB_CACHE_MIB") {
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|mib| mib.checked_mul(1 << 20))
-                    .with_context(|| format!("METAHUB_CACHE_MIB={v:?} is not a number of MiB"))?,
-                None => default_cache_bytes(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok())),
-            },
-            max_stale: duration("METAHUB_MAX_STALE")?.unwrap_or(metahub_core::service::DEFAULT_MAX_STALE),
-            anonymous_machine_type: get("METAHUB_ANONYMOUS_MACHINE_TYPE"),
             signing_key_param: get("METAHUB_SIGNING_KEY_PARAM"),
             origin_secret_param,
             origin_secret_version,
@@ -162,7 +165,7 @@ impl Settings {
 /// A quarter of the function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, MB): the rest is for the runtime,
 /// requests in flight and password checks. Outside Lambda, the `metahub serve` default.
 pub fn default_cache_bytes(function_memory_mb: Option<usize>) -> usize {
-    function_memory_mb.map_or(metahub_core::service::DEFAULT_CACHE_BYTES, |mb| mb * 1_000_000 / 4)
+    function_memory_mb.map_or(DEFAULT_CACHE_BYTES, |mb| mb * 1_000_000 / 4)
 }
 
 /// `5m`, `10s`, `1h 30m` (humantime), or a bare number of seconds.
@@ -240,7 +243,8 @@ async fn app_with(
     use metahub_core::ports::Store;
 
     // The registry and token functions name the token realm; the admin function (IAM, no realm) does not.
-    if admin == AdminAuth::Disabled && settings.public_url.is_none() && settings.origin_secret_param.is_none() {
+    if admin == AdminAuth::Disabled && settings.app.http.public_url.is_empty() && settings.origin_secret_param.is_none()
+    {
         bail!(
             "METAHUB_PUBLIC_URL is not set (the https:// URL clients reach MetaHub at; the token realm). Behind \
              CloudFront, METAHUB_ORIGIN_SECRET_PARAM makes it optional: the viewer's host is then trusted"
@@ -266,36 +270,17 @@ async fn app_with(
     let parameters::Secrets { signing_key, origin_secrets: origin_secret, upstream_credentials: credentials } = secrets;
     let signing_key = signing_key.or(store_key).context("no signing key")?;
 
-    let keys = TokenKeys::new(&signing_key, &settings.service, settings.token_ttl.as_secs())
-        .map_err(|e| anyhow!("token keys: {e}"))?;
     let mut upstreams = upstream_configs(&settings.upstream)?;
     credentials.apply(&mut upstreams).map_err(|e| anyhow!("METAHUB_UPSTREAM_CREDENTIALS_PARAM: {e}"))?;
-    let defaults = ClientOptions::default();
-    let options = ClientOptions {
-        timeout: settings.upstream_timeout,
-        connect_timeout: defaults.connect_timeout.min(settings.upstream_timeout),
-        ..defaults
-    };
+    let options = ClientOptions::with_timeout(settings.upstream_timeout);
     let upstream = UpstreamRouter::new(&upstreams, &options).map_err(|e| anyhow!("upstream client: {e}"))?;
-    let registry = RegistryService::new(
-        store,
-        Arc::new(upstream),
-        CacheOptions {
-            tag_ttl: settings.tag_ttl,
-            max_bytes: settings.cache_bytes,
-            max_stale: settings.max_stale,
-            ..CacheOptions::default()
-        },
-    )
-    .with_index_digest_pulls(settings.index_digest_pulls);
-    let config = HttpConfig {
-        public_url: settings.public_url.clone().unwrap_or_default(),
-        service: settings.service.clone(),
-        anonymous_machine_type: settings.anonymous_machine_type.clone(),
-        origin_secret,
+    let app_settings = app::Settings {
+        http: HttpConfig { origin_secret, ..settings.app.http.clone() },
+        admin,
+        ..settings.app.clone()
     };
-    tracing::info!(?settings, origin_check = config.origin_secret.is_some(), "metahub function ready");
-    Ok(App::with_admin(registry, keys, config, admin))
+    tracing::info!(?settings, origin_check = app_settings.http.origin_secret.is_some(), "metahub function ready");
+    app::build(app_settings, store, Arc::new(upstream), &signing_key).map_err(|e| anyhow!("token keys: {e}"))
 }
 
 /// [`app_from_env`], or: log the error on one line, report it to the Lambda Runtime API as an init error, exit 1.
@@ -482,14 +467,14 @@ mod tests {
     fn defaults() {
         let s = settings(&BASE).unwrap();
         assert_eq!(s.table, "metahub");
-        assert_eq!(s.public_url.as_deref(), Some("https://d1.cloudfront.net"));
+        assert_eq!(s.app.http.public_url, "https://d1.cloudfront.net");
         assert_eq!(s.budget, Budget::for_function_timeout(Duration::from_secs(10)));
         assert_eq!(s.upstream_timeout, s.budget.upstream_request);
         assert_eq!(s.upstream, DEFAULT_UPSTREAM);
-        assert_eq!(s.service, "metahub");
-        assert_eq!(s.tag_ttl, None);
-        assert_eq!(s.index_digest_pulls, IndexDigestPulls::Verbatim);
-        assert_eq!(s.token_ttl, DEFAULT_TOKEN_TTL);
+        assert_eq!(s.app.http.service, "metahub");
+        assert_eq!(s.app.cache.tag_ttl, None);
+        assert_eq!(s.app.index_digest_pulls, metahub_core::service::IndexDigestPulls::Verbatim);
+        assert_eq!(s.app.token_ttl, app::DEFAULT_TOKEN_TTL);
         assert_eq!(s.signing_key_param, None);
     }
 
@@ -505,10 +490,10 @@ mod tests {
             ("METAHUB_INDEX_DIGEST_PULLS", "refuse"),
         ]);
         let s = settings(&vars).unwrap();
-        assert_eq!(s.index_digest_pulls, IndexDigestPulls::Refuse);
-        assert_eq!(s.tag_ttl, Some(Duration::from_secs(10)));
-        assert_eq!(s.token_ttl, Duration::from_secs(600));
-        assert_eq!(s.anonymous_machine_type, None);
+        assert_eq!(s.app.index_digest_pulls, metahub_core::service::IndexDigestPulls::Refuse);
+        assert_eq!(s.app.cache.tag_ttl, Some(Duration::from_secs(10)));
+        assert_eq!(s.app.token_ttl, Duration::from_secs(600));
+        assert_eq!(s.app.http.anonymous_machine_type, None);
         assert_eq!(s.signing_key_param.as_deref(), Some("/metahub/key"));
         assert_eq!(s.upstream, "http://127.0.0.1:5000");
     }
@@ -552,7 +537,7 @@ mod tests {
             ("METAHUB_ORIGIN_SECRET_VERSION", "3"),
         ])
         .unwrap();
-        assert_eq!(s.public_url, None);
+        assert_eq!(s.app.http.public_url, "");
         assert_eq!(s.origin_secret_version, Some(3));
     }
 

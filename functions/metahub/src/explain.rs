@@ -4,12 +4,13 @@
 //! what a machine of TYPE is served.
 
 use crate::cli::StoreArg;
+use crate::upstreams::UpstreamArgs;
 use anyhow::{Context, bail};
 use clap::Args;
 use metahub_core::filter::{self, ACCEPT_ALL, Index, Verdict};
 use metahub_core::ports::Upstream;
 use metahub_core::reference::ImageRef;
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamRouter};
+use metahub_upstream::ClientOptions;
 use serde_json::json;
 
 #[derive(Args)]
@@ -18,12 +19,9 @@ pub struct ExplainArgs {
     machine_type: String,
     /// `org/image:tag`, `org/image@sha256:…` or `org/image` (tag latest) on the upstream.
     image: String,
-    /// The upstream registry the image is read from.
-    #[arg(long, env = "METAHUB_UPSTREAM", default_value = "https://registry-1.docker.io")]
-    upstream: String,
-    /// Upstream login; its password comes from METAHUB_UPSTREAM_PASSWORD only.
-    #[arg(long, env = "METAHUB_UPSTREAM_USERNAME")]
-    upstream_username: Option<String>,
+    /// The upstreams the image is read from, as `serve` routes names to them.
+    #[command(flatten)]
+    upstreams: UpstreamArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -42,18 +40,12 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         // The store closes here: the embedded store is single-process, so it is not held during the upstream fetch.
     };
 
-    let mut config = UpstreamConfig::from_url(&args.upstream)?;
-    if let Some(user) = args.upstream_username {
-        let password = std::env::var("METAHUB_UPSTREAM_PASSWORD")
-            .context("--upstream-username needs METAHUB_UPSTREAM_PASSWORD")?;
-        config = config.with_credentials(user, password);
-    }
-    let upstream = UpstreamRouter::new(&[config], &ClientOptions::default())?;
+    let upstream = args.upstreams.router(&ClientOptions::default())?;
     let accept: Vec<String> = ACCEPT_ALL.iter().map(|s| (*s).to_owned()).collect();
     let manifest = upstream
         .get_manifest(&image.name, &image.reference, &accept)
         .await
-        .with_context(|| format!("fetching {image} from {}", args.upstream))?;
+        .with_context(|| format!("fetching {image} from {}", args.upstreams.describe()))?;
 
     if !filter::is_index_media_type(&manifest.media_type) {
         let why = "a single manifest, not an index: it passes through verbatim to every machine type";
@@ -77,7 +69,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let index = Index::parse(&manifest.bytes)?;
     let verdicts = filter::explain(&index, &machine);
     // The filtered index as `serve` answers it, or the 404 it answers when nothing fits.
-    let filtered = filter::filter_index(&manifest.bytes, &manifest.media_type, &machine);
+    let filtered = filter::filter_index(&manifest, &machine);
 
     if args.json {
         let entries: Vec<_> = verdicts.iter().map(Verdict::to_json).collect();

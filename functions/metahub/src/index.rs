@@ -1,12 +1,13 @@
 //! `metahub index create|inspect`: the CI side, publishing per-microarchitecture images as one index with features.
 //! The work is in `metahub-publish`; this module is arguments and output only.
 
+use crate::upstreams::UpstreamArgs;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use metahub_core::filter::{DOCKER_MANIFEST, OCI_MANIFEST};
 use metahub_core::reference::ImageRef;
 use metahub_core::reference::RepositoryName;
-use metahub_publish::{Access, Credentials, Format, Inspection, PushClient, SourceSpec};
+use metahub_publish::{Access, Format, Inspection, PushClient, SourceSpec};
 use metahub_upstream::{ClientOptions, RegistryClient, UpstreamConfig};
 use serde_json::{Value, json};
 
@@ -23,42 +24,35 @@ pub enum IndexCommand {
 
 #[derive(Args)]
 struct RegistryArgs {
-    /// The registry TARGET and every REF are on.
-    #[arg(long, env = "METAHUB_UPSTREAM", default_value = "https://registry-1.docker.io")]
-    upstream: String,
+    // The registry TARGET and every REF are on: one `--upstream`, with its credentials as `serve` takes them.
+    #[command(flatten)]
+    upstreams: UpstreamArgs,
     /// `USER:PASSWORD` for the registry; else METAHUB_UPSTREAM_USERNAME and METAHUB_UPSTREAM_PASSWORD.
     #[arg(long, value_name = "USER:PASSWORD")]
     creds: Option<String>,
 }
 
 impl RegistryArgs {
-    fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
-        if let Some(c) = &self.creds {
-            // Never echo the value: it holds a password.
-            let Some((user, password)) = c.split_once(':').filter(|(u, _)| !u.is_empty()) else {
-                bail!("--creds must be USER:PASSWORD");
-            };
-            return Ok(Some(Credentials::new(user, password)));
+    /// The one registry, with `--creds` in place of any other credentials.
+    fn config(&self) -> anyhow::Result<UpstreamConfig> {
+        let mut configs = self.upstreams.configs()?;
+        if configs.len() != 1 {
+            bail!("index works on one registry: give one --upstream, not {}", self.upstreams.describe());
         }
-        match (std::env::var("METAHUB_UPSTREAM_USERNAME").ok(), std::env::var("METAHUB_UPSTREAM_PASSWORD").ok()) {
-            (Some(username), Some(password)) if !username.is_empty() => Ok(Some(Credentials::new(username, password))),
-            (Some(u), None) if !u.is_empty() => {
-                bail!("METAHUB_UPSTREAM_USERNAME is set but METAHUB_UPSTREAM_PASSWORD is not")
-            }
-            _ => Ok(None),
-        }
+        let config = configs.remove(0);
+        let Some(creds) = &self.creds else { return Ok(config) };
+        // Never echo the value: it holds a password.
+        let Some((user, password)) = creds.split_once(':').filter(|(u, _)| !u.is_empty()) else {
+            bail!("--creds must be USER:PASSWORD");
+        };
+        Ok(config.with_credentials(user, password))
     }
 
     /// The reading side (the upstream adapter, digest-verifying) and the writing side, with the same credentials.
     fn clients(&self, access: &[(RepositoryName, Access)]) -> anyhow::Result<(RegistryClient, PushClient)> {
-        let credentials = self.credentials()?;
-        let mut config = UpstreamConfig::from_url(&self.upstream)?;
-        if let Some(c) = &credentials {
-            config.username = Some(c.username.clone());
-            config.password = Some(c.password.clone());
-        }
+        let config = self.config()?;
         let reader = RegistryClient::new(&config, &ClientOptions::default())?;
-        let writer = PushClient::new(&self.upstream, credentials, access)?;
+        let writer = PushClient::new(&config.url, config.credentials(), access)?;
         Ok((reader, writer))
     }
 }

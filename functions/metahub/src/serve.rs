@@ -3,9 +3,9 @@
 use crate::cli::StoreArg;
 use anyhow::Context;
 use clap::Args;
-use metahub_core::service::{CacheOptions, IndexDigestPulls, RegistryService};
-use metahub_core::token::TokenKeys;
-use metahub_http::{AdminAuth, App, HttpConfig};
+use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES, DEFAULT_MAX_STALE};
+use metahub_core::service::IndexDigestPulls;
+use metahub_http::{AdminAuth, HttpConfig, app};
 use metahub_upstream::ClientOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     store: StoreArg,
     /// The `service` of challenges and the audience of tokens.
-    #[arg(long, env = "METAHUB_SERVICE", default_value = "metahub")]
+    #[arg(long, env = "METAHUB_SERVICE", default_value = app::DEFAULT_SERVICE)]
     service: String,
     /// Grant token requests without credentials this machine type (off by default).
     #[arg(long, env = "METAHUB_ANONYMOUS_MACHINE_TYPE")]
@@ -34,20 +34,20 @@ pub struct ServeArgs {
     tag_ttl: Option<Duration>,
     /// A pull by the digest of an upstream index (a pin) cannot be filtered: `verbatim` serves the whole index,
     /// `refuse` answers DENIED naming the digest of the image the machine type is served. See the README.
-    #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value = "verbatim", value_parser = parse_index_digest_pulls)]
+    #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value_t = IndexDigestPulls::default(), value_parser = parse_index_digest_pulls)]
     index_digest_pulls: IndexDigestPulls,
     /// Token lifetime, at most 1h (`metahub_core::token::MAX_TOKEN_TTL`).
-    #[arg(long, env = "METAHUB_TOKEN_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
-    token_ttl: Duration,
+    #[arg(long, env = "METAHUB_TOKEN_TTL", default_value_t = app::DEFAULT_TOKEN_TTL.into())]
+    token_ttl: humantime::Duration,
     /// Memory all caches together may hold, MiB (manifests weighed by size).
-    #[arg(long, env = "METAHUB_CACHE_MIB", default_value_t = (metahub_core::service::DEFAULT_CACHE_BYTES >> 20) as u64)]
+    #[arg(long, env = "METAHUB_CACHE_MIB", default_value_t = (DEFAULT_CACHE_BYTES >> 20) as u64)]
     cache_mib: u64,
     /// While the upstream fails, serve a tag's last index for at most this long (`0s`: never).
-    #[arg(long, env = "METAHUB_MAX_STALE", default_value = "24h", value_parser = humantime::parse_duration)]
-    max_stale: Duration,
+    #[arg(long, env = "METAHUB_MAX_STALE", default_value_t = DEFAULT_MAX_STALE.into())]
+    max_stale: humantime::Duration,
     /// Upstream request timeout.
-    #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    upstream_timeout: Duration,
+    #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value_t = ClientOptions::default().timeout.into())]
+    upstream_timeout: humantime::Duration,
     /// Serve the admin API under /admin/, for requests carrying `Authorization: Bearer <the secret in PATH>`
     /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
     #[arg(long)]
@@ -83,31 +83,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let store = crate::store::open(&args.store.store).await?;
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
-    let keys = TokenKeys::new(&key, &args.service, args.token_ttl.as_secs())?;
-
-    let options = ClientOptions { timeout: args.upstream_timeout, ..ClientOptions::default() };
-    let upstream = args.upstreams.router(&options)?;
-    let registry = RegistryService::new(
-        store,
-        Arc::new(upstream),
-        CacheOptions {
-            tag_ttl: args.tag_ttl,
-            max_bytes: usize::try_from(args.cache_mib << 20).context("--cache-mib is too large")?,
-            max_stale: args.max_stale,
-            ..CacheOptions::default()
-        },
-    )
-    .with_index_digest_pulls(args.index_digest_pulls);
+    let upstream = args.upstreams.router(&ClientOptions::with_timeout(*args.upstream_timeout))?;
 
     let public_url = args.public_url.unwrap_or_else(|| format!("http://{}", args.listen));
-    let config = HttpConfig {
-        public_url: public_url.trim_end_matches('/').to_owned(),
-        service: args.service,
-        anonymous_machine_type: args.anonymous_machine_type,
-        origin_secret: None,
-    };
     let admin_api = admin.is_enabled();
-    let app = App::with_admin(registry, keys, config, admin);
+    let settings = app::Settings {
+        http: HttpConfig {
+            public_url: public_url.clone(),
+            service: args.service,
+            anonymous_machine_type: args.anonymous_machine_type,
+            origin_secret: None,
+        },
+        token_ttl: *args.token_ttl,
+        cache: CacheOptions {
+            tag_ttl: args.tag_ttl,
+            max_bytes: usize::try_from(args.cache_mib << 20).context("--cache-mib is too large")?,
+            max_stale: *args.max_stale,
+            ..CacheOptions::default()
+        },
+        index_digest_pulls: args.index_digest_pulls,
+        admin,
+    };
+    let app = app::build(settings, store, Arc::new(upstream), &key)?;
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;

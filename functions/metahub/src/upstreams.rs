@@ -1,9 +1,9 @@
-//! `serve`'s upstreams: `--upstream [PREFIX=]URL`, repeatable, and their credentials, which come from a file or the
-//! environment, never from the command line.
+//! The upstreams of `serve`, `explain` and `index`: `--upstream [PREFIX=]URL`, repeatable, and their credentials,
+//! which come from a file or the environment, never from the command line.
 
 use anyhow::Context;
 use clap::Args;
-use metahub_upstream::{ClientOptions, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
+use metahub_upstream::{ClientOptions, DEFAULT_UPSTREAM, UpstreamConfig, UpstreamCredentials, UpstreamRouter};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -16,7 +16,7 @@ pub struct UpstreamArgs {
         long = "upstream",
         env = "METAHUB_UPSTREAM",
         value_delimiter = ',',
-        default_value = "https://registry-1.docker.io"
+        default_value = DEFAULT_UPSTREAM
     )]
     pub upstreams: Vec<String>,
     /// Login to the default upstream; its password comes from METAHUB_UPSTREAM_PASSWORD only.

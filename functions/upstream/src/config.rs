@@ -6,6 +6,9 @@ use reqwest::Url;
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
+/// The upstream when none is configured: Docker Hub.
+pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
+
 /// Hosts that are Docker Hub: one-segment names get `library/` there.
 const DOCKER_HUB_HOSTS: &[&str] = &["registry-1.docker.io", "docker.io", "index.docker.io"];
 
@@ -150,6 +153,14 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_manifest_bytes: 4 * 1024 * 1024,
         }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults with a whole-request timeout of `timeout`, which also bounds the connect timeout.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        let defaults = ClientOptions::default();
+        ClientOptions { timeout, connect_timeout: defaults.connect_timeout.min(timeout), ..defaults }
     }
 }
 

@@ -11,7 +11,7 @@ mod credentials;
 mod router;
 
 pub use client::RegistryClient;
-pub use config::{ClientOptions, UpstreamConfig};
+pub use config::{ClientOptions, DEFAULT_UPSTREAM, UpstreamConfig};
 pub use credentials::{Credentials, UpstreamCredentials};
 pub use router::UpstreamRouter;
 

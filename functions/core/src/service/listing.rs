@@ -8,13 +8,13 @@ use crate::reference::RepositoryName;
 impl RegistryService {
     /// A page of `repository`'s tags from its upstream: at most `n`, after `last`.
     pub async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
-        let page = self.upstream.tags(repository, n, last).await?;
+        let page = self.upstream().tags(repository, n, last).await?;
         Ok(paginate(page, n, last))
     }
 
     /// The name `name` of registry `host` (`?ns=<host>`) goes by here; refused when no upstream serves `host`.
     pub fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
-        self.upstream.name_in_namespace(host, name)
+        self.upstream().name_in_namespace(host, name)
     }
 }
 

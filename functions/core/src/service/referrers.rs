@@ -74,7 +74,7 @@ impl RegistryService {
         artifact_type: Option<&str>,
     ) -> Result<ReferrersIndex> {
         let subject = self.referrers_subject(repository, digest).await?;
-        let found = match self.upstream.referrers(repository, &subject, artifact_type).await? {
+        let found = match self.upstream().referrers(repository, &subject, artifact_type).await? {
             Some(answer) => answer,
             None => self.referrers_from_tag(repository, &subject).await?.ok_or_else(|| {
                 Error::manifest_unknown(format!("no referrers of {digest} in {repository}"))
@@ -87,7 +87,7 @@ impl RegistryService {
     /// The descriptors the referrers tag `<alg>-<hex>` of `subject` lists, when the upstream has that tag.
     async fn referrers_from_tag(&self, repository: &RepositoryName, subject: &Digest) -> Result<Option<Referrers>> {
         let tag: Reference = subject.as_str().replacen(':', "-", 1).parse()?;
-        let index = match self.upstream.get_manifest(repository, &tag, &[OCI_INDEX.to_owned()]).await {
+        let index = match self.upstream().get_manifest(repository, &tag, &[OCI_INDEX.to_owned()]).await {
             Ok(index) => index,
             Err(e) if matches!(e.code, crate::ErrorCode::ManifestUnknown | crate::ErrorCode::NameUnknown) => {
                 return Ok(None);

@@ -1,0 +1,66 @@
+//! The one app builder. `metahub serve` and the Lambda functions each read their settings source (flags and
+//! environment; Lambda's environment and SSM) into [`Settings`] and call [`build`]; the defaults are stated here
+//! (and, for the caches, in `metahub_core::cache`) once.
+
+use crate::{AdminAuth, App, HttpConfig};
+use metahub_core::cache::CacheOptions;
+use metahub_core::ports::{Store, Upstream};
+use metahub_core::service::{IndexDigestPulls, RegistryService};
+use metahub_core::token::TokenKeys;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `service` of challenges and the audience of tokens, by default.
+pub const DEFAULT_SERVICE: &str = "metahub";
+/// Token lifetime by default (at most `metahub_core::token::MAX_TOKEN_TTL_SECONDS`).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Everything the app is built from, besides its ports and its signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where the router runs: public URL, `service`, anonymous machine type, origin secret.
+    pub http: HttpConfig,
+    pub token_ttl: Duration,
+    pub cache: CacheOptions,
+    pub index_digest_pulls: IndexDigestPulls,
+    /// How `/admin/*` authenticates.
+    pub admin: AdminAuth,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            http: HttpConfig::default(),
+            token_ttl: DEFAULT_TOKEN_TTL,
+            cache: CacheOptions::default(),
+            index_digest_pulls: IndexDigestPulls::default(),
+            admin: AdminAuth::Disabled,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            public_url: String::new(),
+            service: DEFAULT_SERVICE.to_owned(),
+            anonymous_machine_type: None,
+            origin_secret: None,
+        }
+    }
+}
+
+/// The app over `store` and `upstream`, its tokens signed with `signing_key`; fails only on a bad token setting
+/// (key too short, lifetime out of range).
+pub fn build(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    upstream: Arc<dyn Upstream>,
+    signing_key: &[u8],
+) -> metahub_core::Result<Arc<App>> {
+    let keys = TokenKeys::new(signing_key, &settings.http.service, settings.token_ttl.as_secs())?;
+    let registry =
+        RegistryService::new(store, upstream, settings.cache).with_index_digest_pulls(settings.index_digest_pulls);
+    let http = HttpConfig { public_url: settings.http.public_url.trim_end_matches('/').to_owned(), ..settings.http };
+    Ok(App::with_admin(registry, keys, http, settings.admin))
+}
