@@ -186,13 +186,11 @@ async fn list_machine_types(State(app): State<Arc<App>>, who: Principal) -> Resu
     Ok(ok_json(all.iter().map(MachineType::to_json).collect()))
 }
 
-async fn get_machine_type(
-    State(app): State<Arc<App>>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
-    Ok(ok_json(admin.machine_type(&name.parse()?).await?.to_json()))
+/// What an admin handler answers.
+type Answer = Result<Response, ApiError>;
+
+async fn get_machine_type(State(app): State<Arc<App>>, who: Principal, Path(name): Path<String>) -> Answer {
+    Ok(ok_json(operator(&app, who)?.machine_type(&name.parse()?).await?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -266,13 +264,8 @@ async fn list_accounts(State(app): State<Arc<App>>, who: Principal) -> Result<Re
     Ok(ok_json(all.iter().map(Account::to_json).collect()))
 }
 
-async fn get_account(
-    State(app): State<Arc<App>>,
-    who: Principal,
-    Path(login): Path<String>,
-) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
-    Ok(ok_json(admin.account(&login.parse()?).await?.to_json()))
+async fn get_account(State(app): State<Arc<App>>, who: Principal, Path(login): Path<String>) -> Answer {
+    Ok(ok_json(operator(&app, who)?.account(&login.parse()?).await?.to_json()))
 }
 
 #[derive(Deserialize)]
