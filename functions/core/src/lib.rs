@@ -3,10 +3,12 @@
 //! Layering rule, kept: transports (HTTP router, Lambda, CLI) → this crate ← adapters (stores, upstream client).
 //! Nothing here names an AWS, HTTP or Lambda type; adapters implement the traits in [`ports`].
 
+pub mod admin;
 pub mod cache;
 pub mod error;
 pub mod filter;
 pub mod machine;
+pub mod names;
 pub mod observe;
 pub mod password;
 pub mod ports;

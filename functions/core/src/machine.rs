@@ -1,6 +1,7 @@
 //! Machine types and their features: `cpu:<archspec name>`, `nvcap:<major>.<minor>`, anything else by equality.
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
+pub use crate::names::MachineTypeName;
 use archspec::cpu::Microarchitecture;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -229,22 +230,31 @@ impl fmt::Display for MatchMode {
     }
 }
 
-/// A machine type: what every account of it is served.
+/// Which feature was refused and, for a `cpu:` typo, the nearest archspec names.
+fn feature_detail(feature: &str) -> serde_json::Value {
+    match feature.split_once(':') {
+        Some(("cpu", wanted)) => serde_json::json!({"feature": feature, "suggestions": nearest_cpu_names(wanted)}),
+        _ => serde_json::json!({"feature": feature}),
+    }
+}
+
+/// A machine type: what every account of it is served. Made by [`MachineType::new`] only (fields are private to
+/// the domain), so that a machine type in hand always has a valid name and strictly parsed features.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineType {
-    pub name: String,
-    pub features: Vec<String>,
+    pub(crate) name: MachineTypeName,
+    pub(crate) features: Vec<String>,
     #[serde(default, rename = "match")]
-    pub match_mode: MatchMode,
+    pub(crate) match_mode: MatchMode,
 }
 
 impl MachineType {
-    /// Validates the name and every feature (strictly), refusing duplicates and two cpus or two nvcaps.
-    pub fn new(name: &str, features: Vec<String>, match_mode: MatchMode) -> Result<Self> {
-        validate_name("machine type", name)?;
+    /// Validates the name (a [`MachineTypeName`] or text to parse as one) and every feature (strictly), refusing duplicates and two cpus or two nvcaps.
+    pub fn new(name: impl AsRef<str>, features: Vec<String>, match_mode: MatchMode) -> Result<Self> {
+        let name: MachineTypeName = name.as_ref().parse()?;
         let mut parsed = Vec::new();
         for f in &features {
-            let feature: Feature = f.parse()?;
+            let feature: Feature = f.parse().map_err(|e: Error| e.with_detail(feature_detail(f)))?;
             if parsed.contains(&feature) {
                 return Err(Error::invalid(format!("feature {f:?} is listed twice")));
             }
@@ -255,14 +265,30 @@ impl MachineType {
         if cpus > 1 || nvcaps > 1 {
             return Err(Error::invalid("a machine type has at most one cpu: and one nvcap: feature"));
         }
-        Ok(MachineType { name: name.to_owned(), features: parsed.iter().map(Feature::to_string).collect(), match_mode })
+        Ok(MachineType { name, features: parsed.iter().map(Feature::to_string).collect(), match_mode })
+    }
+
+    /// A machine type as a store holds it, validated again, naming the item when it is malformed.
+    pub fn stored(name: &str, features: Vec<String>, match_mode: MatchMode) -> Result<Self> {
+        MachineType::new(name, features, match_mode)
+            .map_err(|e| Error::internal(format!("stored machine type {name:?} is malformed: {}", e.message)))
     }
 
     /// Re-validates a machine type read from a store, naming the item when it is malformed.
     pub fn validated(self) -> Result<Self> {
-        let name = self.name.clone();
-        MachineType::new(&self.name, self.features, self.match_mode)
-            .map_err(|e| Error::internal(format!("stored machine type {name:?} is malformed: {}", e.message)))
+        MachineType::stored(self.name.as_str(), self.features, self.match_mode)
+    }
+
+    pub fn name(&self) -> &MachineTypeName {
+        &self.name
+    }
+
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    pub fn match_mode(&self) -> MatchMode {
+        self.match_mode
     }
 
     /// `{"name","features","match"}`, as the CLI's `--json` and the admin API show a machine type.
@@ -272,18 +298,6 @@ impl MachineType {
 
     pub fn parsed_features(&self) -> Vec<Feature> {
         self.features.iter().map(|f| Feature::parse_lenient(f)).collect()
-    }
-}
-
-/// Names of machine types and logins: 1-64 of `[A-Za-z0-9._@-]`, so they are safe in keys, URLs and logs.
-pub fn validate_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(ErrorCode::NameInvalid, format!("{what} name {name:?} must be 1 to 64 of [A-Za-z0-9._@-]")))
     }
 }
 

@@ -2,19 +2,21 @@
 //! domain and the transports only ever see these traits.
 
 use crate::error::Result;
-use crate::machine::MachineType;
+use crate::machine::{MachineType, MachineTypeName};
+use crate::names::Login;
 use crate::reference::{Digest, Reference, RepositoryName};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// A login and the machine type it pulls as. The hash is an argon2id PHC string, never the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
-    pub login: String,
-    pub machine_type: String,
-    pub password_hash: String,
+    pub login: Login,
+    pub machine_type: MachineTypeName,
+    #[serde(serialize_with = "crate::secret::serialize_exposed")]
+    pub password_hash: Secret<String>,
     /// Repository prefixes the account may pull (`org/`, `org/app`); empty: every repository.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repositories: Vec<String>,
@@ -54,34 +56,14 @@ fn repository_matches(prefix: &str, repository: &str) -> bool {
     }
 }
 
-impl fmt::Debug for Account {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Account")
-            .field("login", &self.login)
-            .field("machine_type", &self.machine_type)
-            .field("password_hash", &"<redacted>")
-            .field("repositories", &self.repositories)
-            .finish()
-    }
-}
-
 /// One field of an existing account to change, with the others left as they are when the change is written (not as
 /// they were read earlier: a password rotation must not revert a concurrent move to another machine type).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountChange {
     /// A new argon2id PHC string.
-    PasswordHash(String),
+    PasswordHash(Secret<String>),
     /// Another machine type, which must exist.
-    MachineType(String),
-}
-
-impl fmt::Debug for AccountChange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AccountChange::PasswordHash(_) => f.write_str("PasswordHash(<redacted>)"),
-            AccountChange::MachineType(name) => f.debug_tuple("MachineType").field(name).finish(),
-        }
-    }
+    MachineType(MachineTypeName),
 }
 
 impl AccountChange {
@@ -106,6 +88,25 @@ pub struct Change {
     pub action: String,
     /// The machine type name or login it was done to, with the new value where it is not secret.
     pub target: String,
+}
+
+impl Change {
+    /// When, as RFC 3339 UTC to the second.
+    pub fn time(&self) -> String {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.at);
+        humantime::format_rfc3339_seconds(at).to_string()
+    }
+
+    /// `{"at","time","who","action","target"}`, as the admin API and the CLI's `--json` show a change.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "at": self.at,
+            "time": self.time(),
+            "who": self.who,
+            "action": self.action,
+            "target": self.target,
+        })
+    }
 }
 
 /// A manifest's exact bytes, digest and media type.
@@ -148,19 +149,19 @@ pub struct Referrers {
 }
 
 /// The refusal every store gives for deleting a machine type that accounts still use.
-pub fn machine_type_in_use(machine_type: &str, mut accounts: Vec<String>) -> crate::Error {
+pub fn machine_type_in_use(machine_type: &MachineTypeName, mut accounts: Vec<Login>) -> crate::Error {
     accounts.sort();
     accounts.dedup();
     crate::Error::denied(format!(
         "machine type {machine_type:?} is used by {} account(s): {}; delete them or move them to another machine type first",
         accounts.len(),
-        accounts.join(", ")
+        accounts.iter().map(Login::as_str).collect::<Vec<_>>().join(", ")
     ))
     .with_detail(serde_json::json!({"machineType": machine_type, "accounts": accounts}))
 }
 
 /// The refusal every store gives for an account whose machine type does not exist.
-pub fn machine_type_missing(machine_type: &str) -> crate::Error {
+pub fn machine_type_missing(machine_type: &MachineTypeName) -> crate::Error {
     crate::Error::new(
         crate::ErrorCode::NameUnknown,
         format!("machine type {machine_type:?} does not exist; create it first with `metahub machine-type put`"),
@@ -173,22 +174,22 @@ pub fn machine_type_missing(machine_type: &str) -> crate::Error {
 /// Every method answers a registry error on failure (`UNAVAILABLE` when the store cannot be reached).
 #[async_trait]
 pub trait Store: Send + Sync {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>>;
+    async fn machine_type(&self, name: &MachineTypeName) -> Result<Option<MachineType>>;
     /// Creates or replaces a machine type.
     async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()>;
     async fn list_machine_types(&self) -> Result<Vec<MachineType>>;
     /// Deletes a machine type; refused with `DENIED` naming the accounts when any still use it. `Ok(false)` when absent.
-    async fn delete_machine_type(&self, name: &str) -> Result<bool>;
+    async fn delete_machine_type(&self, name: &MachineTypeName) -> Result<bool>;
 
-    async fn account(&self, login: &str) -> Result<Option<Account>>;
+    async fn account(&self, login: &Login) -> Result<Option<Account>>;
     /// Creates or replaces an account; refused when its machine type does not exist.
     async fn put_account(&self, account: &Account) -> Result<()>;
     async fn list_accounts(&self) -> Result<Vec<Account>>;
-    async fn delete_account(&self, login: &str) -> Result<bool>;
+    async fn delete_account(&self, login: &Login) -> Result<bool>;
     /// Changes one field of an existing account in one atomic write, keeping whatever the other fields hold at that
     /// moment; the account as written, or `Ok(None)` when there is no such account. A missing machine type is
     /// refused as by `put_account`.
-    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>>;
+    async fn update_account(&self, login: &Login, change: &AccountChange) -> Result<Option<Account>>;
 
     /// A filtered index MetaHub generated for `repository`, by its digest.
     async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>>;

@@ -1,6 +1,6 @@
 //! [`Secret`]: a value that never shows in `Debug` output (logs, panics, `{:?}` of a config).
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// A password, key or token. `Debug` prints `<redacted>`; the value is only reachable through [`Secret::expose`],
@@ -46,6 +46,12 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Secret<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         T::deserialize(deserializer).map(Secret)
     }
+}
+
+/// For `#[serde(serialize_with = "crate::secret::serialize_exposed")]` on a field a store must persist (a password
+/// hash): `Secret` itself is not `Serialize`, so that no secret lands in a JSON answer by accident.
+pub fn serialize_exposed<T: Serialize, S: Serializer>(secret: &Secret<T>, serializer: S) -> Result<S::Ok, S::Error> {
+    secret.0.serialize(serializer)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ impl RegistryService {
     /// The machine type an account pulls as; a token naming a deleted type is refused.
     pub async fn machine_type(&self, name: &str) -> Result<MachineType> {
         self.store
-            .machine_type(name)
+            .machine_type(&name.parse()?)
             .await?
             .ok_or_else(|| Error::denied(format!("machine type {name:?} no longer exists; ask an operator")))
     }

@@ -5,7 +5,8 @@
 pub mod conformance;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::machine::MachineType;
+use crate::machine::{MachineType, MachineTypeName};
+use crate::names::Login;
 use crate::ports::{
     Account, AccountChange, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream, machine_type_in_use,
     machine_type_missing,
@@ -25,8 +26,8 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct MemoryState {
-    machine_types: BTreeMap<String, MachineType>,
-    accounts: BTreeMap<String, Account>,
+    machine_types: BTreeMap<MachineTypeName, MachineType>,
+    accounts: BTreeMap<Login, Account>,
     generated: HashMap<(RepositoryName, Digest), Manifest>,
     signing_key: Option<Vec<u8>>,
     changes: Vec<Change>,
@@ -51,34 +52,33 @@ impl MemoryStore {
 
 /// A stored machine type, checked on the way out as the real stores do.
 fn checked(machine_type: &MachineType) -> Result<MachineType> {
-    MachineType::new(&machine_type.name, machine_type.features.clone(), machine_type.match_mode).map_err(|e| {
-        Error::internal(format!("stored machine type {:?} is malformed: {}", machine_type.name, e.message))
-    })
+    machine_type.clone().validated()
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
+    async fn machine_type(&self, name: &MachineTypeName) -> Result<Option<MachineType>> {
         self.state().machine_types.get(name).map(checked).transpose()
     }
     async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        let valid = MachineType::new(&machine_type.name, machine_type.features.clone(), machine_type.match_mode)?;
+        let valid =
+            MachineType::new(machine_type.name.clone(), machine_type.features.clone(), machine_type.match_mode)?;
         self.state().machine_types.insert(valid.name.clone(), valid);
         Ok(())
     }
     async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
         self.state().machine_types.values().map(checked).collect()
     }
-    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
+    async fn delete_machine_type(&self, name: &MachineTypeName) -> Result<bool> {
         let mut state = self.state();
-        let users: Vec<String> =
-            state.accounts.values().filter(|a| a.machine_type == name).map(|a| a.login.clone()).collect();
+        let users: Vec<Login> =
+            state.accounts.values().filter(|a| a.machine_type == *name).map(|a| a.login.clone()).collect();
         if !users.is_empty() {
             return Err(machine_type_in_use(name, users));
         }
         Ok(state.machine_types.remove(name).is_some())
     }
-    async fn account(&self, login: &str) -> Result<Option<Account>> {
+    async fn account(&self, login: &Login) -> Result<Option<Account>> {
         Ok(self.state().accounts.get(login).cloned())
     }
     async fn put_account(&self, account: &Account) -> Result<()> {
@@ -92,10 +92,10 @@ impl Store for MemoryStore {
     async fn list_accounts(&self) -> Result<Vec<Account>> {
         Ok(self.state().accounts.values().cloned().collect())
     }
-    async fn delete_account(&self, login: &str) -> Result<bool> {
+    async fn delete_account(&self, login: &Login) -> Result<bool> {
         Ok(self.state().accounts.remove(login).is_some())
     }
-    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
+    async fn update_account(&self, login: &Login, change: &AccountChange) -> Result<Option<Account>> {
         let mut state = self.state();
         let Some(current) = state.accounts.get(login).cloned() else { return Ok(None) };
         if let AccountChange::MachineType(name) = change
@@ -104,7 +104,7 @@ impl Store for MemoryStore {
             return Err(machine_type_missing(name));
         }
         let updated = change.apply(current);
-        state.accounts.insert(login.to_owned(), updated.clone());
+        state.accounts.insert(login.clone(), updated.clone());
         Ok(Some(updated))
     }
     async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>> {
@@ -291,7 +291,7 @@ mod tests {
         }
         async fn put_malformed_machine_type(&self, name: &str) {
             let malformed = MachineType {
-                name: name.to_owned(),
+                name: name.parse().unwrap(),
                 features: vec!["cpu:no-such-cpu".into()],
                 match_mode: Default::default(),
             };

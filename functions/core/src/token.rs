@@ -16,7 +16,7 @@ pub const MAX_TOKEN_TTL_SECONDS: u64 = 3600;
 
 /// What a token remembers of its account: a change of any of these (or deletion) revokes the account's tokens.
 pub fn account_fingerprint(account: &crate::ports::Account) -> String {
-    let mut text = format!("{}\0{}\0{}", account.login, account.machine_type, account.password_hash);
+    let mut text = format!("{}\0{}\0{}", account.login, account.machine_type, account.password_hash.expose_str());
     for prefix in &account.repositories {
         text.push('\0');
         text.push_str(prefix);

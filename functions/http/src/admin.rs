@@ -15,23 +15,25 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use metahub_core::admin::{AdminPort, AdminService, MAX_CHANGES, NewAccount, NewPassword};
 use metahub_core::filter::{self, Index, Verdict};
-use metahub_core::machine::{Feature, MachineType, MatchMode, nearest_cpu_names, validate_name};
-use metahub_core::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_hash};
-use metahub_core::ports::{Account, AccountChange, Change, Manifest, validate_repository_prefix};
+use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
+use metahub_core::names::Login;
+use metahub_core::ports::{Account, Change, Manifest};
 use metahub_core::reference::ImageRef;
-use metahub_core::token::now_seconds;
 use metahub_core::{Error, ErrorCode, Secret};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// An admin secret shorter than this is refused at startup: it must not be guessable.
 pub const MIN_ADMIN_SECRET_LEN: usize = 32;
 const DEFAULT_CHANGES: usize = 100;
-const MAX_CHANGES: usize = 1000;
 /// Admin bodies are a few hundred bytes; anything near this is not a request worth parsing.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -75,12 +77,12 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/machine-types", get(list_machine_types).fallback(method_not_allowed))
         .route(
             "/admin/machine-types/{name}",
-            get(get_machine_type).put(put_machine_type).delete(delete_machine_type).fallback(method_not_allowed),
+            get(get_machine_type).put(put_machine_type).delete(delete::<MachineTypeName>).fallback(method_not_allowed),
         )
         .route("/admin/accounts", get(list_accounts).fallback(method_not_allowed))
         .route(
             "/admin/accounts/{login}",
-            get(get_account).put(put_account).delete(delete_account).fallback(method_not_allowed),
+            get(get_account).put(put_account).delete(delete::<Login>).fallback(method_not_allowed),
         )
         .route("/admin/accounts/{login}/password", axum::routing::put(rotate_password).fallback(method_not_allowed))
         .route(
@@ -170,34 +172,25 @@ pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::invalid(message)
 }
 
-fn unknown(what: &str, name: &str) -> ApiError {
-    let key = if what == "account" { "login" } else { "machineType" };
-    Error::new(ErrorCode::NameUnknown, format!("no {what} {name:?}")).with_detail(json!({ key: name })).into()
-}
-
-pub(crate) async fn record(app: &App, who: String, action: &str, target: String) -> Result<(), ApiError> {
-    let change = Change { at: now_seconds(), who, action: action.to_owned(), target };
-    app.registry.store().record_change(&change).await.map_err(|e| {
-        tracing::error!(action, target = %change.target, error = %e, "change applied but not recorded");
-        ApiError::from(Error::new(e.code, format!("the change was applied, but recording it failed: {}", e.message)))
-    })
+/// The use cases for this request, recorded as done by its authenticated principal.
+pub(crate) fn operator(app: &App, who: Principal) -> Result<AdminService, ApiError> {
+    Ok(AdminService::new(app.registry.store().clone(), principal(who)?))
 }
 
 pub(crate) fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
 
-async fn list_machine_types(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let all = app.registry.store().list_machine_types().await?;
+async fn list_machine_types(State(app): State<Arc<App>>, who: Principal) -> Result<Response, ApiError> {
+    let all = operator(&app, who)?.machine_types().await?;
     Ok(ok_json(all.iter().map(MachineType::to_json).collect()))
 }
 
-async fn get_machine_type(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    validate_name("machine type", &name)?;
-    match app.registry.store().machine_type(&name).await? {
-        Some(mt) => Ok(ok_json(mt.to_json())),
-        None => Err(unknown("machine type", &name)),
-    }
+/// What an admin handler answers.
+type Answer = Result<Response, ApiError>;
+
+async fn get_machine_type(State(app): State<Arc<App>>, who: Principal, Path(name): Path<String>) -> Answer {
+    Ok(ok_json(operator(&app, who)?.machine_type(&name.parse()?).await?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -210,87 +203,69 @@ struct MachineTypeBody {
     match_mode: Option<String>,
 }
 
-/// Validates like `MachineType::new`, adding which feature was wrong and, for a `cpu:` typo, the nearest names.
-fn validate_machine_type(name: &str, body: MachineTypeBody) -> Result<MachineType, Error> {
-    validate_name("machine type", name)?;
-    if let Some(given) = &body.name
-        && given != name
-    {
-        return Err(invalid(format!("body names machine type {given:?} but the path names {name:?}")));
-    }
-    let match_mode: MatchMode = body.match_mode.as_deref().unwrap_or("best").parse()?;
-    for f in &body.features {
-        if let Err(e) = f.parse::<Feature>() {
-            let detail = match f.split_once(':') {
-                Some(("cpu", wanted)) => json!({"feature": f, "suggestions": nearest_cpu_names(wanted)}),
-                _ => json!({"feature": f}),
-            };
-            return Err(e.with_detail(detail));
-        }
-    }
-    MachineType::new(name, body.features, match_mode)
-}
-
 async fn put_machine_type(
     State(app): State<Arc<App>>,
     who: Principal,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    let mt = validate_machine_type(&name, parse_body(&body)?)?;
-    app.registry.store().put_machine_type(&mt).await?;
-    let target = format!("{} [{}] {}", mt.name, mt.features.join(","), mt.match_mode);
-    record(&app, who, "put-machine-type", target).await?;
-    Ok(ok_json(mt.to_json()))
-}
-
-/// What a DELETE on `/admin/*/{name}` removes.
-#[derive(Clone, Copy)]
-enum Deletable {
-    MachineType,
-    Account,
-}
-
-/// Deletes one machine type or account and records it: 204, or `NAME_UNKNOWN` when there is none of that name.
-async fn delete(app: &App, who: Principal, kind: Deletable, name: String) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    let (what, name_kind, action) = match kind {
-        Deletable::MachineType => ("machine type", "machine type", "delete-machine-type"),
-        Deletable::Account => ("account", "login", "delete-account"),
-    };
-    validate_name(name_kind, &name)?;
-    let store = app.registry.store();
-    let deleted = match kind {
-        Deletable::MachineType => store.delete_machine_type(&name).await?,
-        Deletable::Account => store.delete_account(&name).await?,
-    };
-    if !deleted {
-        return Err(unknown(what, &name));
+    let admin = operator(&app, who)?;
+    let body: MachineTypeBody = parse_body(&body)?;
+    let name: MachineTypeName = name.parse()?;
+    if let Some(given) = &body.name
+        && *given != *name.as_str()
+    {
+        return Err(invalid(format!("body names machine type {given:?} but the path names {name:?}")).into());
     }
-    record(app, who, action, name).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let match_mode: MatchMode = body.match_mode.as_deref().unwrap_or("best").parse()?;
+    let written = admin.put_machine_type(MachineType::new(name, body.features, match_mode)?).await?;
+    Ok(ok_json(written.to_json()))
 }
 
-async fn delete_machine_type(
+/// What `DELETE /admin/*/{name}` removes, by the type of its name.
+trait Deletable: FromStr<Err = Error> {
+    fn delete<'a>(
+        admin: &'a AdminService,
+        name: &'a Self,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+}
+
+impl Deletable for MachineTypeName {
+    fn delete<'a>(
+        admin: &'a AdminService,
+        name: &'a Self,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
+        admin.delete_machine_type(name)
+    }
+}
+
+impl Deletable for Login {
+    fn delete<'a>(
+        admin: &'a AdminService,
+        login: &'a Self,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
+        admin.delete_account(login)
+    }
+}
+
+/// Deletes one machine type or account, recorded: 204, or `NAME_UNKNOWN` when there is none of that name.
+async fn delete<N: Deletable>(
     State(app): State<Arc<App>>,
     who: Principal,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    delete(&app, who, Deletable::MachineType, name).await
+    let admin = operator(&app, who)?;
+    N::delete(&admin, &name.parse()?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_accounts(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let all = app.registry.store().list_accounts().await?;
+async fn list_accounts(State(app): State<Arc<App>>, who: Principal) -> Result<Response, ApiError> {
+    let all = operator(&app, who)?.accounts().await?;
     Ok(ok_json(all.iter().map(Account::to_json).collect()))
 }
 
-async fn get_account(State(app): State<Arc<App>>, Path(login): Path<String>) -> Result<Response, ApiError> {
-    validate_name("login", &login)?;
-    match app.registry.store().account(&login).await? {
-        Some(a) => Ok(ok_json(Account::to_json(&a))),
-        None => Err(unknown("account", &login)),
-    }
+async fn get_account(State(app): State<Arc<App>>, who: Principal, Path(login): Path<String>) -> Answer {
+    Ok(ok_json(operator(&app, who)?.account(&login.parse()?).await?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -312,60 +287,27 @@ struct PasswordBody {
     password_hash: Option<String>,
 }
 
-/// The PHC hash to store: `password` hashed here, or a `passwordHash` the client hashed (validated argon2id).
-async fn password_hash(password: Option<String>, hash: Option<String>) -> Result<String, Error> {
-    match (password, hash) {
-        (Some(password), None) => {
-            let len = password.chars().count();
-            if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&len) {
-                return Err(invalid(format!("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")));
-            }
-            // Deliberately slow: off the async workers.
-            tokio::task::spawn_blocking(move || hash_password(&password))
-                .await
-                .map_err(|e| Error::internal(format!("hashing the password: {e}")))?
-        }
-        (None, Some(hash)) => {
-            // argon2id v19 within the documented parameter range only: not 4 GiB per login, not trivially crackable.
-            validate_hash(&hash)?;
-            Ok(hash)
-        }
-        (Some(_), Some(_)) => Err(invalid("give either password or passwordHash, not both")),
-        (None, None) => Err(invalid("a password or passwordHash is required")),
-    }
-}
-
 async fn put_account(
     State(app): State<Arc<App>>,
     who: Principal,
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    validate_name("login", &login)?;
+    let admin = operator(&app, who)?;
+    let login: Login = login.parse()?;
     let body: AccountBody = parse_body(&body)?;
     if let Some(given) = &body.login
-        && *given != login
+        && *given != *login.as_str()
     {
         return Err(invalid(format!("body names login {given:?} but the path names {login:?}")).into());
     }
-    validate_name("machine type", &body.machine_type)?;
-    for prefix in &body.repositories {
-        validate_repository_prefix(prefix)?;
-    }
-    let account = Account {
+    let account = NewAccount {
         login,
-        machine_type: body.machine_type,
-        password_hash: password_hash(body.password, body.password_hash).await?,
+        machine_type: body.machine_type.parse()?,
+        password: NewPassword::from_fields(body.password, body.password_hash)?,
         repositories: body.repositories,
     };
-    app.registry.store().put_account(&account).await?;
-    let mut target = format!("{} machineType={}", account.login, account.machine_type);
-    if !account.repositories.is_empty() {
-        target.push_str(&format!(" repositories={}", account.repositories.join(",")));
-    }
-    record(&app, who, "put-account", target).await?;
-    Ok(ok_json(Account::to_json(&account)))
+    Ok(ok_json(admin.put_account(account).await?.to_json()))
 }
 
 async fn rotate_password(
@@ -374,16 +316,11 @@ async fn rotate_password(
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    validate_name("login", &login)?;
+    let admin = operator(&app, who)?;
+    let login: Login = login.parse()?;
     let body: PasswordBody = parse_body(&body)?;
-    let hash = password_hash(body.password, body.password_hash).await?;
-    // one atomic write of the hash alone: a concurrent move to another machine type is kept
-    let Some(account) = app.registry.store().update_account(&login, &AccountChange::PasswordHash(hash)).await? else {
-        return Err(unknown("account", &login));
-    };
-    record(&app, who, "rotate-password", login).await?;
-    Ok(ok_json(Account::to_json(&account)))
+    let password = NewPassword::from_fields(body.password, body.password_hash)?;
+    Ok(ok_json(admin.rotate_password(&login, password).await?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -399,25 +336,10 @@ async fn set_account_machine_type(
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    validate_name("login", &login)?;
+    let admin = operator(&app, who)?;
+    let login: Login = login.parse()?;
     let body: MachineTypeOfAccount = parse_body(&body)?;
-    validate_name("machine type", &body.machine_type)?;
-    // one atomic write of the machine type alone: a concurrent password rotation is kept
-    let change = AccountChange::MachineType(body.machine_type);
-    let Some(account) = app.registry.store().update_account(&login, &change).await? else {
-        return Err(unknown("account", &login));
-    };
-    record(&app, who, "put-account", format!("{} machineType={}", account.login, account.machine_type)).await?;
-    Ok(ok_json(Account::to_json(&account)))
-}
-
-async fn delete_account(
-    State(app): State<Arc<App>>,
-    who: Principal,
-    Path(login): Path<String>,
-) -> Result<Response, ApiError> {
-    delete(&app, who, Deletable::Account, login).await
+    Ok(ok_json(admin.move_account(&login, body.machine_type.parse()?).await?.to_json()))
 }
 
 pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {
@@ -430,43 +352,31 @@ pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) ->
 
 async fn changes(
     State(app): State<Arc<App>>,
+    who: Principal,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let limit = match query.get("limit") {
         None => DEFAULT_CHANGES,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_CHANGES).contains(n))
-            .ok_or_else(|| invalid(format!("limit must be a number from 1 to {MAX_CHANGES}")))?,
+        // out of range: refused by the service, in the same words
+        Some(v) => {
+            v.parse::<usize>().map_err(|_| invalid(format!("limit must be a number from 1 to {MAX_CHANGES}")))?
+        }
     };
-    let all = app.registry.store().changes(limit).await?;
-    Ok(ok_json(all.iter().map(change_json).collect()))
-}
-
-pub fn change_json(c: &Change) -> Value {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.at);
-    json!({
-        "at": c.at,
-        "time": humantime::format_rfc3339_seconds(time).to_string(),
-        "who": c.who,
-        "action": c.action,
-        "target": c.target,
-    })
+    let all = operator(&app, who)?.changes(limit).await?;
+    Ok(ok_json(all.iter().map(Change::to_json).collect()))
 }
 
 /// Every entry of an image's index for a machine type: fits or not, why, and what a pull is served. The same
 /// verdicts as `metahub explain --json`, from the same core function the registry filters with.
 async fn explain(
     State(app): State<Arc<App>>,
+    who: Principal,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let name = query_param(&query, "machineType")?;
-    validate_name("machine type", name)?;
+    let admin = operator(&app, who)?;
+    let name: MachineTypeName = query_param(&query, "machineType")?.parse()?;
     let image: ImageRef = query_param(&query, "image")?.parse()?;
-    let Some(machine) = app.registry.store().machine_type(name).await? else {
-        return Err(unknown("machine type", name));
-    };
+    let machine = admin.machine_type(&name).await?;
     let manifest = app.registry.upstream_manifest(&image).await?;
     Ok(ok_json(explain_manifest(&image, &manifest, &machine)?))
 }

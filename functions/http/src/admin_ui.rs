@@ -16,7 +16,7 @@
 //!   on every response of these routes; the script builds the page with `textContent`, never HTML from data.
 
 use crate::App;
-use crate::admin::{self, AdminAuth, AdminPrincipal, invalid, ok_json, parse_body, principal, record};
+use crate::admin::{self, AdminAuth, AdminPrincipal, invalid, ok_json, operator, parse_body};
 use crate::response::{ApiError, constant_time_eq};
 use axum::Router;
 use axum::body::Bytes;
@@ -28,6 +28,7 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use metahub_core::admin::AdminPort;
 use metahub_core::machine::MachineType;
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
@@ -46,8 +47,6 @@ pub const SESSION_COOKIE: &str = "metahub_admin";
 pub const CSRF_HEADER: &str = "x-metahub-csrf";
 /// A sign-in lasts a working day.
 pub const SESSION_LIFETIME: u64 = 12 * 3600;
-/// Each watched image costs one upstream manifest check per matrix view.
-pub const MAX_WATCHED_IMAGES: usize = 100;
 /// The page's bodies are a few hundred bytes.
 const MAX_BODY: usize = 64 * 1024;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
@@ -209,8 +208,8 @@ async fn sign_out(State(app): State<Arc<App>>) -> Response {
     response
 }
 
-async fn list_watched(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    Ok(ok_json(json!(app.registry.store().watched_images().await?)))
+async fn list_watched(State(app): State<Arc<App>>, who: admin::Principal) -> Result<Response, ApiError> {
+    Ok(ok_json(json!(operator(&app, who)?.watched_images().await?)))
 }
 
 #[derive(Deserialize)]
@@ -219,29 +218,9 @@ struct WatchBody {
     image: String,
 }
 
-/// The reference as the store keeps it (`org/app` → `org/app:latest`), refused when it is not one.
-fn watched_ref(image: &str) -> Result<String, Error> {
-    let image = image.trim();
-    let parsed: ImageRef = image.parse().map_err(|e: Error| {
-        Error::new(
-            ErrorCode::NameInvalid,
-            format!("{image:?} is not an image reference (org/image:tag): {}", e.message),
-        )
-    })?;
-    Ok(parsed.to_string())
-}
-
 async fn watch(State(app): State<Arc<App>>, who: admin::Principal, body: Bytes) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    let image = watched_ref(&parse_body::<WatchBody>(&body)?.image)?;
-    let store = app.registry.store();
-    if store.watched_images().await?.len() >= MAX_WATCHED_IMAGES {
-        return Err(Error::denied(format!("at most {MAX_WATCHED_IMAGES} images can be watched")).into());
-    }
-    let added = store.watch_image(&image).await?;
-    if added {
-        record(&app, who, "watch-image", image.clone()).await?;
-    }
+    let admin = operator(&app, who)?;
+    let (image, added) = admin.watch_image(&parse_body::<WatchBody>(&body)?.image).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(json!({"image": image}))).into_response())
 }
@@ -251,14 +230,8 @@ async fn unwatch(
     who: admin::Principal,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let who = principal(who)?;
-    let image = watched_ref(admin::query_param(&query, "image")?)?;
-    if !app.registry.store().unwatch_image(&image).await? {
-        return Err(Error::new(ErrorCode::NameUnknown, format!("{image} is not watched"))
-            .with_detail(json!({"image": image}))
-            .into());
-    }
-    record(&app, who, "unwatch-image", image).await?;
+    let admin = operator(&app, who)?;
+    admin.unwatch_image(admin::query_param(&query, "image")?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -288,10 +261,10 @@ async fn matrix_row(app: &App, image: &str, machine_types: &[MachineType]) -> Va
 
 /// Every watched image × every machine type, each cell the same explanation `/admin/explain` gives. The images are
 /// fetched concurrently; an image the upstream cannot serve fills its row with its error, not the whole answer.
-async fn matrix(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let store = app.registry.store();
-    let machine_types = Arc::new(store.list_machine_types().await?);
-    let images = store.watched_images().await?;
+async fn matrix(State(app): State<Arc<App>>, who: admin::Principal) -> Result<Response, ApiError> {
+    let admin = operator(&app, who)?;
+    let machine_types = Arc::new(admin.machine_types().await?);
+    let images = admin.watched_images().await?;
     let mut tasks = tokio::task::JoinSet::new();
     for (row, image) in images.iter().enumerate() {
         let (app, image, machine_types) = (app.clone(), image.clone(), machine_types.clone());
@@ -332,12 +305,5 @@ mod tests {
         assert_eq!(session_cookie(&headers), Some("v.t"));
         headers.insert(header::COOKIE, HeaderValue::from_static("metahub_administrator=x"));
         assert_eq!(session_cookie(&headers), None);
-    }
-
-    #[test]
-    fn watched_references_are_normalised() {
-        assert_eq!(watched_ref(" org/app ").unwrap(), "org/app:latest");
-        assert_eq!(watched_ref("ghcr.io/org/app:1.0").unwrap(), "ghcr.io/org/app:1.0");
-        assert_eq!(watched_ref("<script>").unwrap_err().code, ErrorCode::NameInvalid);
     }
 }

@@ -45,7 +45,8 @@ impl Default for AccountCheck {
 }
 
 fn account_weight(a: &Account) -> usize {
-    a.login.len() + a.machine_type.len() + a.password_hash.len() + a.repositories.iter().map(String::len).sum::<usize>()
+    let names = a.login.as_str().len() + a.machine_type.as_str().len();
+    names + a.password_hash.expose_str().len() + a.repositories.iter().map(String::len).sum::<usize>()
 }
 
 impl AccountCheck {
@@ -55,7 +56,8 @@ impl AccountCheck {
         {
             return Ok(account);
         }
-        let account = app.registry.store().account(login).await?;
+        // Signed tokens name valid logins only.
+        let account = app.registry.store().account(&login.parse()?).await?;
         self.recent.insert(login.to_owned(), (Instant::now(), account.clone()));
         Ok(account)
     }

@@ -10,19 +10,14 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
-use metahub_core::machine::validate_name;
+use metahub_core::admin::{self, LoginCheck};
 use metahub_core::observe::{self, LoginResult};
-use metahub_core::password::{MAX_PASSWORD_LEN, verify_password};
 use metahub_core::ports::Account;
 use metahub_core::token::{Access, account_fingerprint};
 use metahub_core::{Error, ErrorCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
-
-/// Compared against when the login is unknown, so that unknown and known logins take the same time.
-static DUMMY_HASH: LazyLock<String> =
-    LazyLock::new(|| metahub_core::password::hash_password("metahub-dummy-password").unwrap_or_default());
+use std::sync::Arc;
 
 struct TokenRequest {
     credentials: Option<(String, String)>,
@@ -122,7 +117,7 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
                 .filter(|a| account.may_pull(&a.name))
                 .collect();
             let fp = Some(account_fingerprint(&account));
-            app.keys.issue_with_fingerprint(&account.login, &account.machine_type, fp, access)?
+            app.keys.issue_with_fingerprint(account.login.as_str(), account.machine_type.as_str(), fp, access)?
         }
         None => match &app.config.anonymous_machine_type {
             Some(mt) => {
@@ -143,46 +138,44 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
     })))
 }
 
-/// Checks the password (throttled per account and source, hashing bounded) and returns the account.
+/// The core login use case in its two halves, around this transport's guards: the throttle per account and source,
+/// and the hashing gate the argon2id check runs in.
 async fn login_account(app: &App, source: Option<String>, login: &str, password: String) -> Result<Account, ApiError> {
     let invalid = || ApiError::from(Error::unauthorized("invalid username or password"));
     // Nothing malformed reaches the throttle's maps or the hash; it cannot be a real account either.
-    if validate_name("login", login).is_err() || password.len() > MAX_PASSWORD_LEN {
-        return Err(invalid());
-    }
+    let Some(login) = admin::login_attempt(login, &password) else { return Err(invalid()) };
     let busy = || {
         ApiError::from(Error::new(ErrorCode::Unavailable, "too many logins at once; try again shortly"))
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     };
     let admission = app.hashing.admit().map_err(|_| busy())?;
-    let attempt = app.throttle.begin(login, source.as_deref()).await.map_err(|refusal| {
-        observe::login(login, LoginResult::Throttled);
+    let attempt = app.throttle.begin(login.as_str(), source.as_deref()).await.map_err(|refusal| {
+        observe::login(login.as_str(), LoginResult::Throttled);
         ApiError::from(Error::new(ErrorCode::TooManyRequests, "too many failed logins; try again later"))
             .with_header(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after.as_secs().max(1)))
     })?;
-    let account = match app.registry.store().account(login).await {
-        Ok(account) => account,
+    let check = match LoginCheck::read(app.registry.store().as_ref(), &login).await {
+        Ok(check) => check,
         Err(e) => {
             attempt.withdraw();
             return Err(e.into());
         }
     };
     // Unknown logins are checked against a dummy hash: the same time, and the same place in the gate.
-    let hash = account.as_ref().map_or_else(|| DUMMY_HASH.clone(), |a| a.password_hash.clone());
-    let Ok(matches) = admission.run(move || verify_password(&password, &hash)).await else {
+    let Ok(verified) = admission.run(move || check.verify(&password)).await else {
         attempt.withdraw();
         return Err(busy());
     };
-    match account {
-        Some(account) if matches => {
+    match verified {
+        Some(account) => {
             attempt.succeeded();
-            observe::login(login, LoginResult::Ok);
-            observe::machine_type(&account.machine_type);
+            observe::login(login.as_str(), LoginResult::Ok);
+            observe::machine_type(account.machine_type.as_str());
             Ok(account)
         }
-        _ => {
-            observe::login(login, LoginResult::Failed);
-            tracing::info!(login, "failed login");
+        None => {
+            observe::login(login.as_str(), LoginResult::Failed);
+            tracing::info!(login = login.as_str(), "failed login");
             Err(invalid())
         }
     }

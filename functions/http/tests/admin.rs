@@ -7,6 +7,7 @@ use metahub_core::cache::CacheOptions;
 use metahub_core::machine::MachineType;
 use metahub_core::ports::{Account, Store};
 use metahub_core::service::RegistryService;
+use metahub_core::testing::conformance::{l, n};
 use metahub_core::testing::{FakeUpstream, MemoryStore};
 use metahub_core::token::TokenKeys;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, OriginSecrets};
@@ -189,7 +190,7 @@ async fn machine_types_crud_and_validation() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, v) = h.admin("PUT", "/admin/machine-types/bad%20name", Some(json!({"features": []}))).await;
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "NAME_INVALID"), "{v}");
-    assert!(h.store.machine_type("bad").await.unwrap().is_none());
+    assert!(h.store.machine_type(&n("bad")).await.unwrap().is_none());
 
     let (s, v) = h.admin("GET", "/admin/machine-types/nope", None).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
@@ -208,8 +209,8 @@ async fn accounts_crud_rotation_and_audit() {
     let (s, v) =
         h.admin("PUT", "/admin/accounts/m-skl", Some(json!({"machineType": "skl", "password": "correct horse"}))).await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"login": "m-skl", "machineType": "skl"})));
-    let stored = h.store.account("m-skl").await.unwrap().unwrap().password_hash;
-    assert!(metahub_core::password::verify_password("correct horse", &stored));
+    let stored = h.store.account(&l("m-skl")).await.unwrap().unwrap().password_hash;
+    assert!(metahub_core::password::verify_password("correct horse", stored.expose_str()));
 
     let hash = metahub_core::password::hash_password("battery staple").unwrap();
     let (s, _) =
@@ -250,8 +251,8 @@ async fn accounts_crud_rotation_and_audit() {
 
     let (s, _) = h.admin("PUT", "/admin/accounts/m-skl/password", Some(json!({"password": "new password!"}))).await;
     assert_eq!(s, StatusCode::OK);
-    let stored = h.store.account("m-skl").await.unwrap().unwrap().password_hash;
-    assert!(metahub_core::password::verify_password("new password!", &stored));
+    let stored = h.store.account(&l("m-skl")).await.unwrap().unwrap().password_hash;
+    assert!(metahub_core::password::verify_password("new password!", stored.expose_str()));
     let (s, _) = h.admin("PUT", "/admin/accounts/nobody/password", Some(json!({"password": "new password!"}))).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, v) = h.admin("GET", "/admin/accounts/m-skl", None).await;
@@ -360,10 +361,10 @@ async fn account_moves_to_another_machine_type_keeping_its_password() {
     let (s, _) =
         h.admin("PUT", "/admin/accounts/n1", Some(json!({"machineType": "a", "password": "pw-0123456789"}))).await;
     assert_eq!(s, StatusCode::OK);
-    let hash = h.store.account("n1").await.unwrap().unwrap().password_hash;
+    let hash = h.store.account(&l("n1")).await.unwrap().unwrap().password_hash;
     let (s, v) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "b"}))).await;
     assert_eq!((s, &v), (StatusCode::OK, &json!({"login": "n1", "machineType": "b"})));
-    assert_eq!(h.store.account("n1").await.unwrap().unwrap().password_hash, hash);
+    assert_eq!(h.store.account(&l("n1")).await.unwrap().unwrap().password_hash, hash);
     let (s, v) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "nope"}))).await;
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"), "{v}");
     let (s, v) = h.admin("PUT", "/admin/accounts/ghost/machine-type", Some(json!({"machineType": "b"}))).await;
@@ -465,9 +466,9 @@ async fn setup_account(h: &Harness, repositories: &[&str]) {
         h.store.put_machine_type(&mt).await.unwrap();
     }
     let account = Account {
-        login: "m-skl".into(),
-        machine_type: "skl".into(),
-        password_hash: metahub_core::password::hash_password("battery staple").unwrap(),
+        login: l("m-skl"),
+        machine_type: n("skl"),
+        password_hash: metahub_core::password::hash_password("battery staple").unwrap().into(),
         repositories: repositories.iter().map(|r| r.to_string()).collect(),
     };
     h.store.put_account(&account).await.unwrap();
@@ -513,7 +514,7 @@ async fn account_changes_revoke_tokens_and_repositories_are_enforced() {
     assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{v}");
     let token = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
     // narrowed after the token was issued: the token goes (the account changed)
-    let mut account = h.store.account("m-skl").await.unwrap().unwrap();
+    let mut account = h.store.account(&l("m-skl")).await.unwrap().unwrap();
     account.repositories = vec!["elsewhere/".into()];
     h.store.put_account(&account).await.unwrap();
     assert_eq!(pull(&h, "org/app", &token).await.0, StatusCode::UNAUTHORIZED);
@@ -522,14 +523,14 @@ async fn account_changes_revoke_tokens_and_repositories_are_enforced() {
     setup_account(&h, &[]).await;
     for change in ["password", "machine type", "delete"] {
         let token = login(&h, "m-skl", "battery staple", "repository:org/app:pull").await;
-        let mut account = h.store.account("m-skl").await.unwrap().unwrap();
+        let mut account = h.store.account(&l("m-skl")).await.unwrap().unwrap();
         match change {
-            "password" => account.password_hash = metahub_core::password::hash_password("new staple!").unwrap(),
-            "machine type" => account.machine_type = "other".into(),
+            "password" => account.password_hash = metahub_core::password::hash_password("new staple!").unwrap().into(),
+            "machine type" => account.machine_type = n("other"),
             _ => {}
         }
         if change == "delete" {
-            h.store.delete_account("m-skl").await.unwrap();
+            h.store.delete_account(&l("m-skl")).await.unwrap();
         } else {
             h.store.put_account(&account).await.unwrap();
         }

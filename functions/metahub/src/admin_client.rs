@@ -1,5 +1,6 @@
-//! `--endpoint URL`: the admin API of a running MetaHub, as a [`Store`], so that every `machine-type` and `account`
-//! command has one code path whatever it talks to. Passwords are hashed here and only their hash is sent.
+//! `--endpoint URL`: the admin API of a running MetaHub, as an [`AdminPort`], so that every `machine-type` and
+//! `account` command has one code path whatever it talks to. Passwords are hashed here and only their hash is sent;
+//! the server records each change with the principal it authenticated.
 //!
 //! Authenticates with `Authorization: Bearer $METAHUB_ADMIN_SECRET` when that is set (`metahub serve
 //! --admin-secret-file`); otherwise every request is SigV4-signed (service `lambda`, signed payload) with the
@@ -11,40 +12,32 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
-use metahub_core::machine::{MachineType, validate_name};
-use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store};
-use metahub_core::reference::{Digest, RepositoryName};
+use metahub_core::admin::{AdminPort, NewAccount, NewPassword};
+use metahub_core::machine::{MachineType, MachineTypeName};
+use metahub_core::names::Login;
+use metahub_core::ports::{Account, Change};
 use metahub_core::{Error, ErrorCode, Result, Secret};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 pub const SECRET_ENV: &str = "METAHUB_ADMIN_SECRET";
 
-pub struct AdminApiStore {
+#[derive(Debug)]
+pub struct AdminApiClient {
     client: reqwest::Client,
     base: String,
     auth: Authentication,
 }
 
 /// How each admin request proves who sends it.
+#[derive(Debug)]
 enum Authentication {
     /// `Authorization: Bearer` with the secret of `metahub serve --admin-secret-file`.
     Bearer(Secret<String>),
     /// AWS Signature Version 4 for a Function URL with `AuthType: AWS_IAM`.
     SigV4 { credentials: SharedCredentialsProvider, region: String },
-}
-
-impl fmt::Debug for AdminApiStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let auth = match &self.auth {
-            Authentication::Bearer(secret) => format!("bearer {secret:?}"),
-            Authentication::SigV4 { region, .. } => format!("sigv4 lambda/{region}"),
-        };
-        f.debug_struct("AdminApiStore").field("base", &self.base).field("auth", &auth).finish()
-    }
 }
 
 /// The region a Function URL lives in (`https://<id>.lambda-url.<region>.on.aws`), which is the one to sign for.
@@ -92,10 +85,10 @@ fn code_of(wire: &str) -> ErrorCode {
     ErrorCode::from_wire(wire).unwrap_or(ErrorCode::Internal)
 }
 
-impl AdminApiStore {
+impl AdminApiClient {
     /// A client of the admin API at `endpoint`: Bearer `$METAHUB_ADMIN_SECRET` if set, else SigV4 with the standard
     /// AWS credential chain and the Function URL's region (else the configured region).
-    pub async fn new(endpoint: &str) -> anyhow::Result<AdminApiStore> {
+    pub async fn new(endpoint: &str) -> anyhow::Result<AdminApiClient> {
         let url = url::Url::parse(endpoint).map_err(|e| anyhow::anyhow!("--endpoint {endpoint:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             anyhow::bail!("--endpoint {endpoint:?} is not an http(s) URL");
@@ -124,7 +117,7 @@ impl AdminApiStore {
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(AdminApiStore { client, base: endpoint.trim_end_matches('/').to_owned(), auth })
+        Ok(AdminApiClient { client, base: endpoint.trim_end_matches('/').to_owned(), auth })
     }
 
     /// `request` with its authentication: the bearer secret, or the SigV4 headers over method, URL and body.
@@ -199,22 +192,16 @@ impl AdminApiStore {
         Err(error)
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
-        match self.call(Method::GET, path, None).await {
-            Ok((_, bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Error::bad_gateway(format!("admin endpoint {}: unexpected answer to GET {path}: {e}", self.base))
-            }),
-            Err(e) if e.code == ErrorCode::NameUnknown => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// One admin request whose answer is a JSON `T`.
+    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>) -> Result<T> {
+        let shown = format!("{method} {path}");
+        let (_, bytes) = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::bad_gateway(format!("admin endpoint {}: unexpected answer to {shown}: {e}", self.base)))
     }
 
-    async fn delete(&self, path: &str) -> Result<bool> {
-        match self.call(Method::DELETE, path, None).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.code == ErrorCode::NameUnknown => Ok(false),
-            Err(e) => Err(e),
-        }
+    async fn account_json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Account> {
+        self.json::<AccountView>(method, path, body).await.map(Account::from)
     }
 
     /// One request as the admin page sent it (`metahub admin ui`), authenticated like every other; the answer as is,
@@ -234,13 +221,6 @@ impl AdminApiStore {
         let request = self.authenticate(request.body(body.clone()), &method, &url, content_type, &body).await?;
         request.send().await.map_err(|e| Error::unavailable(format!("admin endpoint {}: {e}", self.base)))
     }
-
-    /// Replaces an account's password hash, keeping its machine type; refused when the account does not exist.
-    pub async fn rotate_password(&self, login: &str, password_hash: &str) -> Result<()> {
-        validate_name("login", login)?;
-        let body = json!({"passwordHash": password_hash});
-        self.call(Method::PUT, &format!("/admin/accounts/{login}/password"), Some(body)).await.map(|_| ())
-    }
 }
 
 fn one_line(error: &dyn std::error::Error) -> String {
@@ -254,15 +234,11 @@ fn one_line(error: &dyn std::error::Error) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn unsupported(what: &str) -> Error {
-    Error::new(ErrorCode::Unsupported, format!("the admin API does not serve {what}"))
-}
-
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AccountView {
-    login: String,
-    machine_type: String,
+    login: Login,
+    machine_type: MachineTypeName,
     #[serde(default)]
     repositories: Vec<String>,
 }
@@ -273,116 +249,65 @@ impl From<AccountView> for Account {
         Account {
             login: a.login,
             machine_type: a.machine_type,
-            password_hash: String::new(),
+            password_hash: Secret::default(),
             repositories: a.repositories,
         }
     }
 }
 
 #[async_trait]
-impl Store for AdminApiStore {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
-        validate_name("machine type", name)?;
-        self.get_json(&format!("/admin/machine-types/{name}")).await
+impl AdminPort for AdminApiClient {
+    async fn machine_type(&self, name: &MachineTypeName) -> Result<MachineType> {
+        self.json(Method::GET, &format!("/admin/machine-types/{name}"), None).await
     }
 
-    async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        validate_name("machine type", &machine_type.name)?;
-        let body = json!({"features": machine_type.features, "match": machine_type.match_mode.to_string()});
-        self.call(Method::PUT, &format!("/admin/machine-types/{}", machine_type.name), Some(body)).await.map(|_| ())
+    async fn machine_types(&self) -> Result<Vec<MachineType>> {
+        self.json(Method::GET, "/admin/machine-types", None).await
     }
 
-    async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
-        Ok(self.get_json("/admin/machine-types").await?.unwrap_or_default())
+    async fn put_machine_type(&self, machine_type: MachineType) -> Result<MachineType> {
+        let body = json!({"features": machine_type.features(), "match": machine_type.match_mode().to_string()});
+        self.json(Method::PUT, &format!("/admin/machine-types/{}", machine_type.name()), Some(body)).await
     }
 
-    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
-        validate_name("machine type", name)?;
-        self.delete(&format!("/admin/machine-types/{name}")).await
+    async fn delete_machine_type(&self, name: &MachineTypeName) -> Result<()> {
+        self.call(Method::DELETE, &format!("/admin/machine-types/{name}"), None).await.map(|_| ())
     }
 
-    async fn account(&self, login: &str) -> Result<Option<Account>> {
-        validate_name("login", login)?;
-        Ok(self.get_json::<AccountView>(&format!("/admin/accounts/{login}")).await?.map(Account::from))
+    async fn account(&self, login: &Login) -> Result<Account> {
+        self.account_json(Method::GET, &format!("/admin/accounts/{login}"), None).await
     }
 
-    async fn put_account(&self, account: &Account) -> Result<()> {
-        validate_name("login", &account.login)?;
-        let body = json!({
-            "machineType": account.machine_type,
-            "passwordHash": account.password_hash,
-            "repositories": account.repositories,
-        });
-        self.call(Method::PUT, &format!("/admin/accounts/{}", account.login), Some(body)).await.map(|_| ())
-    }
-
-    async fn list_accounts(&self) -> Result<Vec<Account>> {
-        let views: Vec<AccountView> = self.get_json("/admin/accounts").await?.unwrap_or_default();
+    async fn accounts(&self) -> Result<Vec<Account>> {
+        let views: Vec<AccountView> = self.json(Method::GET, "/admin/accounts", None).await?;
         Ok(views.into_iter().map(Account::from).collect())
     }
 
-    async fn delete_account(&self, login: &str) -> Result<bool> {
-        validate_name("login", login)?;
-        self.delete(&format!("/admin/accounts/{login}")).await
+    async fn put_account(&self, account: NewAccount) -> Result<Account> {
+        let body = json!({
+            "machineType": account.machine_type,
+            "passwordHash": account.password.into_hash().await?.expose_str(),
+            "repositories": account.repositories,
+        });
+        self.account_json(Method::PUT, &format!("/admin/accounts/{}", account.login), Some(body)).await
     }
 
-    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
-        validate_name("login", login)?;
-        // the API's one-field routes: the server writes that field alone
-        let (path, body) = match change {
-            AccountChange::PasswordHash(hash) => ("password", json!({"passwordHash": hash})),
-            AccountChange::MachineType(name) => ("machine-type", json!({"machineType": name})),
-        };
-        let path = format!("/admin/accounts/{login}/{path}");
-        match self.call(Method::PUT, &path, Some(body)).await {
-            Ok((_, bytes)) => {
-                serde_json::from_slice::<AccountView>(&bytes).map(|v| Some(Account::from(v))).map_err(|e| {
-                    Error::bad_gateway(format!("admin endpoint {}: unexpected answer to PUT {path}: {e}", self.base))
-                })
-            }
-            // the account is unknown (a missing machine type is NAME_UNKNOWN too, with a machineType detail)
-            Err(e)
-                if e.code == ErrorCode::NameUnknown && e.detail.as_ref().is_some_and(|d| d.get("login").is_some()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    async fn rotate_password(&self, login: &Login, password: NewPassword) -> Result<Account> {
+        let body = json!({"passwordHash": password.into_hash().await?.expose_str()});
+        self.account_json(Method::PUT, &format!("/admin/accounts/{login}/password"), Some(body)).await
     }
 
-    async fn generated_manifest(&self, _: &RepositoryName, _: &Digest) -> Result<Option<Manifest>> {
-        Err(unsupported("generated manifests"))
+    async fn move_account(&self, login: &Login, machine_type: MachineTypeName) -> Result<Account> {
+        let body = json!({"machineType": machine_type});
+        self.account_json(Method::PUT, &format!("/admin/accounts/{login}/machine-type"), Some(body)).await
     }
 
-    async fn put_generated_manifest(&self, _: &RepositoryName, _: &Manifest) -> Result<()> {
-        Err(unsupported("generated manifests"))
-    }
-
-    async fn signing_key_or_insert(&self, _: &[u8]) -> Result<Vec<u8>> {
-        Err(unsupported("the signing key"))
-    }
-
-    /// The server records every change it applies, with the principal it authenticated: nothing to do here.
-    async fn record_change(&self, _: &Change) -> Result<()> {
-        Ok(())
+    async fn delete_account(&self, login: &Login) -> Result<()> {
+        self.call(Method::DELETE, &format!("/admin/accounts/{login}"), None).await.map(|_| ())
     }
 
     async fn changes(&self, limit: usize) -> Result<Vec<Change>> {
-        Ok(self.get_json(&format!("/admin/changes?limit={limit}")).await?.unwrap_or_default())
-    }
-
-    async fn watched_images(&self) -> Result<Vec<String>> {
-        Ok(self.get_json("/admin/watched-images").await?.unwrap_or_default())
-    }
-
-    async fn watch_image(&self, image: &str) -> Result<bool> {
-        let (status, _) = self.call(Method::POST, "/admin/watched-images", Some(json!({"image": image}))).await?;
-        Ok(status == StatusCode::CREATED)
-    }
-
-    async fn unwatch_image(&self, image: &str) -> Result<bool> {
-        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("image", image).finish();
-        self.delete(&format!("/admin/watched-images?{query}")).await
+        self.json(Method::GET, &format!("/admin/changes?limit={limit}"), None).await
     }
 }
 

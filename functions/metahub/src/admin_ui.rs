@@ -9,7 +9,7 @@
 //!   which is never granted) and, when the browser sends one, an `Origin` that is the proxy itself;
 //! - the browser's `Cookie` and `Authorization` headers are never forwarded.
 
-use crate::admin_client::AdminApiStore;
+use crate::admin_client::AdminApiClient;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
@@ -47,7 +47,7 @@ const ANSWER_HEADERS: [header::HeaderName; 7] = [
 ];
 
 struct Proxy {
-    api: AdminApiStore,
+    api: AdminApiClient,
     /// `127.0.0.1:PORT`, as the browser's `Host` header names the proxy.
     host: String,
     /// `http://127.0.0.1:PORT`, as the browser's `Origin` header names the page.
@@ -61,7 +61,7 @@ pub async fn run(args: UiArgs) -> anyhow::Result<()> {
             args.listen
         );
     }
-    let api = AdminApiStore::new(&args.endpoint).await?;
+    let api = AdminApiClient::new(&args.endpoint).await?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;

@@ -97,7 +97,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         },
     };
     // The suggested command must work as printed: the same validation `machine-type put` applies.
-    MachineType::new(&name, features.clone(), MatchMode::Best)?;
+    MachineType::new(name.as_str(), features.clone(), MatchMode::Best)?;
     let command = std::iter::once(format!("metahub machine-type put {name}"))
         .chain(features.iter().map(|f| format!("--feature {f}")))
         .collect::<Vec<_>>()

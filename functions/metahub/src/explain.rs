@@ -33,7 +33,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let image: ImageRef = args.image.parse().with_context(|| format!("image {:?}", args.image))?;
     let machine = {
         let store = crate::store::open(&args.store.store).await?;
-        let Some(machine) = store.machine_type(&args.machine_type).await? else {
+        let Some(machine) = store.machine_type(&args.machine_type.parse()?).await? else {
             bail!("no machine type {:?} in store {}", args.machine_type, args.store.store);
         };
         machine
@@ -94,7 +94,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     }
 
     println!("{image} {} ({})", short(manifest.digest.as_str()), manifest.media_type);
-    println!("machine type {} [{}] ({})", machine.name, machine.features.join(", "), machine.match_mode);
+    println!("machine type {} [{}] ({})", machine.name(), machine.features().join(", "), machine.match_mode());
     println!();
     print_table(&verdicts);
     println!();

@@ -1,16 +1,16 @@
 //! `machine-type`, `account` and `changes`: the operator's commands, against the store directly (`--store`) or a
-//! running MetaHub's admin API (`--endpoint`). Both are a [`Store`], so every command has one code path.
+//! running MetaHub's admin API (`--endpoint`). Both are an [`AdminPort`], so every command has one code path; this
+//! module only parses, calls and prints.
 
-use crate::admin_client::AdminApiStore;
+use crate::admin_client::AdminApiClient;
 use crate::cli::StoreArg;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
+use metahub_core::admin::{AdminPort, AdminService, NewAccount, NewPassword};
 use metahub_core::machine::{MachineType, MatchMode};
-use metahub_core::password::hash_password;
-use metahub_core::ports::{Account, AccountChange, Change, Store};
-use serde_json::json;
+use metahub_core::ports::{Account, Change};
+use metahub_core::{Error, ErrorCode, Secret};
 use std::io::Read;
-use std::sync::Arc;
 
 /// Where an admin command applies: the store, or the admin API when `--endpoint` is given.
 #[derive(Args, Clone)]
@@ -24,31 +24,24 @@ pub struct AdminTarget {
     endpoint: Option<String>,
 }
 
-enum Admin {
-    Store(Arc<dyn Store>),
-    Api(AdminApiStore),
+impl AdminTarget {
+    /// The admin API's client, or the use cases on the store with changes recorded as `cli:<user>`.
+    async fn open(&self) -> anyhow::Result<Box<dyn AdminPort>> {
+        match self.endpoint.as_deref().filter(|e| !e.is_empty()) {
+            Some(endpoint) => Ok(Box::new(AdminApiClient::new(endpoint).await?)),
+            None => {
+                let who = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+                Ok(Box::new(AdminService::new(crate::store::open(&self.store.store).await?, who)))
+            }
+        }
+    }
 }
 
-impl Admin {
-    async fn open(target: &AdminTarget) -> anyhow::Result<Admin> {
-        match target.endpoint.as_deref().filter(|e| !e.is_empty()) {
-            Some(endpoint) => Ok(Admin::Api(AdminApiStore::new(endpoint).await?)),
-            None => Ok(Admin::Store(crate::store::open(&target.store.store).await?)),
-        }
-    }
-
-    fn store(&self) -> &dyn Store {
-        match self {
-            Admin::Store(store) => store.as_ref(),
-            Admin::Api(api) => api,
-        }
-    }
-
-    /// Records a change made on the store directly; through the API the server records it with its principal.
-    async fn record(&self, action: &str, target: String) -> anyhow::Result<()> {
-        let who = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
-        let change = Change { at: metahub_core::token::now_seconds(), who, action: action.to_owned(), target };
-        self.store().record_change(&change).await.context("the change was applied, but recording it failed")
+/// A name that does not exist, said as the commands always said it: the message alone.
+fn absent(e: Error) -> anyhow::Error {
+    match e.code {
+        ErrorCode::NameUnknown => anyhow::anyhow!(e.message),
+        _ => e.into(),
     }
 }
 
@@ -135,30 +128,25 @@ pub struct ChangesArgs {
 }
 
 fn machine_type_line(mt: &MachineType) -> String {
-    format!("{:<24} {:<6} {}", mt.name, mt.match_mode, mt.features.join(" "))
+    format!("{:<24} {:<6} {}", mt.name(), mt.match_mode(), mt.features().join(" "))
 }
 
-/// The hash of the password on standard input; hashed here, so the API never sees the password.
-fn password_from_stdin() -> anyhow::Result<String> {
+/// The password on standard input; hashed before it leaves this process (the API only ever sees the hash).
+fn password_from_stdin() -> anyhow::Result<NewPassword> {
     let mut password = String::new();
     std::io::stdin().read_to_string(&mut password).context("reading the password from standard input")?;
-    Ok(hash_password(password.trim_end_matches(['\n', '\r']))?)
+    Ok(NewPassword::Plain(Secret::new(password.trim_end_matches(['\n', '\r']).to_owned())))
 }
 
 pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
     match command {
         MachineTypeCommand::Put { name, features, match_mode, target } => {
-            let mt = MachineType::new(&name, features, match_mode)?;
-            let admin = Admin::open(&target).await?;
-            admin.store().put_machine_type(&mt).await?;
-            let features = mt.features.join(",");
-            admin.record("put-machine-type", format!("{} [{features}] {}", mt.name, mt.match_mode)).await?;
-            println!("machine type {} = [{}] ({})", mt.name, mt.features.join(", "), mt.match_mode);
+            let mt = MachineType::new(name.as_str(), features, match_mode)?;
+            let mt = target.open().await?.put_machine_type(mt).await?;
+            println!("machine type {} = [{}] ({})", mt.name(), mt.features().join(", "), mt.match_mode());
         }
         MachineTypeCommand::Get { name, json, target } => {
-            let Some(mt) = Admin::open(&target).await?.store().machine_type(&name).await? else {
-                bail!("no machine type {name:?}");
-            };
+            let mt = target.open().await?.machine_type(&name.parse()?).await.map_err(absent)?;
             if json {
                 println!("{}", mt.to_json());
             } else {
@@ -166,7 +154,7 @@ pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
             }
         }
         MachineTypeCommand::List { json, target } => {
-            let all = Admin::open(&target).await?.store().list_machine_types().await?;
+            let all = target.open().await?.machine_types().await?;
             if json {
                 println!("{}", serde_json::Value::from(all.iter().map(MachineType::to_json).collect::<Vec<_>>()));
             } else {
@@ -175,11 +163,7 @@ pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
             }
         }
         MachineTypeCommand::Delete { name, target } => {
-            let admin = Admin::open(&target).await?;
-            if !admin.store().delete_machine_type(&name).await? {
-                bail!("no machine type {name:?}");
-            }
-            admin.record("delete-machine-type", name.clone()).await?;
+            target.open().await?.delete_machine_type(&name.parse()?).await.map_err(absent)?;
             println!("deleted machine type {name}");
         }
     }
@@ -189,23 +173,17 @@ pub async fn machine_type(command: MachineTypeCommand) -> anyhow::Result<()> {
 pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
     match command {
         AccountCommand::Put { login, machine_type, repositories, password_stdin: _, target } => {
-            metahub_core::machine::validate_name("login", &login)?;
-            for prefix in &repositories {
-                metahub_core::ports::validate_repository_prefix(prefix)?;
-            }
-            let account = Account {
-                login: login.clone(),
-                machine_type: machine_type.clone(),
-                password_hash: password_from_stdin()?,
+            let account = NewAccount {
+                login: login.parse()?,
+                machine_type: machine_type.parse()?,
+                password: password_from_stdin()?,
                 repositories,
             };
-            let admin = Admin::open(&target).await?;
-            admin.store().put_account(&account).await?;
-            admin.record("put-account", format!("{login} machineType={machine_type}")).await?;
-            println!("account {login} pulls as machine type {machine_type}");
+            let account = target.open().await?.put_account(account).await?;
+            println!("account {} pulls as machine type {}", account.login, account.machine_type);
         }
         AccountCommand::List { json, target } => {
-            let all = Admin::open(&target).await?.store().list_accounts().await?;
+            let all = target.open().await?.accounts().await?;
             if json {
                 let items: Vec<_> = all.iter().map(Account::to_json).collect();
                 println!("{}", serde_json::Value::from(items));
@@ -219,52 +197,27 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
             }
         }
         AccountCommand::Delete { login, target } => {
-            let admin = Admin::open(&target).await?;
-            if !admin.store().delete_account(&login).await? {
-                bail!("no account {login:?}");
-            }
-            admin.record("delete-account", login.clone()).await?;
+            target.open().await?.delete_account(&login.parse()?).await.map_err(absent)?;
             println!("deleted account {login}");
         }
         AccountCommand::RotatePassword { login, password_stdin: _, target } => {
-            metahub_core::machine::validate_name("login", &login)?;
-            let hash = password_from_stdin()?;
-            match Admin::open(&target).await? {
-                // One request: the server checks the account exists and records the rotation.
-                Admin::Api(api) => api.rotate_password(&login, &hash).await?,
-                admin @ Admin::Store(_) => {
-                    let change = AccountChange::PasswordHash(hash);
-                    if admin.store().update_account(&login, &change).await?.is_none() {
-                        bail!("no account {login:?}");
-                    }
-                    admin.record("rotate-password", login.clone()).await?;
-                }
-            }
+            let login = login.parse()?;
+            let password = password_from_stdin()?;
+            target.open().await?.rotate_password(&login, password).await.map_err(absent)?;
             println!("account {login} has a new password");
         }
     }
     Ok(())
 }
 
-fn change_time(c: &Change) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.at)).to_string()
-}
-
 pub async fn changes(args: ChangesArgs) -> anyhow::Result<()> {
-    if !(1..=1000).contains(&args.limit) {
-        bail!("--limit must be from 1 to 1000");
-    }
-    let all = Admin::open(&args.target).await?.store().changes(args.limit).await?;
+    let all = args.target.open().await?.changes(args.limit).await?;
     if args.json {
-        let items: Vec<_> = all
-            .iter()
-            .map(|c| json!({"at": c.at, "time": change_time(c), "who": c.who, "action": c.action, "target": c.target}))
-            .collect();
-        println!("{}", serde_json::Value::from(items));
+        println!("{}", serde_json::Value::from(all.iter().map(Change::to_json).collect::<Vec<_>>()));
     } else {
         println!("{:<20}  {:<24} {:<20} TARGET", "TIME", "WHO", "ACTION");
         for c in &all {
-            println!("{:<20}  {:<24} {:<20} {}", change_time(c), c.who, c.action, c.target);
+            println!("{:<20}  {:<24} {:<20} {}", c.time(), c.who, c.action, c.target);
         }
     }
     Ok(())

@@ -36,7 +36,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
 use bytes::Bytes;
-use metahub_core::machine::{MachineType, MatchMode, validate_name};
+use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
+use metahub_core::names::Login;
 use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
@@ -326,7 +327,7 @@ impl DynamoStore {
         }
         if let Ok(mut cache) = self.machine_types.lock() {
             cache.retain(|_, (at, _)| at.elapsed() < self.cache_ttl);
-            cache.insert(mt.name.clone(), (Instant::now(), mt.clone()));
+            cache.insert(mt.name().to_string(), (Instant::now(), mt.clone()));
         }
     }
 
@@ -356,10 +357,11 @@ impl DynamoStore {
     /// retried while the account changes concurrently. `item_write(current)` builds the account item's write from the
     /// item as just read, conditioned on its machine type still being the one read (so the old type's `users` set is
     /// cleaned up correctly); `None` writes nothing. Returns the item as read before the write that succeeded.
-    async fn write_account<F>(&self, login: &str, machine_type: &str, item_write: F) -> Result<Option<Item>>
+    async fn write_account<F>(&self, login: &str, typed: &MachineTypeName, item_write: F) -> Result<Option<Item>>
     where
         F: Fn(Option<&Item>) -> Result<Option<TransactWriteItem>>,
     {
+        let machine_type = typed.as_str();
         let mut old_type_gone = false;
         for attempt in 0..TRANSACTION_ATTEMPTS {
             let current = self.get("GetItem", account_key(login), None, &[]).await?;
@@ -374,7 +376,7 @@ impl DynamoStore {
                 Err(Err(e)) => return Err(e),
                 Err(Ok(reasons)) => {
                     if failed_condition(&reasons, 1) {
-                        return Err(machine_type_missing(machine_type));
+                        return Err(machine_type_missing(typed));
                     }
                     if failed_condition(&reasons, 2) {
                         old_type_gone = true; // an account typed in by hand pointing at a missing type
@@ -438,6 +440,11 @@ fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
     item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
+/// Logins as a store's `users` set or index names them; a hand-typed malformed one cannot be an account.
+fn logins(names: Vec<String>) -> Vec<Login> {
+    names.into_iter().filter_map(|name| name.parse().ok()).collect()
+}
+
 fn users_of(item: &Item) -> Vec<String> {
     item.get("users").and_then(|v| v.as_ss().ok()).cloned().unwrap_or_default()
 }
@@ -474,19 +481,14 @@ fn decode_machine_type(name: &str, item: &Item) -> Result<MachineType> {
         Some(AttributeValue::S(m)) => m.parse().map_err(|e: Error| malformed(&e.message))?,
         Some(_) => return Err(malformed("match must be a string, best or exact")),
     };
-    MachineType { name: name.to_owned(), features, match_mode }
-        .validated()
+    MachineType::stored(name, features, match_mode)
         .map_err(|e| Error { message: format!("{} (item pk=MT#{name})", e.message), ..e })
 }
 
 fn decode_account(login: &str, item: &Item) -> Result<Account> {
-    let field = |attr: &str| {
-        get_s(item, attr).map(str::to_owned).ok_or_else(|| {
-            Error::internal(format!(
-                "stored account {login:?} (item pk=ACCT#{login}) is malformed: no string attribute {attr}"
-            ))
-        })
-    };
+    let malformed =
+        |why: String| Error::internal(format!("stored account {login:?} (item pk=ACCT#{login}) is malformed: {why}"));
+    let field = |attr: &str| get_s(item, attr).ok_or_else(|| malformed(format!("no string attribute {attr}")));
     let repositories = match item.get("repositories") {
         None => Vec::new(),
         Some(AttributeValue::L(items)) => items.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
@@ -497,9 +499,9 @@ fn decode_account(login: &str, item: &Item) -> Result<Account> {
         }
     };
     Ok(Account {
-        login: login.to_owned(),
-        machine_type: field("machineType")?,
-        password_hash: field("passwordHash")?,
+        login: login.parse().map_err(|e: Error| malformed(e.message))?,
+        machine_type: field("machineType")?.parse().map_err(|e: Error| malformed(e.message))?,
+        password_hash: field("passwordHash")?.into(),
         repositories,
     })
 }
@@ -531,7 +533,8 @@ fn failed_condition(reasons: &[CancellationReason], index: usize) -> bool {
 
 #[async_trait]
 impl Store for DynamoStore {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
+    async fn machine_type(&self, name: &MachineTypeName) -> Result<Option<MachineType>> {
+        let name = name.as_str();
         if let Some(mt) = self.cached(name) {
             return Ok(Some(mt));
         }
@@ -543,22 +546,23 @@ impl Store for DynamoStore {
     }
 
     async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        let mt = MachineType::new(&machine_type.name, machine_type.features.clone(), machine_type.match_mode)?;
+        let mt =
+            MachineType::new(machine_type.name().clone(), machine_type.features().to_vec(), machine_type.match_mode())?;
         // An update, not a put: it keeps the item's `users` set.
-        let features = mt.features.iter().map(|f| s(f.as_str())).collect();
+        let features = mt.features().iter().map(|f| s(f.as_str())).collect();
         let out = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(mt_key(&mt.name)))
+            .set_key(Some(mt_key(mt.name().as_str())))
             .update_expression("SET #f = :f, #m = :m")
             .expression_attribute_names("#f", "features")
             .expression_attribute_names("#m", "match")
             .expression_attribute_values(":f", AttributeValue::L(features))
-            .expression_attribute_values(":m", s(mt.match_mode.to_string()))
+            .expression_attribute_values(":m", s(mt.match_mode().to_string()))
             .send()
             .await;
-        self.forget(&mt.name);
+        self.forget(mt.name().as_str());
         out.map_err(|e| self.fail("UpdateItem", e))?;
         Ok(())
     }
@@ -571,11 +575,12 @@ impl Store for DynamoStore {
             };
             out.push(decode_machine_type(name, &item)?);
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(out)
     }
 
-    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
+    async fn delete_machine_type(&self, typed: &MachineTypeName) -> Result<bool> {
+        let name = typed.as_str();
         // Accounts typed in by hand are only found by the index; ours are also in the item's `users` set, which the
         // conditional delete below checks atomically.
         let by_index = self.accounts_by_index(name).await?;
@@ -584,7 +589,7 @@ impl Store for DynamoStore {
             if self.get("GetItem", mt_key(name), Some("pk"), &[]).await?.is_none() {
                 return Ok(false);
             }
-            return Err(machine_type_in_use(name, by_index));
+            return Err(machine_type_in_use(typed, logins(by_index)));
         }
         let out = self
             .client
@@ -610,25 +615,25 @@ impl Store for DynamoStore {
                             .map(|i| users_of(&i))
                             .unwrap_or_default(),
                     };
-                    Err(machine_type_in_use(name, users))
+                    Err(machine_type_in_use(typed, logins(users)))
                 }
                 _ => Err(self.fail("DeleteItem", e)),
             },
         }
     }
 
-    async fn account(&self, login: &str) -> Result<Option<Account>> {
+    async fn account(&self, login: &Login) -> Result<Option<Account>> {
+        let login = login.as_str();
         let item = self.get("GetItem", account_key(login), None, &[]).await?;
         item.map(|i| decode_account(login, &i)).transpose()
     }
 
     async fn put_account(&self, account: &Account) -> Result<()> {
-        validate_name("login", &account.login)?;
         let login = account.login.as_str();
         self.write_account(login, &account.machine_type, |current| {
             let mut item = account_key(login);
-            item.insert("machineType".into(), s(&account.machine_type));
-            item.insert("passwordHash".into(), s(&account.password_hash));
+            item.insert("machineType".into(), s(account.machine_type.as_str()));
+            item.insert("passwordHash".into(), s(account.password_hash.expose_str()));
             if !account.repositories.is_empty() {
                 item.insert("repositories".into(), AttributeValue::L(account.repositories.iter().map(s).collect()));
             }
@@ -643,8 +648,8 @@ impl Store for DynamoStore {
         .map(|_| ())
     }
 
-    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
-        validate_name("login", login)?;
+    async fn update_account(&self, login: &Login, change: &AccountChange) -> Result<Option<Account>> {
+        let login = login.as_str();
         match change {
             // One attribute, set in place: whatever else the item holds at that moment stays.
             AccountChange::PasswordHash(hash) => {
@@ -656,7 +661,7 @@ impl Store for DynamoStore {
                     .update_expression("SET #p = :p")
                     .condition_expression("attribute_exists(pk)")
                     .expression_attribute_names("#p", "passwordHash")
-                    .expression_attribute_values(":p", s(hash))
+                    .expression_attribute_values(":p", s(hash.expose_str()))
                     .return_values(ReturnValue::AllNew)
                     .send()
                     .await;
@@ -683,7 +688,7 @@ impl Store for DynamoStore {
                             .set_key(Some(account_key(login)))
                             .update_expression("SET machineType = :new")
                             .condition_expression("machineType = :old")
-                            .expression_attribute_values(":new", s(name))
+                            .expression_attribute_values(":new", s(name.as_str()))
                             .expression_attribute_values(":old", s(old))
                             .build();
                         Ok(Some(TransactWriteItem::builder().update(self.build(update)?).build()))
@@ -706,7 +711,8 @@ impl Store for DynamoStore {
         Ok(out)
     }
 
-    async fn delete_account(&self, login: &str) -> Result<bool> {
+    async fn delete_account(&self, login: &Login) -> Result<bool> {
+        let login = login.as_str();
         let mut type_gone = false;
         for attempt in 0..TRANSACTION_ATTEMPTS {
             let Some(item) = self.get("GetItem", account_key(login), Some("machineType"), &[]).await? else {

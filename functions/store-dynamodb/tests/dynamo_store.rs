@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use metahub_core::ErrorCode;
 use metahub_core::ports::Store;
-use metahub_core::testing::conformance::{self, Fixture, account, machine_type};
+use metahub_core::testing::conformance::{self, Fixture, account, l, machine_type, n};
 use metahub_store_dynamodb::DynamoStore;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -154,21 +154,21 @@ async fn against_dynamodb_api() {
     .await
     .unwrap();
     assert_eq!(
-        store.machine_type("skylake-v100").await.unwrap(),
+        store.machine_type(&n("skylake-v100")).await.unwrap(),
         Some(machine_type("skylake-v100", &["cpu:skylake", "nvcap:7.0"]))
     );
-    assert_eq!(store.machine_type("zen3").await.unwrap(), Some(machine_type("zen3", &["cpu:zen3"])));
-    let node = store.account("node-17").await.unwrap().unwrap();
-    assert_eq!((node.machine_type.as_str(), node.password_hash.as_str()), ("skylake-v100", hash));
+    assert_eq!(store.machine_type(&n("zen3")).await.unwrap(), Some(machine_type("zen3", &["cpu:zen3"])));
+    let node = store.account(&l("node-17")).await.unwrap().unwrap();
+    assert_eq!((node.machine_type.as_str(), node.password_hash.expose_str().as_str()), ("skylake-v100", hash));
     // A hand-typed account is not in the type's `users` set; the index still finds it.
-    let e = store.delete_machine_type("skylake-v100").await.unwrap_err();
+    let e = store.delete_machine_type(&n("skylake-v100")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied);
     assert!(e.message.contains("node-17"), "{e}");
     // metahub moves it and cleans up after it.
     store.put_account(&account("node-17", "zen3")).await.unwrap();
-    assert!(store.delete_machine_type("skylake-v100").await.unwrap());
-    assert!(store.delete_account("node-17").await.unwrap());
-    assert!(store.delete_machine_type("zen3").await.unwrap());
+    assert!(store.delete_machine_type(&n("skylake-v100")).await.unwrap());
+    assert!(store.delete_account(&l("node-17")).await.unwrap());
+    assert!(store.delete_machine_type(&n("zen3")).await.unwrap());
 
     eprintln!("dynamodb: the conditional delete catches what the index has not indexed yet");
     // An account committed a moment ago is in the type's `users` set before the index shows it.
@@ -180,10 +180,10 @@ async fn against_dynamodb_api() {
     ])
     .await
     .unwrap();
-    let e = store.delete_machine_type("fresh").await.unwrap_err();
+    let e = store.delete_machine_type(&n("fresh")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied);
     assert_eq!(e.detail.unwrap()["accounts"], serde_json::json!(["a-bit-earlier", "just-now"]));
-    assert!(store.machine_type("fresh").await.unwrap().is_some());
+    assert!(store.machine_type(&n("fresh")).await.unwrap().is_some());
 
     eprintln!("dynamodb: generated indexes carry a ttl");
     let repo = "org/app".parse().unwrap();
@@ -210,21 +210,21 @@ async fn against_dynamodb_api() {
 
     eprintln!("dynamodb: a missing table is UNAVAILABLE naming it");
     let missing = DynamoStore::new(client.clone(), "no-such-table");
-    let e = missing.machine_type("x").await.unwrap_err();
+    let e = missing.machine_type(&n("x")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
     assert!(e.message.contains("no-such-table") && e.message.contains("store init"), "{e}");
 
     eprintln!("dynamodb: machine types are cached for a warm pull");
     let cached = DynamoStore::new(client.clone(), table.clone());
     cached.put_machine_type(&machine_type("hsw", &["cpu:haswell"])).await.unwrap();
-    assert!(cached.machine_type("hsw").await.unwrap().is_some());
+    assert!(cached.machine_type(&n("hsw")).await.unwrap().is_some());
     // Another process changes it; this one serves the cached value until the TTL runs out.
     put(vec![("pk", s("MT#hsw")), ("sk", s("MT")), ("features", AttributeValue::L(vec![s("cpu:zen2")]))])
         .await
         .unwrap();
-    assert_eq!(cached.machine_type("hsw").await.unwrap().unwrap().features, ["cpu:haswell"]);
+    assert_eq!(cached.machine_type(&n("hsw")).await.unwrap().unwrap().features, ["cpu:haswell"]);
     let uncached = DynamoStore::new(client.clone(), table.clone()).with_machine_type_cache_ttl(Duration::ZERO);
-    assert_eq!(uncached.machine_type("hsw").await.unwrap().unwrap().features, ["cpu:zen2"]);
+    assert_eq!(uncached.machine_type(&n("hsw")).await.unwrap().unwrap().features, ["cpu:zen2"]);
 }
 
 #[tokio::test]
@@ -246,7 +246,7 @@ async fn unreachable_endpoint_is_unavailable_quickly() {
         .build();
     let store = DynamoStore::new(Client::from_conf(config), "metahub");
     let started = Instant::now();
-    let e = store.account("node").await.unwrap_err();
+    let e = store.account(&l("node")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
     assert!(e.message.contains("DynamoDB table metahub"), "{e}");
     let e = store.signing_key_or_insert(b"k").await.unwrap_err();

@@ -16,7 +16,8 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use metahub_core::machine::{MachineType, validate_name};
+use metahub_core::machine::{MachineType, MachineTypeName};
+use metahub_core::names::Login;
 use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
@@ -130,8 +131,8 @@ impl FileStore {
     fn decode_machine_type(name: &str, json: &str) -> Result<MachineType> {
         let malformed = |why: String| Error::internal(format!("stored machine type {name:?} is malformed: {why}"));
         let mt: MachineType = serde_json::from_str(json).map_err(|e| malformed(e.to_string()))?;
-        if mt.name != name {
-            return Err(malformed(format!("its name field is {:?}", mt.name)));
+        if mt.name().as_str() != name {
+            return Err(malformed(format!("its name field is {:?}", mt.name().as_str())));
         }
         mt.validated()
     }
@@ -139,10 +140,10 @@ impl FileStore {
     fn decode_account(login: &str, json: &str) -> Result<Account> {
         let account: Account = serde_json::from_str(json)
             .map_err(|e| Error::internal(format!("stored account {login:?} is malformed: {e}")))?;
-        if account.login != login {
+        if account.login.as_str() != login {
             return Err(Error::internal(format!(
                 "stored account {login:?} is malformed: its login field is {:?}",
-                account.login
+                account.login.as_str()
             )));
         }
         Ok(account)
@@ -159,13 +160,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 
 /// Logins of the accounts using `machine_type`, sorted. A scan: accounts number in the tens to hundreds, and this
 /// runs only when a machine type is deleted.
-fn accounts_using(store: &FileStore, txn: &WriteTransaction, machine_type: &str) -> Result<Vec<String>> {
+fn accounts_using(store: &FileStore, txn: &WriteTransaction, machine_type: &MachineTypeName) -> Result<Vec<Login>> {
     let table = txn.open_table(ACCOUNTS).map_err(|e| store.fail(e))?;
     let mut users = Vec::new();
     for entry in table.iter().map_err(|e| store.fail(e))? {
         let (k, v) = entry.map_err(|e| store.fail(e))?;
         let account = FileStore::decode_account(k.value(), v.value())?;
-        if account.machine_type == machine_type {
+        if account.machine_type == *machine_type {
             users.push(account.login);
         }
     }
@@ -175,8 +176,8 @@ fn accounts_using(store: &FileStore, txn: &WriteTransaction, machine_type: &str)
 
 #[async_trait]
 impl Store for FileStore {
-    async fn machine_type(&self, name: &str) -> Result<Option<MachineType>> {
-        let name = name.to_owned();
+    async fn machine_type(&self, name: &MachineTypeName) -> Result<Option<MachineType>> {
+        let name = name.to_string();
         self.blocking(move |s| {
             let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
             let table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
@@ -187,12 +188,13 @@ impl Store for FileStore {
     }
 
     async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        let mt = MachineType::new(&machine_type.name, machine_type.features.clone(), machine_type.match_mode)?;
+        let mt =
+            MachineType::new(machine_type.name().clone(), machine_type.features().to_vec(), machine_type.match_mode())?;
         let json = to_json(&mt)?;
         self.blocking(move |s| {
             s.write(|txn| {
                 let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;
-                table.insert(mt.name.as_str(), json.as_str()).map_err(|e| s.fail(e))?;
+                table.insert(mt.name().as_str(), json.as_str()).map_err(|e| s.fail(e))?;
                 Ok(())
             })
         })
@@ -214,8 +216,8 @@ impl Store for FileStore {
         .await
     }
 
-    async fn delete_machine_type(&self, name: &str) -> Result<bool> {
-        let name = name.to_owned();
+    async fn delete_machine_type(&self, name: &MachineTypeName) -> Result<bool> {
+        let name = name.clone();
         self.blocking(move |s| {
             s.write(|txn| {
                 let users = accounts_using(s, txn, &name)?;
@@ -230,8 +232,8 @@ impl Store for FileStore {
         .await
     }
 
-    async fn account(&self, login: &str) -> Result<Option<Account>> {
-        let login = login.to_owned();
+    async fn account(&self, login: &Login) -> Result<Option<Account>> {
+        let login = login.to_string();
         self.blocking(move |s| {
             let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
             let table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
@@ -242,7 +244,6 @@ impl Store for FileStore {
     }
 
     async fn put_account(&self, account: &Account) -> Result<()> {
-        validate_name("login", &account.login)?;
         let json = to_json(account)?;
         let account = account.clone();
         self.blocking(move |s| {
@@ -274,8 +275,8 @@ impl Store for FileStore {
         .await
     }
 
-    async fn delete_account(&self, login: &str) -> Result<bool> {
-        let login = login.to_owned();
+    async fn delete_account(&self, login: &Login) -> Result<bool> {
+        let login = login.to_string();
         self.blocking(move |s| {
             s.write(|txn| {
                 let mut table = txn.open_table(ACCOUNTS).map_err(|e| s.fail(e))?;
@@ -286,8 +287,8 @@ impl Store for FileStore {
         .await
     }
 
-    async fn update_account(&self, login: &str, change: &AccountChange) -> Result<Option<Account>> {
-        let (login, change) = (login.to_owned(), change.clone());
+    async fn update_account(&self, login: &Login, change: &AccountChange) -> Result<Option<Account>> {
+        let (login, change) = (login.to_string(), change.clone());
         self.blocking(move |s| {
             // Read, change and write in one write transaction: no other write can come in between.
             s.write(|txn| {

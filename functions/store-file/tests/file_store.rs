@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use metahub_core::ErrorCode;
 use metahub_core::ports::Store;
-use metahub_core::testing::conformance::{self, Fixture, account, machine_type};
+use metahub_core::testing::conformance::{self, Fixture, account, l, machine_type, n};
 use metahub_store_file::FileStore;
 use std::sync::{Arc, Mutex};
 use tempfile::TempDir;
@@ -49,8 +49,8 @@ async fn persists_across_restarts() {
         store.signing_key_or_insert(b"first key").await.unwrap()
     };
     let store = FileStore::open(&path).unwrap();
-    assert_eq!(store.machine_type("hsw").await.unwrap(), Some(machine_type("hsw", &["cpu:haswell"])));
-    assert_eq!(store.account("node").await.unwrap(), Some(account("node", "hsw")));
+    assert_eq!(store.machine_type(&n("hsw")).await.unwrap(), Some(machine_type("hsw", &["cpu:haswell"])));
+    assert_eq!(store.account(&l("node")).await.unwrap(), Some(account("node", "hsw")));
     assert_eq!(store.signing_key_or_insert(b"second key").await.unwrap(), key);
     assert_eq!(key, b"first key");
 }
@@ -61,16 +61,16 @@ async fn two_handles_share_one_file() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("store.redb");
     let server = FileStore::open(&path).unwrap();
-    assert_eq!(server.machine_type("hsw").await.unwrap(), None);
+    assert_eq!(server.machine_type(&n("hsw")).await.unwrap(), None);
     let cli = FileStore::open(&path).unwrap();
     cli.put_machine_type(&machine_type("hsw", &["cpu:haswell"])).await.unwrap();
     cli.put_account(&account("node", "hsw")).await.unwrap();
-    assert!(server.machine_type("hsw").await.unwrap().is_some(), "the server sees the CLI's commit");
-    let e = server.delete_machine_type("hsw").await.unwrap_err();
+    assert!(server.machine_type(&n("hsw")).await.unwrap().is_some(), "the server sees the CLI's commit");
+    let e = server.delete_machine_type(&n("hsw")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied);
-    assert!(cli.delete_account("node").await.unwrap());
-    assert!(server.delete_machine_type("hsw").await.unwrap());
-    assert_eq!(cli.machine_type("hsw").await.unwrap(), None);
+    assert!(cli.delete_account(&l("node")).await.unwrap());
+    assert!(server.delete_machine_type(&n("hsw")).await.unwrap());
+    assert_eq!(cli.machine_type(&n("hsw")).await.unwrap(), None);
 }
 
 #[tokio::test]

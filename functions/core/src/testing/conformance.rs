@@ -2,7 +2,8 @@
 //!
 //! An adapter's test implements [`Fixture`] and calls [`run_all`]; a failing scenario panics with its name.
 
-use crate::machine::{MachineType, MatchMode};
+use crate::machine::{MachineType, MachineTypeName, MatchMode};
+use crate::names::Login;
 use crate::ports::{Account, AccountChange, Manifest, Store};
 use crate::reference::{Digest, RepositoryName};
 use crate::{Error, ErrorCode};
@@ -26,11 +27,21 @@ pub fn machine_type(name: &str, features: &[&str]) -> MachineType {
         .expect("valid machine type")
 }
 
+/// A machine type name the suite writes.
+pub fn n(name: &str) -> MachineTypeName {
+    name.parse().expect("a valid machine type name")
+}
+
+/// A login the suite writes.
+pub fn l(login: &str) -> Login {
+    login.parse().expect("a valid login")
+}
+
 pub fn account(login: &str, machine_type: &str) -> Account {
     Account {
-        login: login.into(),
-        machine_type: machine_type.into(),
-        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${login}"),
+        login: l(login),
+        machine_type: n(machine_type),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${login}").into(),
         repositories: Vec::new(),
     }
 }
@@ -73,83 +84,84 @@ pub async fn watched_images(store: Arc<dyn Store>) {
 }
 
 pub async fn machine_types(store: Arc<dyn Store>) {
-    assert_eq!(store.machine_type("skylake-v100").await.unwrap(), None);
+    assert_eq!(store.machine_type(&n("skylake-v100")).await.unwrap(), None);
     assert!(store.list_machine_types().await.unwrap().is_empty());
-    assert!(!store.delete_machine_type("skylake-v100").await.unwrap(), "deleting an absent type is Ok(false)");
+    assert!(!store.delete_machine_type(&n("skylake-v100")).await.unwrap(), "deleting an absent type is Ok(false)");
 
     for (name, features) in
         [("zen3", vec!["cpu:zen3"]), ("skylake-v100", vec!["cpu:skylake", "nvcap:7.0"]), ("any", vec![])]
     {
         store.put_machine_type(&machine_type(name, &features)).await.unwrap();
     }
-    let got = store.machine_type("skylake-v100").await.unwrap().unwrap();
+    let got = store.machine_type(&n("skylake-v100")).await.unwrap().unwrap();
     assert_eq!(got, machine_type("skylake-v100", &["cpu:skylake", "nvcap:7.0"]));
-    assert_eq!(store.machine_type("any").await.unwrap().unwrap().features, Vec::<String>::new());
+    assert_eq!(store.machine_type(&n("any")).await.unwrap().unwrap().features, Vec::<String>::new());
 
     // Replace, with another match mode and features in a given order.
     let mut exact = machine_type("skylake-v100", &["nvcap:7.0", "cpu:skylake", "fabric:efa"]);
     exact.match_mode = MatchMode::Exact;
     store.put_machine_type(&exact).await.unwrap();
-    assert_eq!(store.machine_type("skylake-v100").await.unwrap().unwrap(), exact);
+    assert_eq!(store.machine_type(&n("skylake-v100")).await.unwrap().unwrap(), exact);
 
-    let names: Vec<String> = store.list_machine_types().await.unwrap().into_iter().map(|m| m.name).collect();
+    let names: Vec<String> =
+        store.list_machine_types().await.unwrap().into_iter().map(|m| m.name.to_string()).collect();
     assert_eq!(names, ["any", "skylake-v100", "zen3"], "sorted by name");
 
     // Writes are validated: a bad feature is a client error, never stored.
-    let bad = MachineType { name: "bad".into(), features: vec!["cpu:skylak".into()], match_mode: MatchMode::Best };
+    let bad = MachineType { name: n("bad"), features: vec!["cpu:skylak".into()], match_mode: MatchMode::Best };
     let e = store.put_machine_type(&bad).await.unwrap_err();
     assert_ne!(e.code, ErrorCode::Unavailable, "{e}");
-    assert_eq!(store.machine_type("bad").await.unwrap(), None);
+    assert_eq!(store.machine_type(&n("bad")).await.unwrap(), None);
 
-    assert!(store.delete_machine_type("zen3").await.unwrap());
-    assert_eq!(store.machine_type("zen3").await.unwrap(), None);
-    assert!(!store.delete_machine_type("zen3").await.unwrap());
+    assert!(store.delete_machine_type(&n("zen3")).await.unwrap());
+    assert_eq!(store.machine_type(&n("zen3")).await.unwrap(), None);
+    assert!(!store.delete_machine_type(&n("zen3")).await.unwrap());
     assert_eq!(store.list_machine_types().await.unwrap().len(), 2);
 }
 
 pub async fn accounts(store: Arc<dyn Store>) {
-    assert_eq!(store.account("node-1").await.unwrap(), None);
+    assert_eq!(store.account(&l("node-1")).await.unwrap(), None);
     assert!(store.list_accounts().await.unwrap().is_empty());
 
     let e = store.put_account(&account("node-1", "missing-type")).await.unwrap_err();
     assert!(matches!(e.code, ErrorCode::NameUnknown | ErrorCode::Denied), "{e}");
     assert!(e.message.contains("missing-type"), "{e}");
-    assert_eq!(store.account("node-1").await.unwrap(), None);
+    assert_eq!(store.account(&l("node-1")).await.unwrap(), None);
 
     store.put_machine_type(&machine_type("hsw", &["cpu:haswell"])).await.unwrap();
     store.put_machine_type(&machine_type("zen2", &["cpu:zen2"])).await.unwrap();
     for login in ["node-2", "node-1", "admin@site"] {
         store.put_account(&account(login, "hsw")).await.unwrap();
     }
-    assert_eq!(store.account("node-1").await.unwrap().unwrap(), account("node-1", "hsw"));
+    assert_eq!(store.account(&l("node-1")).await.unwrap().unwrap(), account("node-1", "hsw"));
 
     // Replace: another machine type and hash.
     let mut moved = account("node-1", "zen2");
     moved.password_hash = "$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdA$other".into();
     store.put_account(&moved).await.unwrap();
-    assert_eq!(store.account("node-1").await.unwrap().unwrap(), moved);
+    assert_eq!(store.account(&l("node-1")).await.unwrap().unwrap(), moved);
 
     // Repository prefixes round-trip, in order, and go away when replaced by an account without them.
     let mut limited = moved.clone();
     limited.repositories = vec!["org/".into(), "other/app".into()];
     store.put_account(&limited).await.unwrap();
-    assert_eq!(store.account("node-1").await.unwrap().unwrap(), limited);
+    assert_eq!(store.account(&l("node-1")).await.unwrap().unwrap(), limited);
     assert_eq!(store.list_accounts().await.unwrap().iter().find(|a| a.login == "node-1"), Some(&limited));
     store.put_account(&moved).await.unwrap();
-    assert_eq!(store.account("node-1").await.unwrap().unwrap(), moved);
+    assert_eq!(store.account(&l("node-1")).await.unwrap().unwrap(), moved);
 
-    let logins: Vec<String> = store.list_accounts().await.unwrap().into_iter().map(|a| a.login).collect();
+    let logins: Vec<String> = store.list_accounts().await.unwrap().into_iter().map(|a| a.login.to_string()).collect();
     assert_eq!(logins, ["admin@site", "node-1", "node-2"], "sorted by login");
 
     // node-1 left hsw: hsw is still used by the two others, zen2 by node-1 only.
-    let e = store.delete_machine_type("hsw").await.unwrap_err();
+    let e = store.delete_machine_type(&n("hsw")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied);
     assert!(e.message.contains("admin@site") && e.message.contains("node-2") && !e.message.contains("node-1"), "{e}");
 
-    assert!(store.delete_account("node-1").await.unwrap());
-    assert!(!store.delete_account("node-1").await.unwrap());
-    assert_eq!(store.account("node-1").await.unwrap(), None);
-    assert!(store.delete_machine_type("zen2").await.unwrap(), "zen2 has no account left");
+    assert!(store.delete_account(&l("node-1")).await.unwrap());
+    assert!(!store.delete_account(&l("node-1")).await.unwrap());
+    assert_eq!(store.account(&l("node-1")).await.unwrap(), None);
+    assert!(store.delete_machine_type(&n("zen2")).await.unwrap(), "zen2 has no account left");
     assert_eq!(store.list_accounts().await.unwrap().len(), 2);
 }
 
@@ -158,18 +170,18 @@ pub async fn delete_refused_names_accounts(store: Arc<dyn Store>) {
     for login in ["zed", "amy", "mia"] {
         store.put_account(&account(login, "gpu-box")).await.unwrap();
     }
-    let e: Error = store.delete_machine_type("gpu-box").await.unwrap_err();
+    let e: Error = store.delete_machine_type(&n("gpu-box")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
     let (amy, mia, zed) = (e.message.find("amy"), e.message.find("mia"), e.message.find("zed"));
     assert!(amy.is_some() && amy < mia && mia < zed, "accounts named, sorted: {e}");
     let detail = e.detail.clone().expect("detail");
     assert_eq!(detail["accounts"], serde_json::json!(["amy", "mia", "zed"]), "{detail}");
-    assert!(store.machine_type("gpu-box").await.unwrap().is_some(), "not deleted");
+    assert!(store.machine_type(&n("gpu-box")).await.unwrap().is_some(), "not deleted");
 
     for login in ["zed", "amy", "mia"] {
-        assert!(store.delete_account(login).await.unwrap());
+        assert!(store.delete_account(&l(login)).await.unwrap());
     }
-    assert!(store.delete_machine_type("gpu-box").await.unwrap());
+    assert!(store.delete_machine_type(&n("gpu-box")).await.unwrap());
 }
 
 pub async fn manifests(store: Arc<dyn Store>) {
@@ -232,10 +244,11 @@ pub async fn concurrent_machine_type_updates(store: Arc<dyn Store>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let shared = store.machine_type("shared").await.unwrap().unwrap();
+    let shared = store.machine_type(&n("shared")).await.unwrap().unwrap();
     assert_eq!(shared.features.len(), 2);
     assert!((0..16).any(|i| shared.features[1] == format!("nvcap:{i}.0")), "{shared:?}");
-    let names: Vec<String> = store.list_machine_types().await.unwrap().into_iter().map(|m| m.name).collect();
+    let names: Vec<String> =
+        store.list_machine_types().await.unwrap().into_iter().map(|m| m.name.to_string()).collect();
     let mut expected: Vec<String> = (0..16).map(|i| format!("own-{i:02}")).collect();
     expected.push("shared".into());
     assert_eq!(names, expected);
@@ -250,23 +263,23 @@ pub async fn account_field_changes(store: Arc<dyn Store>) {
     original.repositories = vec!["org/".into()];
     store.put_account(&original).await.unwrap();
     let rotated = AccountChange::PasswordHash("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$rotated".into());
-    assert_eq!(store.update_account("nobody", &rotated).await.unwrap(), None, "no account: None, nothing created");
-    assert_eq!(store.account("nobody").await.unwrap(), None);
+    assert_eq!(store.update_account(&l("nobody"), &rotated).await.unwrap(), None, "no account: None, nothing created");
+    assert_eq!(store.account(&l("nobody")).await.unwrap(), None);
 
-    let after = store.update_account("mover", &rotated).await.unwrap().expect("the account");
+    let after = store.update_account(&l("mover"), &rotated).await.unwrap().expect("the account");
     assert_eq!(after.machine_type, "from");
     assert_eq!(after.repositories, original.repositories);
-    let moved = store.update_account("mover", &AccountChange::MachineType("to".into())).await.unwrap().unwrap();
+    let moved = store.update_account(&l("mover"), &AccountChange::MachineType(n("to"))).await.unwrap().unwrap();
     assert_eq!(moved.machine_type, "to");
-    let stored = store.account("mover").await.unwrap().unwrap();
-    assert_eq!(stored, Account { machine_type: "to".into(), ..after.clone() }, "the rotated password stayed");
+    let stored = store.account(&l("mover")).await.unwrap().unwrap();
+    assert_eq!(stored, Account { machine_type: n("to"), ..after.clone() }, "the rotated password stayed");
 
-    let e = store.update_account("mover", &AccountChange::MachineType("absent".into())).await.unwrap_err();
+    let e = store.update_account(&l("mover"), &AccountChange::MachineType(n("absent"))).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NameUnknown, "{e}");
-    assert_eq!(store.account("mover").await.unwrap().unwrap().machine_type, "to", "unchanged after the refusal");
+    assert_eq!(store.account(&l("mover")).await.unwrap().unwrap().machine_type, "to", "unchanged after the refusal");
     // the move is seen by the in-use check: the old type is free, the new one is not
-    assert!(store.delete_machine_type("from").await.unwrap());
-    let e = store.delete_machine_type("to").await.unwrap_err();
+    assert!(store.delete_machine_type(&n("from")).await.unwrap());
+    let e = store.delete_machine_type(&n("to")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
 }
 
@@ -283,7 +296,7 @@ pub async fn rotations_race_a_move(store: Arc<dyn Store>) {
             let store = store.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(i)).await;
-                store.update_account("racer", &AccountChange::PasswordHash(hash(i))).await.unwrap().unwrap();
+                store.update_account(&l("racer"), &AccountChange::PasswordHash(hash(i).into())).await.unwrap().unwrap();
             })
         })
         .collect();
@@ -291,18 +304,23 @@ pub async fn rotations_race_a_move(store: Arc<dyn Store>) {
         let store = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            store.update_account("racer", &AccountChange::MachineType("new-type".into())).await.unwrap().unwrap();
+            store.update_account(&l("racer"), &AccountChange::MachineType(n("new-type"))).await.unwrap().unwrap();
         })
     };
     for r in rotations {
         r.await.unwrap();
     }
     mover.await.unwrap();
-    let stored = store.account("racer").await.unwrap().unwrap();
+    let stored = store.account(&l("racer")).await.unwrap().unwrap();
     assert_eq!(stored.machine_type, "new-type", "a rotation reverted the move");
-    assert!((0..12).any(|i| stored.password_hash == hash(i)), "one of the rotations' hashes: {}", stored.password_hash);
-    let after = store.update_account("racer", &AccountChange::PasswordHash(hash(99))).await.unwrap().unwrap();
-    assert_eq!((after.machine_type.as_str(), after.password_hash.as_str()), ("new-type", hash(99).as_str()));
+    assert!(
+        (0..12).any(|i| stored.password_hash.expose_str() == hash(i)),
+        "one of the rotations' hashes: {:?}",
+        stored.password_hash.expose_str()
+    );
+    let after =
+        store.update_account(&l("racer"), &AccountChange::PasswordHash(hash(99).into())).await.unwrap().unwrap();
+    assert_eq!((after.machine_type.as_str(), after.password_hash.expose_str()), ("new-type", hash(99).as_str()));
 }
 
 pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
@@ -315,7 +333,7 @@ pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(round * 4)).await;
                 for _ in 0..20 {
-                    match store.delete_machine_type(&mt).await {
+                    match store.delete_machine_type(&n(&mt)).await {
                         Ok(true) => return true,
                         Ok(false) => panic!("machine type vanished"),
                         Err(e) if e.code == ErrorCode::Denied => tokio::task::yield_now().await,
@@ -346,7 +364,7 @@ pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
         eprintln!("  round {round}: {stored} account(s) stored, type deleted: {deleted}");
         let left = store.list_accounts().await.unwrap();
         let on_mt = left.iter().filter(|a| a.machine_type == mt).count();
-        let exists = store.machine_type(&mt).await.unwrap().is_some();
+        let exists = store.machine_type(&n(&mt)).await.unwrap().is_some();
         assert_eq!(exists, !deleted);
         assert_eq!(on_mt, stored, "round {round}: every successful put_account is there");
         if deleted {
@@ -355,7 +373,7 @@ pub async fn put_account_vs_delete(store: Arc<dyn Store>) {
         for a in left {
             assert!(store.delete_account(&a.login).await.unwrap());
         }
-        store.delete_machine_type(&mt).await.unwrap();
+        store.delete_machine_type(&n(&mt)).await.unwrap();
     }
 }
 
@@ -363,12 +381,12 @@ pub async fn malformed_machine_type(fixture: &dyn Fixture) {
     let store = fixture.fresh().await;
     store.put_machine_type(&machine_type("fine", &["cpu:haswell"])).await.unwrap();
     fixture.put_malformed_machine_type("broken-type").await;
-    let e = store.machine_type("broken-type").await.unwrap_err();
+    let e = store.machine_type(&n("broken-type")).await.unwrap_err();
     assert!(e.message.contains("broken-type"), "names the item: {e}");
     assert_ne!(e.code, ErrorCode::Unavailable, "{e}");
     let e = store.list_machine_types().await.unwrap_err();
     assert!(e.message.contains("broken-type"), "names the item: {e}");
-    assert!(store.machine_type("fine").await.unwrap().is_some(), "other items still read");
+    assert!(store.machine_type(&n("fine")).await.unwrap().is_some(), "other items still read");
     // And it can be repaired by writing it again.
     store.put_machine_type(&machine_type("broken-type", &["cpu:zen2"])).await.unwrap();
     assert_eq!(store.list_machine_types().await.unwrap().len(), 2);
