@@ -13,8 +13,8 @@ use crate::machine::{Feature, FeatureRef, Level, MachineType, MatchMode, cpu_lev
 use crate::reference::Digest;
 use archspec::cpu::Microarchitecture;
 use indexmap::IndexMap;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -166,9 +166,9 @@ impl<'a> View<'a> {
             return Err(Error::bad_gateway(format!("upstream index entry {position} has no digest")));
         }
         let platform = wire.platform.unwrap_or_default();
-        let attests = wire.annotations.and_then(|a| {
-            (a.kind.as_deref() == Some("attestation-manifest")).then(|| a.subject.unwrap_or_default())
-        });
+        let attests = wire
+            .annotations
+            .and_then(|a| (a.kind.as_deref() == Some("attestation-manifest")).then(|| a.subject.unwrap_or_default()));
         Ok(View {
             level: Level::of(&platform.architecture, &platform.variant),
             digest: wire.digest,
@@ -303,7 +303,8 @@ fn read_entries(list: &str) -> Result<(Vec<&str>, Vec<View<'_>>)> {
     }
     loop {
         let position = views.len();
-        let malformed = |why: String| Error::bad_gateway(format!("upstream index entry {position} is malformed: {why}"));
+        let malformed =
+            |why: String| Error::bad_gateway(format!("upstream index entry {position} is malformed: {why}"));
         let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<WireEntry>();
         let wire = match stream.next() {
             Some(wire) => wire.map_err(|e| malformed(e.to_string()))?,
@@ -485,7 +486,9 @@ enum Outcome<'e> {
     Outranked,
     Missed(Miss<'e>),
     /// An attestation: served when the entry it describes is.
-    Attestation { served: bool },
+    Attestation {
+        served: bool,
+    },
 }
 
 impl Outcome<'_> {
@@ -548,7 +551,8 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
                 ),
                 Outcome::Missed(miss) => (false, false, host.misses_because(view, &miss)),
                 Outcome::Attestation { served } => {
-                    let reason = if served { "attestation of a served entry" } else { "attestation of an entry not served" };
+                    let reason =
+                        if served { "attestation of a served entry" } else { "attestation of an entry not served" };
                     (served, served, reason.to_owned())
                 }
             };

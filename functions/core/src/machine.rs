@@ -60,7 +60,11 @@ impl<'s> FeatureRef<'s> {
             "cpu" => Err(Refusal::UnknownCpu(value)),
             "nvcap" => {
                 let digits = |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
-                match value.split_once('.').filter(|(ma, mi)| digits(ma) && digits(mi)).map(|(ma, mi)| (ma.parse(), mi.parse())) {
+                match value
+                    .split_once('.')
+                    .filter(|(ma, mi)| digits(ma) && digits(mi))
+                    .map(|(ma, mi)| (ma.parse(), mi.parse()))
+                {
                     Some((Ok(major), Ok(minor))) => Ok(FeatureRef::NvCap { major, minor }),
                     _ => Err(Refusal::NvCapSyntax),
                 }
