@@ -359,6 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn lenient_features_are_what_the_strict_parse_accepts_or_other() {
+        let long_cpu = format!("cpu:{}", "x".repeat(120));
+        for text in [
+            "cpu:skylake",
+            "cpu:skylak",
+            "nvcap:8.6",
+            "nvcap:08.06",
+            "nvcap:8",
+            "nvcap:1234.0",
+            "fabric:efa",
+            "plain",
+            ":x",
+            "a:b c",
+            "cpu:",
+            &long_cpu,
+        ] {
+            let want = text.parse::<Feature>().unwrap_or_else(|_| Feature::Other(text.to_owned()));
+            assert_eq!(Feature::parse_lenient(text), want, "{text}");
+            assert_eq!(FeatureRef::lenient(text), want, "{text}");
+        }
+        assert_eq!(FeatureRef::lenient("nvcap:08.06"), Feature::NvCap { major: 8, minor: 6 });
+        assert_eq!(FeatureRef::lenient(&long_cpu), FeatureRef::Other(&long_cpu));
+    }
+
+    #[test]
     fn machine_types_refuse_duplicates() {
         assert!(MachineType::new("m", vec!["cpu:haswell".into(), "cpu:haswell".into()], MatchMode::Best).is_err());
         assert!(MachineType::new("m", vec!["cpu:haswell".into(), "cpu:zen2".into()], MatchMode::Best).is_err());
