@@ -3,21 +3,26 @@
 //! A pure function of (index bytes, machine type): the output keeps every field of the input it does not drop, in
 //! the input's order, so the same inputs always give the same bytes and digest.
 //!
-//! The index is read as raw JSON values (validated, not built into a tree) and only the entries' few fields the
-//! matcher needs are decoded; the output writes the kept fields and entries back as the upstream spelled them.
+//! The index is read as raw JSON values (validated, not built into a tree); each entry is read once, keeping its
+//! text and decoding only the few fields the matcher needs, borrowed from the bytes. The output writes the kept
+//! fields and entries back as the upstream spelled them. Serving builds nothing per entry beyond that (no copies, no
+//! reasons): a 4 MiB index is filtered in milliseconds. `explain` adds an owned copy and a reason per entry.
 
 use crate::error::{Error, Result};
-use crate::machine::{Feature, Level, MachineType, MatchMode, cpu_level};
+use crate::machine::{Feature, FeatureRef, Level, MachineType, MatchMode, cpu_level};
 use crate::ports::Manifest;
 use crate::reference::Digest;
 use archspec::cpu::Microarchitecture;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::ops::Deref;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -52,7 +57,8 @@ pub struct Entry {
     pub attests: Option<String>,
 }
 
-/// The fields of an index entry the matcher reads; everything else stays in the raw entry.
+/// The fields of an index entry the matcher reads; everything else stays in the raw entry. Strings are borrowed
+/// from the index bytes unless an escape forces a copy.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct WireEntry<'a> {
@@ -61,7 +67,7 @@ struct WireEntry<'a> {
     #[serde(borrow)]
     platform: Option<WirePlatform<'a>>,
     #[serde(borrow)]
-    annotations: Option<HashMap<Cow<'a, str>, Cow<'a, str>>>,
+    annotations: Option<WireAnnotations<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,36 +80,117 @@ struct WirePlatform<'a> {
     #[serde(borrow)]
     variant: Cow<'a, str>,
     #[serde(borrow)]
-    features: Option<Vec<Cow<'a, str>>>,
+    features: Option<Vec<Text<'a>>>,
 }
 
-impl Entry {
-    fn from_raw(raw: &RawValue, position: usize) -> Result<Entry> {
-        let wire: WireEntry<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| Error::bad_gateway(format!("upstream index entry {position} is malformed: {e}")))?;
+/// A JSON string borrowed from the index bytes, or copied where it has escapes (serde borrows a `Cow` only as a
+/// struct's own field, not inside a list or map).
+#[derive(Debug, Clone, Default)]
+struct Text<'a>(Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Borrowing;
+        impl<'de> Visitor<'de> for Borrowing {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Cow::Borrowed(s))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Cow::Owned(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> std::result::Result<Self::Value, E> {
+                Ok(Cow::Owned(s))
+            }
+        }
+        deserializer.deserialize_str(Borrowing).map(Text)
+    }
+}
+
+/// The two annotations that mark an attestation; any others are read (they must be strings) and dropped, and the
+/// last of a repeated key counts.
+#[derive(Default)]
+struct WireAnnotations<'a> {
+    kind: Option<Text<'a>>,
+    subject: Option<Text<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireAnnotations<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Annotations<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Annotations<'a> {
+            type Value = WireAnnotations<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> std::result::Result<Self::Value, M::Error> {
+                let mut annotations = WireAnnotations::default();
+                while let Some((key, value)) = map.next_entry::<Text<'a>, Text<'a>>()? {
+                    match &*key {
+                        ATTESTATION_TYPE => annotations.kind = Some(value),
+                        ATTESTATION_SUBJECT => annotations.subject = Some(value),
+                        _ => {}
+                    }
+                }
+                Ok(annotations)
+            }
+        }
+        deserializer.deserialize_map(Annotations(std::marker::PhantomData))
+    }
+}
+
+/// What the matcher reads of an index entry, borrowed from the index bytes.
+struct View<'a> {
+    digest: Cow<'a, str>,
+    os: Cow<'a, str>,
+    architecture: Cow<'a, str>,
+    variant: Cow<'a, str>,
+    features: Vec<Text<'a>>,
+    /// The CPU level `variant` implies on `architecture`.
+    level: Level,
+    /// For an attestation manifest: the digest of the entry it describes.
+    attests: Option<Text<'a>>,
+}
+
+impl<'a> View<'a> {
+    fn of(wire: WireEntry<'a>, position: usize) -> Result<View<'a>> {
         if wire.digest.is_empty() {
             return Err(Error::bad_gateway(format!("upstream index entry {position} has no digest")));
         }
         let platform = wire.platform.unwrap_or_default();
-        let attests = wire.annotations.as_ref().and_then(|a| {
-            (a.get(ATTESTATION_TYPE).map(|t| t.as_ref()) == Some("attestation-manifest"))
-                .then(|| a.get(ATTESTATION_SUBJECT).map(|d| d.to_string()).unwrap_or_default())
-        });
-        Ok(Entry {
+        let attests = wire
+            .annotations
+            .and_then(|a| (a.kind.as_deref() == Some("attestation-manifest")).then(|| a.subject.unwrap_or_default()));
+        Ok(View {
             level: Level::of(&platform.architecture, &platform.variant),
-            digest: wire.digest.into_owned(),
-            os: platform.os.into_owned(),
-            architecture: platform.architecture.into_owned(),
-            variant: platform.variant.into_owned(),
-            features: platform.features.unwrap_or_default().into_iter().map(Cow::into_owned).collect(),
+            digest: wire.digest,
+            os: platform.os,
+            architecture: platform.architecture,
+            variant: platform.variant,
+            features: platform.features.unwrap_or_default(),
             attests,
         })
     }
 
-    pub fn platform(&self) -> String {
-        match self.variant.as_str() {
-            "" => format!("{}/{}", self.os, self.architecture),
-            v => format!("{}/{}/{v}", self.os, self.architecture),
+    fn to_entry(&self) -> Entry {
+        Entry {
+            digest: self.digest.to_string(),
+            os: self.os.to_string(),
+            architecture: self.architecture.to_string(),
+            variant: self.variant.to_string(),
+            features: self.features.iter().map(|f| f.to_string()).collect(),
+            level: self.level,
+            attests: self.attests.as_ref().map(|a| a.to_string()),
         }
     }
 
@@ -113,6 +200,20 @@ impl Entry {
             Level::NotALevel => (&self.os, &self.architecture, &self.variant),
             _ => (&self.os, normalized_architecture(&self.architecture), ""),
         }
+    }
+}
+
+/// `os/architecture[/variant]`.
+fn platform_text(os: &str, architecture: &str, variant: &str) -> String {
+    match variant {
+        "" => format!("{os}/{architecture}"),
+        v => format!("{os}/{architecture}/{v}"),
+    }
+}
+
+impl Entry {
+    pub fn platform(&self) -> String {
+        platform_text(&self.os, &self.architecture, &self.variant)
     }
 
     /// The requirements as `explain` shows them: the level a variant implies, then the features.
@@ -154,23 +255,72 @@ impl Verdict {
     }
 }
 
-/// A parsed index: its fields as the upstream wrote them, the raw entries, and what the matcher reads of them.
+/// A parsed index, for `explain`: every entry as the matcher reads it, and an owned copy of each.
 pub struct Index<'a> {
-    object: IndexMap<String, &'a RawValue>,
-    raw_entries: Vec<&'a RawValue>,
+    parsed: Parsed<'a>,
     pub entries: Vec<Entry>,
 }
 
 impl<'a> Index<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Index<'a>> {
+        let parsed = Parsed::parse(bytes)?;
+        let entries = parsed.views.iter().map(View::to_entry).collect();
+        Ok(Index { parsed, entries })
+    }
+}
+
+/// An index as the filter reads it: its fields as the upstream wrote them, each entry's text, and what the matcher
+/// reads of each entry.
+struct Parsed<'a> {
+    object: IndexMap<String, &'a RawValue>,
+    raw_entries: Vec<&'a str>,
+    views: Vec<View<'a>>,
+}
+
+impl<'a> Parsed<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Parsed<'a>> {
         let object: IndexMap<String, &RawValue> = serde_json::from_slice(bytes)
             .map_err(|e| Error::bad_gateway(format!("upstream index is not a JSON object: {e}")))?;
-        let raw_entries: Vec<&RawValue> = object
+        let list = object
             .get("manifests")
-            .and_then(|m| serde_json::from_str(m.get()).ok())
+            .map(|m| m.get())
+            .filter(|m| m.starts_with('['))
             .ok_or_else(|| Error::bad_gateway("upstream index has no manifests list"))?;
-        let entries = raw_entries.iter().enumerate().map(|(i, raw)| Entry::from_raw(raw, i)).collect::<Result<_>>()?;
-        Ok(Index { object, raw_entries, entries })
+        let (raw_entries, views) = read_entries(list)?;
+        Ok(Parsed { object, raw_entries, views })
+    }
+}
+
+/// Reads a JSON list of index entries in one pass: each entry's text (to write it back as the upstream spelled it)
+/// and what the matcher reads of it. `list` is a value the index's parse has already read as JSON, so between the
+/// entries there is only whitespace and a comma; each entry is read by serde_json like any JSON text.
+fn read_entries(list: &str) -> Result<(Vec<&str>, Vec<View<'_>>)> {
+    fn skip_whitespace(s: &str) -> &str {
+        s.trim_start_matches([' ', '\t', '\n', '\r'])
+    }
+    let (mut raw_entries, mut views) = (Vec::new(), Vec::new());
+    let mut rest = skip_whitespace(&list[1..]);
+    if rest.starts_with(']') {
+        return Ok((raw_entries, views));
+    }
+    loop {
+        let position = views.len();
+        let malformed =
+            |why: String| Error::bad_gateway(format!("upstream index entry {position} is malformed: {why}"));
+        let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<WireEntry>();
+        let wire = match stream.next() {
+            Some(wire) => wire.map_err(|e| malformed(e.to_string()))?,
+            None => return Err(malformed("no value".into())),
+        };
+        let end = stream.byte_offset();
+        raw_entries.push(&rest[..end]);
+        views.push(View::of(wire, position)?);
+        rest = skip_whitespace(&rest[end..]);
+        match rest.as_bytes().first() {
+            Some(b',') => rest = skip_whitespace(&rest[1..]),
+            Some(b']') => return Ok((raw_entries, views)),
+            _ => return Err(malformed("expected , or ] after it".into())),
+        }
     }
 }
 
@@ -227,120 +377,190 @@ impl<'m> Host<'m> {
         self.cpu.as_ref().map_or("", |(name, _)| name)
     }
 
-    /// Why the machine cannot run an entry's level: "v4 needs x86_64_v4; haswell is x86_64_v3".
-    fn level_miss(&self, entry: &Entry, level: &str) -> String {
-        let what = format!("{} needs {level}", entry.variant);
-        match &self.cpu {
-            None => format!("{what}; the machine names no cpu"),
-            Some((name, _)) => match cpu_level(name, &entry.architecture) {
-                Some(own) => format!("{what}; {name} is {own}"),
-                None => format!("{what}; {name} is no {} cpu", entry.architecture),
-            },
-        }
-    }
-
-    /// How well an entry fits: its rank and why, or why it does not fit.
-    fn fit(&self, entry: &Entry) -> Result<(Rank, String), String> {
-        let mut why = Vec::new();
+    /// How well an entry fits: its rank, or what it misses. The reasons are written only by `explain`.
+    fn fit<'e>(&self, entry: &'e View<'_>) -> Result<Rank, Miss<'e>> {
         let mut cpu_depth = 0;
         match entry.level {
             Level::Baseline | Level::NotALevel => {}
-            Level::Unknown => {
-                return Err(format!(
-                    "variant {} is no {} level archspec knows; no machine is known to run it",
-                    entry.variant, entry.architecture
-                ));
-            }
+            Level::Unknown => return Err(Miss::UnknownLevel),
             Level::Archspec(level) => {
                 if !self.runs(level) {
-                    return Err(self.level_miss(entry, level));
+                    return Err(Miss::Level(level));
                 }
-                why.push(format!("{} needs {level}; {} runs it", entry.variant, self.cpu_name()));
                 cpu_depth = depth(level);
             }
         }
-        let features: Vec<Feature> = entry.features.iter().map(|f| Feature::parse_lenient(f)).collect();
-        if self.mode == MatchMode::Exact && !features.is_empty() {
-            let same = features.len() == self.features.len() && features.iter().all(|f| self.features.contains(f));
+        let features = || entry.features.iter().map(|f| (&**f, FeatureRef::lenient(f)));
+        if self.mode == MatchMode::Exact && !entry.features.is_empty() {
+            let same = entry.features.len() == self.features.len()
+                && features().all(|(_, f)| self.features.iter().any(|own| f == *own));
             if !same {
-                return Err("exact mode: features differ from the machine's".into());
+                return Err(Miss::ExactFeatures);
             }
         }
         let mut nvcap = (0, 0);
-        for feature in &features {
+        for (text, feature) in features() {
             match feature {
-                Feature::Cpu(wanted) => {
+                FeatureRef::Cpu(wanted) => {
                     if !self.runs(wanted) {
-                        return Err(match &self.cpu {
-                            None => format!("needs cpu:{wanted}; the machine names no cpu"),
-                            Some((name, _)) => format!("needs cpu:{wanted}; cpu:{name} does not descend from it"),
-                        });
+                        return Err(Miss::Feature(text));
                     }
                     cpu_depth = cpu_depth.max(depth(wanted));
                 }
-                Feature::NvCap { major, minor } => match self.nvcap {
-                    Some((hmaj, hmin)) if hmaj == *major && hmin >= *minor => nvcap = (*major, *minor),
-                    Some((hmaj, hmin)) => {
-                        return Err(format!("needs nvcap:{major}.{minor}; the machine has nvcap:{hmaj}.{hmin}"));
-                    }
-                    None => return Err(format!("needs nvcap:{major}.{minor}; the machine names no GPU")),
+                FeatureRef::NvCap { major, minor } => match self.nvcap {
+                    Some((own_major, own_minor)) if own_major == major && own_minor >= minor => nvcap = (major, minor),
+                    _ => return Err(Miss::Feature(text)),
                 },
-                Feature::Other(s) => {
-                    if !self.features.contains(feature) {
-                        return Err(format!("needs {s}; the machine lacks it"));
+                FeatureRef::Other(_) => {
+                    if !self.features.iter().any(|own| feature == *own) {
+                        return Err(Miss::Feature(text));
                     }
                 }
             }
         }
-        if !features.is_empty() {
-            why.push("every feature is satisfied".into());
+        Ok((cpu_depth, nvcap, entry.features.len()))
+    }
+
+    /// Why a fitting entry fits.
+    fn fits_because(&self, entry: &View) -> String {
+        let mut why = Vec::new();
+        if let Level::Archspec(level) = entry.level {
+            why.push(format!("{} needs {level}; {} runs it", entry.variant, self.cpu_name()));
         }
-        let why = if why.is_empty() { "generic: fits every machine".to_owned() } else { why.join("; ") };
-        Ok(((cpu_depth, nvcap, features.len()), why))
+        if !entry.features.is_empty() {
+            why.push("every feature is satisfied".to_owned());
+        }
+        if why.is_empty() { "generic: fits every machine".to_owned() } else { why.join("; ") }
+    }
+
+    /// Why an entry does not fit.
+    fn misses_because(&self, entry: &View, miss: &Miss) -> String {
+        match *miss {
+            Miss::UnknownLevel => format!(
+                "variant {} is no {} level archspec knows; no machine is known to run it",
+                entry.variant, entry.architecture
+            ),
+            Miss::Level(level) => {
+                let what = format!("{} needs {level}", entry.variant);
+                match &self.cpu {
+                    None => format!("{what}; the machine names no cpu"),
+                    Some((name, _)) => match cpu_level(name, &entry.architecture) {
+                        Some(own) => format!("{what}; {name} is {own}"),
+                        None => format!("{what}; {name} is no {} cpu", entry.architecture),
+                    },
+                }
+            }
+            Miss::ExactFeatures => "exact mode: features differ from the machine's".to_owned(),
+            Miss::Feature(text) => match FeatureRef::lenient(text) {
+                FeatureRef::Cpu(wanted) => match &self.cpu {
+                    None => format!("needs cpu:{wanted}; the machine names no cpu"),
+                    Some((name, _)) => format!("needs cpu:{wanted}; cpu:{name} does not descend from it"),
+                },
+                FeatureRef::NvCap { major, minor } => match self.nvcap {
+                    Some((own_major, own_minor)) => {
+                        format!("needs nvcap:{major}.{minor}; the machine has nvcap:{own_major}.{own_minor}")
+                    }
+                    None => format!("needs nvcap:{major}.{minor}; the machine names no GPU"),
+                },
+                FeatureRef::Other(s) => format!("needs {s}; the machine lacks it"),
+            },
+        }
     }
 }
 
-/// Every entry with its verdict, in index order. One pass: each entry is matched once and competes for its group's
+/// What an entry misses to fit the machine.
+enum Miss<'e> {
+    /// A variant of a levelled architecture archspec has no level for.
+    UnknownLevel,
+    /// The archspec level its variant implies, which the machine's cpu does not run.
+    Level(&'static str),
+    /// Exact mode, and its features are not the machine's.
+    ExactFeatures,
+    /// The first of its features the machine does not satisfy.
+    Feature(&'e str),
+}
+
+/// What became of an entry.
+enum Outcome<'e> {
+    /// The most specific fitting entry of its platform group: served.
+    Best,
+    /// Fits, but a more specific entry of its platform group is served.
+    Outranked,
+    Missed(Miss<'e>),
+    /// An attestation: served when the entry it describes is.
+    Attestation {
+        served: bool,
+    },
+}
+
+impl Outcome<'_> {
+    fn served(&self) -> bool {
+        matches!(self, Outcome::Best | Outcome::Attestation { served: true })
+    }
+}
+
+/// What becomes of every entry, in index order. One pass: each entry is matched once and competes for its group's
 /// place in a map, so the cost is linear in the number of entries.
-pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
-    let host = Host::of(machine);
-    let mut verdicts = Vec::with_capacity(index.entries.len());
+fn select<'e>(entries: &'e [View<'_>], host: &Host) -> Vec<Outcome<'e>> {
+    let mut outcomes = Vec::with_capacity(entries.len());
     // Per platform group, the fitting entry with the highest rank; ties go to index order.
     let mut best: HashMap<(&str, &str, &str), (Rank, usize)> = HashMap::new();
-    for (i, entry) in index.entries.iter().enumerate() {
-        let (fits, reason) = match host.fit(entry) {
-            Ok((rank, why)) => {
-                if entry.attests.is_none() {
-                    best.entry(entry.group())
-                        .and_modify(|b| {
-                            if rank > b.0 {
-                                *b = (rank, i)
-                            }
-                        })
-                        .or_insert((rank, i));
-                }
-                (true, why)
+    for (i, entry) in entries.iter().enumerate() {
+        if entry.attests.is_some() {
+            outcomes.push(Outcome::Attestation { served: false });
+            continue;
+        }
+        outcomes.push(match host.fit(entry) {
+            Ok(rank) => {
+                best.entry(entry.group())
+                    .and_modify(|b| {
+                        if rank > b.0 {
+                            *b = (rank, i)
+                        }
+                    })
+                    .or_insert((rank, i));
+                Outcome::Outranked
             }
-            Err(why) => (false, why),
-        };
-        verdicts.push(Verdict { entry: entry.clone(), fits, served: false, reason });
+            Err(miss) => Outcome::Missed(miss),
+        });
     }
     let mut served_digests = HashSet::new();
     for (_, i) in best.into_values() {
-        verdicts[i].served = true;
-        served_digests.insert(index.entries[i].digest.as_str());
+        outcomes[i] = Outcome::Best;
+        served_digests.insert(&*entries[i].digest);
     }
-    for v in &mut verdicts {
-        if let Some(subject) = &v.entry.attests {
-            v.fits = served_digests.contains(subject.as_str());
-            v.served = v.fits;
-            v.reason =
-                if v.fits { "attestation of a served entry" } else { "attestation of an entry not served" }.into();
-        } else if v.fits && !v.served {
-            v.reason = format!("{}; but a more specific entry of the same platform is served", v.reason);
+    for (entry, outcome) in entries.iter().zip(&mut outcomes) {
+        if let Some(subject) = &entry.attests {
+            *outcome = Outcome::Attestation { served: served_digests.contains(&**subject) };
         }
     }
-    verdicts
+    outcomes
+}
+
+/// Every entry with its verdict, in index order.
+pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
+    let host = Host::of(machine);
+    let views = &index.parsed.views;
+    let outcomes = select(views, &host);
+    (views.iter().zip(&index.entries).zip(outcomes))
+        .map(|((view, entry), outcome)| {
+            let (fits, served, reason) = match outcome {
+                Outcome::Best => (true, true, host.fits_because(view)),
+                Outcome::Outranked => (
+                    true,
+                    false,
+                    format!("{}; but a more specific entry of the same platform is served", host.fits_because(view)),
+                ),
+                Outcome::Missed(miss) => (false, false, host.misses_because(view, &miss)),
+                Outcome::Attestation { served } => {
+                    let reason =
+                        if served { "attestation of a served entry" } else { "attestation of an entry not served" };
+                    (served, served, reason.to_owned())
+                }
+            };
+            Verdict { entry: entry.clone(), fits, served, reason }
+        })
+        .collect()
 }
 
 /// Filters `upstream` (an OCI index or Docker manifest list, as the upstream serves it) for `machine`. When filtering
@@ -348,16 +568,16 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
 /// (signatures and pins of the index stay valid); else the filtered bytes under their own digest.
 pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manifest> {
     let (bytes, media_type) = (&upstream.bytes[..], upstream.media_type.as_str());
-    let index = Index::parse(bytes)?;
-    let verdicts = explain(&index, machine);
-    if !verdicts.iter().any(|v| v.served && v.entry.attests.is_none()) {
-        return Err(nothing_fits(machine, &index));
+    let index = Parsed::parse(bytes)?;
+    let outcomes = select(&index.views, &Host::of(machine));
+    if !outcomes.iter().any(|o| matches!(o, Outcome::Best)) {
+        return Err(nothing_fits(machine, &index.views));
     }
     let serialize = |e: serde_json::Error| Error::internal(format!("serializing index: {e}"));
-    let mut kept: Vec<Cow<'_, RawValue>> = Vec::with_capacity(verdicts.len());
-    for (raw, verdict) in index.raw_entries.iter().zip(&verdicts) {
-        if verdict.served {
-            kept.push(served_form(raw, &verdict.entry)?);
+    let mut kept: Vec<Cow<'_, str>> = Vec::with_capacity(outcomes.len());
+    for ((raw, view), outcome) in index.raw_entries.iter().zip(&index.views).zip(&outcomes) {
+        if outcome.served() {
+            kept.push(served_form(raw, view)?);
         }
     }
     let media_type = index
@@ -365,10 +585,10 @@ pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manife
         .get("mediaType")
         .and_then(|m| serde_json::from_str::<String>(m.get()).ok())
         .unwrap_or_else(|| media_type.to_owned());
-    if kept.len() == verdicts.len() && kept.iter().all(|k| matches!(k, Cow::Borrowed(_))) {
+    if kept.len() == outcomes.len() && kept.iter().all(|k| matches!(k, Cow::Borrowed(_))) {
         return Ok(Manifest { digest: upstream.digest.clone(), bytes: upstream.bytes.clone(), media_type });
     }
-    let kept = RawValue::from_string(serde_json::to_string(&kept).map_err(serialize)?).map_err(serialize)?;
+    let kept = RawValue::from_string(format!("[{}]", kept.join(","))).map_err(serialize)?;
     let mut object = index.object;
     object.insert("manifests".to_owned(), &kept);
     let bytes = serde_json::to_vec(&object).map_err(serialize)?;
@@ -392,7 +612,7 @@ pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manife
 /// So the plain platform is the one form every client resolves to the chosen build with its default platform. Only
 /// the served copy changes, so the output stays a pure function of the upstream bytes and the machine type; the
 /// e2e test `test_levels.py` pulls it with every client.
-fn served_form<'a>(raw: &'a RawValue, entry: &Entry) -> Result<Cow<'a, RawValue>> {
+fn served_form<'a>(raw: &'a str, entry: &View) -> Result<Cow<'a, str>> {
     let architecture = normalized_architecture(&entry.architecture);
     let plain_variant = entry.variant.is_empty() || (architecture == "arm64" && entry.variant == "v8");
     let plain = plain_variant && architecture == entry.architecture;
@@ -400,29 +620,30 @@ fn served_form<'a>(raw: &'a RawValue, entry: &Entry) -> Result<Cow<'a, RawValue>
         return Ok(Cow::Borrowed(raw));
     }
     let malformed = |e: serde_json::Error| Error::bad_gateway(format!("upstream index entry is malformed: {e}"));
-    let mut object: IndexMap<String, &RawValue> = serde_json::from_str(raw.get()).map_err(malformed)?;
+    let mut object: IndexMap<String, &RawValue> = serde_json::from_str(raw).map_err(malformed)?;
     let Some(platform) = object.get("platform") else { return Ok(Cow::Borrowed(raw)) };
     let mut platform: IndexMap<String, &RawValue> = serde_json::from_str(platform.get()).map_err(malformed)?;
     if !plain_variant {
         platform.shift_remove("variant");
     }
     let spelled = serde_json::value::to_raw_value(architecture).map_err(|e| Error::internal(e.to_string()))?;
-    if architecture != entry.architecture {
+    if architecture != &*entry.architecture {
         platform.insert("architecture".to_owned(), &spelled);
     }
     let serialize = |e: serde_json::Error| Error::internal(format!("serializing index entry: {e}"));
     let platform = RawValue::from_string(serde_json::to_string(&platform).map_err(serialize)?).map_err(serialize)?;
     object.insert("platform".to_owned(), &platform);
-    let entry = RawValue::from_string(serde_json::to_string(&object).map_err(serialize)?).map_err(serialize)?;
-    Ok(Cow::Owned(entry))
+    Ok(Cow::Owned(serde_json::to_string(&object).map_err(serialize)?))
 }
 
-fn nothing_fits(machine: &MachineType, index: &Index) -> Error {
-    let mut offered: Vec<String> = index
-        .entries
+fn nothing_fits(machine: &MachineType, entries: &[View]) -> Error {
+    let mut offered: Vec<String> = entries
         .iter()
         .filter(|e| e.attests.is_none())
-        .map(|e| format!("{} [{}]", e.platform(), e.features.join(", ")))
+        .map(|e| {
+            let features: Vec<&str> = e.features.iter().map(|f| &**f).collect();
+            format!("{} [{}]", platform_text(&e.os, &e.architecture, &e.variant), features.join(", "))
+        })
         .collect();
     offered.dedup();
     Error::manifest_unknown(format!(

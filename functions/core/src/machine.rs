@@ -20,7 +20,7 @@ pub enum Feature {
 impl Feature {
     /// Lenient parse, for features found in upstream indexes.
     pub fn parse_lenient(s: &str) -> Feature {
-        Feature::from_str(s).unwrap_or_else(|_| Feature::Other(s.to_owned()))
+        FeatureRef::lenient(s).into()
     }
 
     /// The archspec node of a `cpu:` feature, when archspec knows the name.
@@ -32,37 +32,92 @@ impl Feature {
     }
 }
 
+/// A feature read without copying its text: the filter reads one per feature of every index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureRef<'s> {
+    Cpu(&'s str),
+    NvCap { major: u32, minor: u32 },
+    Other(&'s str),
+}
+
+/// Why the strict parse refuses a feature; the message is written only where it is shown.
+enum Refusal<'s> {
+    NotKeyValue,
+    Characters,
+    UnknownCpu(&'s str),
+    NvCapSyntax,
+}
+
+impl<'s> FeatureRef<'s> {
+    /// The rules of a feature, in one place: `Feature::from_str` and both lenient parses read them.
+    fn strict(s: &'s str) -> std::result::Result<FeatureRef<'s>, Refusal<'s>> {
+        let (key, value) =
+            s.split_once(':').filter(|(k, v)| !k.is_empty() && !v.is_empty()).ok_or(Refusal::NotKeyValue)?;
+        if s.len() > 128 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+            return Err(Refusal::Characters);
+        }
+        match key {
+            "cpu" if Microarchitecture::known_targets().contains_key(value) => Ok(FeatureRef::Cpu(value)),
+            "cpu" => Err(Refusal::UnknownCpu(value)),
+            "nvcap" => {
+                let digits = |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
+                match value
+                    .split_once('.')
+                    .filter(|(ma, mi)| digits(ma) && digits(mi))
+                    .map(|(ma, mi)| (ma.parse(), mi.parse()))
+                {
+                    Some((Ok(major), Ok(minor))) => Ok(FeatureRef::NvCap { major, minor }),
+                    _ => Err(Refusal::NvCapSyntax),
+                }
+            }
+            _ => Ok(FeatureRef::Other(s)),
+        }
+    }
+
+    /// Lenient parse, for features found in upstream indexes: what the strict parse refuses is `Other`. Costs no
+    /// copy and no suggestion search (an index can name thousands of unknown cpus).
+    pub fn lenient(s: &'s str) -> FeatureRef<'s> {
+        FeatureRef::strict(s).unwrap_or(FeatureRef::Other(s))
+    }
+}
+
+impl From<FeatureRef<'_>> for Feature {
+    fn from(feature: FeatureRef<'_>) -> Feature {
+        match feature {
+            FeatureRef::Cpu(name) => Feature::Cpu(name.to_owned()),
+            FeatureRef::NvCap { major, minor } => Feature::NvCap { major, minor },
+            FeatureRef::Other(s) => Feature::Other(s.to_owned()),
+        }
+    }
+}
+
+impl PartialEq<Feature> for FeatureRef<'_> {
+    fn eq(&self, other: &Feature) -> bool {
+        match (self, other) {
+            (FeatureRef::Cpu(a), Feature::Cpu(b)) | (FeatureRef::Other(a), Feature::Other(b)) => a == b,
+            (FeatureRef::NvCap { major, minor }, Feature::NvCap { major: b_major, minor: b_minor }) => {
+                major == b_major && minor == b_minor
+            }
+            _ => false,
+        }
+    }
+}
+
 impl FromStr for Feature {
     type Err = Error;
     /// Strict parse, for machine types: unknown cpu names and malformed nvcaps are refused.
     fn from_str(s: &str) -> Result<Self> {
         let invalid = |why: String| Error::invalid(format!("invalid feature {s:?}: {why}"));
-        let (key, value) = s
-            .split_once(':')
-            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
-            .ok_or_else(|| invalid("expected key:value".into()))?;
-        if s.len() > 128 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
-            return Err(invalid("at most 128 characters, no spaces, commas or control characters".into()));
-        }
-        match key {
-            "cpu" => {
-                if Microarchitecture::known_targets().contains_key(value) {
-                    Ok(Feature::Cpu(value.to_owned()))
-                } else {
-                    Err(invalid(format!("unknown cpu; did you mean {}?", nearest_cpu_names(value).join(", "))))
-                }
+        match FeatureRef::strict(s) {
+            Ok(feature) => Ok(feature.into()),
+            Err(Refusal::NotKeyValue) => Err(invalid("expected key:value".into())),
+            Err(Refusal::Characters) => {
+                Err(invalid("at most 128 characters, no spaces, commas or control characters".into()))
             }
-            "nvcap" => {
-                let parsed = value.split_once('.').and_then(|(ma, mi)| {
-                    let digits = |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
-                    (digits(ma) && digits(mi)).then(|| (ma.parse().ok(), mi.parse().ok()))
-                });
-                match parsed {
-                    Some((Some(major), Some(minor))) => Ok(Feature::NvCap { major, minor }),
-                    _ => Err(invalid("nvcap is <major>.<minor>, e.g. nvcap:7.0".into())),
-                }
+            Err(Refusal::UnknownCpu(value)) => {
+                Err(invalid(format!("unknown cpu; did you mean {}?", nearest_cpu_names(value).join(", "))))
             }
-            _ => Ok(Feature::Other(s.to_owned())),
+            Err(Refusal::NvCapSyntax) => Err(invalid("nvcap is <major>.<minor>, e.g. nvcap:7.0".into())),
         }
     }
 }
@@ -315,6 +370,31 @@ mod tests {
         for bad in ["nvcap:8", "nvcap:a.b", "nvcap:8.", "novalue:", ":x", "plain", "a:b c"] {
             assert!(bad.parse::<Feature>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn lenient_features_are_what_the_strict_parse_accepts_or_other() {
+        let long_cpu = format!("cpu:{}", "x".repeat(120));
+        for text in [
+            "cpu:skylake",
+            "cpu:skylak",
+            "nvcap:8.6",
+            "nvcap:08.06",
+            "nvcap:8",
+            "nvcap:1234.0",
+            "fabric:efa",
+            "plain",
+            ":x",
+            "a:b c",
+            "cpu:",
+            &long_cpu,
+        ] {
+            let want = text.parse::<Feature>().unwrap_or_else(|_| Feature::Other(text.to_owned()));
+            assert_eq!(Feature::parse_lenient(text), want, "{text}");
+            assert_eq!(FeatureRef::lenient(text), want, "{text}");
+        }
+        assert_eq!(FeatureRef::lenient("nvcap:08.06"), Feature::NvCap { major: 8, minor: 6 });
+        assert_eq!(FeatureRef::lenient(&long_cpu), FeatureRef::Other(&long_cpu));
     }
 
     #[test]
