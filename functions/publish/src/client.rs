@@ -9,14 +9,11 @@ use bytes::Bytes;
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 pub use metahub_upstream::Credentials;
-use metahub_upstream::{UpstreamAuth, UpstreamConfig, read_limited};
+use metahub_upstream::{UpstreamAuth, UpstreamConfig, read_limited, registry_errors};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode, Url, redirect};
-use serde::Deserialize;
 use std::fmt;
 use std::time::Duration;
-
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 /// The push side of one registry.
 pub struct PushClient {
@@ -123,21 +120,10 @@ impl PushClient {
     /// A non-success answer as one line, with the registry's own error message when it sent one.
     async fn status_error(&self, mut resp: Response, what: &str) -> Error {
         let status = resp.status().as_u16();
-        let body = read_limited(&mut resp, SMALL_BODY_LIMIT).await.ok().flatten().unwrap_or_default();
-        #[derive(Deserialize)]
-        struct Envelope {
-            errors: Vec<Item>,
-        }
-        #[derive(Deserialize)]
-        struct Item {
-            code: String,
-            #[serde(default)]
-            message: String,
-        }
-        let said = serde_json::from_slice::<Envelope>(&body)
-            .ok()
-            .and_then(|e| e.errors.into_iter().next())
-            .map(|i| format!(": {} {}", i.code, i.message.chars().take(200).collect::<String>()))
+        let said = registry_errors(&mut resp)
+            .await
+            .first()
+            .map(|e| format!(": {} {}", e.code, e.message().chars().take(200).collect::<String>()))
             .unwrap_or_default();
         let code = match status {
             401 | 403 => ErrorCode::Denied,

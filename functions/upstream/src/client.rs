@@ -6,7 +6,7 @@
 //! Hub's `auth.docker.io`, or one configured).
 
 use crate::auth::UpstreamAuth;
-use crate::body::{content_length, read_limited};
+use crate::body::{content_length, read_limited, registry_errors};
 use crate::config::{ClientOptions, UpstreamConfig, is_docker_hub_host, parse_base_url};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,8 +21,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
-/// Error bodies are small; never read more than this of them.
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
 
 /// What a request was after, for 404 mapping and messages.
 enum Target<'a> {
@@ -147,8 +145,8 @@ impl RegistryClient {
         };
         match status {
             404 => {
-                let codes = self.error_codes(&mut resp).await;
-                if codes.iter().any(|c| c == "NAME_UNKNOWN") {
+                let errors = registry_errors(&mut resp).await;
+                if errors.iter().any(|e| e.code == "NAME_UNKNOWN") {
                     return Error::new(ErrorCode::NameUnknown, format!("repository {name} is unknown to {label}"));
                 }
                 match target {
@@ -180,24 +178,6 @@ impl RegistryClient {
         }
     }
 
-    /// The `code`s of a registry error body, if the body is one.
-    async fn error_codes(&self, resp: &mut Response) -> Vec<String> {
-        #[derive(Deserialize)]
-        struct Envelope {
-            errors: Vec<Item>,
-        }
-        #[derive(Deserialize)]
-        struct Item {
-            code: String,
-        }
-        match self.read_limited(resp, SMALL_BODY_LIMIT, "error answer").await {
-            Ok(body) => serde_json::from_slice::<Envelope>(&body)
-                .map(|e| e.errors.into_iter().map(|i| i.code).collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
-    }
-
     fn header_digest(&self, headers: &HeaderMap) -> Result<Option<Digest>> {
         let Some(v) = headers.get(DOCKER_CONTENT_DIGEST) else {
             return Ok(None);
@@ -211,7 +191,10 @@ impl RegistryClient {
 
     fn check_media_type(&self, media_type: &str) -> Result<()> {
         if media_type.starts_with("text/html") {
-            return Err(Error::bad_gateway(format!("{} answered with an HTML page, not a manifest", self.auth.label())));
+            return Err(Error::bad_gateway(format!(
+                "{} answered with an HTML page, not a manifest",
+                self.auth.label()
+            )));
         }
         Ok(())
     }
@@ -232,8 +215,9 @@ impl RegistryClient {
         let content_type = media_type(resp.headers());
         let bytes = self.read_limited(&mut resp, self.max_manifest_bytes, "manifest").await?;
 
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| Error::bad_gateway(format!("{} sent a manifest for {name} that is not JSON", self.auth.label())))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Error::bad_gateway(format!("{} sent a manifest for {name} that is not JSON", self.auth.label()))
+        })?;
         if !json.is_object() {
             return Err(Error::bad_gateway(format!(
                 "{} sent a manifest for {name} that is not a JSON object",
@@ -376,13 +360,12 @@ impl Upstream for RegistryClient {
         let resp = self.send(Method::GET, &url, None, Self::scope(&name)).await?;
         let status = resp.status();
         if status.is_redirection() {
-            let location =
-                resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-                    Error::bad_gateway(format!("{} redirected a blob without a Location", self.auth.label()))
-                })?;
-            let target = url
-                .join(location)
-                .map_err(|_| Error::bad_gateway(format!("{} redirected a blob to an invalid Location", self.auth.label())))?;
+            let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                Error::bad_gateway(format!("{} redirected a blob without a Location", self.auth.label()))
+            })?;
+            let target = url.join(location).map_err(|_| {
+                Error::bad_gateway(format!("{} redirected a blob to an invalid Location", self.auth.label()))
+            })?;
             if !matches!(target.scheme(), "http" | "https") {
                 return Err(Error::bad_gateway(format!(
                     "{} redirected a blob to a {} URL",

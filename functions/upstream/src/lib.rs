@@ -12,7 +12,7 @@ mod config;
 mod router;
 
 pub use auth::{Credentials, UpstreamAuth, UpstreamCredentials};
-pub use body::read_limited;
+pub use body::{RegistryError, read_limited, registry_errors};
 pub use client::RegistryClient;
 pub use config::{ClientOptions, UpstreamConfig};
 pub use router::UpstreamRouter;

@@ -72,7 +72,8 @@ impl UpstreamAuth {
             configured.push(Url::parse(DOCKER_HUB_REALM).map_err(|e| Error::internal(e.to_string()))?);
         }
         if let Some(realm) = &config.token_realm {
-            let invalid = || Error::internal(format!("{label}: the token realm must be an http(s) URL without userinfo"));
+            let invalid =
+                || Error::internal(format!("{label}: the token realm must be an http(s) URL without userinfo"));
             let url = Url::parse(realm.trim()).map_err(|_| invalid())?;
             if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() || url.password().is_some() {
                 return Err(invalid());
@@ -272,7 +273,8 @@ mod tests {
         let hub = auth("https://registry-1.docker.io");
         assert!(hub.check_realm("https://auth.docker.io/token").is_ok(), "Docker Hub's realm, built in");
         assert!(hub.check_realm("https://auth.docker.io:8443/token").is_err());
-        let mirror = UpstreamConfig { docker_hub: true, ..UpstreamConfig::parse_spec("hub=https://mirror.example").unwrap() };
+        let mirror =
+            UpstreamConfig { docker_hub: true, ..UpstreamConfig::parse_spec("hub=https://mirror.example").unwrap() };
         assert!(UpstreamAuth::new(&mirror).unwrap().check_realm("https://auth.docker.io/token").is_ok());
         assert!(local.check_realm("https://auth.docker.io/token").is_err(), "not for other upstreams");
         let mut gitlab = UpstreamConfig::parse_spec("gl=https://registry.gitlab.example").unwrap();
@@ -301,7 +303,8 @@ mod tests {
         let cfg = UpstreamConfig::parse_spec("ghcr.io=http://10.1.2.3:5000").unwrap().with_credentials("u", "hunter2");
         let a = UpstreamAuth::new(&cfg).unwrap();
         assert_eq!((a.label(), a.host()), ("upstream ghcr.io", "10.1.2.3:5000"));
-        a.tokens.insert(&a.upstream, "s", Secret::new("tok-secret".into()), std::time::Duration::from_secs(60), Instant::now());
+        let minute = std::time::Duration::from_secs(60);
+        a.tokens.insert(&a.upstream, "s", Secret::new("tok-secret".into()), minute, Instant::now());
         let debug = format!("{a:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("tok-secret"), "{debug}");
         assert_eq!(auth("http://127.0.0.1:5001").label(), "the default upstream");
