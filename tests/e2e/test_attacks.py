@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import (
     ADMIN_SECRET,
+    METAHUB_BIN,
     start_admin_metahub,
     Canary,
     FaultProxy,
@@ -30,6 +31,7 @@ from conftest import (
     get_token,
     parse_challenge,
     raw_request,
+    run,
     start_configured_metahub,
     v2,
 )
@@ -149,6 +151,29 @@ def test_ssrf_through_upstream_redirects(hub, token, canary, proxy, images):
     # another blob: the location just handed out is reused for a while (BLOB_LOCATION_TTL)
     r = v2(hub, f"org/app/blobs/{registry_push.sha256(images.images['cpu-skylake'].layer)}", token)
     assert_registry_error(r.status_code, r.content, 502, {"UPSTREAM_INVALID"})
+    assert canary.hits == [], canary.hits
+
+
+def test_publishing_follows_no_foreign_token_realm(proxy, canary, images):
+    """The push side (`metahub index create`) answers token challenges through the same realm allow-list as the pull
+    side: a realm on another host, or on the upstream's host but another port, is refused before any request goes
+    there, and the one-line error names neither."""
+    for realm_host in [f"localhost:{canary.port}", f"127.0.0.1:{canary.port}"]:
+        # only the push client reads blobs (the source's config): the challenge is for it alone
+        proxy.set("challenge", match=r"/blobs/", www_authenticate=f'Bearer realm="http://{realm_host}/token",service="x"')
+        p = run(
+            [METAHUB_BIN, "index", "create", "org/realm-probe:latest", "--from", "org/single:latest",
+             "--upstream", proxy.url, "--creds", "ci:publish-secret"],
+            check=False,
+        )
+        stderr = p.stderr.decode()
+        errors = [line for line in stderr.splitlines() if line.startswith("metahub: ")]
+        assert p.returncode != 0 and len(errors) == 1, stderr
+        err = errors[0]  # the other lines are the operator's log, where the refused realm is named (WARN)
+        assert "token realm that is not on its own host and port" in err, err
+        assert "localhost" not in err and str(canary.port) not in err, err
+        assert "publish-secret" not in stderr, stderr
+        assert proxy.hits_matching(r"/v2/org/single/blobs/"), "the challenge was delivered"
     assert canary.hits == [], canary.hits
 
 

@@ -1,5 +1,6 @@
 //! A small registry client for what publishing needs beyond reading manifests: blob HEAD/GET, cross-repository
-//! mounts and manifest PUTs, with the token flow for `pull,push` scopes (the upstream adapter asks for `pull` only).
+//! mounts and manifest PUTs, with `pull,push` scopes (the upstream adapter asks for `pull` only). It authenticates
+//! through the upstream crate's [`UpstreamAuth`], as the pull side does: the same realm allow-list and token cache.
 //!
 //! One client serves one publish run: it knows every scope the run needs up front and asks the token service for
 //! all of them at once, so one token covers the target (`pull,push`) and every source repository (`pull`).
@@ -8,43 +9,43 @@ use bytes::Bytes;
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
 pub use metahub_upstream::Credentials;
-use metahub_upstream::UpstreamConfig;
-use metahub_upstream::challenge::{self, Challenge};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE};
+use metahub_upstream::{UpstreamAuth, UpstreamConfig, read_limited, registry_errors};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode, Url, redirect};
-use serde::Deserialize;
 use std::fmt;
-use std::sync::Mutex;
 use std::time::Duration;
-
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
-
-#[derive(Clone)]
-enum Auth {
-    None,
-    Basic,
-    Bearer(String),
-}
 
 /// The push side of one registry.
 pub struct PushClient {
     base: Url,
-    label: String,
     docker_hub: bool,
-    credentials: Option<Credentials>,
+    auth: UpstreamAuth,
     scopes: Vec<String>,
+    /// Registry requests: blob GETs may redirect to storage (reqwest drops Authorization when a redirect leaves the
+    /// host).
     http: reqwest::Client,
-    auth: Mutex<Auth>,
+    /// Token requests, which carry the credentials: never redirected.
+    token_http: reqwest::Client,
 }
 
 impl fmt::Debug for PushClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PushClient")
             .field("base", &self.base.as_str())
-            .field("credentials", &self.credentials)
+            .field("auth", &self.auth)
             .field("scopes", &self.scopes)
             .finish()
     }
+}
+
+fn http_client(redirects: redirect::Policy) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(redirects)
+        .timeout(Duration::from_secs(120))
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("metahub/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))
 }
 
 /// What a run needs of one repository, for the token: `pull`, or `pull,push`.
@@ -57,28 +58,19 @@ pub enum Access {
 impl PushClient {
     /// A client for the registry at `url` (as `--upstream` gives it) whose tokens cover `access` (duplicates dropped).
     pub fn new(url: &str, credentials: Option<Credentials>, access: &[(RepositoryName, Access)]) -> Result<Self> {
-        let config = UpstreamConfig::from_url(url)?;
+        let mut config = UpstreamConfig::from_url(url)?;
+        if let Some(c) = credentials {
+            config.username = Some(c.username);
+            config.password = Some(c.password);
+        }
         let base = Url::parse(&config.url).map_err(|e| Error::internal(format!("invalid upstream URL: {e}")))?;
-        let label = match base.port() {
-            Some(p) => format!("{}:{p}", base.host_str().unwrap_or_default()),
-            None => base.host_str().unwrap_or_default().to_owned(),
-        };
-        // Blob GETs may redirect to storage; reqwest drops Authorization when a redirect leaves the host.
-        let http = reqwest::Client::builder()
-            .redirect(redirect::Policy::limited(5))
-            .timeout(Duration::from_secs(120))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("metahub/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::internal(format!("cannot build the HTTP client: {e}")))?;
         let mut client = PushClient {
             base,
-            label,
             docker_hub: config.docker_hub,
-            credentials,
+            auth: UpstreamAuth::new(&config)?,
             scopes: Vec::new(),
-            http,
-            auth: Mutex::new(Auth::None),
+            http: http_client(redirect::Policy::limited(5))?,
+            token_http: http_client(redirect::Policy::none())?,
         };
         for (name, a) in access {
             let actions = match a {
@@ -93,9 +85,9 @@ impl PushClient {
         Ok(client)
     }
 
-    /// `host[:port]` of the registry, for messages.
+    /// How messages name the registry (`the default upstream`): never by its host.
     pub fn label(&self) -> &str {
-        &self.label
+        self.auth.label()
     }
 
     /// The name as the registry knows it (Docker Hub's official images live under `library/`).
@@ -109,7 +101,7 @@ impl PushClient {
         {
             let mut path = url
                 .path_segments_mut()
-                .map_err(|()| Error::internal(format!("upstream {} has no usable base URL", self.label)))?;
+                .map_err(|()| Error::internal(format!("{} has no usable base URL", self.label())))?;
             path.clear().push("v2").extend(name.as_str().split('/')).extend(kind.split('/'));
             match reference {
                 Some(r) => path.push(r),
@@ -119,127 +111,19 @@ impl PushClient {
         Ok(url)
     }
 
-    /// Sends `build()`'s request; on a 401 answers the challenge (token for every scope, or Basic) and retries once.
+    /// Sends `build()`'s request through [`UpstreamAuth::send`]: a 401 gets a token for every scope of the run (or
+    /// Basic), and one retry.
     async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response> {
-        for attempt in 0..2 {
-            let auth = self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let req = match (&auth, &self.credentials) {
-                (Auth::Bearer(t), _) => build().bearer_auth(t),
-                (Auth::Basic, Some(c)) => build().basic_auth(&c.username, Some(c.password.expose_str())),
-                _ => build(),
-            };
-            let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
-                return Ok(resp);
-            }
-            let challenges: Vec<Challenge> = resp
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(challenge::parse)
-                .collect();
-            let next = if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
-                let realm = bearer.param("realm").ok_or_else(|| {
-                    Error::bad_gateway(format!("upstream {} sent a Bearer challenge without a realm", self.label))
-                })?;
-                Auth::Bearer(self.fetch_token(realm, bearer.param("service")).await?)
-            } else if challenges.iter().any(|c| c.scheme == "basic") && self.credentials.is_some() {
-                Auth::Basic
-            } else {
-                return Ok(resp);
-            };
-            *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = next;
-        }
-        Err(Error::internal("unreachable: the retry loop always returns"))
-    }
-
-    async fn fetch_token(&self, realm: &str, service: Option<&str>) -> Result<String> {
-        let url = Url::parse(realm)
-            .map_err(|_| Error::bad_gateway(format!("upstream {} sent an invalid token realm", self.label)))?;
-        // Never send credentials over plain HTTP to a realm when the registry itself is HTTPS.
-        let downgrade = self.base.scheme() == "https" && url.scheme() != "https";
-        if !matches!(url.scheme(), "http" | "https") || downgrade {
-            return Err(Error::bad_gateway(format!(
-                "upstream {} sent a token realm with scheme {:?}; refused",
-                self.label,
-                url.scheme()
-            )));
-        }
-        let realm_host = url.host_str().unwrap_or_default().to_owned();
-        let mut query: Vec<(&str, &str)> = Vec::new();
-        if let Some(s) = service {
-            query.push(("service", s));
-        }
-        for s in &self.scopes {
-            query.push(("scope", s));
-        }
-        let mut req = self.http.get(url).query(&query);
-        if let Some(c) = &self.credentials {
-            req = req.basic_auth(&c.username, Some(c.password.expose_str()));
-        }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-        let status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            let who = if self.credentials.is_some() { "the given credentials" } else { "anonymous access" };
-            return Err(match status {
-                401 | 403 => Error::denied(format!(
-                    "the token service of {} ({realm_host}) refused {who} (HTTP {status})",
-                    self.label
-                )),
-                s => {
-                    Error::unavailable(format!("the token service of {} ({realm_host}) answered HTTP {s}", self.label))
-                }
-            });
-        }
-        let body = read_limited(resp, SMALL_BODY_LIMIT).await.map_err(|e| self.transport_error(e))?.unwrap_or_default();
-        #[derive(Deserialize)]
-        struct Answer {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
-            Error::bad_gateway(format!("the token service of {} sent an answer that is not token JSON", self.label))
-        })?;
-        let token = answer.token.filter(|t| !t.is_empty()).or(answer.access_token).unwrap_or_default();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::bad_gateway(format!(
-                "the token service of {} sent an empty or malformed token",
-                self.label
-            )));
-        }
-        Ok(token)
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> Error {
-        let e = e.without_url();
-        if e.is_timeout() {
-            Error::unavailable(format!("upstream {} timed out", self.label))
-        } else if e.is_connect() {
-            Error::unavailable(format!("cannot connect to upstream {}", self.label))
-        } else {
-            Error::unavailable(format!("upstream {} failed: {e}", self.label))
-        }
+        self.auth.send(&self.token_http, &self.scopes, build).await
     }
 
     /// A non-success answer as one line, with the registry's own error message when it sent one.
-    async fn status_error(&self, resp: Response, what: &str) -> Error {
+    async fn status_error(&self, mut resp: Response, what: &str) -> Error {
         let status = resp.status().as_u16();
-        let body = read_limited(resp, SMALL_BODY_LIMIT).await.ok().flatten().unwrap_or_default();
-        #[derive(Deserialize)]
-        struct Envelope {
-            errors: Vec<Item>,
-        }
-        #[derive(Deserialize)]
-        struct Item {
-            code: String,
-            #[serde(default)]
-            message: String,
-        }
-        let said = serde_json::from_slice::<Envelope>(&body)
-            .ok()
-            .and_then(|e| e.errors.into_iter().next())
-            .map(|i| format!(": {} {}", i.code, i.message.chars().take(200).collect::<String>()))
+        let said = registry_errors(&mut resp)
+            .await
+            .first()
+            .map(|e| format!(": {} {}", e.code, e.message().chars().take(200).collect::<String>()))
             .unwrap_or_default();
         let code = match status {
             401 | 403 => ErrorCode::Denied,
@@ -248,7 +132,7 @@ impl PushClient {
             s if s >= 500 => ErrorCode::Unavailable,
             _ => ErrorCode::BadGateway,
         };
-        Error::new(code, format!("{what}: upstream {} answered HTTP {status}{said}", self.label))
+        Error::new(code, format!("{what}: {} answered HTTP {status}{said}", self.label()))
     }
 
     /// Whether `digest` is a blob of `name`.
@@ -265,13 +149,13 @@ impl PushClient {
     /// A small blob (an image config), its digest verified, refused beyond `limit` bytes.
     pub async fn get_blob(&self, name: &RepositoryName, digest: &Digest, limit: usize) -> Result<Bytes> {
         let url = self.url(name, "blobs", Some(digest.as_str()))?;
-        let resp = self.send(|| self.http.get(url.clone())).await?;
+        let mut resp = self.send(|| self.http.get(url.clone())).await?;
         if !resp.status().is_success() {
             return Err(self.status_error(resp, &format!("reading blob {digest} of {name}")).await);
         }
-        let bytes = read_limited(resp, limit)
+        let bytes = read_limited(&mut resp, limit)
             .await
-            .map_err(|e| self.transport_error(e))?
+            .map_err(|e| self.auth.transport_error(e))?
             .ok_or_else(|| Error::bad_gateway(format!("blob {digest} of {name} is over the limit of {limit} bytes")))?;
         if !digest.verifies(&bytes) {
             return Err(Error::bad_gateway(format!("blob {digest} of {name} does not hash to its digest")));
@@ -331,8 +215,8 @@ impl PushClient {
         let ours = Digest::sha256_of(bytes);
         match header_digest(resp.headers()) {
             Some(theirs) if theirs != ours => Err(Error::bad_gateway(format!(
-                "upstream {} stored manifest {name}:{reference} as {theirs}, but its bytes hash to {ours}",
-                self.label
+                "{} stored manifest {name}:{reference} as {theirs}, but its bytes hash to {ours}",
+                self.label()
             ))),
             _ => Ok(ours),
         }
@@ -343,40 +227,9 @@ fn header_digest(headers: &HeaderMap) -> Option<Digest> {
     headers.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The body, or `None` as soon as it grows over `limit` bytes (the rest is never read).
-async fn read_limited(mut resp: Response, limit: usize) -> std::result::Result<Option<Bytes>, reqwest::Error> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if buf.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Some(Bytes::from(buf)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn challenges() {
-        let cs = challenge::parse(
-            r#"Bearer realm="https://h/t?a=1,b=2",service="reg", scope="repository:x:pull,push", error="say \"hi\"", Basic realm="r""#,
-        );
-        assert_eq!(cs.len(), 2, "{cs:?}");
-        assert_eq!(cs[0].scheme, "bearer");
-        assert_eq!(cs[0].param("realm"), Some("https://h/t?a=1,b=2"));
-        assert_eq!(cs[0].param("service"), Some("reg"));
-        assert_eq!(cs[0].param("scope"), Some("repository:x:pull,push"));
-        assert_eq!(cs[0].param("error"), Some(r#"say "hi""#));
-        assert_eq!(cs[1].scheme, "basic");
-        assert_eq!(cs[1].param("realm"), Some("r"));
-        assert_eq!(challenge::parse("BASIC Realm=registry")[0].param("realm"), Some("registry"));
-        for junk in ["", ",,,", "\"", "=", "Bearer realm=\"unterminated", "é ü = ,", "a=b"] {
-            let _ = challenge::parse(junk);
-        }
-    }
 
     #[test]
     fn urls_and_debug() {

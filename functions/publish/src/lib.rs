@@ -1,9 +1,10 @@
 //! MetaHub's publishing side (`metahub index create|inspect`): per-microarchitecture images assembled into one index
 //! whose entries carry `platform.features`, pushed to the upstream registry.
 //!
-//! Layering: [`assemble`] is pure (parse `--from`, build the index bytes); [`client`] is a small push client (token flow
-//! with `pull,push`, blob HEAD and cross-repository mount, manifest PUT); [`publish`] reads sources through the
-//! `metahub_core::ports::Upstream` port, validates everything, and only then writes.
+//! Layering: [`assemble`] is pure (parse `--from`, build the index bytes); [`client`] is a small push client (blob HEAD
+//! and cross-repository mount, manifest PUT; `pull,push` tokens through `metahub_upstream::auth`, the pull side's
+//! auth); [`publish`] reads sources through the `metahub_core::ports::Upstream` port, validates everything, and only
+//! then writes.
 
 pub mod assemble;
 pub mod client;

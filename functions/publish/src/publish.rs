@@ -238,7 +238,7 @@ pub async fn push(client: &PushClient, plan: &Plan) -> Result<PushReport> {
                 return Err(wrap(Error::new(
                     metahub_core::ErrorCode::BlobUnknown,
                     format!(
-                        "blob {blob} is not in {target} and upstream {} would not mount it from {}",
+                        "blob {blob} is not in {target} and {} would not mount it from {}",
                         client.label(),
                         child.repository
                     ),

@@ -1,46 +1,26 @@
-//! One upstream registry over HTTP: the registry token flow, digest verification, blob locations, and the mapping of
-//! every upstream answer onto the one error table.
+//! One upstream registry over HTTP: digest verification, blob locations, and the mapping of every upstream answer onto
+//! the one error table; every request authenticates through [`UpstreamAuth`].
 //!
 //! URLs are only ever built from the configured base URL plus an already validated name, tag or digest; the only other
-//! host ever contacted is a token realm on the upstream's own host (or Docker Hub's `auth.docker.io`).
+//! origin ever contacted is a token realm the allow-list of [`crate::auth`] takes (the upstream's own origin, Docker
+//! Hub's `auth.docker.io`, or one configured).
 
-use crate::challenge::{self, Challenge};
+use crate::auth::UpstreamAuth;
+use crate::body::{content_length, read_limited, registry_errors};
 use crate::config::{ClientOptions, UpstreamConfig, is_docker_hub_host, parse_base_url};
-use crate::credentials::Credentials;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{Method, Response, StatusCode, Url, redirect};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
-/// Docker Hub's token service lives on its own host.
-const DOCKER_HUB_AUTH_HOST: &str = "auth.docker.io";
-/// Error bodies and token answers are small; never read more than this of them.
-const SMALL_BODY_LIMIT: usize = 64 * 1024;
-/// Bounds the token cache: repository names come from clients.
-const TOKEN_CACHE_MAX: usize = 4096;
-const DEFAULT_TOKEN_SECONDS: u64 = 60;
-
-struct CachedToken {
-    token: String,
-    expires: Instant,
-}
-
-/// What a request authenticates with.
-enum Auth {
-    None,
-    Basic,
-    Bearer(String),
-}
 
 /// What a request was after, for 404 mapping and messages.
 enum Target<'a> {
@@ -55,22 +35,16 @@ const OCI_FILTERS_APPLIED: &str = "oci-filters-applied";
 /// A client for one upstream registry.
 pub struct RegistryClient {
     base: Url,
-    /// How client-facing messages name the upstream: by its PREFIX (`upstream ghcr.io`), which the client typed
-    /// itself, or `the default upstream`; never by its host, which only the logs show.
-    label: String,
-    /// `host[:port]`, for the logs only.
-    host: String,
+    /// Credentials, tokens, realms; and how messages name the upstream (`auth.label()`: by its PREFIX, which the
+    /// client typed itself, or `the default upstream`; never by its host, which only the logs show).
+    auth: UpstreamAuth,
     docker_hub: bool,
-    credentials: Option<Credentials>,
     /// Built on first use: loading and parsing the CA root store is most of a client's cost, and a Lambda function
     /// that never calls the upstream (token) or not before its first request should not pay it during init.
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
     timeout: Duration,
     connect_timeout: Duration,
     max_manifest_bytes: usize,
-    tokens: Mutex<HashMap<String, CachedToken>>,
-    /// The upstream asked for Basic once: send configured credentials up front from then on.
-    basic_challenged: AtomicBool,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -78,7 +52,7 @@ impl fmt::Debug for RegistryClient {
         f.debug_struct("RegistryClient")
             .field("base", &self.base.as_str())
             .field("docker_hub", &self.docker_hub)
-            .field("credentials", &self.credentials)
+            .field("auth", &self.auth)
             .field("max_manifest_bytes", &self.max_manifest_bytes)
             .finish()
     }
@@ -87,31 +61,14 @@ impl fmt::Debug for RegistryClient {
 impl RegistryClient {
     pub fn new(config: &UpstreamConfig, options: &ClientOptions) -> Result<Self> {
         let base = parse_base_url(&config.url)?;
-        let host = match (base.host_str().unwrap_or_default(), base.port()) {
-            (host, Some(p)) => format!("{host}:{p}"),
-            (host, None) => host.to_owned(),
-        };
-        let label = if config.prefix.is_empty() {
-            "the default upstream".to_owned()
-        } else {
-            format!("upstream {}", config.prefix)
-        };
-        let credentials = config.credentials();
-        if credentials.is_none() && (config.username.is_some() || config.password.is_some()) {
-            return Err(Error::internal(format!("upstream {label}: give both username and password, or neither")));
-        }
         Ok(RegistryClient {
             docker_hub: config.docker_hub || is_docker_hub_host(&base),
             base,
-            label,
-            host,
-            credentials,
+            auth: UpstreamAuth::new(config)?,
             http: OnceLock::new(),
             timeout: options.timeout,
             connect_timeout: options.connect_timeout,
             max_manifest_bytes: options.max_manifest_bytes,
-            tokens: Mutex::new(HashMap::new()),
-            basic_challenged: AtomicBool::new(false),
         })
     }
 
@@ -142,7 +99,7 @@ impl RegistryClient {
     fn api_url(&self, name: &RepositoryName, kind: &str, reference: &str) -> Result<Url> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|()| Error::internal(format!("{} has no usable base URL", self.label)))?
+            .map_err(|()| Error::internal(format!("{} has no usable base URL", self.auth.label())))?
             .clear()
             .push("v2")
             .extend(name.as_str().split('/'))
@@ -155,234 +112,41 @@ impl RegistryClient {
         format!("repository:{name}:pull")
     }
 
-    // ---- authentication -------------------------------------------------------------------------------------------
-
-    fn cached_token(&self, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get(scope).filter(|t| t.expires > Instant::now()).map(|t| t.token.clone())
-    }
-
-    fn store_token(&self, scope: &str, token: &str, expires_in: u64) {
-        // Stop using a token shortly before the upstream does.
-        let life = Duration::from_secs(expires_in);
-        let margin = Duration::from_secs(10).min(life / 4);
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if tokens.len() >= TOKEN_CACHE_MAX {
-            let now = Instant::now();
-            tokens.retain(|_, t| t.expires > now);
-            if tokens.len() >= TOKEN_CACHE_MAX {
-                tokens.clear();
+    /// Sends a request through [`UpstreamAuth::send`] (challenge, token or Basic, one retry).
+    async fn send(&self, method: Method, url: &Url, accept: Option<&HeaderValue>, scope: String) -> Result<Response> {
+        let http = self.http()?;
+        tracing::debug!(upstream = %self.auth.host(), %method, url = %url, "upstream request");
+        let build = || {
+            let req = http.request(method.clone(), url.clone());
+            match accept {
+                Some(a) => req.header(ACCEPT, a.clone()),
+                None => req,
             }
-        }
-        tokens
-            .insert(scope.to_owned(), CachedToken { token: token.to_owned(), expires: Instant::now() + life - margin });
-    }
-
-    fn forget_token(&self, scope: &str) {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(scope);
-    }
-
-    fn initial_auth(&self, scope: &str) -> Auth {
-        if let Some(t) = self.cached_token(scope) {
-            Auth::Bearer(t)
-        } else if self.credentials.is_some() && self.basic_challenged.load(Ordering::Relaxed) {
-            Auth::Basic
-        } else {
-            Auth::None
-        }
-    }
-
-    /// Sends a request; on a 401 answers the challenge (token or Basic) and retries once. A second 401 is returned
-    /// to the caller, which maps it to DENIED.
-    async fn send(&self, method: Method, url: &Url, accept: Option<&HeaderValue>, scope: &str) -> Result<Response> {
-        let mut auth = self.initial_auth(scope);
-        for attempt in 0..2 {
-            let mut req = self.http()?.request(method.clone(), url.clone());
-            if let Some(a) = accept {
-                req = req.header(ACCEPT, a.clone());
-            }
-            req = match (&auth, &self.credentials) {
-                (Auth::Bearer(t), _) => req.bearer_auth(t),
-                (Auth::Basic, Some(c)) => req.basic_auth(&c.username, Some(c.password.expose_str())),
-                _ => req,
-            };
-            tracing::debug!(upstream = %self.host, %method, url = %url, "upstream request");
-            let resp = req.send().await.map_err(|e| self.transport_error(e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || attempt == 1 {
-                return Ok(resp);
-            }
-            let challenges: Vec<Challenge> = resp
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(challenge::parse)
-                .collect();
-            if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
-                let realm = bearer.param("realm").ok_or_else(|| {
-                    Error::bad_gateway(format!("{} sent a Bearer challenge without a realm", self.label))
-                })?;
-                self.forget_token(scope);
-                let token = self.fetch_token(realm, bearer.param("service"), scope).await?;
-                auth = Auth::Bearer(token);
-            } else if challenges.iter().any(|c| c.scheme == "basic") && self.credentials.is_some() {
-                if matches!(auth, Auth::Basic) {
-                    return Ok(resp); // the credentials were already refused
-                }
-                self.basic_challenged.store(true, Ordering::Relaxed);
-                auth = Auth::Basic;
-            } else {
-                return Ok(resp);
-            }
-        }
-        Err(Error::internal("unreachable: the retry loop always returns"))
-    }
-
-    /// The realm as a URL, refused unless it is on the upstream's own host AND port (or Docker Hub's auth host on
-    /// 443): another port of the same host is another service, which the upstream's answers must not steer us to. A
-    /// realm on the default HTTPS port of an upstream configured on its default HTTP port is the same service, upgraded.
-    fn check_realm(&self, realm: &str) -> Result<Url> {
-        let url =
-            Url::parse(realm).map_err(|_| Error::bad_gateway(format!("{} sent an invalid token realm", self.label)))?;
-        let host = url.host_str().unwrap_or_default();
-        let own_host = self.base.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host));
-        let own_port = url.port_or_known_default() == self.base.port_or_known_default()
-            || (url.scheme() == "https" && url.port().is_none() && self.base.port().is_none());
-        let docker_hub_auth = self.docker_hub
-            && host.eq_ignore_ascii_case(DOCKER_HUB_AUTH_HOST)
-            && url.port_or_known_default() == Some(443);
-        if !((own_host && own_port) || docker_hub_auth) {
-            // the realm's host and port go to the log only: client-facing messages never name hosts
-            tracing::warn!(upstream = %self.host, realm = %url.origin().ascii_serialization(), "token realm refused");
-            return Err(Error::bad_gateway(format!(
-                "{} sent a token realm that is not on its own host and port; refused",
-                self.label
-            )));
-        }
-        let downgrade = self.base.scheme() == "https" && url.scheme() != "https";
-        if !matches!(url.scheme(), "http" | "https") || downgrade {
-            return Err(Error::bad_gateway(format!(
-                "{} sent a token realm with scheme {:?}; refused",
-                self.label,
-                url.scheme()
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(Error::bad_gateway(format!("{} sent a token realm with userinfo; refused", self.label)));
-        }
-        Ok(url)
-    }
-
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String> {
-        let url = self.check_realm(realm)?;
-        let realm_host = url.host_str().unwrap_or_default().to_owned();
-        let mut query: Vec<(&str, &str)> = Vec::with_capacity(2);
-        if let Some(s) = service {
-            query.push(("service", s));
-        }
-        query.push(("scope", scope));
-        let mut req = self.http()?.get(url).query(&query);
-        if let Some(c) = &self.credentials {
-            req = req.basic_auth(&c.username, Some(c.password.expose_str()));
-        }
-        tracing::debug!(upstream = %self.host, realm = %realm_host, scope, "fetching upstream token");
-        let mut resp = req.send().await.map_err(|e| self.transport_error(e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(match status.as_u16() {
-                401 | 403 => Error::denied(format!(
-                    "the token service of {} refused {} (HTTP {})",
-                    self.label,
-                    if self.credentials.is_some() { "the configured credentials" } else { "anonymous access" },
-                    status.as_u16()
-                )),
-                429 => Error::new(
-                    ErrorCode::TooManyRequests,
-                    format!("the token service of {} is rate limiting (HTTP 429)", self.label),
-                ),
-                s if s >= 500 => Error::unavailable(format!("the token service of {} answered HTTP {s}", self.label)),
-                s => Error::bad_gateway(format!("the token service of {} answered unexpected HTTP {s}", self.label)),
-            });
-        }
-        let body = self.read_limited(&mut resp, SMALL_BODY_LIMIT, "token answer").await?;
-        #[derive(Deserialize)]
-        struct TokenAnswer {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
-            Error::bad_gateway(format!("the token service of {} sent an answer that is not token JSON", self.label))
-        })?;
-        let token = answer.token.filter(|t| !t.is_empty()).or(answer.access_token).unwrap_or_default();
-        // A token goes into a header: visible ASCII only (and never echoed).
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::bad_gateway(format!(
-                "the token service of {} sent an empty or malformed token",
-                self.label
-            )));
-        }
-        let expires_in = answer.expires_in.filter(|s| *s > 0).unwrap_or(DEFAULT_TOKEN_SECONDS).min(86_400);
-        self.store_token(scope, &token, expires_in);
-        Ok(token)
+        };
+        self.auth.send(http, std::slice::from_ref(&scope), build).await
     }
 
     // ---- answers and errors ---------------------------------------------------------------------------------------
 
-    fn transport_error(&self, e: reqwest::Error) -> Error {
-        let e = e.without_url();
-        let mut cause = String::new();
-        let mut garbage = e.is_decode();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                garbage |= h.is_parse();
-            }
-            cause = s.to_string();
-            source = s.source();
-        }
-        let cause = if cause.is_empty() { e.to_string() } else { cause };
-        tracing::warn!(upstream = %self.host, error = %cause, timeout = e.is_timeout(), "upstream transport error");
-        if e.is_timeout() {
-            Error::unavailable(format!("{} timed out", self.label))
-        } else if e.is_connect() {
-            Error::unavailable(format!("cannot connect to {}: {cause}", self.label))
-        } else if garbage {
-            Error::bad_gateway(format!("{} did not answer as an HTTP registry: {cause}", self.label))
-        } else {
-            Error::unavailable(format!("{} failed: {cause}", self.label))
-        }
-    }
-
     /// Reads a body, refusing (without reading on) any body over `limit` bytes.
     async fn read_limited(&self, resp: &mut Response, limit: usize, what: &str) -> Result<Bytes> {
-        let too_large =
-            || Error::bad_gateway(format!("{} sent a {what} larger than the limit of {limit} bytes", self.label));
-        if content_length(resp.headers()).is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
-            if buf.len() + chunk.len() > limit {
-                return Err(too_large());
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf.freeze())
+        read_limited(resp, limit).await.map_err(|e| self.auth.transport_error(e))?.ok_or_else(|| {
+            Error::bad_gateway(format!("{} sent a {what} larger than the limit of {limit} bytes", self.auth.label()))
+        })
     }
 
     /// Maps a non-success answer onto the error table.
     async fn status_error(&self, mut resp: Response, target: Target<'_>) -> Error {
         let status = resp.status().as_u16();
-        tracing::debug!(upstream = %self.host, status, "upstream error answer");
-        let label = &self.label;
+        tracing::debug!(upstream = %self.auth.host(), status, "upstream error answer");
+        let label = self.auth.label();
         let name = match &target {
             Target::Manifest(n, _) | Target::Blob(n, _) | Target::Repository(n) => *n,
         };
         match status {
             404 => {
-                let codes = self.error_codes(&mut resp).await;
-                if codes.iter().any(|c| c == "NAME_UNKNOWN") {
+                let errors = registry_errors(&mut resp).await;
+                if errors.iter().any(|e| e.code == "NAME_UNKNOWN") {
                     return Error::new(ErrorCode::NameUnknown, format!("repository {name} is unknown to {label}"));
                 }
                 match target {
@@ -414,24 +178,6 @@ impl RegistryClient {
         }
     }
 
-    /// The `code`s of a registry error body, if the body is one.
-    async fn error_codes(&self, resp: &mut Response) -> Vec<String> {
-        #[derive(Deserialize)]
-        struct Envelope {
-            errors: Vec<Item>,
-        }
-        #[derive(Deserialize)]
-        struct Item {
-            code: String,
-        }
-        match self.read_limited(resp, SMALL_BODY_LIMIT, "error answer").await {
-            Ok(body) => serde_json::from_slice::<Envelope>(&body)
-                .map(|e| e.errors.into_iter().map(|i| i.code).collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
-    }
-
     fn header_digest(&self, headers: &HeaderMap) -> Result<Option<Digest>> {
         let Some(v) = headers.get(DOCKER_CONTENT_DIGEST) else {
             return Ok(None);
@@ -440,12 +186,15 @@ impl RegistryClient {
             .ok()
             .and_then(|s| s.trim().parse::<Digest>().ok())
             .map(Some)
-            .ok_or_else(|| Error::bad_gateway(format!("{} sent an invalid Docker-Content-Digest", self.label)))
+            .ok_or_else(|| Error::bad_gateway(format!("{} sent an invalid Docker-Content-Digest", self.auth.label())))
     }
 
     fn check_media_type(&self, media_type: &str) -> Result<()> {
         if media_type.starts_with("text/html") {
-            return Err(Error::bad_gateway(format!("{} answered with an HTML page, not a manifest", self.label)));
+            return Err(Error::bad_gateway(format!(
+                "{} answered with an HTML page, not a manifest",
+                self.auth.label()
+            )));
         }
         Ok(())
     }
@@ -458,7 +207,7 @@ impl RegistryClient {
     ) -> Result<Manifest> {
         let name = self.upstream_name(repository);
         let url = self.api_url(&name, "manifests", reference.as_str())?;
-        let mut resp = self.send(Method::GET, &url, Some(accept), &Self::scope(&name)).await?;
+        let mut resp = self.send(Method::GET, &url, Some(accept), Self::scope(&name)).await?;
         if resp.status() != StatusCode::OK {
             return Err(self.unexpected(resp, Target::Manifest(&name, reference)).await);
         }
@@ -466,12 +215,13 @@ impl RegistryClient {
         let content_type = media_type(resp.headers());
         let bytes = self.read_limited(&mut resp, self.max_manifest_bytes, "manifest").await?;
 
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| Error::bad_gateway(format!("{} sent a manifest for {name} that is not JSON", self.label)))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Error::bad_gateway(format!("{} sent a manifest for {name} that is not JSON", self.auth.label()))
+        })?;
         if !json.is_object() {
             return Err(Error::bad_gateway(format!(
                 "{} sent a manifest for {name} that is not a JSON object",
-                self.label
+                self.auth.label()
             )));
         }
         let digest = match reference {
@@ -479,7 +229,7 @@ impl RegistryClient {
                 if !wanted.verifies(&bytes) {
                     return Err(Error::bad_gateway(format!(
                         "{} sent bytes for {name}@{wanted} that hash to {}",
-                        self.label,
+                        self.auth.label(),
                         Digest::sha256_of(&bytes)
                     )));
                 }
@@ -491,7 +241,7 @@ impl RegistryClient {
                 {
                     return Err(Error::bad_gateway(format!(
                         "{} announced {h} for {name}:{tag} but sent bytes that hash to {}",
-                        self.label,
+                        self.auth.label(),
                         Digest::sha256_of(&bytes)
                     )));
                 }
@@ -503,7 +253,7 @@ impl RegistryClient {
         let media_type = match content_type {
             Some(ct) if !matches!(ct.as_str(), "application/json" | "text/plain" | "application/octet-stream") => ct,
             ct => body_type.or(ct).ok_or_else(|| {
-                Error::bad_gateway(format!("{} sent a manifest for {name} without a media type", self.label))
+                Error::bad_gateway(format!("{} sent a manifest for {name} without a media type", self.auth.label()))
             })?,
         };
         self.check_media_type(&media_type)?;
@@ -524,9 +274,9 @@ impl RegistryClient {
         let headers = resp.headers().clone();
         let body = self.read_limited(&mut resp, self.max_manifest_bytes, what).await?;
         let value = serde_json::from_slice(&body).map_err(|e| {
-            Error::bad_gateway(format!("{} sent a {what} for {name} that is not valid: {e}", self.label))
+            Error::bad_gateway(format!("{} sent a {what} for {name} that is not valid: {e}", self.auth.label()))
         })?;
-        tracing::debug!(upstream = %self.host, url = %url, what, "upstream JSON answer");
+        tracing::debug!(upstream = %self.auth.host(), url = %url, what, "upstream JSON answer");
         Ok((value, headers))
     }
 
@@ -534,14 +284,10 @@ impl RegistryClient {
     async fn unexpected(&self, resp: Response, target: Target<'_>) -> Error {
         let status = resp.status();
         if status.is_success() || status.is_redirection() {
-            return Error::bad_gateway(format!("{} answered unexpected HTTP {}", self.label, status.as_u16()));
+            return Error::bad_gateway(format!("{} answered unexpected HTTP {}", self.auth.label(), status.as_u16()));
         }
         self.status_error(resp, target).await
     }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The Content-Type without parameters, lowercased.
@@ -573,7 +319,7 @@ impl Upstream for RegistryClient {
         let accept = accept_header(accept);
         let name = self.upstream_name(repository);
         let url = self.api_url(&name, "manifests", reference.as_str())?;
-        let resp = self.send(Method::HEAD, &url, Some(&accept), &Self::scope(&name)).await?;
+        let resp = self.send(Method::HEAD, &url, Some(&accept), Self::scope(&name)).await?;
         let status = resp.status();
         // Some registries do not implement HEAD: ask with GET instead.
         if status != StatusCode::METHOD_NOT_ALLOWED && status != StatusCode::NOT_IMPLEMENTED {
@@ -584,7 +330,7 @@ impl Upstream for RegistryClient {
             if let (Reference::Digest(wanted), Some(got)) = (reference, &digest)
                 && wanted != got
             {
-                return Err(Error::bad_gateway(format!("{} answered {got} for {name}@{wanted}", self.label)));
+                return Err(Error::bad_gateway(format!("{} answered {got} for {name}@{wanted}", self.auth.label())));
             }
             let media_type = media_type(resp.headers());
             let size = content_length(resp.headers());
@@ -592,7 +338,7 @@ impl Upstream for RegistryClient {
                 self.check_media_type(&media_type)?;
                 return Ok(ManifestHead { digest, media_type, size });
             }
-            tracing::debug!(upstream = %self.host, "HEAD lacked digest, type or size; falling back to GET");
+            tracing::debug!(upstream = %self.auth.host(), "HEAD lacked digest, type or size; falling back to GET");
         }
         let m = self.fetch_manifest(repository, reference, &accept).await?;
         Ok(ManifestHead { digest: m.digest, media_type: m.media_type, size: m.bytes.len() as u64 })
@@ -611,20 +357,19 @@ impl Upstream for RegistryClient {
         let name = self.upstream_name(repository);
         let url = self.api_url(&name, "blobs", digest.as_str())?;
         // GET, not HEAD: registries redirect GETs to storage; the body of a 200 is dropped unread.
-        let resp = self.send(Method::GET, &url, None, &Self::scope(&name)).await?;
+        let resp = self.send(Method::GET, &url, None, Self::scope(&name)).await?;
         let status = resp.status();
         if status.is_redirection() {
-            let location =
-                resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-                    Error::bad_gateway(format!("{} redirected a blob without a Location", self.label))
-                })?;
-            let target = url
-                .join(location)
-                .map_err(|_| Error::bad_gateway(format!("{} redirected a blob to an invalid Location", self.label)))?;
+            let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                Error::bad_gateway(format!("{} redirected a blob without a Location", self.auth.label()))
+            })?;
+            let target = url.join(location).map_err(|_| {
+                Error::bad_gateway(format!("{} redirected a blob to an invalid Location", self.auth.label()))
+            })?;
             if !matches!(target.scheme(), "http" | "https") {
                 return Err(Error::bad_gateway(format!(
                     "{} redirected a blob to a {} URL",
-                    self.label,
+                    self.auth.label(),
                     target.scheme()
                 )));
             }
@@ -654,7 +399,7 @@ impl Upstream for RegistryClient {
                 query.append_pair("last", last);
             }
         }
-        let resp = self.send(Method::GET, &url, None, &Self::scope(&name)).await?;
+        let resp = self.send(Method::GET, &url, None, Self::scope(&name)).await?;
         let (list, headers): (TagList, _) = self.fetch_json(&url, &name, "tag list", resp).await?;
         let tags = list.tags.unwrap_or_default();
         let next_last = next_link_last(&headers).map(|from_link| from_link.or_else(|| tags.last().cloned()));
@@ -678,7 +423,7 @@ impl Upstream for RegistryClient {
             url.query_pairs_mut().append_pair("artifactType", t);
         }
         let accept = HeaderValue::from_static(metahub_core::filter::OCI_INDEX);
-        let resp = self.send(Method::GET, &url, Some(&accept), &Self::scope(&name)).await?;
+        let resp = self.send(Method::GET, &url, Some(&accept), Self::scope(&name)).await?;
         // A registry with the referrers API never answers 404 (spec); one without it does.
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -737,42 +482,13 @@ mod tests {
     }
 
     #[test]
-    fn realms_only_on_own_host_and_port_or_docker_hub_auth() {
-        let c = client("http://127.0.0.1:5001", false);
-        assert!(c.check_realm("http://127.0.0.1:5001/token").is_ok());
-        for bad in [
-            "http://127.0.0.1:9999/token",
-            "http://127.0.0.1/token",
-            "http://169.254.169.254/latest",
-            "http://auth.docker.io/token",
-            "file:///etc/passwd",
-            "nonsense",
-        ] {
-            let e = c.check_realm(bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::BadGateway, "{bad}");
-        }
-        let e = c.check_realm("http://evil.example:5001/t").unwrap_err();
-        assert!(!e.message.contains("evil.example") && !e.message.contains("127.0.0.1"), "{e}");
-        let hub = client("https://registry-1.docker.io", false);
-        assert!(hub.check_realm("https://auth.docker.io/token").is_ok());
-        assert!(hub.check_realm("https://registry-1.docker.io:443/token").is_ok(), "the default port, spelled out");
-        assert!(hub.check_realm("https://auth.docker.io:8443/token").is_err(), "Docker Hub's auth on 443 only");
-        assert!(hub.check_realm("https://registry-1.docker.io:8443/token").is_err());
-        assert!(hub.check_realm("http://auth.docker.io/token").is_err(), "no downgrade to http");
-        assert!(hub.check_realm("https://u:p@auth.docker.io/token").is_err());
-        let plain = client("http://registry.example", false);
-        assert!(plain.check_realm("https://registry.example/token").is_ok(), "the same service, upgraded to https");
-        assert!(plain.check_realm("http://registry.example:8080/token").is_err());
-    }
-
-    #[test]
     fn messages_name_the_prefix_never_the_host() {
         let default = client("http://127.0.0.1:5001", false);
-        assert_eq!(default.label, "the default upstream");
+        assert_eq!(default.auth.label(), "the default upstream");
         let cfg = UpstreamConfig::parse_spec("ghcr.io=http://10.1.2.3:5000").unwrap();
         let prefixed = RegistryClient::new(&cfg, &ClientOptions::default()).unwrap();
-        assert_eq!(prefixed.label, "upstream ghcr.io");
-        assert_eq!(prefixed.host, "10.1.2.3:5000", "the logs still name the host");
+        assert_eq!(prefixed.auth.label(), "upstream ghcr.io");
+        assert_eq!(prefixed.auth.host(), "10.1.2.3:5000", "the logs still name the host");
     }
 
     #[test]
@@ -780,16 +496,6 @@ mod tests {
         let v = accept_header(&["a/b".into(), "bad\nvalue".into(), "c/d".into()]);
         assert_eq!(v.to_str().unwrap(), "a/b, c/d");
         assert_eq!(accept_header(&[]).to_str().unwrap(), crate::ACCEPT_ALL.join(", "));
-    }
-
-    #[test]
-    fn token_cache_expires() {
-        let c = client("http://127.0.0.1:5001", false);
-        c.store_token("s", "t", 60);
-        assert_eq!(c.cached_token("s").as_deref(), Some("t"));
-        c.store_token("s2", "t2", 1);
-        c.tokens.lock().unwrap().get_mut("s2").unwrap().expires = Instant::now();
-        assert_eq!(c.cached_token("s2"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Upstream configuration: which registries exist, under which name prefix, with which credentials.
 
-use crate::credentials::Credentials;
+use crate::auth::Credentials;
 use metahub_core::{Error, Result, Secret};
 use reqwest::Url;
 use serde::{Deserialize, Deserializer};
@@ -27,6 +27,10 @@ pub struct UpstreamConfig {
     /// Adds `library/` to one-segment names; also on automatically for Docker Hub's hosts.
     #[serde(default)]
     pub docker_hub: bool,
+    /// A token realm on another origin that this upstream may send us to (`https://gitlab.example/jwt/auth` for
+    /// `registry.gitlab.example`); its own origin is always allowed, and Docker Hub's `auth.docker.io` for Docker Hub.
+    #[serde(default)]
+    pub token_realm: Option<String>,
 }
 
 impl UpstreamConfig {
@@ -39,6 +43,7 @@ impl UpstreamConfig {
             username: None,
             password: None,
             docker_hub: is_docker_hub_host(&base),
+            token_realm: None,
         })
     }
 

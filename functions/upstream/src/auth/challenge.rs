@@ -148,4 +148,14 @@ mod tests {
         }
         assert_eq!(parse("Bearer realm=\"unterminated")[0].param("realm"), Some("unterminated"));
     }
+
+    #[test]
+    fn schemes_and_param_names_are_case_insensitive_values_are_not() {
+        let cs = parse(r#"bEaReR REALM="https://H/Token", Service=Reg, Negotiate, basic realm="x""#);
+        let schemes: Vec<&str> = cs.iter().map(|c| c.scheme.as_str()).collect();
+        assert_eq!(schemes, ["bearer", "negotiate", "basic"]);
+        assert_eq!(cs[0].param("realm"), Some("https://H/Token"), "values keep their case");
+        assert_eq!(cs[0].param("service"), Some("Reg"));
+        assert_eq!(cs[2].param("realm"), Some("x"));
+    }
 }
