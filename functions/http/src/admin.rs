@@ -397,7 +397,7 @@ pub(crate) fn explain_manifest(image: &ImageRef, manifest: &Manifest, machine: &
     }
     let index = Index::parse(&manifest.bytes)?;
     let verdicts = filter::explain(&index, machine);
-    let (filtered_digest, error) = match filter::filter_index(&manifest, machine) {
+    let (filtered_digest, error) = match filter::filter_index(manifest, machine) {
         Ok(f) => (Some(f.digest.to_string()), None),
         Err(e) => (None, Some(json!({"code": e.code.as_str(), "message": e.message}))),
     };

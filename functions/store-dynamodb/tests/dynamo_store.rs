@@ -159,7 +159,7 @@ async fn against_dynamodb_api() {
     );
     assert_eq!(store.machine_type(&n("zen3")).await.unwrap(), Some(machine_type("zen3", &["cpu:zen3"])));
     let node = store.account(&l("node-17")).await.unwrap().unwrap();
-    assert_eq!((node.machine_type.as_str(), node.password_hash.expose_str().as_str()), ("skylake-v100", hash));
+    assert_eq!((node.machine_type.as_str(), node.password_hash.expose_str()), ("skylake-v100", hash));
     // A hand-typed account is not in the type's `users` set; the index still finds it.
     let e = store.delete_machine_type(&n("skylake-v100")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied);
@@ -222,9 +222,9 @@ async fn against_dynamodb_api() {
     put(vec![("pk", s("MT#hsw")), ("sk", s("MT")), ("features", AttributeValue::L(vec![s("cpu:zen2")]))])
         .await
         .unwrap();
-    assert_eq!(cached.machine_type(&n("hsw")).await.unwrap().unwrap().features, ["cpu:haswell"]);
+    assert_eq!(cached.machine_type(&n("hsw")).await.unwrap().unwrap().features(), ["cpu:haswell"]);
     let uncached = DynamoStore::new(client.clone(), table.clone()).with_machine_type_cache_ttl(Duration::ZERO);
-    assert_eq!(uncached.machine_type(&n("hsw")).await.unwrap().unwrap().features, ["cpu:zen2"]);
+    assert_eq!(uncached.machine_type(&n("hsw")).await.unwrap().unwrap().features(), ["cpu:zen2"]);
 }
 
 #[tokio::test]
