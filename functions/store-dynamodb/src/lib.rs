@@ -228,54 +228,37 @@ impl DynamoStore {
     /// Every item whose sort key is `sk`, by a consistent scan. Only the admin lists use it: it reads the whole
     /// table (machine types, accounts and cached indexes), which stays small enough for an occasional admin call.
     async fn scan_kind(&self, sk: &str) -> Result<Vec<Item>> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .filter_expression("sk = :sk")
-                .expression_attribute_values(":sk", s(sk))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| self.fail("Scan", e))?;
-            items.extend(out.items.unwrap_or_default());
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(items),
-            }
-        }
+        self.client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .filter_expression("sk = :sk")
+            .expression_attribute_values(":sk", s(sk))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.fail("Scan", e))
     }
 
     /// Logins whose account item says `machineType = name`, by the index (eventually consistent).
     async fn accounts_by_index(&self, name: &str) -> Result<Vec<String>> {
-        let mut logins = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(BY_MACHINE_TYPE_INDEX)
-                .key_condition_expression("machineType = :mt")
-                .expression_attribute_values(":mt", s(name))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| self.fail("Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                if let Some(login) = get_s(&item, "pk").and_then(|pk| pk.strip_prefix("ACCT#")) {
-                    logins.push(login.to_owned());
-                }
-            }
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(logins),
-            }
-        }
+        let items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_MACHINE_TYPE_INDEX)
+            .key_condition_expression("machineType = :mt")
+            .expression_attribute_values(":mt", s(name))
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(|e| self.fail("Query", e))?;
+        let login = |item: &Item| get_s(item, "pk").and_then(|pk| pk.strip_prefix("ACCT#")).map(str::to_owned);
+        Ok(items.iter().filter_map(login).collect())
     }
 
     /// Runs a transaction, retrying conflicts with concurrent transactions; a cancellation for a failed condition
