@@ -28,6 +28,26 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(program)).find(|p| p.is_file())
 }
 
+/// moto_server answering one request at a time. DynamoDB runs each request, a TransactWriteItems included, in
+/// isolation; moto's threaded server does not (a DeleteItem can land between a transaction's condition checks and
+/// its writes), and the race tests of the conformance suite then fail for moto's sake under load.
+const MOTO_ONE_REQUEST_AT_A_TIME: &str = "import sys, moto.server as m
+run = m.run_simple
+m.run_simple = lambda *a, **k: run(*a, **{**k, 'threaded': False})
+m.main(sys.argv[1:])";
+
+/// The Python moto_server runs under (its `#!` line when that names a python), so that the same moto is imported.
+fn python_of(moto_server: &std::path::Path) -> String {
+    let script = std::fs::read_to_string(moto_server).unwrap_or_default();
+    let shebang = script.lines().next().and_then(|l| l.strip_prefix("#!")).map(str::trim);
+    let is_python =
+        |path: &str| std::path::Path::new(path).file_name().is_some_and(|n| n.to_string_lossy().starts_with("python"));
+    match shebang {
+        Some(interpreter) if is_python(interpreter) => interpreter.to_owned(),
+        _ => "python3".to_owned(), // a shim (pyenv) or `env python3`
+    }
+}
+
 /// The endpoint to test against, and the moto process when we started one.
 fn endpoint() -> Option<(String, Option<Moto>)> {
     if let Ok(url) = std::env::var("AWS_ENDPOINT_URL")
@@ -40,8 +60,8 @@ fn endpoint() -> Option<(String, Option<Moto>)> {
         return None;
     };
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let child = Command::new(python_of(&moto))
+        .args(["-c", MOTO_ONE_REQUEST_AT_A_TIME, "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
