@@ -138,7 +138,8 @@ selected=$(awk -v gs=" ${groups[*]} " 'NF && index(gs, " " $1 " ") { $1 = ""; pr
 MISSING_MODULES=" "
 find_missing_modules() { # every py: probe of the selected rows, checked in one interpreter (found, not imported)
   local mods
-  mods=$(grep -oE 'py:[^ ]+' <<<"$selected" | cut -d: -f2 | sort -u | xargs)
+  # `|| true`: a group without Python modules (fuzz) has nothing to grep, which must not end the script
+  mods=$({ grep -oE 'py:[^ ]+' <<<"$selected" || true; } | cut -d: -f2 | sort -u | xargs)
   MISSING_MODULES=" $("$PY" - $mods <<'EOF' 2>/dev/null || echo "$mods"
 import importlib.util, sys
 print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))
