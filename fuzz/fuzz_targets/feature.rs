@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let mode = if s.len() % 2 == 0 { MatchMode::Best } else { MatchMode::Exact };
     if let Ok(machine) = MachineType::new(name, features, mode) {
         assert_eq!(machine.clone().validated().ok(), Some(machine.clone()));
-        assert_eq!(machine.parsed_features().len(), machine.features.len());
+        assert_eq!(machine.parsed_features().len(), machine.features().len());
         for f in machine.parsed_features() {
             assert!(!matches!(f, Feature::Other(ref o) if o.starts_with("cpu:") || o.starts_with("nvcap:")), "{f:?}");
         }
