@@ -97,7 +97,7 @@ impl AdminApiClient {
         let auth = match secret {
             Some(secret) => Authentication::Bearer(secret.into()),
             None => {
-                let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+                let aws = metahub_store_dynamodb::aws_defaults().load().await;
                 let credentials = aws.credentials_provider().ok_or_else(|| {
                     anyhow::anyhow!(
                         "--endpoint needs AWS credentials (to sign for the AWS_IAM Function URL) or {SECRET_ENV}"
@@ -113,7 +113,7 @@ impl AdminApiClient {
                 Authentication::SigV4 { credentials, region }
             }
         };
-        let client = reqwest::Client::builder()
+        let client = metahub_upstream::http_client_builder()
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;

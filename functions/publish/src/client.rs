@@ -39,7 +39,7 @@ impl fmt::Debug for PushClient {
 }
 
 fn http_client(redirects: redirect::Policy) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+    metahub_upstream::http_client_builder()
         .redirect(redirects)
         .timeout(Duration::from_secs(120))
         .connect_timeout(Duration::from_secs(10))

@@ -83,7 +83,7 @@ pub async fn aws_config_from_env() -> aws_config::SdkConfig {
 /// passes the share of its own timeout it can give the store. An attempt gets half of it, so one retry fits.
 pub async fn aws_config_with_operation_timeout(operation: Duration) -> aws_config::SdkConfig {
     let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
-    aws_config::defaults(BehaviorVersion::latest())
+    aws_defaults()
         .region(region)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -94,6 +94,28 @@ pub async fn aws_config_with_operation_timeout(operation: Duration) -> aws_confi
         )
         .load()
         .await
+}
+
+/// `aws_config::defaults` with [`https_client`]: the start of every AWS configuration MetaHub loads.
+pub fn aws_defaults() -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client())
+}
+
+/// The SDK's default HTTPS client (hyper, rustls, the system's roots, proxies from the environment) on ring instead
+/// of aws-lc-rs: the provider reqwest uses too (`metahub_upstream::http_client_builder`), so each binary carries one
+/// crypto library, ~0.5 MiB less in each Lambda zip (docs/bench.md).
+pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            aws_smithy_http_client::ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(aws_smithy_http_client::proxy::ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 impl DynamoStore {

@@ -74,7 +74,7 @@ impl RegistryClient {
 
     fn http(&self) -> Result<&reqwest::Client> {
         let built = self.http.get_or_init(|| {
-            reqwest::Client::builder()
+            crate::http_client_builder()
                 .redirect(redirect::Policy::none())
                 .timeout(self.timeout)
                 .connect_timeout(self.connect_timeout)

@@ -18,3 +18,13 @@ pub use config::{ClientOptions, DEFAULT_UPSTREAM, UpstreamConfig};
 pub use router::UpstreamRouter;
 
 pub use metahub_core::filter::ACCEPT_ALL;
+
+/// The start of every reqwest client in MetaHub. reqwest is built with `rustls-no-provider` and takes the process's
+/// default crypto provider, installed here once: ring, the one the AWS SDK's client uses too
+/// (`metahub_store_dynamodb::https_client`), so each binary carries one crypto library.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    // An error means another provider is already the default: reqwest then uses that one, which is as good.
+    PROVIDER.call_once(|| drop(rustls::crypto::ring::default_provider().install_default()));
+    reqwest::Client::builder()
+}

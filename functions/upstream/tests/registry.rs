@@ -25,6 +25,11 @@ impl Drop for Registry {
     }
 }
 
+/// A plain client for the test's own requests (reqwest needs the crypto provider MetaHub installs).
+fn http() -> reqwest::Client {
+    metahub_upstream::http_client_builder().build().unwrap()
+}
+
 fn have_registry() -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("docker-registry").is_file()));
@@ -54,7 +59,7 @@ async fn start_registry(extra: &str) -> Registry {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let mut registry = Registry { url, root, child };
-    let http = reqwest::Client::new();
+    let http = http();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(r) = http.get(format!("{}/v2/", registry.url)).send().await
@@ -110,7 +115,7 @@ struct Pushed {
 
 /// Pushes a one-layer OCI image as `name:single` and an OCI index of it as `name:v1`.
 async fn push_image(base: &str, name: &str) -> Pushed {
-    let http = reqwest::Client::new();
+    let http = http();
     let layer = b"not really a tarball, but the registry does not care".to_vec();
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
     let layer_digest = push_blob(&http, base, name, &layer).await;
@@ -234,7 +239,7 @@ async fn blob_location_is_the_upstream_blob_url_without_redirects() {
     let d: Digest = pushed.layer_digest.parse().unwrap();
     let loc = c.blob_location(&name("org/img"), &d).await.unwrap();
     assert_eq!(loc.url, format!("{}/v2/org/img/blobs/{}", reg.url, pushed.layer_digest));
-    let body = reqwest::get(&loc.url).await.unwrap().bytes().await.unwrap();
+    let body = http().get(&loc.url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(body.as_ref(), pushed.layer.as_slice());
 }
 
@@ -271,7 +276,7 @@ async fn blob_location_follows_the_storage_redirect() {
     let d: Digest = pushed.layer_digest.parse().unwrap();
     let loc = c.blob_location(&name("org/img"), &d).await.unwrap();
     assert!(loc.url.starts_with(&files.url), "{} should start with {}", loc.url, files.url);
-    let body = reqwest::get(&loc.url).await.unwrap().bytes().await.unwrap();
+    let body = http().get(&loc.url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(body.as_ref(), pushed.layer.as_slice());
     // Manifests still come from the registry itself.
     let m = c.get_manifest(&name("org/img"), &reference("v1"), &accept_all()).await.unwrap();
