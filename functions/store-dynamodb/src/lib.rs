@@ -24,6 +24,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::BehaviorVersion;
+use aws_sdk_dynamodb::config::{HttpClient, RuntimeComponents, SharedHttpClient};
 use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -35,6 +36,8 @@ use aws_sdk_dynamodb::types::{
     KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure,
     ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
 };
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConnector};
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
 use metahub_core::names::Login;
@@ -103,10 +106,10 @@ pub fn aws_defaults() -> aws_config::ConfigLoader {
 
 /// The SDK's default HTTPS client (hyper, rustls, the system's roots, proxies from the environment) on ring instead
 /// of aws-lc-rs: the provider reqwest uses too (`metahub_upstream::http_client_builder`), so each binary carries one
-/// crypto library, ~0.5 MiB less in each Lambda zip (docs/bench.md).
-pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+/// crypto library, ~0.5 MiB less in each Lambda zip (docs/bench.md). Connectors are built on first use only.
+pub fn https_client() -> SharedHttpClient {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+    let client = aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
         let mut connector =
             aws_smithy_http_client::ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
         connector.set_connector_settings(settings.cloned());
@@ -115,7 +118,24 @@ pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
         }
         connector.set_proxy_config(Some(aws_smithy_http_client::proxy::ProxyConfig::from_env()));
         connector.build()
-    })
+    });
+    SharedHttpClient::new(ConnectOnFirstUse(client))
+}
+
+/// The SDK's hyper client builds a throwaway connector when each service client is created (to load the CA store
+/// early), and each connector parses the whole CA store again: three parses before a function's first request.
+/// Without that early build, each process parses it once, when it first connects.
+#[derive(Debug)]
+struct ConnectOnFirstUse(SharedHttpClient);
+
+impl HttpClient for ConnectOnFirstUse {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 impl DynamoStore {
