@@ -85,9 +85,7 @@ pub async fn aws_config_from_env() -> aws_config::SdkConfig {
 /// [`aws_config_from_env`] with every operation (retries included) bounded by `operation`: a Lambda function
 /// passes the share of its own timeout it can give the store. An attempt gets half of it, so one retry fits.
 pub async fn aws_config_with_operation_timeout(operation: Duration) -> aws_config::SdkConfig {
-    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
-    aws_defaults()
-        .region(region)
+    let config = aws_defaults()
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3).min(operation / 2))
@@ -96,7 +94,12 @@ pub async fn aws_config_with_operation_timeout(operation: Duration) -> aws_confi
                 .build(),
         )
         .load()
-        .await
+        .await;
+    // The loader's own region chain (environment, profile, IMDS) is the one built with `https_client`.
+    match config.region() {
+        Some(_) => config,
+        None => config.into_builder().region(aws_config::Region::new("us-east-1")).build(),
+    }
 }
 
 /// `aws_config::defaults` with [`https_client`]: the start of every AWS configuration MetaHub loads.
