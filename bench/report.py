@@ -99,7 +99,7 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
     L += [f"| {a} | {b} | {c} |" for a, b, c in targets]
     L += [""]
     if notes:
-        L += ["Why a target is missed, and what would fix it:", ""] + [f"- {n}" for n in notes] + [""]
+        L += ["Notes on the targets: why one is missed, how the others were met:", ""] + [f"- {n}" for n in notes] + [""]
 
     # ---- filtering
     L += ["## Filtering (criterion)", "",
@@ -176,7 +176,8 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
     L += ["## How to run", "", "```", "bench/run.sh                 # release build if needed, criterion, e2e, writes docs/bench.md",
           "BENCH_SECONDS=5 bench/run.sh # shorter wrk runs (max 10)", "bench/e2e.py --help",
           "bench/e2e.py --only lambda && bench/report.py --lambda-only   # only the Lambda figures",
-          "bench/cost.py                # docs/cost.md from the same measurements", "```", "",
+          "bench/cost.py                # docs/cost.md from the same measurements",
+          "bench/crate_sizes.py BIN     # code size per crate of an unstripped build (how to make one: --help)", "```", "",
           f"This run's end-to-end part took {e2e.get('elapsed_s', 0):.0f} s.", ""]
     return "\n".join(L)
 
@@ -224,12 +225,16 @@ def lambda_section(e2e: dict) -> list[str]:
               "process starts, as on a cold invoke), DynamoDB and SSM on moto, configured as template.yaml deploys them:",
               "**init** = process start to its first `GET /runtime/invocation/next` (what Lambda bills as Init Duration);",
               "**first answer** = process start to the first invocation's response. Each is the median of fresh processes",
-              "(range in brackets); the invocations are the first process's. Peak RSS = `VmHWM` after the invocations.", "",
-              "| function | init ms | first answer ms | invocations (status, ms each) | peak RSS |", "|---|---:|---:|---|---:|"]
+              "(range in brackets); the invocations are the first process's. Peak RSS = `VmHWM` after the invocations.",
+              "**floor** = `/bin/true` started the same way just before each start: what starting any process cost the",
+              "machine at that moment (this VM is several times slower right after an idle second than back to back).", "",
+              "| function | init ms | floor ms | first answer ms | invocations (status, ms each) | peak RSS |",
+              "|---|---:|---:|---:|---|---:|"]
         for name, r in e2e["lambda"].items():
             inv = "; ".join(f"{i['request']} → {i['status']}, {i['ms']:.1f}" for i in r["invocations"])
             rng = lambda key: f" [{r[key][0]:.1f}–{r[key][1]:.1f}]" if r.get(key) else ""  # noqa: E731
-            L.append(f"| {name} | {r['init_ms']:.1f}{rng('init_range_ms')} | {r['first_answer_ms']:.1f}"
+            floor = f"{r['floor_ms']:.1f}{rng('floor_range_ms')}" if "floor_ms" in r else "—"
+            L.append(f"| {name} | {r['init_ms']:.1f}{rng('init_range_ms')} | {floor} | {r['first_answer_ms']:.1f}"
                      f"{rng('first_answer_range_ms')} | {inv} | {(r['peak_rss_kib'] or 0) / 1024:.1f} MiB |")
         L += [""]
     if e2e.get("cold_pull"):
@@ -261,7 +266,7 @@ def replace_lambda_parts(page: str, e2e: dict, notes: list[str]) -> str:
                 inserted = True
             i += 1
             continue
-        if line.startswith("Why a target is missed"):
+        if line.startswith(("Why a target is missed", "Notes on the targets")):
             out += [line, ""] + [f"- {n}" for n in notes]
             i += 1
             while i < len(lines) and (lines[i].startswith("- ") or not lines[i].strip()):
