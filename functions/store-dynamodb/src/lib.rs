@@ -126,8 +126,8 @@ pub fn https_client() -> SharedHttpClient {
 }
 
 /// The SDK's hyper client builds a throwaway connector when each service client is created (to load the CA store
-/// early), and each connector parses the whole CA store again: three parses before a function's first request.
-/// Without that early build, each process parses it once, when it first connects.
+/// early), and each connector parses the whole CA store again: four parses in a registry function's init. Without
+/// that early build, each process parses it once, when it first connects (docs/bench.md).
 #[derive(Debug)]
 struct ConnectOnFirstUse(SharedHttpClient);
 
