@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import log_secrets  # noqa: E402
 import registry_push  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared test CA
+import tls_ca  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 METAHUB_BIN = os.environ.get("METAHUB_BIN", str(ROOT / "target" / "debug" / "metahub"))
 CMD_TIMEOUT = 120  # seconds for one client command (pull, copy, ...)
@@ -241,10 +244,11 @@ class Upstream:
     root: Path  # the storage root directory
     proc: Proc
     storage: StaticServer | None = None  # the file server blobs are redirected to
+    ca_file: Path | None = None  # served over HTTPS with a certificate this CA signed
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -256,9 +260,10 @@ class Upstream:
             self.storage.stop()
 
 
-def start_registry(workdir: Path, name: str, redirect: bool = False, login: tuple[str, str] | None = None) -> Upstream:
+def start_registry(workdir: Path, name: str, redirect: bool = False, login: tuple[str, str] | None = None,
+                   tls: tls_ca.Certificate | None = None) -> Upstream:
     """`docker-registry serve CONFIG` with filesystem storage; with `redirect`, blobs 307 to a file server; with
-    `login`, every request needs that Basic login (htpasswd)."""
+    `login`, every request needs that Basic login (htpasswd); with `tls`, it serves HTTPS with that certificate."""
     d = workdir / name
     root = d / "data"
     root.mkdir(parents=True)
@@ -272,6 +277,9 @@ def start_registry(workdir: Path, name: str, redirect: bool = False, login: tupl
         "  delete: {enabled: true}",
         f"http: {{addr: '127.0.0.1:{port}', secret: e2e-test-secret}}",
     ]
+    if tls:
+        lines[-1] = (f"http: {{addr: '127.0.0.1:{port}', secret: e2e-test-secret, "
+                     f"tls: {{certificate: {tls.cert_file}, key: {tls.key_file}}}}}")
     if login:
         htpasswd = d / "htpasswd"
         htpasswd.write_bytes(run(["htpasswd", "-Bbn", login[0], login[1]]).stdout)
@@ -283,9 +291,11 @@ def start_registry(workdir: Path, name: str, redirect: bool = False, login: tupl
     config = d / "config.yml"
     config.write_text("\n".join(lines) + "\n")
     proc = Proc(name, ["docker-registry", "serve", str(config)], workdir)
-    up = Upstream(name=name, port=port, root=root, proc=proc, storage=storage)
+    up = Upstream(name=name, port=port, root=root, proc=proc, storage=storage, ca_file=tls.ca_file if tls else None)
     ready = 401 if login else 200
-    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2).status_code == ready, f"{name} /v2/", proc=proc)
+    verify = str(tls.ca_file) if tls else True
+    wait_until(lambda: requests.get(f"{up.url}/v2/", timeout=2, verify=verify).status_code == ready, f"{name} /v2/",
+               proc=proc)
     return up
 
 
