@@ -426,12 +426,15 @@ def _require_metahub() -> None:
 @pytest.fixture(scope="session")
 def metahub_factory(workdir):
     """`metahub_factory(store="file"|"dynamodb", upstream=Upstream)`: a running metahub with every machine type
-    of MACHINE_TYPES and one account each (see `creds`). Instances are shared per (store, upstream)."""
-    cache: dict[tuple[str, str], Metahub] = {}
+    of MACHINE_TYPES and one account each (see `creds`), `env` added to its environment. Instances are shared per
+    (store, upstream, env)."""
+    cache: dict[tuple, Metahub] = {}
 
-    def make(store: str = "file", upstream: Upstream | None = None, shared: bool = True) -> Metahub:
+    def make(store: str = "file", upstream: Upstream | None = None, shared: bool = True,
+             env: dict[str, str] | None = None) -> Metahub:
         assert upstream is not None
-        key = (store, upstream.url)
+        env = env or {}
+        key = (store, upstream.url, tuple(sorted(env.items())))
         if shared and key in cache:
             return cache[key]
         _require_metahub()
@@ -440,10 +443,10 @@ def metahub_factory(workdir):
         if store == "file":
             d = workdir / name
             d.mkdir()
-            hub = Metahub(port=free_port(), store=f"file:{d / 'store.redb'}", upstream=upstream)
+            hub = Metahub(port=free_port(), store=f"file:{d / 'store.redb'}", upstream=upstream, env=env)
         elif store == "dynamodb":
             m = start_moto(workdir)
-            hub = Metahub(port=free_port(), store=f"dynamodb:metahub-e2e-{n}", upstream=upstream, env=m.env)
+            hub = Metahub(port=free_port(), store=f"dynamodb:metahub-e2e-{n}", upstream=upstream, env={**m.env, **env})
             hub.cli("store", "init")
         else:
             raise ValueError(store)

@@ -5,11 +5,10 @@ with the registry error JSON and without a word about the upstream's address."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from conftest import MACHINE_TYPES, Metahub, creds, free_port, get_token, start_registry, tls_ca, v2
+from conftest import get_token, start_registry, tls_ca, v2
 import registry_push
 
 
@@ -17,31 +16,15 @@ import registry_push
 def https_upstream(workdir):
     certificate = tls_ca.make_certificate(workdir / "upstream-tls-ca")
     up = start_registry(workdir, "upstream-https", tls=certificate)
-    before = os.environ.get("REQUESTS_CA_BUNDLE")
-    os.environ["REQUESTS_CA_BUNDLE"] = str(certificate.ca_file)  # the pushes below verify it too
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REQUESTS_CA_BUNDLE", str(certificate.ca_file))  # the pushes verify the certificate too
         registry_push.push_test_content(up.url)
-    finally:
-        if before is None:
-            del os.environ["REQUESTS_CA_BUNDLE"]
-        else:
-            os.environ["REQUESTS_CA_BUNDLE"] = before
     yield up
     up.stop()
 
 
-def start_hub(workdir, upstream, name: str, env: dict[str, str]) -> Metahub:
-    (workdir / name).mkdir()
-    hub = Metahub(port=free_port(), store=f"file:{workdir / name / 'store.redb'}", upstream=upstream, env=env)
-    features, match = MACHINE_TYPES["skylake"]
-    hub.put_machine_type("skylake", features, match)
-    hub.put_account(*creds("skylake"), "skylake")
-    hub.start(workdir, name)
-    return hub
-
-
-def test_pull_from_an_https_upstream_the_system_trusts(workdir, https_upstream):
-    hub = start_hub(workdir, https_upstream, "metahub-https-trusted", {"SSL_CERT_FILE": str(https_upstream.ca_file)})
+def test_pull_from_an_https_upstream_the_system_trusts(metahub_factory, https_upstream):
+    hub = metahub_factory("file", https_upstream, shared=False, env={"SSL_CERT_FILE": str(https_upstream.ca_file)})
     try:
         token = get_token(hub, "skylake")
         index = v2(hub, "org/app/manifests/latest", token)
@@ -56,8 +39,8 @@ def test_pull_from_an_https_upstream_the_system_trusts(workdir, https_upstream):
         hub.stop()
 
 
-def test_an_upstream_certificate_nobody_vouches_for_is_refused(workdir, https_upstream):
-    hub = start_hub(workdir, https_upstream, "metahub-https-untrusted", {})  # the system's roots only
+def test_an_upstream_certificate_nobody_vouches_for_is_refused(metahub_factory, https_upstream):
+    hub = metahub_factory("file", https_upstream, shared=False)  # the system's roots only
     try:
         r = v2(hub, "org/app/manifests/latest", get_token(hub, "skylake"))
         assert 500 <= r.status_code < 600, (r.status_code, r.text)

@@ -24,6 +24,7 @@ from load_module import load_module  # noqa: E402
 
 e2e = load_module("e2e_conftest", TESTS / "e2e" / "conftest.py")
 import edge as edge_mod  # noqa: E402
+import tls_ca  # noqa: E402
 import lambda_harness  # noqa: E402
 from lambda_harness import (  # noqa: E402
     ORIGIN_SECRET_PARAM, SERVICE, SIGNING_KEY_PARAM, admin_env, full_env, launch_function, seed_parameters, ssm_value,
@@ -85,7 +86,7 @@ def start_edge_for(workdir, moto, upstream, table_store: str, resolve_ssm=None) 
         env = {**full_env(moto, upstream), "METAHUB_STORE": table_store, "METAHUB_PUBLIC_URL": holder["edge"].url}
         return launch_function(workdir, binary, env, name)[0]
 
-    certificate = edge_mod.make_certificate(Path(tempfile.mkdtemp(prefix="edge-tls-", dir=workdir)))
+    certificate = tls_ca.make_certificate(Path(tempfile.mkdtemp(prefix="edge-tls-", dir=workdir)))
     holder["edge"] = edge_mod.start_edge(distribution, start_instance, certificate)
     return holder["edge"]
 

@@ -54,7 +54,7 @@ from typing import Callable
 import yaml
 
 from lambda_harness import Function, event, launch_function
-from tls_ca import Certificate, make_certificate  # noqa: F401  (conftest calls edge.make_certificate)
+from tls_ca import Certificate
 from runtime_api import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
