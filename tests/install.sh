@@ -30,6 +30,10 @@ test      pip    cryptography                       py:cryptography
 test      apt    chromium                           cmd:chromium
 test      apt    chromium-driver                    cmd:chromedriver
 test      pip    selenium                           py:selenium
+test      apt    apache2-utils                      cmd:htpasswd
+test      apt    bash                               cmd:bash
+test      apt    mount                              cmd:umount
+test      apt    nodejs                             cmd:node
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest
