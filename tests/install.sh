@@ -17,7 +17,7 @@ test      apt    docker-registry                    cmd:docker-registry
 test      apt    skopeo                             cmd:skopeo
 test      apt    podman                             cmd:podman
 test      apt    containerd                         cmd:containerd cmd:ctr
-test      apt    docker.io                          cmd:dockerd
+test      apt    docker.io                          cmd:dockerd cmd:docker
 test      apt    golang-github-containers-common    file:/etc/containers/policy.json
 test      apt    python3                            cmd:python3
 test      apt    python3-pip                        py:pip

@@ -48,10 +48,11 @@ DECLARED = declared_programs()
 
 
 def _own_roots() -> list[Path]:
+    """Where the build puts the project's binaries: the repository, CARGO_TARGET_DIR, METAHUB_BIN's folder."""
     roots = [ROOT]
-    target = os.environ.get("CARGO_TARGET_DIR")
-    if target:
-        roots.append(Path(target).resolve())
+    for built in (os.environ.get("CARGO_TARGET_DIR"), os.path.dirname(os.environ.get("METAHUB_BIN", ""))):
+        if built:
+            roots.append(Path(built).resolve())
     return roots
 
 

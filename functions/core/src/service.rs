@@ -218,7 +218,7 @@ impl RegistryService {
             }
             let children = pins(repository, &self.own_builds(Some(index), machine).await);
             return Err(Error::denied(format!(
-                "{} is an upstream index: pulled by its digest it cannot be filtered for machine type {:?}, and this \
+                "{} is an upstream index: pulled by its digest it cannot be filtered for machine type \"{}\", and this \
                  registry refuses such pulls; pull by tag, or by the digest of the image served: {}",
                 index.digest,
                 machine.name,
@@ -400,11 +400,11 @@ fn refusal(
 ) -> Error {
     let own = pins(repository, own);
     let instead = match own.is_empty() {
-        false => format!("pull by tag, or {} (the build for {:?})", own.join(" or "), machine.name),
+        false => format!("pull by tag, or {} (the build for \"{}\")", own.join(" or "), machine.name),
         true => "pull by tag".to_owned(),
     };
     Error::denied(format!(
-        "{repository}@{pinned} holds a build machine type {:?} cannot run ({platform}: {why}); {instead}",
+        "{repository}@{pinned} holds a build machine type \"{}\" cannot run ({platform}: {why}); {instead}",
         machine.name
     ))
     .with_detail(serde_json::json!({
