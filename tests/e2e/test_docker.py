@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import DockerEngine, creds, get_token, v2
+from conftest import DockerEngine, creds, get_token, skopeo_raw, v2
 from test_pull import ALL_TYPES, EXPECTED_AMD64
 
 
@@ -59,8 +59,8 @@ def test_docker_pull_by_upstream_child_digest(metahub, images, docker: DockerEng
     """A child digest is the upstream's manifest: served verbatim to a machine type that runs it, refused to one
     that does not."""
     child = images.images["cpu-skylake"].digest
+    skopeo_raw(f"{metahub.host}/org/app:latest", creds("zen2"))  # MetaHub has read the index
     client, _ = docker.login(metahub.host, creds("cascadelake-a100"))
-    client.pull(f"{metahub.host}/org/app:latest")  # MetaHub has read the index
     pulled = client.pull(f"{metahub.host}/org/app@{child}")
     assert pulled.label == pulled.text == "cpu-skylake"
     assert pulled.repo_digest == child

@@ -92,12 +92,15 @@ def test_a_pin_is_a_build_the_puller_runs_or_a_refusal(request, client, cold_edg
     skylake's resolved digest is refused to zen2 (no skylake build runs there) and served to cascadelake-a100 (a
     cascadelake runs it); the skylake child likewise."""
     skylake = filtered_digest(cold_edge, "skylake")
-    for ref in (f"{cold_edge.host}/org/app@{skylake}", f"{cold_edge.host}/org/app@{images.images['cpu-skylake'].digest}"):
-        assert CLIENTS[client](request, ref, creds("cascadelake-a100"), tmp_path / "ok") == "cpu-skylake"
+    refs = (f"{cold_edge.host}/org/app@{skylake}", f"{cold_edge.host}/org/app@{images.images['cpu-skylake'].digest}")
+    for i, ref in enumerate(refs):
+        (tmp_path / f"ok{i}").mkdir()
+        (tmp_path / f"refused{i}").mkdir()
+        assert CLIENTS[client](request, ref, creds("cascadelake-a100"), tmp_path / f"ok{i}") == "cpu-skylake"
         if client == "docker":
             request.getfixturevalue("docker").remove_images()  # the refused pull must ask the registry again
         with pytest.raises(AssertionError) as refused:
-            CLIENTS[client](request, ref, creds("zen2"), tmp_path / "refused")
+            CLIENTS[client](request, ref, creds("zen2"), tmp_path / f"refused{i}")
         assert any(w in str(refused.value).lower() for w in ("denied", "403", "forbidden")), refused.value
     for method in ("GET", "HEAD"):
         r = v2(cold_edge, method, f"org/app/manifests/{skylake}", token_for(cold_edge, "zen2"))

@@ -849,7 +849,7 @@ impl Store for DynamoStore {
             let mut writes = tokio::task::JoinSet::new();
             for record in chunk {
                 let mut item = child_key(repository, &record.digest);
-                item.insert("record".into(), s(&record.value_json()));
+                item.insert("record".into(), s(record.value_json()));
                 item.insert("ttl".into(), AttributeValue::N(ttl.clone()));
                 let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
                 writes.spawn(put.send());
