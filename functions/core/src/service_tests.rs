@@ -429,6 +429,23 @@ mod pins {
     }
 
     #[tokio::test]
+    async fn a_warm_pull_asks_upstream_no_more_than_before() {
+        let upstream = fixture_upstream();
+        upstream.put_at(child(SKYLAKE), filter::OCI_MANIFEST, IMAGE);
+        let (service, _) = service(upstream.clone()).await;
+        // containerd's pull as clx: HEAD the tag, GET the filtered index by its digest, GET the child
+        let containerd = || async {
+            let filtered = resolved(&service, "clx").await;
+            pin(&service, &filtered, "clx").await.unwrap();
+            pin(&service, &child(SKYLAKE), "clx").await.unwrap();
+        };
+        containerd().await;
+        let (heads, gets) = (upstream.heads(), upstream.gets());
+        containerd().await;
+        assert_eq!((upstream.heads() - heads, upstream.gets() - gets), (1, 0), "one HEAD of the tag, nothing else");
+    }
+
+    #[tokio::test]
     async fn refusals_name_no_upstream_and_no_other_machine_type() {
         let (service, _) = service(fixture_upstream()).await;
         let zen4 = resolved(&service, "zen4").await;
