@@ -291,6 +291,7 @@ pub struct CachingUpstream {
     inner: Arc<dyn Upstream>,
     manifests: BoundedMap<(RepositoryName, Digest), Manifest>,
     heads: SingleFlight<TagKey, ManifestHead>,
+    gets: SingleFlight<(RepositoryName, Digest), Manifest>,
     tag_ttl: Option<Duration>,
     recent_heads: BoundedMap<TagKey, (Instant, ManifestHead)>,
     blobs: SingleFlight<(RepositoryName, Digest), BlobLocation>,
@@ -309,6 +310,7 @@ impl CachingUpstream {
             inner,
             manifests: BoundedMap::new(capacity, max_bytes, manifest_weight),
             heads: SingleFlight::new(),
+            gets: SingleFlight::new(),
             tag_ttl,
             recent_heads: BoundedMap::new(capacity, max_bytes / 16, |(_, h)| h.media_type.len()),
             blobs: SingleFlight::new(),
@@ -372,10 +374,18 @@ impl Upstream for CachingUpstream {
         {
             return Ok(m);
         }
-        let manifest = self.inner.get_manifest(repository, reference, accept).await?;
-        // Whatever the reference, the bytes are immutable under their digest (the adapter verified it).
-        self.manifests.insert((repository.clone(), manifest.digest.clone()), manifest.clone());
-        Ok(manifest)
+        let fetch = || async {
+            let manifest = self.inner.get_manifest(repository, reference, accept).await?;
+            // Whatever the reference, the bytes are immutable under their digest (the adapter verified it). Kept
+            // before the shared call retires, so that no caller in between finds neither.
+            self.manifests.insert((repository.clone(), manifest.digest.clone()), manifest.clone());
+            Ok(manifest)
+        };
+        match reference {
+            // A fleet asking for one new index or image at once: one upstream GET.
+            Reference::Digest(digest) => self.gets.run((repository.clone(), digest.clone()), fetch).await,
+            Reference::Tag(_) => fetch().await,
+        }
     }
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
@@ -433,6 +443,7 @@ mod tests {
         }
         async fn get_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
             self.gets.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(Manifest { digest: Digest::sha256_of(b"m"), media_type: "x".into(), bytes: Bytes::from_static(b"m") })
         }
         async fn blob_location(&self, _: &RepositoryName, d: &Digest) -> Result<BlobLocation> {
@@ -483,6 +494,25 @@ mod tests {
             cache.head_manifest(&repo, &tag, &[]).await.unwrap();
         }
         assert_eq!(spy.heads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_gets_of_one_digest_share_one_request() {
+        let spy = Arc::new(Spy::default());
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, None));
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let by_digest = Reference::Digest(Digest::sha256_of(b"m"));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, repo, reference) = (cache.clone(), repo.clone(), by_digest.clone());
+                tokio::spawn(async move { cache.get_manifest(&repo, &reference, &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(spy.gets.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.gets.len(), 0, "nothing left in flight");
     }
 
     #[tokio::test]
