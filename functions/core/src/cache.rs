@@ -45,7 +45,12 @@ pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        CacheOptions { max_entries: 4096, max_bytes: DEFAULT_CACHE_BYTES, tag_ttl: Some(DEFAULT_TAG_TTL), max_stale: DEFAULT_MAX_STALE }
+        CacheOptions {
+            max_entries: 4096,
+            max_bytes: DEFAULT_CACHE_BYTES,
+            tag_ttl: Some(DEFAULT_TAG_TTL),
+            max_stale: DEFAULT_MAX_STALE,
+        }
     }
 }
 
