@@ -328,6 +328,10 @@ mod pins {
     }
 
     async fn service(upstream: Arc<FakeUpstream>) -> (RegistryService, Arc<MemoryStore>) {
+        service_with(upstream, window_off()).await
+    }
+
+    async fn service_with(upstream: Arc<FakeUpstream>, options: CacheOptions) -> (RegistryService, Arc<MemoryStore>) {
         let store = Arc::new(MemoryStore::default());
         let types: &[(&str, &[&str], MatchMode)] = &[
             ("zen2", &["cpu:zen2"], MatchMode::Best),
@@ -343,7 +347,7 @@ mod pins {
             let features = features.iter().map(|f| f.to_string()).collect();
             store.put_machine_type(&MachineType::new(name, features, *mode).unwrap()).await.unwrap();
         }
-        (RegistryService::new(store.clone(), upstream, CacheOptions::default()), store)
+        (RegistryService::new(store.clone(), upstream, options), store)
     }
 
     fn fixture_upstream() -> Arc<FakeUpstream> {
@@ -448,6 +452,13 @@ mod pins {
         let (heads, gets) = (upstream.heads(), upstream.gets());
         containerd().await;
         assert_eq!((upstream.heads() - heads, upstream.gets() - gets), (1, 0), "one HEAD of the tag, nothing else");
+        // and with the tag window, not even that
+        let (windowed, _) = service_with(upstream.clone(), CacheOptions::default()).await;
+        let (_, tag) = app();
+        windowed.manifest(&app().0, &tag, "clx").await.unwrap();
+        let heads = upstream.heads();
+        windowed.manifest(&app().0, &tag, "clx").await.unwrap();
+        assert_eq!(upstream.heads(), heads);
     }
 
     #[tokio::test]
