@@ -30,6 +30,8 @@ test      pip    cryptography                       py:cryptography
 test      apt    chromium                           cmd:chromium
 test      apt    chromium-driver                    cmd:chromedriver
 test      pip    selenium                           py:selenium
+test      pip    grpcio                             py:grpc
+test      pip    grpcio-tools                       py:grpc_tools
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest

@@ -1,6 +1,6 @@
 //! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
 
-use crate::{admin_ui, detect, explain, index, manage, serve};
+use crate::{admin_ui, credential_provider, detect, explain, index, manage, serve};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
@@ -44,6 +44,9 @@ enum Command {
     /// Assemble per-microarchitecture images into one index with features, or inspect one.
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// A kubelet image credential provider: reads a CredentialProviderRequest on stdin, writes the node pool's
+    /// MetaHub account as a CredentialProviderResponse on stdout (see docs/nodes.md).
+    CredentialProvider(credential_provider::CredentialProviderArgs),
 }
 
 #[derive(Subcommand)]
@@ -70,6 +73,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detect(args) => detect::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Index(cmd) => index::run(cmd).await,
+        Command::CredentialProvider(args) => credential_provider::run(args).await,
     }
 }
 
