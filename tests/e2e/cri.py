@@ -281,12 +281,14 @@ class Kubelet:
             assert (self.bin_dir / p["name"]).exists(), f"plugin binary executable {self.bin_dir / p['name']} did not exist"
         return config["providers"]
 
-    def exec_plugin(self, provider: dict, repository: str, stdin: bytes | None = None) -> ExecResult:
-        """`ENV=… <bin dir>/<name> args… <<<request`, the environment the kubelet's own plus the config's env."""
+    def exec_plugin(self, provider: dict, repository: str, stdin: bytes | None = None,
+                    environ: dict[str, str] | None = None) -> ExecResult:
+        """`ENV=… <bin dir>/<name> args… <<<request`, the environment the kubelet's own (`environ`, default this
+        process's) plus the config's env."""
         request = stdin if stdin is not None else (json.dumps(
             {"kind": "CredentialProviderRequest", "apiVersion": provider["apiVersion"], "image": repository},
             separators=(",", ":")) + "\n").encode()
-        env = dict(os.environ)
+        env = dict(os.environ if environ is None else environ)
         env.update({e["name"]: e["value"] for e in provider.get("env") or []})
         p = subprocess.run([str(self.bin_dir / provider["name"]), *(provider.get("args") or [])], input=request,
                            capture_output=True, env=env, timeout=60)
@@ -316,11 +318,17 @@ class Kubelet:
         result.response = doc
         return doc
 
-    def credentials(self, image: str) -> list[tuple[str, str]]:
-        """Every (username, password) the kubelet would try for `image`, in its order: for each provider whose
-        matchImages match, the plugin's auth entries whose key matches the image, longest key first."""
+    def credentials(self, image: str, pull_secrets: list[dict] | None = None) -> list[tuple[str, str]]:
+        """Every (username, password) the kubelet would try for `image`, in its order: first the pod's
+        imagePullSecrets (`.dockerconfigjson` documents) whose keys match, then, for each provider whose matchImages
+        match, the plugin's auth entries whose key matches; longest key first within each."""
         repository = normalized_repository(image)
         found = []
+        for secret in pull_secrets or []:
+            auths = secret["auths"]
+            for key in sorted(auths, reverse=True):
+                if urls_match(key, repository):
+                    found.append((auths[key]["username"], auths[key]["password"]))
         for provider in self.providers():
             if not any(urls_match(m, repository) for m in provider["matchImages"]):
                 continue
