@@ -49,9 +49,10 @@ def hub(workdir, upstream, images, ghcr):
 
 
 def configure(node: cri.CriNode, hub) -> cri.CriNode:
+    """The hosts.toml docs/nodes.md gives: MetaHub as the mirror and as the `server` of each mirrored registry."""
     node.plain_http(hub.host)
-    node.mirror("docker.io", hub.host)
-    node.mirror("ghcr.io", hub.host)
+    for registry in ("docker.io", "ghcr.io"):
+        node.mirror(registry, hub.host, server=hub.url)
     return node
 
 
@@ -136,6 +137,17 @@ def test_hosts_toml_mirrors_keep_the_names(node, hub, ghcr):
     assert img.repo_digests == [f"ghcr.io/team/tool@{pushed_ghcr.images['single'].digest}"]
     for image in ["docker.io/org/app:latest", "ghcr.io/org/app:latest", "ghcr.io/team/tool:v1"]:
         remove(node, image)
+
+
+def test_a_name_the_routed_upstream_lacks_is_not_found_elsewhere(node, hub, upstream, images):
+    """containerd sends `?ns=ghcr.io` to the `server` too when that is MetaHub: a repository only the default
+    upstream has is not found under a ghcr.io name, never pulled from the wrong registry."""
+    registry_push.Registry(upstream.url).push_image("only/default", images.images["single"], "v1")
+    node.pull(f"{hub.host}/only/default:v1", creds("zen2"))  # there, by MetaHub's own name
+    remove(node, f"{hub.host}/only/default:v1")
+    with pytest.raises(grpc.RpcError) as e:
+        node.pull("ghcr.io/only/default:v1", creds("zen2"))
+    assert "ghcr.io/only/default:v1: not found" in e.value.details(), e.value.details()
 
 
 def test_node_configs_auth_and_the_pull_secret_that_overrides_it(zen2_node, hub):
