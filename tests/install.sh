@@ -32,6 +32,7 @@ test      apt    chromium-driver                    cmd:chromedriver
 test      pip    selenium                           py:selenium
 test      pip    grpcio                             py:grpc
 test      pip    grpcio-tools                       py:grpc_tools
+test      pip    pyyaml                             py:yaml
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import grpc
 import pytest
@@ -379,3 +380,29 @@ def test_kubelet_credentials_reach_the_fallback_server_node_auth_does_not(node, 
         assert fallback.authorizations and set(fallback.authorizations) == {None}, "no credentials for another host"
     finally:
         fallback.stop()
+
+
+def test_the_documented_credential_provider_config_works_as_written(tmp_path):
+    """docs/nodes.md's CredentialProviderConfig, as the kubelet reads it (only the credentials file path moved to a
+    temp dir): every matchImages registry gets the account, for its own registry only."""
+    import re
+
+    import yaml
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "nodes.md").read_text()
+    block = re.search(r"```yaml\n(# /etc/kubernetes/credential-providers\.yaml\n.*?)```", doc, re.S)
+    assert block, "the example is in docs/nodes.md"
+    config = yaml.safe_load(block.group(1))
+    provider = config["providers"][0]
+    secret = write_credentials(tmp_path / "node-credentials", "skylake")
+    assert provider["env"] == [{"name": "METAHUB_NODE_CREDENTIALS_FILE", "value": "/etc/metahub/node-credentials"}]
+    provider["env"][0]["value"] = str(secret)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / provider["name"]).symlink_to(METAHUB_BIN)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    kubelet = cri.Kubelet(config_path=tmp_path / "config.json", bin_dir=bin_dir)
+    for registry in provider["matchImages"]:
+        assert kubelet.credentials(f"{registry}/org/app:latest") == [creds("skylake")], registry
+        assert list(kubelet.execs[-1].response["auth"]) == [registry]
+    assert kubelet.credentials("quay.io/org/app:latest") == []

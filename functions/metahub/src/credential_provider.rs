@@ -183,12 +183,16 @@ pub struct Registries {
 impl Registries {
     pub fn new(metahub: &str, mirrors: &[String]) -> anyhow::Result<Self> {
         let mut names = Vec::new();
-        for (flag, name) in std::iter::once(("--registry", metahub)).chain(mirrors.iter().map(|m| ("--mirror", m.as_str()))) {
+        for (flag, name) in
+            std::iter::once(("--registry", metahub)).chain(mirrors.iter().map(|m| ("--mirror", m.as_str())))
+        {
             let name = name.trim();
             let valid = !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
             if !valid {
-                bail!("credential-provider: {flag} {name:?} is not a registry host (HOST or HOST:PORT, no scheme or path)");
+                bail!(
+                    "credential-provider: {flag} {name:?} is not a registry host (HOST or HOST:PORT, no scheme or path)"
+                );
             }
             names.push(name.to_ascii_lowercase());
         }
@@ -245,7 +249,10 @@ pub fn read_credentials_file(path: &Path) -> anyhow::Result<Credentials> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        bail!("credential-provider: {shown} is owned by uid {}, not by uid {me} that runs the plugin: chown {me} {shown}", meta.uid());
+        bail!(
+            "credential-provider: {shown} is owned by uid {}, not by uid {me} that runs the plugin: chown {me} {shown}",
+            meta.uid()
+        );
     }
     let mut text = String::new();
     file.take(MAX_CREDENTIALS_FILE_BYTES + 1)
@@ -330,7 +337,8 @@ mod tests {
     #[test]
     fn older_api_versions_are_answered_in_their_own_version() {
         for v in ["credentialprovider.kubelet.k8s.io/v1beta1", "credentialprovider.kubelet.k8s.io/v1alpha1"] {
-            let input = format!("{{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"{v}\",\"image\":\"x.io/a\"}}");
+            let input =
+                format!("{{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"{v}\",\"image\":\"x.io/a\"}}");
             assert_eq!(parse_request(input.as_bytes()).unwrap().api_version, v);
         }
     }
@@ -340,14 +348,32 @@ mod tests {
         let cases: [(&str, &str); 10] = [
             ("", "stdin is empty"),
             ("  \n", "stdin is empty"),
-            ("{\"kind\": \"CredentialProviderRequest\", \"serviceAccountToken\": \"s3cr3t-token", "invalid JSON at line 1"),
+            (
+                "{\"kind\": \"CredentialProviderRequest\", \"serviceAccountToken\": \"s3cr3t-token",
+                "invalid JSON at line 1",
+            ),
             ("[\"s3cr3t-token\"]", "not a JSON object"),
             ("{\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\"a.io/b\"}", "kind is missing"),
-            ("{\"kind\":\"ExecCredential\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\"a.io/b\"}", "kind is \"ExecCredential\""),
-            ("{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v2\",\"image\":\"a.io/b\"}", "apiVersion \"credentialprovider.kubelet.k8s.io/v2\" is not one of"),
-            ("{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\"}", "image is missing"),
-            ("{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\" \"}", "image is empty"),
-            ("{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":7}", "image is not a string"),
+            (
+                "{\"kind\":\"ExecCredential\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\"a.io/b\"}",
+                "kind is \"ExecCredential\"",
+            ),
+            (
+                "{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v2\",\"image\":\"a.io/b\"}",
+                "apiVersion \"credentialprovider.kubelet.k8s.io/v2\" is not one of",
+            ),
+            (
+                "{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\"}",
+                "image is missing",
+            ),
+            (
+                "{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\" \"}",
+                "image is empty",
+            ),
+            (
+                "{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":7}",
+                "image is not a string",
+            ),
         ];
         for (input, expected) in cases {
             let message = error_of(parse_request(input.as_bytes()));
@@ -377,7 +403,10 @@ mod tests {
         assert_eq!(r.key_for("docker.io/library/nginx").unwrap(), "docker.io");
         assert_eq!(r.key_for("ghcr.io/org/app").unwrap(), "ghcr.io");
         let message = error_of(r.key_for("quay.io/org/app"));
-        assert!(message.contains("quay.io") && message.contains("--mirror") && message.contains("matchImages"), "{message}");
+        assert!(
+            message.contains("quay.io") && message.contains("--mirror") && message.contains("matchImages"),
+            "{message}"
+        );
         for bad in ["https://metahub.example.com", "metahub.example.com/v2", "", "a b"] {
             assert!(Registries::new(bad, &[]).is_err(), "{bad:?}");
             assert!(Registries::new("m.io", &[bad.to_owned()]).is_err(), "{bad:?}");
@@ -432,25 +461,40 @@ mod tests {
         assert!(only_password.contains(USERNAME_ENV) && !only_password.contains("hunter2"), "{only_password}");
     }
 
-    fn temp_file(name: &str, text: &str, mode: u32) -> PathBuf {
+    /// A file under a directory of its own, removed when dropped.
+    struct TempFile {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn temp_file(name: &str, text: &str, mode: u32) -> TempFile {
         let dir = std::env::temp_dir().join(format!("metahub-credprov-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node-credentials");
         std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        path
+        TempFile { dir, path }
     }
 
     #[test]
     fn credentials_file_must_be_the_owners_alone() {
         let good = temp_file("good", "pool-skylake:pw-secret:x\n", 0o600);
-        let c = read_credentials_file(&good).unwrap();
+        let c = read_credentials_file(&good.path).unwrap();
         assert_eq!((c.username.as_str(), c.password.expose_str()), ("pool-skylake", "pw-secret:x"));
         for mode in [0o640, 0o604, 0o620, 0o660, 0o644] {
-            let path = temp_file(&format!("mode{mode:o}"), "pool:pw-secret\n", mode);
-            let message = error_of(read_credentials_file(&path));
-            let shown = path.display().to_string();
-            assert!(message.contains(&format!("chmod 600 {shown}")) && message.contains(&format!("{mode:04o}")), "{message}");
+            let file = temp_file(&format!("mode{mode:o}"), "pool:pw-secret\n", mode);
+            let message = error_of(read_credentials_file(&file.path));
+            let shown = file.path.display().to_string();
+            assert!(
+                message.contains(&format!("chmod 600 {shown}")) && message.contains(&format!("{mode:04o}")),
+                "{message}"
+            );
             assert!(!message.contains("pw-secret"), "{message}");
         }
         let missing = error_of(read_credentials_file(Path::new("/nonexistent/metahub-node")));
@@ -459,13 +503,18 @@ mod tests {
 
     #[test]
     fn credentials_file_content_errors_never_quote_it() {
-        for (name, text) in [("nocolon", "pw-secret-only\n"), ("emptypw", "pool:\n"), ("two", "pool:pw-secret\nx:y\n"), ("empty", "")] {
-            let path = temp_file(name, text, 0o600);
-            let message = error_of(read_credentials_file(&path));
-            assert!(message.contains(&path.display().to_string()) && message.contains("login:password"), "{message}");
+        for (name, text) in
+            [("nocolon", "pw-secret-only\n"), ("emptypw", "pool:\n"), ("two", "pool:pw-secret\nx:y\n"), ("empty", "")]
+        {
+            let file = temp_file(name, text, 0o600);
+            let message = error_of(read_credentials_file(&file.path));
+            assert!(
+                message.contains(&file.path.display().to_string()) && message.contains("login:password"),
+                "{message}"
+            );
             assert!(!message.contains("pw-secret"), "{message}");
         }
         let crlf = temp_file("crlf", "pool:pw-secret\r\n", 0o600);
-        assert_eq!(read_credentials_file(&crlf).unwrap().password.expose_str(), "pw-secret");
+        assert_eq!(read_credentials_file(&crlf.path).unwrap().password.expose_str(), "pw-secret");
     }
 }
