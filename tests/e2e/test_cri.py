@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import requests
 
 import cri
 import registry_push
@@ -197,8 +198,6 @@ def kubelet_with(tmp_path, hub, args: list[str] | None = None, env: dict[str, st
 
 def token_lifetime(hub) -> int:
     ch = challenge(hub)
-    import requests
-
     r = requests.get(ch["realm"], params={"service": ch["service"], "scope": "repository:org/app:pull"},
                      auth=creds("skylake"), timeout=10)
     assert r.status_code == 200, r.text
