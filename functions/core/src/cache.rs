@@ -10,7 +10,7 @@
 use crate::error::Result;
 use crate::machine::MachineType;
 use crate::observe::{self, Cache};
-use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
+use crate::ports::{BlobLocation, ChildRecord, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -65,6 +65,10 @@ pub struct PullCache {
     /// while the upstream is down, for at most `max_stale`.
     last_served: BoundedMap<(RepositoryName, Reference, String), (Instant, Manifest)>,
     max_stale: Duration,
+    /// What this process read or stored of children of upstream indexes: a pull by a child's digest is judged by it.
+    children: BoundedMap<(RepositoryName, Digest), ChildRecord>,
+    /// The upstream indexes whose children this process stored: each is written once per process.
+    recorded: BoundedMap<(RepositoryName, Digest), ()>,
 }
 
 impl PullCache {
@@ -78,6 +82,8 @@ impl PullCache {
             generated: BoundedMap::new(entries, sixth, manifest_weight),
             last_served: BoundedMap::new(entries, sixth, |(_, m)| manifest_weight(m)),
             max_stale: options.max_stale,
+            children: BoundedMap::new(entries, sixth / 4, |r| r.platform.features.iter().map(String::len).sum()),
+            recorded: BoundedMap::new(entries, sixth / 16, |_| 0),
         }
     }
 
@@ -142,6 +148,26 @@ impl PullCache {
         let (fresh_at, manifest) = self.last_served.get(&(repository.clone(), tag.clone(), fingerprint(machine)))?;
         let age = fresh_at.elapsed();
         (age <= self.max_stale).then_some((age, manifest))
+    }
+}
+
+/// Child records (see [`crate::ports::ChildRecord`]).
+impl PullCache {
+    pub fn child(&self, repository: &RepositoryName, digest: &Digest) -> Option<ChildRecord> {
+        self.children.get(&(repository.clone(), digest.clone()))
+    }
+
+    pub fn keep_child(&self, repository: &RepositoryName, record: &ChildRecord) {
+        self.children.insert((repository.clone(), record.digest.clone()), record.clone());
+    }
+
+    /// Whether this process stored the children of the upstream index `index` of `repository`.
+    pub fn children_recorded(&self, repository: &RepositoryName, index: &Digest) -> bool {
+        self.recorded.get(&(repository.clone(), index.clone())).is_some()
+    }
+
+    pub fn note_children_recorded(&self, repository: &RepositoryName, index: &Digest) {
+        self.recorded.insert((repository.clone(), index.clone()), ());
     }
 }
 
