@@ -34,6 +34,11 @@ async fn new_service(upstream: Arc<FakeUpstream>, options: CacheOptions) -> (Reg
     (RegistryService::new(store.clone(), upstream, options), store)
 }
 
+/// The tag window off (`--tag-ttl 0`): every tag pull asks upstream, as these tests count.
+fn window_off() -> CacheOptions {
+    CacheOptions { tag_ttl: None, ..CacheOptions::default() }
+}
+
 fn app() -> (RepositoryName, Reference) {
     ("org/app".parse().unwrap(), "latest".parse().unwrap())
 }
@@ -58,7 +63,7 @@ async fn a_generic_head_content_type_does_not_bypass_filtering() {
 #[tokio::test]
 async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
     let upstream = upstream();
-    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let first = service.manifest(&repo, &tag, "hsw").await.unwrap();
     let second = service.manifest(&repo, &tag, "hsw").await.unwrap();
@@ -72,7 +77,7 @@ async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
 #[tokio::test]
 async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
     let upstream = upstream();
-    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
     upstream.set_down(true);
@@ -82,7 +87,7 @@ async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
     let e = service.manifest(&repo, &tag, "hsw").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
 
-    let options = CacheOptions { max_stale: Duration::ZERO, ..CacheOptions::default() };
+    let options = CacheOptions { max_stale: Duration::ZERO, ..window_off() };
     let (service, _) = new_service(upstream.clone(), options).await;
     upstream.set_down(false);
     service.manifest(&repo, &tag, "zen2").await.unwrap();
@@ -104,7 +109,7 @@ async fn a_digest_announced_but_not_served_is_the_upstreams_fault() {
 
     // With an index served before, the stale fallback covers it as it covers an upstream that is down.
     let upstream = self::upstream();
-    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, _) = new_service(upstream.clone(), window_off()).await;
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
     let moved = upstream.tag("org/app", "latest", filter::OCI_INDEX, INDEX.replace("2222", "3333"));
     upstream.stop_serving(&moved.digest);
@@ -210,7 +215,7 @@ async fn pull(
 #[tokio::test]
 async fn each_pull_path_notes_its_answer_cache_lookups_and_upstream_calls() {
     let upstream = upstream();
-    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let (filtered, first) = pull(&service, &repo, &tag, "zen2").await;
     assert_eq!(first.answer, Some(Answer::Filtered));
@@ -236,7 +241,7 @@ async fn each_pull_path_notes_its_answer_cache_lookups_and_upstream_calls() {
     }
 
     // Another instance reads the generated index from the store once, then keeps it.
-    let other = RegistryService::new(store, upstream.clone(), CacheOptions::default());
+    let other = RegistryService::new(store, upstream.clone(), window_off());
     let (served, cold) = pull(&other, &repo, &by_digest(&filtered.digest), "zen2").await;
     assert_eq!((served, cold.answer, cold.cache.len()), (filtered.clone(), Some(Answer::Generated), 0));
     let (_, warm) = pull(&other, &repo, &by_digest(&filtered.digest), "zen2").await;
@@ -268,7 +273,7 @@ async fn an_index_filtering_leaves_whole_is_served_as_the_upstreams_and_not_stor
 #[tokio::test]
 async fn stale_serving_covers_only_what_was_served_fresh() {
     let upstream = upstream();
-    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, _) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
     upstream.set_down(true);
