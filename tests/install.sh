@@ -34,6 +34,9 @@ test      apt    apache2-utils                      cmd:htpasswd
 test      apt    bash                               cmd:bash
 test      apt    mount                              cmd:umount
 test      apt    nodejs                             cmd:node
+test      pip    grpcio                             py:grpc
+test      pip    grpcio-tools                       py:grpc_tools
+test      pip    pyyaml                             py:yaml
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest

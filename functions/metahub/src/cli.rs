@@ -1,6 +1,6 @@
 //! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
 
-use crate::{admin_ui, detect, explain, index, manage, pins, serve};
+use crate::{admin_ui, credential_provider, detect, explain, index, manage, pins, serve};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
@@ -46,6 +46,9 @@ enum Command {
     /// Assemble per-microarchitecture images into one index with features, or inspect one.
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// A kubelet image credential provider: reads a CredentialProviderRequest on stdin, writes the node pool's
+    /// MetaHub account as a CredentialProviderResponse on stdout (see docs/nodes.md).
+    CredentialProvider(credential_provider::CredentialProviderArgs),
 }
 
 #[derive(Subcommand)]
@@ -73,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => explain::run(args).await,
         Command::Pins(args) => pins::run(args).await,
         Command::Index(cmd) => index::run(cmd).await,
+        Command::CredentialProvider(args) => credential_provider::run(args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 mod admin_client;
 mod admin_ui;
 mod cli;
+mod credential_provider;
 mod detect;
 mod explain;
 mod index;
