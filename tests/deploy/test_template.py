@@ -415,13 +415,18 @@ def table_arn(resource) -> bool:
     return "table/${T}" in text and "/index/" not in text
 
 
-def test_admin_may_query_the_audit_log_on_the_table(tpl):
-    # GET /admin/changes queries pk=CHANGES on the table; a grant on the index alone is AccessDenied.
+def test_admin_may_query_the_partitions_it_reads_on_the_table(tpl):
+    # GET /admin/changes queries pk=CHANGES on the table, the admin page's watched images and matrix pk=WATCHED
+    # (finding 1 of issue 28: the grant named CHANGES only); a grant on the index alone is AccessDenied. Every Query
+    # the store code makes on the table, and only those partitions (tests/iam_check.py checks the calls themselves).
     code = (ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs").read_text()
-    partition = re.search(r'const CHANGES_PK: &str = "([^"]+)"', code).group(1)
+    constants = dict(re.findall(r'const ([A-Z_]+_PK): &str = "([^"]+)"', code))
+    queried = re.findall(r'\.query\(\)[^;]*?expression_attribute_values\(":pk", s\(([A-Z_]+_PK)\)\)', code, re.S)
+    partitions = sorted({constants[c] for c in queried})
+    assert partitions == ["CHANGES", "WATCHED"], partitions
     on_table = [st for st in statements_with(tpl, "AdminRole", "dynamodb:Query") if all(table_arn(r) for r in as_list(st["Resource"]))]
     assert len(on_table) == 1, on_table
-    assert on_table[0]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [partition]}}
+    assert on_table[0]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": partitions}}
 
 
 def test_registry_writes_only_generated_indexes(tpl):

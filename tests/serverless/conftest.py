@@ -54,6 +54,20 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"log {p.name} ({p.log_path})", p.tail()))
 
 
+@pytest.fixture(autouse=True)
+def iam_checked():
+    """Every AWS call the function instances made during the test is allowed by their role in template.yaml
+    (tests/iam_check.py: each instance reaches moto through a recording proxy)."""
+    yield
+    denied = lambda_harness.iam_check.denied_message()
+    if denied:
+        pytest.fail(denied, pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter):
+    lambda_harness.iam_check.terminal_summary(terminalreporter)
+
+
 def moto_endpoint(moto) -> str:
     return f"http://127.0.0.1:{moto.port}"
 
