@@ -78,7 +78,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-# Bash 3.2 (macOS) runs this script: no mapfile, no associative arrays, no "${empty[@]}" under set -u.
+# Bash 3.2 (macOS) runs this script: no bash 4 array builtins, no "${empty[@]}" under set -u.
 [[ -n "$region" ]] || die "no region: pass --region or set AWS_REGION"
 [[ -z "$reserved" || "$reserved" =~ ^[0-9]+$ ]] || die "--reserved-concurrency takes a number"
 if [[ -n "$web_acl" && -n "$token_rate_limit" ]]; then die "--web-acl-arn or --token-rate-limit, not both"; fi

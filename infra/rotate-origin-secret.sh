@@ -76,7 +76,7 @@ if [[ $update == 0 ]]; then
   exit 0
 fi
 
-# Every parameter as it is, except the version. (A word list, not mapfile: bash 3.2 on macOS has none.)
+# Every parameter as it is, except the version. (A word list: bash 3.2 on macOS has no array readers.)
 keys=$(aws_ cloudformation describe-stacks --stack-name "$stack" \
   --query 'Stacks[0].Parameters[].ParameterKey' --output text | tr '\t' ' ')
 [[ -n "$keys" ]] || die "stack $stack not found or has no parameters"
