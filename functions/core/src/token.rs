@@ -357,14 +357,16 @@ mod tests {
         let expired = TokenKeys::new(&[7u8; 32], "metahub", 1).unwrap();
         let mut claims = keys().verify(&t).unwrap();
         claims.exp = now_seconds() - 60;
-        let old = jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, expired.ring().current.encoding.expose()).unwrap();
+        let old =
+            jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, expired.ring().current.encoding.expose()).unwrap();
         assert!(keys().verify(&old).is_err());
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let payload = t.split('.').nth(1).unwrap();
         let none = format!("{}.{payload}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#));
         assert!(keys().verify(&none).is_err());
         let hs512 =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, keys().ring().current.encoding.expose()).unwrap();
+            jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, keys().ring().current.encoding.expose())
+                .unwrap();
         assert!(keys().verify(&hs512).is_err());
     }
 
@@ -382,7 +384,8 @@ mod tests {
         // Instance A read version 1 before the rotation and has not re-read yet.
         let a = TokenKeys::versioned(version(1, 1, now - 86_400), None, "metahub", 300, 60).unwrap();
         // Version 2 was just written; instance B started after that and reads both.
-        let b = TokenKeys::versioned(version(2, 2, now), Some(version(1, 1, now - 86_400)), "metahub", 300, 60).unwrap();
+        let b =
+            TokenKeys::versioned(version(2, 2, now), Some(version(1, 1, now - 86_400)), "metahub", 300, 60).unwrap();
         // Until every instance can have read version 2, B signs with version 1: A accepts B's tokens...
         let from_b = b.issue("alice", "hsw", vec![]).unwrap().token;
         assert_eq!(kid_of(&from_b), Some(key_id(&[1u8; 32])));
@@ -412,7 +415,8 @@ mod tests {
     #[test]
     fn a_token_is_checked_with_the_key_version_it_names() {
         let now = now_seconds();
-        let b = TokenKeys::versioned(version(2, 2, now - 100), Some(version(1, 1, now - 900)), "metahub", 300, 60).unwrap();
+        let b =
+            TokenKeys::versioned(version(2, 2, now - 100), Some(version(1, 1, now - 900)), "metahub", 300, 60).unwrap();
         let v1 = TokenKeys::versioned(version(1, 1, 0), None, "metahub", 300, 60).unwrap();
         let token = v1.issue("alice", "hsw", vec![]).unwrap().token;
         assert!(b.verify(&token).is_ok());

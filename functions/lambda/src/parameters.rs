@@ -334,7 +334,8 @@ mod tests {
 
     #[test]
     fn a_missing_or_bad_parameter_is_one_clear_line() {
-        let e = format!("{:#}", read_first(&all(), &[answer("/k", 1, KEY), answer("/c", 1, "u:p")], NOW).err().unwrap());
+        let e =
+            format!("{:#}", read_first(&all(), &[answer("/k", 1, KEY), answer("/c", 1, "u:p")], NOW).err().unwrap());
         assert!(e.contains("\"/o\"") && e.contains(ORIGIN_SECRET) && e.contains("ParameterNotFound"), "{e}");
         let pinned = settings(&[(ORIGIN_SECRET, "/o"), ("METAHUB_ORIGIN_SECRET_VERSION", "4")]);
         let e = format!("{:#}", read_first(&pinned, &[answer("/o", 3, "old")], NOW).err().unwrap());
