@@ -152,6 +152,13 @@ ensure_param() { # name type description
   fi
 }
 
+if [[ "$distribution" == false ]]; then
+  # A second region's stack must use the primary's values: never make new random ones here.
+  for name in "$signing_param" "$origin_param"; do
+    [[ -n "$(param_type "$name")" ]] || die "no SSM parameter $name in $region: deploy the primary stack with
+  --secondary-region $region first (it copies its parameters here), then this one"
+  done
+fi
 ensure_param "$signing_param" SecureString "MetaHub token signing key"
 # String, not SecureString: CloudFront origin headers can only resolve plain ssm references.
 ensure_param "$origin_param" String "MetaHub X-Origin-Verify value (CloudFront -> functions)"

@@ -715,6 +715,8 @@ def test_alarms_go_to_the_optional_topic_and_have_a_runbook_entry(tpl):
         assert f"### {name}" in runbook, f"the runbook says what {name} means"
         assert name in json.dumps(props["AlarmDescription"])
         assert alarms[name]["Condition"] == ("HasCloudFrontAlarm" if namespace == "AWS/CloudFront" else "HasAlarms")
+    assert alarms["CloudFront5xxAlarm"]["Properties"]["Threshold"] == {"Ref": "CloudFront5xxRateThreshold"}
+    assert tpl["Parameters"]["CloudFront5xxRateThreshold"]["Default"] == 5
     # CloudFront's metrics exist in us-east-1 only
     assert {"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]} in tpl["Conditions"]["HasCloudFrontAlarm"]["Fn::And"]
     functions = {json.dumps(alarms[n]["Properties"]["Dimensions"]) for n in ALARMS if n.startswith(("Registry", "Token"))}

@@ -332,9 +332,10 @@ def full_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
 
 
 def admin_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
-    """What template.yaml gives the admin function: the store, the upstream, no secrets (it issues no tokens)."""
+    """What template.yaml gives the admin function: the store, the upstream and its credentials (for /admin/explain
+    and /admin/matrix of private images), no token secrets (it issues no tokens)."""
     env = full_env(moto, upstream)
-    for secret in ("METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM", "METAHUB_UPSTREAM_CREDENTIALS_PARAM"):
+    for secret in ("METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM"):
         env.pop(secret)
     return env
 
