@@ -31,8 +31,11 @@ from pathlib import Path
 
 import yaml
 
+import os
+
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT / "template.yaml"
+# METAHUB_IAM_TEMPLATE: check the calls against another template (e.g. an older one: `git show REV:template.yaml`)
+TEMPLATE = Path(os.environ.get("METAHUB_IAM_TEMPLATE", ROOT / "template.yaml"))
 ACCOUNT = "123456789012"  # moto's default account
 
 # --------------------------------------------------------------------------------------------- template.yaml
