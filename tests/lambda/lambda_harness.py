@@ -291,8 +291,9 @@ def launch_function(workdir: Path, binary: str, env: dict[str, str], name: str |
     if binary == "metahub-token":
         # template.yaml gives the token function no upstream (it contacts none), so no upstream credentials either
         env = {k: v for k, v in env.items() if k != "METAHUB_UPSTREAM_CREDENTIALS_PARAM"}
-    if env.get("AWS_ENDPOINT_URL"):
-        # Between the instance and moto: a proxy that records every AWS call for the IAM check (tests/iam_check.py).
+    if env.get("AWS_ENDPOINT_URL") and os.environ.get("METAHUB_IAM_CHECK", "1") != "0":
+        # Between the instance and moto: a proxy that records every AWS call for the IAM check (tests/iam_check.py;
+        # METAHUB_IAM_CHECK=0 leaves it out, for benchmarks).
         parameters, why_not = iam_check.template_parameters(binary, env)
         recorder = iam_check.start_recorder(name or binary, binary, env["AWS_ENDPOINT_URL"], parameters, why_not)
         env = {**env, "AWS_ENDPOINT_URL": recorder.endpoint}
