@@ -65,3 +65,6 @@ def test_primary_stops_mid_rollout_and_no_pull_fails(two_regions, tmp_path):
     assert edge.failed_over, "requests the stopped primary failed were sent to the second region"
     assert not [entry for entry in log if entry[2] >= 500], "no client saw a 5xx"
     assert secondary.invocations > 0
+    by_origin = {o: sum(1 for *_, origin, _ in log if origin == o) for o in ("registry", "registry-secondary", "token")}
+    print(f"\nfailover: {len(NODES)} pulls, requests served {by_origin}, {len(edge.failed_over)} failed over "
+          f"(primary statuses {sorted({s for *_, s in edge.failed_over})})")
