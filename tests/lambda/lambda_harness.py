@@ -324,7 +324,7 @@ def full_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
         "METAHUB_SERVICE": SERVICE,
         "METAHUB_UPSTREAM": upstream.url,
         "METAHUB_TOKEN_TTL": "300",
-        "METAHUB_TAG_TTL": "",
+        "METAHUB_TAG_TTL": "1s",
         "METAHUB_SIGNING_KEY_PARAM": SIGNING_KEY_PARAM,
         "METAHUB_ORIGIN_SECRET_PARAM": ORIGIN_SECRET_PARAM,
         "METAHUB_UPSTREAM_CREDENTIALS_PARAM": UPSTREAM_CREDENTIALS_PARAM,

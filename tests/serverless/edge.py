@@ -318,7 +318,9 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
 
 class Pool:
     """The instances of one function. A request takes an idle instance or starts one (a cold start, as Lambda scales
-    out); with `cold_every_request`, every request starts a fresh instance that is stopped after it."""
+    out); with `cold_every_request`, every request starts a fresh instance that is stopped after it. With
+    `max_instances`, at most that many run at once and a request waits for one to be free (what this machine can run
+    of the hundreds Lambda would start: several instances, each with its own caches, not Lambda's latency)."""
 
     def __init__(self, target: Target, start: Callable[[str], Function]):
         self.target = target
@@ -326,6 +328,9 @@ class Pool:
         self._idle: list[Function] = []
         self._all: list[Function] = []
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self.max_instances: int | None = None
+        self._running = 0
         self._names = itertools.count(1)
         self.cold_every_request = False
         self.cold_starts = 0
@@ -337,15 +342,30 @@ class Pool:
     def _take(self) -> tuple[Function, bool]:
         with self._lock:
             self.invocations += 1
+            while True:
+                while self._idle and not self.cold_every_request:
+                    fn = self._idle.pop()
+                    if fn.proc.alive():
+                        self._busy += 1
+                        self.max_concurrent = max(self.max_concurrent, self._busy)
+                        return fn, False
+                    self._running -= 1
+                if self.max_instances is None or self._running < self.max_instances:
+                    break
+                self._freed.wait(timeout=1)
             self._busy += 1
+            self._running += 1
             self.max_concurrent = max(self.max_concurrent, self._busy)
-            while self._idle and not self.cold_every_request:
-                fn = self._idle.pop()
-                if fn.proc.alive():
-                    return fn, False
             self.cold_starts += 1
             name = f"{self.target.binary}-{next(self._names)}"
-        fn = self._start(name)
+        try:
+            fn = self._start(name)
+        except BaseException:
+            with self._lock:
+                self._busy -= 1
+                self._running -= 1
+                self._freed.notify()
+            raise
         with self._lock:
             self._all.append(fn)
         return fn, True
@@ -353,9 +373,11 @@ class Pool:
     def _give_back(self, fn: Function, healthy: bool) -> None:
         with self._lock:
             self._busy -= 1
+            self._freed.notify()
             if healthy and not self.cold_every_request:
                 self._idle.append(fn)
                 return
+            self._running -= 1
         fn.stop()
 
     def stop_function(self) -> None:
@@ -392,6 +414,7 @@ class Pool:
         """Every idle instance goes away: the next request is a cold start, as after Lambda reclaims them."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._running -= len(idle)
         for fn in idle:
             fn.stop()
 

@@ -10,7 +10,7 @@
 //! | `METAHUB_FUNCTION_TIMEOUT` | the function's timeout (the template passes the one value it also sets as `Timeout`); every other timeout is derived from it, see [`Budget`]. Default 10s |
 //! | `METAHUB_UPSTREAM` | upstream registries, comma-separated `[PREFIX=]URL` (as `metahub serve --upstream`), default `https://registry-1.docker.io` |
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
-//! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
+//! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long after it answered (`1s`, `500ms`, or seconds); default 1s, `0`: every pull checks upstream |
 //! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
 //! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes, at most 1 hour |
 //! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
@@ -133,7 +133,10 @@ impl Settings {
                 },
                 token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(defaults.token_ttl),
                 cache: CacheOptions {
-                    tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
+                    tag_ttl: match duration("METAHUB_TAG_TTL")? {
+                        Some(ttl) => Some(ttl).filter(|d| !d.is_zero()),
+                        None => defaults.cache.tag_ttl,
+                    },
                     max_bytes: match get("METAHUB_CACHE_MIB") {
                         Some(v) => v
                             .parse::<usize>()
@@ -546,7 +549,7 @@ mod tests {
         assert_eq!(s.upstream_timeout, s.budget.upstream_request);
         assert_eq!(s.upstream, DEFAULT_UPSTREAM);
         assert_eq!(s.app.http.service, "metahub");
-        assert_eq!(s.app.cache.tag_ttl, None);
+        assert_eq!(s.app.cache.tag_ttl, Some(metahub_core::cache::DEFAULT_TAG_TTL));
         assert_eq!(s.app.index_digest_pulls, metahub_core::service::IndexDigestPulls::Verbatim);
         assert_eq!(s.app.token_ttl, app::DEFAULT_TOKEN_TTL);
         assert_eq!(s.signing_key_param, None);
@@ -569,6 +572,11 @@ mod tests {
         assert_eq!(s.app.token_ttl, Duration::from_secs(600));
         assert_eq!(s.app.http.anonymous_machine_type, None);
         assert_eq!(s.signing_key_param.as_deref(), Some("/metahub/key"));
+        // 0 turns the tag window off: every pull checks upstream
+        for zero in ["0", "0s"] {
+            let vars = [BASE.to_vec(), vec![("METAHUB_TAG_TTL", zero)]].concat();
+            assert_eq!(settings(&vars).unwrap().app.cache.tag_ttl, None, "{zero}");
+        }
         assert_eq!(s.upstream, "http://127.0.0.1:5000");
     }
 

@@ -8,6 +8,7 @@ mod explain;
 mod index;
 mod manage;
 mod metrics;
+mod pins;
 mod serve;
 mod store;
 mod upstreams;
