@@ -59,8 +59,18 @@ pub fn build(
     signing_key: &[u8],
 ) -> metahub_core::Result<Arc<App>> {
     let keys = TokenKeys::new(signing_key, &settings.http.service, settings.token_ttl.as_secs())?;
+    Ok(build_with_keys(settings, store, upstream, keys))
+}
+
+/// [`build`] with token keys made by the caller (versioned keys that rotate, in Lambda).
+pub fn build_with_keys(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    upstream: Arc<dyn Upstream>,
+    keys: TokenKeys,
+) -> Arc<App> {
     let registry =
         RegistryService::new(store, upstream, settings.cache).with_index_digest_pulls(settings.index_digest_pulls);
     let http = HttpConfig { public_url: settings.http.public_url.trim_end_matches('/').to_owned(), ..settings.http };
-    Ok(App::with_admin(registry, keys, http, settings.admin))
+    App::with_admin(registry, keys, http, settings.admin)
 }
