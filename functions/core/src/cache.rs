@@ -9,9 +9,11 @@
 
 use crate::error::Result;
 use crate::machine::MachineType;
+use crate::nvidia::Requirements;
 use crate::observe::{self, Cache};
 use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::Hash;
@@ -65,6 +67,10 @@ pub struct PullCache {
     /// while the upstream is down, for at most `max_stale`.
     last_served: BoundedMap<(RepositoryName, Reference, String), (Instant, Manifest)>,
     max_stale: Duration,
+    /// The NVIDIA requirements of child manifests, by digest (immutable: the digest fixes the config).
+    gpu: BoundedMap<Digest, Arc<Requirements>>,
+    /// Lookups of one child's requirements in flight at the same moment share one store read and config GET.
+    gpu_flights: SingleFlight<Digest, Arc<Requirements>>,
 }
 
 impl PullCache {
@@ -78,7 +84,27 @@ impl PullCache {
             generated: BoundedMap::new(entries, sixth, manifest_weight),
             last_served: BoundedMap::new(entries, sixth, |(_, m)| manifest_weight(m)),
             max_stale: options.max_stale,
+            // Requirements are a few KiB at most (NVIDIA's strings: under 2 KiB); a sixteenth of the budget on top.
+            gpu: BoundedMap::new(entries, options.max_bytes / 16, |r| {
+                r.expressions.iter().map(String::len).sum::<usize>()
+            }),
+            gpu_flights: SingleFlight::new(),
         }
+    }
+
+    /// The NVIDIA requirements of child manifest `digest`: from memory, else from `read` (store, then upstream),
+    /// which concurrent lookups of the same digest share; kept in memory when `read` succeeds.
+    pub async fn gpu_requirements<F: Future<Output = Result<Requirements>>>(
+        &self,
+        digest: &Digest,
+        read: impl FnOnce() -> F,
+    ) -> Result<Arc<Requirements>> {
+        if let Some(kept) = self.gpu.get(digest) {
+            return Ok(kept);
+        }
+        let requirements = self.gpu_flights.run(digest.clone(), || async { read().await.map(Arc::new) }).await?;
+        self.gpu.insert(digest.clone(), requirements.clone());
+        Ok(requirements)
     }
 
     /// The upstream port through its caches.
@@ -374,6 +400,11 @@ impl Upstream for CachingUpstream {
         let location = self.blobs.run(key.clone(), || self.inner.blob_location(repository, digest)).await?;
         self.recent_blobs.insert(key, (Instant::now(), location.clone()));
         Ok(location)
+    }
+
+    // Configs are read once per child digest: the service keeps what it reads of them (requirements), not the bytes.
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        self.inner.small_blob(repository, digest, max_bytes).await
     }
 
     // Tag lists and referrers change at any time: always asked upstream.

@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::machine::{Feature, FeatureRef, Level, MachineType, MatchMode, cpu_level};
+use crate::nvidia::{Check, CudaVersion, GpuFacts, GpuRequirements, Requirements};
 use crate::ports::Manifest;
 use crate::reference::Digest;
 use archspec::cpu::Microarchitecture;
@@ -333,9 +334,9 @@ fn normalized_architecture(architecture: &str) -> &str {
     }
 }
 
-/// Specificity of a fitting entry: depth of its cpu or level in the µarch DAG, nvcap, number of features. Greater
-/// is more specific.
-type Rank = (usize, (u32, u32), usize);
+/// Specificity of a fitting entry: depth of its cpu or level in the µarch DAG, nvcap, number of features; then its
+/// newest CUDA requirement (a newer build the driver runs wins). Greater is better.
+type Rank = (usize, (u32, u32), usize, CudaVersion);
 
 fn depth(archspec_name: &str) -> usize {
     Microarchitecture::known_targets().get(archspec_name).map_or(0, |m| m.ancestors().len() + 1)
@@ -348,10 +349,23 @@ struct Host<'m> {
     /// The cpu's name and every archspec node it runs (itself and its ancestors).
     cpu: Option<(&'m str, HashSet<&'static str>)>,
     nvcap: Option<(u32, u32)>,
+    /// The driver: `cuda:`, `driver:`, `gpu-brand:`, `nvcap:`.
+    gpu: GpuFacts,
+    /// The NVIDIA requirements of the children, by digest, as read from their configs; a child not in it has none.
+    requirements: &'m GpuRequirements,
 }
 
+/// No child with a known NVIDIA requirement.
+static NO_REQUIREMENTS: std::sync::LazyLock<GpuRequirements> = std::sync::LazyLock::new(GpuRequirements::new);
+
 impl<'m> Host<'m> {
+    /// The machine alone: no child has a known NVIDIA requirement.
+    #[allow(dead_code)]
     fn of(machine: &'m MachineType) -> Host<'m> {
+        Host::with(machine, &NO_REQUIREMENTS)
+    }
+
+    fn with(machine: &'m MachineType, requirements: &'m GpuRequirements) -> Host<'m> {
         let features = machine.parsed_features();
         let cpu = machine.features.iter().find_map(|f| f.strip_prefix("cpu:")).map(|name| {
             let mut runs: HashSet<&'static str> = HashSet::new();
@@ -365,7 +379,7 @@ impl<'m> Host<'m> {
             Feature::NvCap { major, minor } => Some((*major, *minor)),
             _ => None,
         });
-        Host { mode: machine.match_mode, features, cpu, nvcap }
+        Host { mode: machine.match_mode, features, cpu, nvcap, gpu: GpuFacts::of(&machine.features), requirements }
     }
 
     /// Whether the machine's cpu is `archspec_name` or descends from it.
@@ -399,6 +413,7 @@ impl<'m> Host<'m> {
             }
         }
         let mut nvcap = (0, 0);
+        let mut entry_cuda = None;
         for (text, feature) in features() {
             match feature {
                 FeatureRef::Cpu(wanted) => {
@@ -411,6 +426,10 @@ impl<'m> Host<'m> {
                     Some((own_major, own_minor)) if own_major == major && own_minor >= minor => nvcap = (major, minor),
                     _ => return Err(Miss::Feature(text)),
                 },
+                // A `cuda:M.m` entry feature is a requirement like `cuda>=M.m` in its config.
+                FeatureRef::Other(_) if let Some(cuda) = text.strip_prefix("cuda:").and_then(CudaVersion::parse) => {
+                    entry_cuda = Some(cuda);
+                }
                 FeatureRef::Other(_) => {
                     if !self.features.iter().any(|own| feature == *own) {
                         return Err(Miss::Feature(text));
@@ -418,7 +437,24 @@ impl<'m> Host<'m> {
                 }
             }
         }
-        Ok((cpu_depth, nvcap, entry.features.len()))
+        let cuda = match self.gpu_requirements(entry, entry_cuda).map(|r| r.check(&self.gpu)) {
+            None => CudaVersion::default(),
+            Some(Check::Runs { cuda }) => cuda,
+            Some(Check::Misses(why)) => return Err(Miss::Gpu(why)),
+        };
+        Ok((cpu_depth, nvcap, entry.features.len(), cuda))
+    }
+
+    /// An entry's NVIDIA requirements: its config's and its `cuda:` feature, when it has either.
+    fn gpu_requirements(&self, entry: &View, entry_cuda: Option<CudaVersion>) -> Option<Cow<'m, Requirements>> {
+        let config = self.requirements.get(&*entry.digest).filter(|r| !r.is_empty());
+        match (config, entry_cuda) {
+            (None, None) => None,
+            (Some(r), None) => Some(Cow::Borrowed(&**r)),
+            (r, Some(cuda)) => {
+                Some(Cow::Owned(r.map_or_else(Requirements::default, |r| (**r).clone()).with_entry_cuda(cuda)))
+            }
+        }
     }
 
     /// Why a fitting entry fits.
@@ -429,6 +465,9 @@ impl<'m> Host<'m> {
         }
         if !entry.features.is_empty() {
             why.push("every feature is satisfied".to_owned());
+        }
+        if let Some(r) = self.requirements.get(&*entry.digest).filter(|r| !r.is_empty()) {
+            why.push(format!("the driver meets its NVIDIA_REQUIRE_* (cuda>={})", r.cuda()));
         }
         if why.is_empty() { "generic: fits every machine".to_owned() } else { why.join("; ") }
     }
@@ -451,6 +490,7 @@ impl<'m> Host<'m> {
                 }
             }
             Miss::ExactFeatures => "exact mode: features differ from the machine's".to_owned(),
+            Miss::Gpu(ref why) => why.clone(),
             Miss::Feature(text) => match FeatureRef::lenient(text) {
                 FeatureRef::Cpu(wanted) => match &self.cpu {
                     None => format!("needs cpu:{wanted}; the machine names no cpu"),
@@ -478,6 +518,8 @@ enum Miss<'e> {
     ExactFeatures,
     /// The first of its features the machine does not satisfy.
     Feature(&'e str),
+    /// Its NVIDIA requirements (config and `cuda:` feature), which the machine's driver does not meet, and why.
+    Gpu(String),
 }
 
 /// What became of an entry.
@@ -539,7 +581,12 @@ fn select<'e>(entries: &'e [View<'_>], host: &Host) -> Vec<Outcome<'e>> {
 
 /// Every entry with its verdict, in index order.
 pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
-    let host = Host::of(machine);
+    explain_gpu(index, machine, &NO_REQUIREMENTS)
+}
+
+/// [`explain`], with the NVIDIA requirements of the children read from their configs.
+pub fn explain_gpu(index: &Index, machine: &MachineType, requirements: &GpuRequirements) -> Vec<Verdict> {
+    let host = Host::with(machine, requirements);
     let views = &index.parsed.views;
     let outcomes = select(views, &host);
     (views.iter().zip(&index.entries).zip(outcomes))
@@ -567,9 +614,19 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
 /// keeps every entry unchanged, the answer is `upstream` itself: the upstream's bytes under the upstream's digest
 /// (signatures and pins of the index stay valid); else the filtered bytes under their own digest.
 pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manifest> {
+    filter_index_gpu(upstream, machine, &NO_REQUIREMENTS)
+}
+
+/// [`filter_index`], with the NVIDIA requirements of the children (by digest) read from their configs: a child whose
+/// requirements the machine's driver does not meet is not served, and among the builds it runs the newest CUDA wins.
+pub fn filter_index_gpu(
+    upstream: &Manifest,
+    machine: &MachineType,
+    requirements: &GpuRequirements,
+) -> Result<Manifest> {
     let (bytes, media_type) = (&upstream.bytes[..], upstream.media_type.as_str());
     let index = Parsed::parse(bytes)?;
-    let outcomes = select(&index.views, &Host::of(machine));
+    let outcomes = select(&index.views, &Host::with(machine, requirements));
     if !outcomes.iter().any(|o| matches!(o, Outcome::Best)) {
         return Err(nothing_fits(machine, &index.views));
     }

@@ -9,10 +9,13 @@ use crate::ports::{BlobLocation, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use std::sync::{Arc, LazyLock};
 
+mod gpu;
 mod listing;
 mod referrers;
 
 pub use referrers::{ReferrersIndex, is_referrers_tag};
+
+pub use gpu::{MAX_CHILDREN, MAX_CONFIG_BYTES};
 
 static ACCEPT: LazyLock<Vec<String>> = LazyLock::new(|| ACCEPT_ALL.iter().map(|s| s.to_string()).collect());
 
@@ -131,7 +134,9 @@ impl RegistryService {
                     observe::answer(Answer::Verbatim);
                     return Ok(index);
                 }
-                let filtered = filter::filter_index(&index, machine)?;
+                // The driver dimension: each child's NVIDIA requirements, read once per child digest.
+                let requirements = self.gpu_requirements(repository, &index).await?;
+                let filtered = filter::filter_index_gpu(&index, machine, &requirements)?;
                 self.cache.keep_filtered(&head.digest, machine, &filtered);
                 filtered
             }
