@@ -15,7 +15,7 @@ mod referrers;
 
 pub use referrers::{ReferrersIndex, is_referrers_tag};
 
-pub use gpu::{MAX_CHILDREN, MAX_CONFIG_BYTES};
+pub use gpu::{MAX_CHILDREN, MAX_CONFIG_BYTES, read_index_requirements, read_requirements};
 
 static ACCEPT: LazyLock<Vec<String>> = LazyLock::new(|| ACCEPT_ALL.iter().map(|s| s.to_string()).collect());
 

@@ -10,6 +10,7 @@ use clap::Args;
 use metahub_core::filter::{self, ACCEPT_ALL, Index, Verdict};
 use metahub_core::ports::Upstream;
 use metahub_core::reference::ImageRef;
+use metahub_core::service::read_index_requirements;
 use metahub_upstream::ClientOptions;
 use serde_json::json;
 
@@ -67,9 +68,13 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     }
 
     let index = Index::parse(&manifest.bytes)?;
-    let verdicts = filter::explain(&index, &machine);
+    // The driver dimension: each child's NVIDIA_REQUIRE_*, read from its config as `serve` reads it.
+    let requirements = read_index_requirements(&upstream, &image.name, &manifest)
+        .await
+        .with_context(|| format!("reading the configs of {image}'s builds"))?;
+    let verdicts = filter::explain_gpu(&index, &machine, &requirements);
     // The filtered index as `serve` answers it, or the 404 it answers when nothing fits.
-    let filtered = filter::filter_index(&manifest, &machine);
+    let filtered = filter::filter_index_gpu(&manifest, &machine, &requirements);
 
     if args.json {
         let entries: Vec<_> = verdicts.iter().map(Verdict::to_json).collect();
