@@ -136,8 +136,12 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     brands.dedup();
     match brands.as_slice() {
         [] => {}
-        [brand] if metahub_core::nvidia::BRANDS.contains(&brand.as_str()) => features.push(format!("gpu-brand:{brand}")),
-        [brand] => detected.notes.push(format!("GPU brand {brand:?} is none the NVIDIA toolkit names: no gpu-brand: feature")),
+        [brand] if metahub_core::nvidia::BRANDS.contains(&brand.as_str()) => {
+            features.push(format!("gpu-brand:{brand}"))
+        }
+        [brand] => {
+            detected.notes.push(format!("GPU brand {brand:?} is none the NVIDIA toolkit names: no gpu-brand: feature"))
+        }
         several => detected.notes.push(format!(
             "GPUs of several brands ({}): no gpu-brand: feature, so no forward-compatibility branch is assumed",
             several.join(", ")
@@ -252,12 +256,8 @@ fn toolkit_brand(printed: &str) -> String {
 
 /// Runs nvidia-smi; `None` when there is none or it fails (no GPU feature then), with a note saying why.
 fn run_nvidia_smi(args: &[&str], notes: &mut Vec<String>) -> Option<String> {
-    let child = Command::new("nvidia-smi")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
+    let child =
+        Command::new("nvidia-smi").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -459,7 +459,10 @@ mod tests {
         assert_eq!(parse_driver(&recorded("q-550-tesla.txt")), driver("550.127.05", Some("12.4"), &["tesla"]));
         assert_eq!(parse_driver(&recorded("q-470-tesla.txt")), driver("470.129.06", Some("11.4"), &["tesla"]));
         assert_eq!(parse_driver(&recorded("q-535-vgpu-host.txt")), driver("535.129.03", None, &["tesla"]));
-        assert_eq!(parse_driver("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."), Driver::default());
+        assert_eq!(
+            parse_driver("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
+            Driver::default()
+        );
         assert_eq!(parse_driver(""), Driver::default());
     }
 
