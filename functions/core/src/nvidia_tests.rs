@@ -144,7 +144,7 @@ fn versions_compare_numerically() {
     assert!(runs(&requirement("driver>=470.57.02"), &["driver:470.103.01"]));
     assert!(runs(&requirement("arch>=7.0"), &["nvcap:8.0"]));
     assert!(!runs(&requirement("arch>=7.0"), &["nvcap:6.1"]));
-    assert_eq!(CudaVersion::parse("12.10") > CudaVersion::parse("12.4"), true);
+    assert!(CudaVersion::parse("12.10") > CudaVersion::parse("12.4"));
 }
 
 #[test]

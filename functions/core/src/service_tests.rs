@@ -358,7 +358,7 @@ async fn cuda_builds_are_chosen_by_driver_and_configs_are_read_once() {
     other.manifest(&repo, &tag, "r550").await.unwrap();
     assert_eq!(upstream.config_calls(), configs);
     // explain's reasoning names the driver
-    let index = service.upstream_manifest(&format!("org/torch:latest").parse().unwrap()).await.unwrap();
+    let index = service.upstream_manifest(&"org/torch:latest".parse().unwrap()).await.unwrap();
     let requirements = service.gpu_requirements(&repo, &index).await.unwrap();
     let machine = service.machine_type("r535").await.unwrap();
     let verdicts = filter::explain_gpu(&filter::Index::parse(&index.bytes).unwrap(), &machine, &requirements);
