@@ -628,7 +628,7 @@ pub fn filter_index_gpu(
     let index = Parsed::parse(bytes)?;
     let outcomes = select(&index.views, &Host::with(machine, requirements));
     if !outcomes.iter().any(|o| matches!(o, Outcome::Best)) {
-        return Err(nothing_fits(machine, &index.views));
+        return Err(nothing_fits(machine, &index.views, requirements));
     }
     let serialize = |e: serde_json::Error| Error::internal(format!("serializing index: {e}"));
     let mut kept: Vec<Cow<'_, str>> = Vec::with_capacity(outcomes.len());
@@ -693,13 +693,17 @@ fn served_form<'a>(raw: &'a str, entry: &View) -> Result<Cow<'a, str>> {
     Ok(Cow::Owned(serde_json::to_string(&object).map_err(serialize)?))
 }
 
-fn nothing_fits(machine: &MachineType, entries: &[View]) -> Error {
+fn nothing_fits(machine: &MachineType, entries: &[View], requirements: &GpuRequirements) -> Error {
     let mut offered: Vec<String> = entries
         .iter()
         .filter(|e| e.attests.is_none())
         .map(|e| {
             let features: Vec<&str> = e.features.iter().map(|f| &**f).collect();
-            format!("{} [{}]", platform_text(&e.os, &e.architecture, &e.variant), features.join(", "))
+            let nvidia = match requirements.get(&*e.digest).filter(|r| !r.is_empty()) {
+                Some(r) => format!(" (NVIDIA_REQUIRE_CUDA: cuda>={})", r.cuda()),
+                None => String::new(),
+            };
+            format!("{} [{}]{nvidia}", platform_text(&e.os, &e.architecture, &e.variant), features.join(", "))
         })
         .collect();
     offered.dedup();
