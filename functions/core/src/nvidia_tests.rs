@@ -106,7 +106,8 @@ fn toolkit_logical_examples() {
     assert!(runs(&requirement(&format!("{no} {yes}")), &machine));
 }
 
-/// internal/config/image/cuda_image_test.go `TestGetRequirements`, every case.
+/// internal/config/image/cuda_image_test.go `TestGetRequirements`, every case; and the requirement cases of the hook's
+/// container_config_test.go.
 #[test]
 fn toolkit_get_requirements_examples() {
     let of = |env: &[&str]| Requirements::from_env(env.iter().copied()).expressions;
@@ -125,6 +126,21 @@ fn toolkit_get_requirements_examples() {
             .is_empty()
     );
     assert!(of(&["CUDA_VERSION=11.6", "NVIDIA_REQUIRE_BRAND=brand=tesla", "NVIDIA_DISABLE_REQUIRE=true"]).is_empty());
+    // cmd/nvidia-container-runtime-hook/container_config_test.go, the cases with requirements: collected as they are
+    // (nvidia-container-cli then finds no rule for req0/req1: an invalid expression, malformed here)
+    let hook = |env: &[&str]| {
+        let mut r = of(env);
+        r.sort();
+        r
+    };
+    let reqs = ["NVIDIA_REQUIRE_REQ0=req0=true", "NVIDIA_REQUIRE_REQ1=req1=false"];
+    assert_eq!(hook(&["CUDA_VERSION=9.0", reqs[0], reqs[1]]), ["cuda>=9.0", "req0=true", "req1=false"]);
+    assert_eq!(hook(&["NVIDIA_REQUIRE_CUDA=cuda>=9.0", reqs[0], reqs[1]]), ["cuda>=9.0", "req0=true", "req1=false"]);
+    assert!(hook(&["CUDA_VERSION=9.0", reqs[0], reqs[1], "NVIDIA_DISABLE_REQUIRE=true"]).is_empty());
+    assert!(hook(&["NVIDIA_REQUIRE_CUDA=cuda>=9.0", reqs[0], reqs[1], "NVIDIA_DISABLE_REQUIRE=true"]).is_empty());
+    assert_eq!(hook(&["CUDA_VERSION=9.0", "NVIDIA_REQUIRE_CUDA=cuda>=9.0"]), ["cuda>=9.0"]);
+    assert!(hook(&["NVIDIA_VISIBLE_DEVICES=all"]).is_empty());
+    assert!(Requirements::from_env(["CUDA_VERSION=9.0", reqs[0]]).malformed().unwrap().contains("req0"));
     // and around them: a legacy CUDA_VERSION keeps major.minor; DISABLE must parse as true; no variable, nothing
     assert_eq!(of(&["CUDA_VERSION=12.4.1"]), ["cuda>=12.4"]);
     assert_eq!(of(&["NVIDIA_REQUIRE_CUDA=cuda>=11.6", "NVIDIA_DISABLE_REQUIRE=no"]), ["cuda>=11.6"]);
