@@ -528,11 +528,13 @@ def test_admin_may_query_the_partitions_it_reads_on_the_table(tpl):
 def test_registry_writes_only_generated_indexes(tpl):
     code = (ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs").read_text()
     prefix = re.search(r'fn manifest_key\(.*?format!\("([A-Z]+#)', code, re.S).group(1)
+    # and the NVIDIA requirements it reads from image configs (issue 26)
+    gpu = re.search(r'fn gpu_key\(.*?format!\("([A-Z]+#)', code, re.S).group(1)
     (put,) = statements_with(tpl, "RegistryRole", "dynamodb:PutItem")
     assert as_list(put["Action"]) == ["dynamodb:PutItem"], "no other action rides on the write condition"
-    assert put["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{prefix}*"]}}
+    assert put["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{prefix}*", f"{gpu}*"]}}
     for other in ("ACCT#", "MT#", "META", "CHANGES"):
-        assert not other.startswith(prefix), other
+        assert not other.startswith(prefix) and not other.startswith(gpu), other
     # Every other registry table statement only reads.
     writes = {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
     for name, st in statements(tpl):

@@ -88,12 +88,13 @@ class Image:
         return len(self.manifest)
 
 
-def build_image(variant: str, arch: str = "amd64", os_: str = "linux", docker: bool = False) -> Image:
+def build_image(variant: str, arch: str = "amd64", os_: str = "linux", docker: bool = False, env: list[str] | None = None) -> Image:
+    """`env`: the config's `Env` (`KEY=VALUE`), e.g. an `NVIDIA_REQUIRE_CUDA`."""
     layer, diff_id = make_layer(variant)
     config = {
         "architecture": arch,
         "os": os_,
-        "config": {"Labels": {"variant": variant}, "Cmd": ["/bin/true"]},
+        "config": {"Labels": {"variant": variant}, "Cmd": ["/bin/true"], **({"Env": env} if env else {})},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": f"metahub test image {variant}"}],
     }

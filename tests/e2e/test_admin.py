@@ -128,6 +128,9 @@ def test_machine_type_crud(admin_metahub):
         ({"features": ["cpu:cascadelak"]}, "INVALID", "cascadelake"),
         ({"features": ["nvcap:7"]}, "INVALID", "nvcap"),
         ({"features": ["nvcap:seven.0"]}, "INVALID", "nvcap"),
+        ({"features": ["cuda:12"]}, "INVALID", "cuda:12.4"),
+        ({"features": ["driver:535.x"]}, "INVALID", "driver:535.129.03"),
+        ({"features": ["cuda:12.4", "cuda:12.2"]}, "INVALID", "at most one cuda:"),
         ({"features": ["cpu:zen2", "cpu:zen2"]}, "INVALID", "twice"),
         ({"features": ["cpu:zen2", "cpu:zen3"]}, "INVALID", "at most one cpu"),
         ({"features": ["fabric efa"]}, "INVALID", "key:value"),
@@ -154,6 +157,18 @@ def test_unknown_cpu_suggests_archspec_names(admin_metahub):
     assert err["detail"]["feature"] == "cpu:skylake_avx"
     assert "skylake_avx512" in err["detail"]["suggestions"], err
     assert "skylake_avx512" in err["message"]
+
+
+def test_driver_features_are_accepted_and_brands_suggested(admin_metahub):
+    features = ["cpu:icelake", "nvcap:8.0", "cuda:12.2", "driver:535.183.01", "gpu-brand:tesla"]
+    r = admin(admin_metahub, "PUT", "machine-types/adm-gpu", {"features": features})
+    assert r.status_code == 200, r.text
+    assert admin(admin_metahub, "GET", "machine-types/adm-gpu").json()["features"] == features
+    assert admin(admin_metahub, "DELETE", "machine-types/adm-gpu").status_code == 204
+    r = admin(admin_metahub, "PUT", "machine-types/adm-bad", {"features": ["gpu-brand:telsa"]})
+    err = assert_registry_error(r.status_code, r.content, 400, {"INVALID"})
+    assert err["detail"] == {"feature": "gpu-brand:telsa", "suggestions": err["detail"]["suggestions"]}
+    assert err["detail"]["suggestions"][0] == "tesla", err
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"null", b'{"features": ["cpu:zen2"]', b"\xff\xfe"])

@@ -10,9 +10,11 @@
 
 use crate::error::Result;
 use crate::machine::MachineType;
+use crate::nvidia::Requirements;
 use crate::observe::{self, Cache};
 use crate::ports::{BlobLocation, ChildRecord, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::Hash;
@@ -78,6 +80,10 @@ pub struct PullCache {
     children: BoundedMap<(RepositoryName, Digest), ChildRecord>,
     /// The upstream indexes whose children this process stored: each is written once per process.
     recorded: BoundedMap<(RepositoryName, Digest), ()>,
+    /// The NVIDIA requirements of child manifests, by digest (immutable: the digest fixes the config).
+    gpu: BoundedMap<Digest, Arc<Requirements>>,
+    /// Lookups of one child's requirements in flight at the same moment share one store read and config GET.
+    gpu_flights: SingleFlight<Digest, Arc<Requirements>>,
 }
 
 impl PullCache {
@@ -93,7 +99,27 @@ impl PullCache {
             max_stale: options.max_stale,
             children: BoundedMap::new(entries, sixth / 4, |r| r.platform.features.iter().map(String::len).sum()),
             recorded: BoundedMap::new(entries, sixth / 16, |_| 0),
+            // Requirements are a few KiB at most (NVIDIA's strings: under 2 KiB); a sixteenth of the budget on top.
+            gpu: BoundedMap::new(entries, options.max_bytes / 16, |r| {
+                r.expressions.iter().map(String::len).sum::<usize>()
+            }),
+            gpu_flights: SingleFlight::new(),
         }
+    }
+
+    /// The NVIDIA requirements of child manifest `digest`: from memory, else from `read` (store, then upstream),
+    /// which concurrent lookups of the same digest share; kept in memory when `read` succeeds.
+    pub async fn gpu_requirements<F: Future<Output = Result<Requirements>>>(
+        &self,
+        digest: &Digest,
+        read: impl FnOnce() -> F,
+    ) -> Result<Arc<Requirements>> {
+        if let Some(kept) = self.gpu.get(digest) {
+            return Ok(kept);
+        }
+        let requirements = self.gpu_flights.run(digest.clone(), || async { read().await.map(Arc::new) }).await?;
+        self.gpu.insert(digest.clone(), requirements.clone());
+        Ok(requirements)
     }
 
     /// The upstream port through its caches.
@@ -429,6 +455,11 @@ impl Upstream for CachingUpstream {
         let location = self.blobs.run(key.clone(), || self.inner.blob_location(repository, digest)).await?;
         self.recent_blobs.insert(key, (Instant::now(), location.clone()));
         Ok(location)
+    }
+
+    // Configs are read once per child digest: the service keeps what it reads of them (requirements), not the bytes.
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        self.inner.small_blob(repository, digest, max_bytes).await
     }
 
     // Tag lists and referrers change at any time: always asked upstream.

@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::machine::{Feature, FeatureRef, Level, MachineType, MatchMode, cpu_level};
+use crate::nvidia::{Check, CudaVersion, GpuFacts, GpuRequirements, Requirements};
 use crate::ports::Manifest;
 use crate::reference::Digest;
 use archspec::cpu::Microarchitecture;
@@ -336,9 +337,9 @@ fn normalized_architecture(architecture: &str) -> &str {
     }
 }
 
-/// Specificity of a fitting entry: depth of its cpu or level in the µarch DAG, nvcap, number of features. Greater
-/// is more specific.
-type Rank = (usize, (u32, u32), usize);
+/// Specificity of a fitting entry: depth of its cpu or level in the µarch DAG, nvcap, number of features; then its
+/// newest CUDA requirement (a newer build the driver runs wins). Greater is better.
+type Rank = (usize, (u32, u32), usize, CudaVersion);
 
 fn depth(archspec_name: &str) -> usize {
     Microarchitecture::known_targets().get(archspec_name).map_or(0, |m| m.ancestors().len() + 1)
@@ -351,10 +352,22 @@ struct Host<'m> {
     /// The cpu's name and every archspec node it runs (itself and its ancestors).
     cpu: Option<(&'m str, HashSet<&'static str>)>,
     nvcap: Option<(u32, u32)>,
+    /// The driver: `cuda:`, `driver:`, `gpu-brand:`, `nvcap:`.
+    gpu: GpuFacts,
+    /// The NVIDIA requirements of the children, by digest, as read from their configs; a child not in it has none.
+    requirements: &'m GpuRequirements,
 }
 
+/// No child with a known NVIDIA requirement.
+static NO_REQUIREMENTS: std::sync::LazyLock<GpuRequirements> = std::sync::LazyLock::new(GpuRequirements::new);
+
 impl<'m> Host<'m> {
+    /// The machine alone: no child has a known NVIDIA requirement.
     fn of(machine: &'m MachineType) -> Host<'m> {
+        Host::with(machine, &NO_REQUIREMENTS)
+    }
+
+    fn with(machine: &'m MachineType, requirements: &'m GpuRequirements) -> Host<'m> {
         let features = machine.parsed_features();
         let cpu = machine.features.iter().find_map(|f| f.strip_prefix("cpu:")).map(|name| {
             let mut runs: HashSet<&'static str> = HashSet::new();
@@ -368,7 +381,7 @@ impl<'m> Host<'m> {
             Feature::NvCap { major, minor } => Some((*major, *minor)),
             _ => None,
         });
-        Host { mode: machine.match_mode, features, cpu, nvcap }
+        Host { mode: machine.match_mode, features, cpu, nvcap, gpu: GpuFacts::of(&machine.features), requirements }
     }
 
     /// Whether the machine's cpu is `archspec_name` or descends from it.
@@ -402,6 +415,7 @@ impl<'m> Host<'m> {
             }
         }
         let mut nvcap = (0, 0);
+        let mut entry_cuda = None;
         for (text, feature) in features() {
             match feature {
                 FeatureRef::Cpu(wanted) => {
@@ -414,6 +428,10 @@ impl<'m> Host<'m> {
                     Some((own_major, own_minor)) if own_major == major && own_minor >= minor => nvcap = (major, minor),
                     _ => return Err(Miss::Feature(text)),
                 },
+                // A `cuda:M.m` entry feature is a requirement like `cuda>=M.m` in its config.
+                FeatureRef::Other(_) if let Some(cuda) = text.strip_prefix("cuda:").and_then(CudaVersion::parse) => {
+                    entry_cuda = Some(cuda);
+                }
                 FeatureRef::Other(_) => {
                     if !self.features.iter().any(|own| feature == *own) {
                         return Err(Miss::Feature(text));
@@ -421,7 +439,24 @@ impl<'m> Host<'m> {
                 }
             }
         }
-        Ok((cpu_depth, nvcap, entry.features.len()))
+        let cuda = match self.gpu_requirements(entry, entry_cuda).map(|r| r.check(&self.gpu)) {
+            None => CudaVersion::default(),
+            Some(Check::Runs { cuda }) => cuda,
+            Some(Check::Misses(why)) => return Err(Miss::Gpu(why)),
+        };
+        Ok((cpu_depth, nvcap, entry.features.len(), cuda))
+    }
+
+    /// An entry's NVIDIA requirements: its config's and its `cuda:` feature, when it has either.
+    fn gpu_requirements(&self, entry: &View, entry_cuda: Option<CudaVersion>) -> Option<Cow<'m, Requirements>> {
+        let config = self.requirements.get(&*entry.digest).filter(|r| !r.is_empty());
+        match (config, entry_cuda) {
+            (None, None) => None,
+            (Some(r), None) => Some(Cow::Borrowed(&**r)),
+            (r, Some(cuda)) => {
+                Some(Cow::Owned(r.map_or_else(Requirements::default, |r| (**r).clone()).with_entry_cuda(cuda)))
+            }
+        }
     }
 
     /// Why a fitting entry fits.
@@ -432,6 +467,9 @@ impl<'m> Host<'m> {
         }
         if !entry.features.is_empty() {
             why.push("every feature is satisfied".to_owned());
+        }
+        if let Some(r) = self.requirements.get(&*entry.digest).filter(|r| !r.is_empty()) {
+            why.push(format!("the driver meets its NVIDIA_REQUIRE_* (cuda>={})", r.cuda()));
         }
         if why.is_empty() { "generic: fits every machine".to_owned() } else { why.join("; ") }
     }
@@ -454,6 +492,7 @@ impl<'m> Host<'m> {
                 }
             }
             Miss::ExactFeatures => "exact mode: features differ from the machine's".to_owned(),
+            Miss::Gpu(ref why) => why.clone(),
             Miss::Feature(text) => match FeatureRef::lenient(text) {
                 FeatureRef::Cpu(wanted) => match &self.cpu {
                     None => format!("needs cpu:{wanted}; the machine names no cpu"),
@@ -481,6 +520,8 @@ enum Miss<'e> {
     ExactFeatures,
     /// The first of its features the machine does not satisfy.
     Feature(&'e str),
+    /// Its NVIDIA requirements (config and `cuda:` feature), which the machine's driver does not meet, and why.
+    Gpu(String),
 }
 
 /// What became of an entry.
@@ -542,7 +583,12 @@ fn select<'e>(entries: &'e [View<'_>], host: &Host) -> Vec<Outcome<'e>> {
 
 /// Every entry with its verdict, in index order.
 pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
-    let host = Host::of(machine);
+    explain_gpu(index, machine, &NO_REQUIREMENTS)
+}
+
+/// [`explain`], with the NVIDIA requirements of the children read from their configs.
+pub fn explain_gpu(index: &Index, machine: &MachineType, requirements: &GpuRequirements) -> Vec<Verdict> {
+    let host = Host::with(machine, requirements);
     let views = &index.parsed.views;
     if machine.match_mode == MatchMode::Unfiltered {
         let reason = "unfiltered: this machine type (a resolver) is served the whole index";
@@ -577,14 +623,24 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
 /// (signatures and pins of the index stay valid); else the filtered bytes under their own digest. An `unfiltered`
 /// machine type (a resolver) is answered with `upstream` itself, once it parses as an index.
 pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manifest> {
+    filter_index_gpu(upstream, machine, &NO_REQUIREMENTS)
+}
+
+/// [`filter_index`], with the NVIDIA requirements of the children (by digest) read from their configs: a child whose
+/// requirements the machine's driver does not meet is not served, and among the builds it runs the newest CUDA wins.
+pub fn filter_index_gpu(
+    upstream: &Manifest,
+    machine: &MachineType,
+    requirements: &GpuRequirements,
+) -> Result<Manifest> {
     let (bytes, media_type) = (&upstream.bytes[..], upstream.media_type.as_str());
     let index = Parsed::parse(bytes)?;
     if machine.match_mode == MatchMode::Unfiltered {
         return Ok(upstream.clone());
     }
-    let outcomes = select(&index.views, &Host::of(machine));
+    let outcomes = select(&index.views, &Host::with(machine, requirements));
     if !outcomes.iter().any(|o| matches!(o, Outcome::Best)) {
-        return Err(nothing_fits(machine, &index.views));
+        return Err(nothing_fits(machine, &index.views, requirements));
     }
     let serialize = |e: serde_json::Error| Error::internal(format!("serializing index: {e}"));
     let mut kept: Vec<Cow<'_, str>> = Vec::with_capacity(outcomes.len());
@@ -649,13 +705,17 @@ fn served_form<'a>(raw: &'a str, entry: &View) -> Result<Cow<'a, str>> {
     Ok(Cow::Owned(serde_json::to_string(&object).map_err(serialize)?))
 }
 
-fn nothing_fits(machine: &MachineType, entries: &[View]) -> Error {
+fn nothing_fits(machine: &MachineType, entries: &[View], requirements: &GpuRequirements) -> Error {
     let mut offered: Vec<String> = entries
         .iter()
         .filter(|e| e.attests.is_none())
         .map(|e| {
             let features: Vec<&str> = e.features.iter().map(|f| &**f).collect();
-            format!("{} [{}]", platform_text(&e.os, &e.architecture, &e.variant), features.join(", "))
+            let nvidia = match requirements.get(&*e.digest).filter(|r| !r.is_empty()) {
+                Some(r) => format!(" (NVIDIA_REQUIRE_CUDA: cuda>={})", r.cuda()),
+                None => String::new(),
+            };
+            format!("{} [{}]{nvidia}", platform_text(&e.os, &e.architecture, &e.variant), features.join(", "))
         })
         .collect();
     offered.dedup();

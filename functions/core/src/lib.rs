@@ -9,6 +9,7 @@ pub mod error;
 pub mod filter;
 pub mod machine;
 pub mod names;
+pub mod nvidia;
 pub mod observe;
 pub mod password;
 pub mod ports;

@@ -1,4 +1,5 @@
-//! Machine types and their features: `cpu:<archspec name>`, `nvcap:<major>.<minor>`, anything else by equality.
+//! Machine types and their features: `cpu:<archspec name>`, `nvcap:<major>.<minor>`, the driver (`cuda:<major>.<minor>`,
+//! `driver:<version>`, `gpu-brand:<brand>`, see [`crate::nvidia`]), anything else by equality.
 
 use crate::error::{Error, Result};
 pub use crate::names::MachineTypeName;
@@ -46,6 +47,9 @@ enum Refusal<'s> {
     Characters,
     UnknownCpu(&'s str),
     NvCapSyntax,
+    CudaSyntax,
+    DriverSyntax,
+    UnknownBrand(&'s str),
 }
 
 impl<'s> FeatureRef<'s> {
@@ -56,11 +60,11 @@ impl<'s> FeatureRef<'s> {
         if s.len() > 128 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
             return Err(Refusal::Characters);
         }
+        let digits = |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
         match key {
             "cpu" if Microarchitecture::known_targets().contains_key(value) => Ok(FeatureRef::Cpu(value)),
             "cpu" => Err(Refusal::UnknownCpu(value)),
             "nvcap" => {
-                let digits = |x: &str| !x.is_empty() && x.len() <= 3 && x.bytes().all(|b| b.is_ascii_digit());
                 match value
                     .split_once('.')
                     .filter(|(ma, mi)| digits(ma) && digits(mi))
@@ -70,6 +74,15 @@ impl<'s> FeatureRef<'s> {
                     _ => Err(Refusal::NvCapSyntax),
                 }
             }
+            // The driver's features stay `Other` (the filter reads them through `nvidia::GpuFacts`), strictly spelled.
+            "cuda" if value.split_once('.').is_some_and(|(ma, mi)| digits(ma) && digits(mi)) => {
+                Ok(FeatureRef::Other(s))
+            }
+            "cuda" => Err(Refusal::CudaSyntax),
+            "driver" if crate::nvidia::is_driver_version(value) => Ok(FeatureRef::Other(s)),
+            "driver" => Err(Refusal::DriverSyntax),
+            "gpu-brand" if crate::nvidia::BRANDS.contains(&value) => Ok(FeatureRef::Other(s)),
+            "gpu-brand" => Err(Refusal::UnknownBrand(value)),
             _ => Ok(FeatureRef::Other(s)),
         }
     }
@@ -118,6 +131,17 @@ impl FromStr for Feature {
                 Err(invalid(format!("unknown cpu; did you mean {}?", nearest_cpu_names(value).join(", "))))
             }
             Err(Refusal::NvCapSyntax) => Err(invalid("nvcap is <major>.<minor>, e.g. nvcap:7.0".into())),
+            Err(Refusal::CudaSyntax) => {
+                Err(invalid("cuda is <major>.<minor>, the \"CUDA Version\" nvidia-smi prints, e.g. cuda:12.4".into()))
+            }
+            Err(Refusal::DriverSyntax) => {
+                Err(invalid("driver is the driver version nvidia-smi prints, e.g. driver:535.129.03".into()))
+            }
+            Err(Refusal::UnknownBrand(value)) => Err(invalid(format!(
+                "unknown gpu-brand; did you mean {}? (the NVIDIA toolkit's brand names: {})",
+                nearest_brands(value).join(", "),
+                crate::nvidia::BRANDS.join(", ")
+            ))),
         }
     }
 }
@@ -232,6 +256,14 @@ pub fn cpu_level_any(cpu: &str) -> Option<&'static str> {
     cpu_level(cpu, "amd64").or_else(|| cpu_level(cpu, "arm64"))
 }
 
+/// The three toolkit brand names closest to `wanted` (edit distance), to suggest on a typo.
+pub fn nearest_brands(wanted: &str) -> Vec<String> {
+    let wanted = wanted.to_ascii_lowercase();
+    let mut names: Vec<(usize, &str)> = crate::nvidia::BRANDS.iter().map(|b| (edit_distance(&wanted, b), *b)).collect();
+    names.sort();
+    names.into_iter().take(3).map(|(_, b)| b.to_owned()).collect()
+}
+
 /// The three archspec names closest to `wanted` (edit distance), to suggest on a typo.
 pub fn nearest_cpu_names(wanted: &str) -> Vec<String> {
     let mut names: Vec<(usize, &String)> =
@@ -294,6 +326,7 @@ impl fmt::Display for MatchMode {
 fn feature_detail(feature: &str) -> serde_json::Value {
     match feature.split_once(':') {
         Some(("cpu", wanted)) => serde_json::json!({"feature": feature, "suggestions": nearest_cpu_names(wanted)}),
+        Some(("gpu-brand", wanted)) => serde_json::json!({"feature": feature, "suggestions": nearest_brands(wanted)}),
         _ => serde_json::json!({"feature": feature}),
     }
 }
@@ -324,6 +357,11 @@ impl MachineType {
         let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
         if cpus > 1 || nvcaps > 1 {
             return Err(Error::invalid("a machine type has at most one cpu: and one nvcap: feature"));
+        }
+        for key in ["cuda:", "driver:", "gpu-brand:"] {
+            if features.iter().filter(|f| f.starts_with(key)).count() > 1 {
+                return Err(Error::invalid(format!("a machine type has at most one {key} feature")));
+            }
         }
         Ok(MachineType { name, features: parsed.iter().map(Feature::to_string).collect(), match_mode })
     }
@@ -372,6 +410,16 @@ mod tests {
         assert_eq!("fabric:efa".parse::<Feature>().unwrap(), Feature::Other("fabric:efa".into()));
         let e = "cpu:skylak".parse::<Feature>().unwrap_err();
         assert!(e.message.contains("skylake"), "{}", e.message);
+        assert_eq!("cuda:12.4".parse::<Feature>().unwrap(), Feature::Other("cuda:12.4".into()));
+        assert_eq!("driver:535.129.03".parse::<Feature>().unwrap(), Feature::Other("driver:535.129.03".into()));
+        assert_eq!("gpu-brand:tesla".parse::<Feature>().unwrap(), Feature::Other("gpu-brand:tesla".into()));
+        let e = "gpu-brand:tesal".parse::<Feature>().unwrap_err();
+        assert!(e.message.contains("did you mean tesla"), "{}", e.message);
+        for bad in
+            ["cuda:12", "cuda:12.x", "cuda:v12.4", "driver:535.x", "driver:", "gpu-brand:Tesla", "gpu-brand:a100"]
+        {
+            assert!(bad.parse::<Feature>().is_err(), "{bad}");
+        }
         for bad in ["nvcap:8", "nvcap:a.b", "nvcap:8.", "novalue:", ":x", "plain", "a:b c"] {
             assert!(bad.parse::<Feature>().is_err(), "{bad}");
         }
@@ -407,6 +455,9 @@ mod tests {
         assert!(MachineType::new("m", vec!["cpu:haswell".into(), "cpu:haswell".into()], MatchMode::Best).is_err());
         assert!(MachineType::new("m", vec!["cpu:haswell".into(), "cpu:zen2".into()], MatchMode::Best).is_err());
         assert!(MachineType::new("bad name", vec![], MatchMode::Best).is_err());
+        assert!(MachineType::new("m", vec!["cuda:12.4".into(), "cuda:12.2".into()], MatchMode::Best).is_err());
+        let e = MachineType::new("m", vec!["gpu-brand:geforc".into()], MatchMode::Best).unwrap_err();
+        assert_eq!(e.detail.as_ref().unwrap()["suggestions"][0], "geforce");
         let m = MachineType::new("hsw-m60", vec!["cpu:haswell".into(), "nvcap:5.2".into()], MatchMode::Exact).unwrap();
         assert_eq!(m.features, ["cpu:haswell", "nvcap:5.2"]);
     }

@@ -7,6 +7,7 @@
 use crate::error::Result;
 use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
+use bytes::Bytes;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ pub enum UpstreamKind {
     Blob,
     Tags,
     Referrers,
+    /// A small blob: an image config, for its NVIDIA requirements.
+    Config,
 }
 
 impl UpstreamKind {
@@ -60,6 +63,7 @@ impl UpstreamKind {
             UpstreamKind::Blob => "blob",
             UpstreamKind::Tags => "tags",
             UpstreamKind::Referrers => "referrers",
+            UpstreamKind::Config => "config",
         }
     }
 }
@@ -218,6 +222,10 @@ impl Upstream for ObservedUpstream {
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         timed(UpstreamKind::Blob, self.inner.blob_location(repository, digest)).await
+    }
+
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        timed(UpstreamKind::Config, self.inner.small_blob(repository, digest, max_bytes)).await
     }
 
     async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {

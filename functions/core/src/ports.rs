@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::filter::Platform;
 use crate::machine::{MachineType, MachineTypeName};
 use crate::names::Login;
+use crate::nvidia::Requirements;
 use crate::reference::{Digest, Reference, RepositoryName};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -249,6 +250,18 @@ pub trait Store: Send + Sync {
     async fn watch_image(&self, image: &str) -> Result<bool>;
     /// Removes an image from the watched list; `Ok(false)` when it was not there.
     async fn unwatch_image(&self, image: &str) -> Result<bool>;
+
+    /// The NVIDIA requirements read from the config of the child manifest `digest` (any repository: the digest fixes
+    /// the config), kept so that a config is read upstream once, whatever the instance. `Ok(None)`: never read.
+    async fn gpu_requirements(&self, digest: &Digest) -> Result<Option<Requirements>> {
+        let _ = digest;
+        Ok(None)
+    }
+    /// Keeps the requirements of child manifest `digest`; stores bound what they keep (an expiry, a count).
+    async fn put_gpu_requirements(&self, digest: &Digest, requirements: &Requirements) -> Result<()> {
+        let _ = (digest, requirements);
+        Ok(())
+    }
 }
 
 /// An upstream registry, reached only for names the configuration routes to it.
@@ -270,6 +283,14 @@ pub trait Upstream: Send + Sync {
     ) -> Result<Manifest>;
     /// Where the client fetches a blob: the upstream's presigned storage URL when it redirects, else its blob URL.
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation>;
+
+    /// GET a small blob (an image config) of `repository` by digest, following the upstream's redirect to its
+    /// storage; refused (`BAD_GATEWAY`) past `max_bytes`, and bounded in time like every upstream request.
+    /// Implementations verify the digest.
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        let _ = (digest, max_bytes);
+        Err(crate::Error::new(crate::ErrorCode::Unsupported, format!("blobs of {repository} cannot be read")))
+    }
 
     /// A page of `repository`'s tags: at most `n`, after `last` (tags/list pagination).
     async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {

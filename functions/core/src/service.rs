@@ -9,10 +9,13 @@ use crate::ports::{BlobLocation, ChildRecord, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use std::sync::{Arc, LazyLock};
 
+mod gpu;
 mod listing;
 mod referrers;
 
 pub use referrers::{ReferrersIndex, is_referrers_tag};
+
+pub use gpu::{MAX_CHILDREN, MAX_CONFIG_BYTES, read_index_requirements, read_requirements};
 
 static ACCEPT: LazyLock<Vec<String>> = LazyLock::new(|| ACCEPT_ALL.iter().map(|s| s.to_string()).collect());
 
@@ -132,7 +135,9 @@ impl RegistryService {
                     return Ok(index);
                 }
                 self.record_children(repository, &index).await?;
-                let filtered = filter::filter_index(&index, machine)?;
+                // The driver dimension: each child's NVIDIA requirements, read once per child digest.
+                let requirements = self.gpu_requirements(repository, &index).await?;
+                let filtered = filter::filter_index_gpu(&index, machine, &requirements)?;
                 self.cache.keep_filtered(&head.digest, machine, &filtered);
                 filtered
             }
@@ -211,12 +216,13 @@ impl RegistryService {
         machine: &MachineType,
     ) -> Result<()> {
         self.record_children(repository, index).await?;
+        let gpu = self.gpu_requirements(repository, index).await?;
         if self.index_digest_pulls == IndexDigestPulls::Refuse {
-            let filtered = filter::filter_index(index, machine)?;
+            let filtered = filter::filter_index_gpu(index, machine, &gpu)?;
             if filtered.digest == index.digest {
                 return Ok(());
             }
-            let children = pins(repository, &self.own_builds(Some(index), machine).await);
+            let children = pins(repository, &self.own_builds(repository, Some(index), machine).await);
             return Err(Error::denied(format!(
                 "{} is an upstream index: pulled by its digest it cannot be filtered for machine type \"{}\", and this \
                  registry refuses such pulls; pull by tag, or by the digest of the image served: {}",
@@ -227,8 +233,8 @@ impl RegistryService {
             .with_detail(serde_json::json!({"indexDigest": index.digest.to_string(), "pullInstead": children})));
         }
         for choice in filter::client_choices(&index.bytes, machine)? {
-            if let Some(why) = filter::cannot_run(machine, &choice.digest, &choice.platform) {
-                let own = self.own_builds(Some(index), machine).await;
+            if let Some(why) = filter::cannot_run(machine, &choice.digest, &choice.platform, &gpu) {
+                let own = self.own_builds(repository, Some(index), machine).await;
                 return Err(refusal(repository, &index.digest, machine, &choice.platform, why, &own));
             }
         }
@@ -243,7 +249,9 @@ impl RegistryService {
         generated: &Manifest,
         machine: &MachineType,
     ) -> Result<()> {
-        for choice in filter::client_choices(&generated.bytes, machine)? {
+        let choices = filter::client_choices(&generated.bytes, machine)?;
+        let gpu = self.gpu_requirements_of(repository, choices.iter().map(|c| c.digest.clone()).collect()).await?;
+        for choice in choices {
             let platform = match choice.digest.parse::<Digest>() {
                 Ok(child) => match self.child_record(repository, &child).await? {
                     Some(record) => record.platform,
@@ -252,9 +260,9 @@ impl RegistryService {
                 },
                 Err(_) => choice.platform,
             };
-            if let Some(why) = filter::cannot_run(machine, &choice.digest, &platform) {
+            if let Some(why) = filter::cannot_run(machine, &choice.digest, &platform, &gpu) {
                 let source = self.source_index(repository, &generated.digest).await.ok().flatten();
-                let own = self.own_builds(source.as_ref(), machine).await;
+                let own = self.own_builds(repository, source.as_ref(), machine).await;
                 return Err(refusal(repository, &generated.digest, machine, &platform, why, &own));
             }
         }
@@ -267,11 +275,12 @@ impl RegistryService {
         let Some(record) = self.child_record(repository, digest).await? else {
             return Ok(());
         };
-        let Some(why) = filter::cannot_run(machine, digest.as_str(), &record.platform) else {
+        let gpu = self.gpu_requirements_of(repository, vec![digest.to_string()]).await?;
+        let Some(why) = filter::cannot_run(machine, digest.as_str(), &record.platform, &gpu) else {
             return Ok(());
         };
         let index = self.upstream().get_manifest(repository, &Reference::Digest(record.index), &ACCEPT).await.ok();
-        let own = self.own_builds(index.as_ref(), machine).await;
+        let own = self.own_builds(repository, index.as_ref(), machine).await;
         Err(refusal(repository, digest, machine, &record.platform, why, &own))
     }
 
@@ -338,9 +347,16 @@ impl RegistryService {
 
     /// The builds this machine type is served from the upstream `index`, as its clients take them: durable pins (an
     /// upstream manifest, unlike a generated index, never expires).
-    async fn own_builds(&self, index: Option<&Manifest>, machine: &MachineType) -> Vec<Digest> {
+    async fn own_builds(
+        &self,
+        repository: &RepositoryName,
+        index: Option<&Manifest>,
+        machine: &MachineType,
+    ) -> Vec<Digest> {
         let Some(index) = index else { return Vec::new() };
-        let choices = filter::filter_index(index, machine).and_then(|f| filter::client_choices(&f.bytes, machine));
+        let Ok(gpu) = self.gpu_requirements(repository, index).await else { return Vec::new() };
+        let filtered = filter::filter_index_gpu(index, machine, &gpu);
+        let choices = filtered.and_then(|f| filter::client_choices(&f.bytes, machine));
         choices.map(|c| c.into_iter().filter_map(|c| c.digest.parse().ok()).collect()).unwrap_or_default()
     }
 

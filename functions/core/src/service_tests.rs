@@ -68,7 +68,9 @@ async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
     let first = service.manifest(&repo, &tag, "hsw").await.unwrap();
     let second = service.manifest(&repo, &tag, "hsw").await.unwrap();
     assert_eq!(first, second);
-    assert_eq!((upstream.heads(), upstream.gets()), (2, 1), "a HEAD per pull, one GET of the immutable index");
+    // One GET of the immutable index, and one of each child (for its config's NVIDIA requirements; these children
+    // are not served, so they count as having none), once.
+    assert_eq!((upstream.heads(), upstream.gets()), (2, 3), "a HEAD per pull, one GET of the index and its children");
     assert!(first.digest.verifies(&first.bytes));
     let stored = store.generated_manifest(&repo, &first.digest).await.unwrap();
     assert_eq!(stored, Some(first), "the filtered index is stored, to be served by its digest");
@@ -219,8 +221,12 @@ async fn each_pull_path_notes_its_answer_cache_lookups_and_upstream_calls() {
     let (repo, tag) = app();
     let (filtered, first) = pull(&service, &repo, &tag, "zen2").await;
     assert_eq!(first.answer, Some(Answer::Filtered));
-    assert_eq!(first.cache, [(Cache::Filtered, false), (Cache::Manifest, false)]);
-    assert_eq!(first.upstream_summary(), "head:ok get:ok");
+    // the index, then each child (read once for its config's NVIDIA requirements; these two are not served)
+    assert_eq!(
+        first.cache,
+        [(Cache::Filtered, false), (Cache::Manifest, false), (Cache::Manifest, false), (Cache::Manifest, false)]
+    );
+    assert_eq!(first.upstream_summary(), "head:ok get:ok get:MANIFEST_UNKNOWN get:MANIFEST_UNKNOWN");
 
     let (again, second) = pull(&service, &repo, &tag, "zen2").await;
     assert_eq!(again, filtered);
@@ -472,4 +478,141 @@ mod pins {
         let unknown = Digest::sha256_of(b"nothing");
         assert_eq!(pin(&service, &unknown, "zen2").await.unwrap_err().code, ErrorCode::ManifestUnknown);
     }
+}
+
+/// An index of CUDA builds whose configs carry NVIDIA's own `NVIDIA_REQUIRE_CUDA` strings, and a CPU build.
+fn cuda_upstream() -> (Arc<FakeUpstream>, Vec<(String, Digest)>) {
+    let strings: serde_json::Value =
+        serde_json::from_str(include_str!("../testdata/nvidia_require_cuda.json")).expect("fixture is JSON");
+    let upstream = Arc::new(FakeUpstream::default());
+    let mut entries = Vec::new();
+    let mut children = Vec::new();
+    for build in ["cpu", "11.8", "12.1", "12.4", "12.6"] {
+        let env = match strings[build].as_str() {
+            Some(require) => serde_json::json!(["PATH=/usr/bin", format!("NVIDIA_REQUIRE_CUDA={require}")]),
+            None => serde_json::json!(["PATH=/usr/bin"]),
+        };
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Env": env, "Labels": {"build": build}}});
+        let config = upstream.config(serde_json::to_vec(&config).unwrap());
+        let image = serde_json::json!({"schemaVersion": 2, "mediaType": filter::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 1},
+            "layers": []});
+        let image = upstream.put(filter::OCI_MANIFEST, serde_json::to_vec(&image).unwrap());
+        entries.push(serde_json::json!({"mediaType": filter::OCI_MANIFEST, "digest": image.digest.to_string(), "size": image.bytes.len(),
+            "platform": {"os": "linux", "architecture": "amd64"}}));
+        children.push((build.to_owned(), image.digest));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": filter::OCI_INDEX, "manifests": entries});
+    upstream.tag("org/torch", "latest", filter::OCI_INDEX, serde_json::to_vec(&index).unwrap());
+    (upstream, children)
+}
+
+#[tokio::test]
+async fn cuda_builds_are_chosen_by_driver_and_configs_are_read_once() {
+    let (upstream, children) = cuda_upstream();
+    let store = machine_types().await;
+    let types: &[(&str, &[&str], &str)] = &[
+        ("cpu-only", &[], "cpu"),
+        ("r470-tesla", &["cuda:11.4", "driver:470.239.06", "gpu-brand:tesla"], "12.6"),
+        ("r525", &["cuda:12.0", "driver:525.147.05"], "11.8"),
+        ("r535", &["cuda:12.2", "driver:535.183.01"], "12.1"),
+        ("r535-tesla", &["cuda:12.2", "driver:535.183.01", "gpu-brand:tesla"], "12.6"),
+        ("r550", &["cuda:12.4", "driver:550.127.05"], "12.4"),
+        ("r560", &["cuda:12.6", "driver:560.35.03"], "12.6"),
+    ];
+    for (name, features, _) in types {
+        let features = features.iter().map(|f| f.to_string()).collect();
+        store.put_machine_type(&MachineType::new(name, features, MatchMode::Best).unwrap()).await.unwrap();
+    }
+    let service = RegistryService::new(store.clone(), upstream.clone(), window_off());
+    let repo: RepositoryName = "org/torch".parse().unwrap();
+    let tag: Reference = "latest".parse().unwrap();
+    for (name, _, want) in types {
+        let served = service.manifest(&repo, &tag, name).await.unwrap();
+        let index = filter::Index::parse(&served.bytes).unwrap();
+        let got: Vec<&str> = index
+            .entries
+            .iter()
+            .map(|e| children.iter().find(|(_, d)| d.as_str() == e.digest).map(|(b, _)| b.as_str()).unwrap())
+            .collect();
+        assert_eq!(got, [*want], "{name}");
+    }
+    // Each config read once, whatever the number of machine types; and a warm pull reads none.
+    assert_eq!(upstream.config_calls(), children.len());
+    assert_eq!(store.gpu_requirements_count(), children.len());
+    let (gets, configs) = (upstream.gets(), upstream.config_calls());
+    let (_, warm) = pull(&service, &repo, &tag, "r535").await;
+    assert_eq!(warm.upstream_summary(), "head:ok");
+    assert_eq!((upstream.gets(), upstream.config_calls()), (gets, configs));
+    // Another instance (a new Lambda, a restart) finds the requirements in the store: no config read.
+    let other = RegistryService::new(store.clone(), upstream.clone(), CacheOptions::default());
+    other.manifest(&repo, &tag, "r550").await.unwrap();
+    assert_eq!(upstream.config_calls(), configs);
+    // explain's reasoning names the driver
+    let index = service.upstream_manifest(&"org/torch:latest".parse().unwrap()).await.unwrap();
+    let requirements = service.gpu_requirements(&repo, &index).await.unwrap();
+    let machine = service.machine_type("r535").await.unwrap();
+    let verdicts = filter::explain_gpu(&filter::Index::parse(&index.bytes).unwrap(), &machine, &requirements);
+    let cu124 = verdicts.iter().find(|v| v.entry.digest == children[3].1.as_str()).unwrap();
+    assert!(!cu124.fits);
+    assert!(
+        cu124.reason.starts_with("needs cuda>=12.4 (or driver 470.x, 525.x, 535.x, with the compat libraries)"),
+        "{}",
+        cu124.reason
+    );
+    assert!(cu124.reason.ends_with("this node's driver supports cuda 12.2 (driver 535.183.01)"), "{}", cu124.reason);
+}
+
+#[tokio::test]
+async fn oversized_or_non_json_configs_count_as_no_requirement() {
+    let upstream = Arc::new(FakeUpstream::default());
+    let mut entries = Vec::new();
+    for config in [vec![b'x'; MAX_CONFIG_BYTES + 1], b"<html>not json".to_vec()] {
+        let config = upstream.config(config);
+        let image = serde_json::json!({"schemaVersion": 2, "mediaType": filter::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 1}, "layers": []});
+        let image = upstream.put(filter::OCI_MANIFEST, serde_json::to_vec(&image).unwrap());
+        entries
+            .push(serde_json::json!({"mediaType": filter::OCI_MANIFEST, "digest": image.digest.to_string(), "size": 1,
+            "platform": {"os": "linux", "architecture": "amd64", "features": ["cpu:haswell"]}}));
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": filter::OCI_INDEX, "manifests": entries});
+    upstream.tag("org/odd", "latest", filter::OCI_INDEX, serde_json::to_vec(&index).unwrap());
+    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let served = service.manifest(&"org/odd".parse().unwrap(), &"latest".parse().unwrap(), "hsw").await.unwrap();
+    assert_eq!(filter::Index::parse(&served.bytes).unwrap().entries.len(), 1);
+    assert_eq!(store.gpu_requirements_count(), 2, "kept, so never read (nor logged) again");
+}
+
+/// The driver dimension of "never a build the machine cannot run": pins are judged by the builds' NVIDIA
+/// requirements too, read once per child as for tags.
+#[tokio::test]
+async fn pins_are_judged_by_the_driver_too() {
+    let (upstream, children) = cuda_upstream();
+    let store = machine_types().await;
+    for (name, features) in
+        [("r535", vec!["cuda:12.2", "driver:535.183.01"]), ("r560", vec!["cuda:12.6", "driver:560.35.03"])]
+    {
+        let features = features.into_iter().map(String::from).collect();
+        store.put_machine_type(&MachineType::new(name, features, MatchMode::Best).unwrap()).await.unwrap();
+    }
+    let service = RegistryService::new(store, upstream, window_off());
+    let repo: RepositoryName = "org/torch".parse().unwrap();
+    let digest_of = |build: &str| children.iter().find(|(b, _)| b == build).map(|(_, d)| d.clone()).unwrap();
+    let r560 = service.manifest(&repo, &"latest".parse().unwrap(), "r560").await.unwrap();
+    let e = service.manifest(&repo, &by_digest(&r560.digest), "r535").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Denied, "{e}");
+    assert!(e.message.contains("cuda>=12.6"), "{e}");
+    assert_eq!(e.detail.unwrap()["pullInstead"], serde_json::json!([format!("org/torch@{}", digest_of("12.1"))]));
+    let cu124 = by_digest(&digest_of("12.4"));
+    assert_eq!(service.manifest(&repo, &cu124, "r535").await.unwrap_err().code, ErrorCode::Denied);
+    assert!(service.manifest(&repo, &cu124, "r560").await.is_ok());
+    // the whole index: every client takes the CPU build, listed first
+    let whole = Digest::sha256_of(&upstream_index_bytes(&service, &repo).await);
+    assert!(service.manifest(&repo, &by_digest(&whole), "r535").await.is_ok());
+}
+
+async fn upstream_index_bytes(service: &RegistryService, repo: &RepositoryName) -> bytes::Bytes {
+    let image = ImageRef { name: repo.clone(), reference: "latest".parse().unwrap() };
+    service.upstream_manifest(&image).await.unwrap().bytes
 }

@@ -7,6 +7,7 @@ pub mod conformance;
 use crate::error::{Error, ErrorCode, Result};
 use crate::machine::{MachineType, MachineTypeName};
 use crate::names::Login;
+use crate::nvidia::Requirements;
 use crate::ports::{
     Account, AccountChange, BlobLocation, Change, ChildRecord, Manifest, ManifestHead, Store, Upstream,
     machine_type_in_use, machine_type_missing,
@@ -33,6 +34,7 @@ struct MemoryState {
     signing_key: Option<Vec<u8>>,
     changes: Vec<Change>,
     watched: BTreeSet<String>,
+    gpu: HashMap<Digest, Requirements>,
 }
 
 impl MemoryStore {
@@ -43,6 +45,11 @@ impl MemoryStore {
     /// Writes `machine_type` as is, bypassing validation, as an operator's hand-typed item could be.
     pub fn put_unvalidated_machine_type(&self, machine_type: MachineType) {
         self.state().machine_types.insert(machine_type.name.clone(), machine_type);
+    }
+
+    /// How many children's NVIDIA requirements are stored.
+    pub fn gpu_requirements_count(&self) -> usize {
+        self.state().gpu.len()
     }
 
     /// How many generated manifests are stored.
@@ -128,6 +135,13 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+    async fn gpu_requirements(&self, digest: &Digest) -> Result<Option<Requirements>> {
+        Ok(self.state().gpu.get(digest).cloned())
+    }
+    async fn put_gpu_requirements(&self, digest: &Digest, requirements: &Requirements) -> Result<()> {
+        self.state().gpu.insert(digest.clone(), requirements.clone());
+        Ok(())
+    }
     async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>> {
         Ok(self.state().signing_key.get_or_insert_with(|| candidate.to_vec()).clone())
     }
@@ -158,6 +172,7 @@ pub struct FakeUpstream {
     heads: AtomicUsize,
     gets: AtomicUsize,
     blob_calls: AtomicUsize,
+    config_calls: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -165,6 +180,8 @@ struct Script {
     tags: HashMap<(RepositoryName, String), Digest>,
     manifests: HashMap<Digest, Manifest>,
     blobs: HashSet<Digest>,
+    /// Small blobs (configs) served with their bytes.
+    small: HashMap<Digest, Bytes>,
     /// Announced by a tag's HEAD, but a GET answers `MANIFEST_UNKNOWN`.
     unserved: HashSet<Digest>,
     /// What a HEAD says the Content-Type is, instead of the manifest's own (registries may say `application/json`).
@@ -207,6 +224,19 @@ impl FakeUpstream {
         let digest = Digest::sha256_of(content);
         self.script().blobs.insert(digest.clone());
         digest
+    }
+
+    /// Serves a small blob (an image config) of `content`; returns its digest.
+    pub fn config(&self, content: impl Into<Bytes>) -> Digest {
+        let content = content.into();
+        let digest = Digest::sha256_of(&content);
+        self.script().small.insert(digest.clone(), content);
+        digest
+    }
+
+    /// Small blob (config) reads that reached the upstream.
+    pub fn config_calls(&self) -> usize {
+        self.config_calls.load(Ordering::SeqCst)
     }
 
     /// From now on every call fails `UNAVAILABLE` (`true`), or is answered again (`false`).
@@ -288,6 +318,18 @@ impl Upstream for FakeUpstream {
             return Err(Error::new(ErrorCode::BlobUnknown, format!("blob {repository}@{digest} is unknown")));
         }
         Ok(BlobLocation { url: format!("{FAKE_STORAGE}/{repository}/{digest}") })
+    }
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        self.config_calls.fetch_add(1, Ordering::SeqCst);
+        self.check_up()?;
+        let bytes = self.script().small.get(digest).cloned();
+        match bytes {
+            Some(b) if b.len() > max_bytes => {
+                Err(Error::bad_gateway(format!("blob {digest} is over {max_bytes} bytes")))
+            }
+            Some(b) => Ok(b),
+            None => Err(Error::new(ErrorCode::BlobUnknown, format!("blob {repository}@{digest} is unknown"))),
+        }
     }
 }
 

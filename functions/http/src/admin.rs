@@ -19,6 +19,7 @@ use metahub_core::admin::{AdminPort, AdminService, MAX_CHANGES, NewAccount, NewP
 use metahub_core::filter::{self, Index, Verdict};
 use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
 use metahub_core::names::Login;
+use metahub_core::nvidia::GpuRequirements;
 use metahub_core::ports::{Account, Change, Manifest};
 use metahub_core::reference::ImageRef;
 use metahub_core::{Error, ErrorCode, Secret};
@@ -396,11 +397,29 @@ async fn explain(
     let image: ImageRef = query_param(&query, "image")?.parse()?;
     let machine = admin.machine_type(&name).await?;
     let manifest = app.registry.upstream_manifest(&image).await?;
-    Ok(ok_json(explain_manifest(&image, &manifest, &machine)?))
+    let requirements = gpu_requirements(&app, &image, &manifest).await?;
+    Ok(ok_json(explain_manifest(&image, &manifest, &machine, &requirements)?))
+}
+
+/// The NVIDIA requirements of an index's children (through the service's store and caches), none for a manifest.
+pub(crate) async fn gpu_requirements(
+    app: &App,
+    image: &ImageRef,
+    manifest: &Manifest,
+) -> Result<GpuRequirements, Error> {
+    if !filter::is_index_media_type(&manifest.media_type) {
+        return Ok(GpuRequirements::new());
+    }
+    app.registry.gpu_requirements(&image.name, manifest).await
 }
 
 /// The explanation of one upstream manifest for one machine type, as `/admin/explain` and the matrix answer it.
-pub(crate) fn explain_manifest(image: &ImageRef, manifest: &Manifest, machine: &MachineType) -> Result<Value, Error> {
+pub(crate) fn explain_manifest(
+    image: &ImageRef,
+    manifest: &Manifest,
+    machine: &MachineType,
+    requirements: &GpuRequirements,
+) -> Result<Value, Error> {
     let mut out = json!({
         "image": image.to_string(),
         "digest": manifest.digest.to_string(),
@@ -414,8 +433,8 @@ pub(crate) fn explain_manifest(image: &ImageRef, manifest: &Manifest, machine: &
         return Ok(out);
     }
     let index = Index::parse(&manifest.bytes)?;
-    let verdicts = filter::explain(&index, machine);
-    let (filtered_digest, error) = match filter::filter_index(manifest, machine) {
+    let verdicts = filter::explain_gpu(&index, machine, requirements);
+    let (filtered_digest, error) = match filter::filter_index_gpu(manifest, machine, requirements) {
         Ok(f) => (Some(f.digest.to_string()), None),
         Err(e) => (None, Some(json!({"code": e.code.as_str(), "message": e.message}))),
     };

@@ -247,10 +247,15 @@ async fn matrix_row(app: &App, image: &str, machine_types: &[MachineType]) -> Va
     };
     match fetched {
         Ok((parsed, manifest)) => {
+            let requirements = match admin::gpu_requirements(app, &parsed, &manifest).await {
+                Ok(r) => r,
+                Err(e) => return json!({"image": image, "fault": error_json(&e)}),
+            };
             let cells: Vec<Value> = machine_types
                 .iter()
                 .map(|mt| {
-                    admin::explain_manifest(&parsed, &manifest, mt).unwrap_or_else(|e| json!({"fault": error_json(&e)}))
+                    admin::explain_manifest(&parsed, &manifest, mt, &requirements)
+                        .unwrap_or_else(|e| json!({"fault": error_json(&e)}))
                 })
                 .collect();
             json!({"image": image, "digest": manifest.digest.to_string(), "cells": cells})

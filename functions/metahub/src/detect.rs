@@ -3,7 +3,9 @@
 //! The cpu is archspec's name for the host (`archspec::cpu::host()`, which on Linux reads `/proc/cpuinfo` only, never
 //! cpuid). A recorded cpuinfo (`--cpuinfo`) goes through [`cpu_from_cpuinfo`], a port of archspec's Linux detector built
 //! on archspec's public data, because the crate keeps its detector private; a unit test holds the two to the same answer
-//! on the machine that runs it. The GPU is `nvidia-smi --query-gpu=compute_cap`.
+//! on the machine that runs it. The GPU is `nvidia-smi --query-gpu=compute_cap`; the driver (`driver:`, `cuda:`, the
+//! highest CUDA version it supports, and `gpu-brand:`) is `nvidia-smi -q` ("Driver Version", "CUDA Version", "Product
+//! Brand"), or the header of a plain `nvidia-smi`, which has the first two.
 
 use anyhow::{Context, bail};
 use archspec::cpu::Microarchitecture;
@@ -35,6 +37,20 @@ pub struct DetectArgs {
     /// of running nvidia-smi.
     #[arg(long, value_name = "PATH")]
     nvidia_smi_output: Option<PathBuf>,
+    /// For testing: read this recorded output of `nvidia-smi -q` (or of a plain `nvidia-smi`) for the driver instead
+    /// of running nvidia-smi.
+    #[arg(long, value_name = "PATH")]
+    nvidia_smi_driver_output: Option<PathBuf>,
+}
+
+/// What `nvidia-smi -q` (or its plain header) says about the driver.
+#[derive(Debug, Default, PartialEq)]
+struct Driver {
+    version: Option<String>,
+    /// major.minor
+    cuda: Option<String>,
+    /// The toolkit's brand names of the GPUs, one per GPU listed.
+    brands: Vec<String>,
 }
 
 /// What was found: the features and where they came from.
@@ -43,6 +59,7 @@ struct Detected {
     /// `vendor, model name` from cpuinfo, when it names them.
     cpu_source: String,
     gpus: Vec<(u32, u32)>,
+    driver: Driver,
     notes: Vec<String>,
 }
 
@@ -58,11 +75,30 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
             (host.name().to_owned(), describe(&info, "/proc/cpuinfo"))
         }
     };
-    let mut detected = Detected { cpu, cpu_source, gpus: Vec::new(), notes: Vec::new() };
+    let mut detected = Detected { cpu, cpu_source, gpus: Vec::new(), driver: Driver::default(), notes: Vec::new() };
+    let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    let recorded = args.nvidia_smi_output.is_some() || args.nvidia_smi_driver_output.is_some();
     let smi = match &args.nvidia_smi_output {
-        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
-        None => run_nvidia_smi(&mut detected.notes),
+        Some(path) => Some(read(path)?),
+        None if recorded => None,
+        None => run_nvidia_smi(&["--query-gpu=compute_cap", "--format=csv,noheader"], &mut detected.notes),
     };
+    let smi_q = match &args.nvidia_smi_driver_output {
+        Some(path) => Some(read(path)?),
+        None if recorded => None,
+        // Only where a GPU answered: one failure note is enough.
+        None if smi.is_none() => None,
+        None => run_nvidia_smi(&["-q"], &mut detected.notes),
+    };
+    if let Some(output) = smi_q {
+        detected.driver = parse_driver(&output);
+        if detected.driver.version.is_none() {
+            detected.notes.push("nvidia-smi names no driver version: no driver: feature".into());
+        }
+        if detected.driver.cuda.is_none() {
+            detected.notes.push("nvidia-smi names no CUDA version (\"Not Found\" on vGPU hosts): no cuda: feature, so no build with an NVIDIA_REQUIRE_CUDA is served".into());
+        }
+    }
     if let Some(output) = smi {
         match parse_compute_caps(&output) {
             Ok(gpus) => detected.gpus = gpus,
@@ -89,12 +125,40 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(cuda) = &detected.driver.cuda {
+        features.push(format!("cuda:{cuda}"));
+    }
+    if let Some(version) = &detected.driver.version {
+        features.push(format!("driver:{version}"));
+    }
+    let mut brands = detected.driver.brands.clone();
+    brands.sort();
+    brands.dedup();
+    match brands.as_slice() {
+        [] => {}
+        [brand] if metahub_core::nvidia::BRANDS.contains(&brand.as_str()) => {
+            features.push(format!("gpu-brand:{brand}"))
+        }
+        [brand] => {
+            detected.notes.push(format!("GPU brand {brand:?} is none the NVIDIA toolkit names: no gpu-brand: feature"))
+        }
+        several => detected.notes.push(format!(
+            "GPUs of several brands ({}): no gpu-brand: feature, so no forward-compatibility branch is assumed",
+            several.join(", ")
+        )),
+    }
     let name = match args.name {
         Some(n) => n,
-        None => match nvcap {
-            Some((major, minor)) => format!("{}-nvcap{major}.{minor}", detected.cpu),
-            None => detected.cpu.clone(),
-        },
+        None => {
+            let mut name = detected.cpu.clone();
+            if let Some((major, minor)) = nvcap {
+                name.push_str(&format!("-nvcap{major}.{minor}"));
+            }
+            if let Some(cuda) = &detected.driver.cuda {
+                name.push_str(&format!("-cuda{cuda}"));
+            }
+            name
+        }
     };
     // The suggested command must work as printed: the same validation `machine-type put` applies.
     MachineType::new(name.as_str(), features.clone(), MatchMode::Best)?;
@@ -113,6 +177,9 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
             "cpuSource": detected.cpu_source,
             "gpus": gpus,
             "nvcap": nvcap.map(|(a, b)| format!("{a}.{b}")),
+            "driver": detected.driver.version,
+            "cuda": detected.driver.cuda,
+            "gpuBrands": detected.driver.brands,
             "notes": detected.notes,
             "command": command,
         });
@@ -144,14 +211,53 @@ fn describe(info: &HashMap<String, String>, source: &str) -> String {
     if parts.is_empty() { source.to_owned() } else { format!("{source} ({})", parts.join(", ")) }
 }
 
+/// The driver as `nvidia-smi -q` states it (`Driver Version : 535.129.03`, `CUDA Version : 12.2`, one `Product Brand
+/// : Tesla` per GPU), or a plain `nvidia-smi` header (`Driver Version: 535.129.03   CUDA Version: 12.2`).
+fn parse_driver(output: &str) -> Driver {
+    /// The value after `label`, a colon and spaces, up to the first character `keep` refuses.
+    fn after<'t>(line: &'t str, label: &str, keep: fn(char) -> bool) -> Option<&'t str> {
+        let rest = &line[line.find(label)? + label.len()..];
+        let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+        let end = rest.find(|c: char| !keep(c)).unwrap_or(rest.len());
+        Some(rest[..end].trim_end()).filter(|v| !v.is_empty())
+    }
+    let version_chars = |c: char| c.is_ascii_digit() || c == '.';
+    let mut driver = Driver::default();
+    for line in output.lines() {
+        if driver.version.is_none() {
+            driver.version = after(line, "Driver Version", version_chars)
+                .filter(|v| metahub_core::nvidia::is_driver_version(v))
+                .map(str::to_owned);
+        }
+        if driver.cuda.is_none() {
+            driver.cuda = after(line, "CUDA Version", version_chars)
+                .and_then(metahub_core::nvidia::CudaVersion::parse)
+                .map(|v| v.to_string());
+        }
+        if let Some(brand) = after(line, "Product Brand", |c| c != '\r' && c != '\n') {
+            driver.brands.push(toolkit_brand(brand));
+        }
+    }
+    driver
+}
+
+/// NVML's brand as nvidia-smi prints it (`nvmlBrandType`) → the toolkit's name (libnvidia-container's).
+fn toolkit_brand(printed: &str) -> String {
+    match printed {
+        "NVIDIA Virtual Applications" => "vapps".into(),
+        "NVIDIA Virtual PC" => "vpc".into(),
+        "NVIDIA Virtual Compute Server" => "vcs".into(),
+        "NVIDIA RTX Virtual Workstation" | "NVIDIA Virtual Workstation" => "vws".into(),
+        "NVIDIA Cloud Gaming" => "cloudgaming".into(),
+        // Tesla, Quadro, NVS, GRID, GeForce, Titan, Quadro RTX, NVIDIA RTX, NVIDIA, GeForce RTX, Titan RTX, Unknown
+        other => other.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase(),
+    }
+}
+
 /// Runs nvidia-smi; `None` when there is none or it fails (no GPU feature then), with a note saying why.
-fn run_nvidia_smi(notes: &mut Vec<String>) -> Option<String> {
-    let child = Command::new("nvidia-smi")
-        .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn();
+fn run_nvidia_smi(args: &[&str], notes: &mut Vec<String>) -> Option<String> {
+    let child =
+        Command::new("nvidia-smi").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -335,6 +441,46 @@ mod tests {
         assert!(parse_compute_caps("").is_err());
         assert!(parse_compute_caps("[N/A]\n").is_err());
         assert!(parse_compute_caps("Field \"compute_cap\" is not a valid field to query.\n").is_err());
+    }
+
+    fn recorded(name: &str) -> String {
+        let path = format!("{}/tests/nvidia-smi/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn drivers_from_recorded_nvidia_smi_outputs() {
+        let driver = |version: &str, cuda: Option<&str>, brands: &[&str]| Driver {
+            version: Some(version.into()),
+            cuda: cuda.map(str::to_owned),
+            brands: brands.iter().map(|b| b.to_string()).collect(),
+        };
+        assert_eq!(parse_driver(&recorded("header-535-geforce.txt")), driver("535.129.03", Some("12.2"), &[]));
+        assert_eq!(parse_driver(&recorded("q-550-tesla.txt")), driver("550.127.05", Some("12.4"), &["tesla"]));
+        assert_eq!(parse_driver(&recorded("q-470-tesla.txt")), driver("470.129.06", Some("11.4"), &["tesla"]));
+        assert_eq!(parse_driver(&recorded("q-535-vgpu-host.txt")), driver("535.129.03", None, &["tesla"]));
+        assert_eq!(
+            parse_driver("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."),
+            Driver::default()
+        );
+        assert_eq!(parse_driver(""), Driver::default());
+    }
+
+    #[test]
+    fn printed_brands_are_the_toolkits() {
+        for (printed, name) in [
+            ("Tesla", "tesla"),
+            ("GeForce RTX", "geforcertx"),
+            ("Quadro RTX", "quadrortx"),
+            ("NVIDIA RTX", "nvidiartx"),
+            ("NVIDIA", "nvidia"),
+            ("GRID", "grid"),
+            ("NVIDIA Virtual Compute Server", "vcs"),
+            ("NVIDIA Cloud Gaming", "cloudgaming"),
+        ] {
+            assert_eq!(toolkit_brand(printed), name);
+            assert!(metahub_core::nvidia::BRANDS.contains(&name), "{name}");
+        }
     }
 
     #[test]

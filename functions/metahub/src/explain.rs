@@ -8,8 +8,10 @@ use crate::upstreams::UpstreamArgs;
 use anyhow::{Context, bail};
 use clap::Args;
 use metahub_core::filter::{self, ACCEPT_ALL, Index, Verdict};
+use metahub_core::nvidia::GpuRequirements;
 use metahub_core::ports::{Manifest, Upstream};
 use metahub_core::reference::ImageRef;
+use metahub_core::service::read_index_requirements;
 use metahub_upstream::ClientOptions;
 use serde_json::json;
 
@@ -40,7 +42,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         // The store closes here: the embedded store is single-process, so it is not held during the upstream fetch.
     };
 
-    let manifest = fetch(&image, &args.upstreams).await?;
+    let (manifest, requirements) = fetch(&image, &args.upstreams).await?;
 
     if !filter::is_index_media_type(&manifest.media_type) {
         let why = "a single manifest, not an index: it passes through verbatim to every machine type";
@@ -62,9 +64,9 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     }
 
     let index = Index::parse(&manifest.bytes)?;
-    let verdicts = filter::explain(&index, &machine);
+    let verdicts = filter::explain_gpu(&index, &machine, &requirements);
     // The filtered index as `serve` answers it, or the 404 it answers when nothing fits.
-    let filtered = filter::filter_index(&manifest, &machine);
+    let filtered = filter::filter_index_gpu(&manifest, &machine, &requirements);
 
     if args.json {
         let entries: Vec<_> = verdicts.iter().map(Verdict::to_json).collect();
@@ -103,14 +105,22 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The upstream's manifest of `image`, as `serve` routes its name.
-pub(crate) async fn fetch(image: &ImageRef, upstreams: &UpstreamArgs) -> anyhow::Result<Manifest> {
+/// The upstream's manifest of `image`, as `serve` routes its name, and for an index the driver dimension: each
+/// child's NVIDIA_REQUIRE_*, read from its config as `serve` reads it.
+pub(crate) async fn fetch(image: &ImageRef, upstreams: &UpstreamArgs) -> anyhow::Result<(Manifest, GpuRequirements)> {
     let upstream = upstreams.router(&ClientOptions::default())?;
     let accept: Vec<String> = ACCEPT_ALL.iter().map(|s| (*s).to_owned()).collect();
-    upstream
+    let manifest = upstream
         .get_manifest(&image.name, &image.reference, &accept)
         .await
-        .with_context(|| format!("fetching {image} from {}", upstreams.describe()))
+        .with_context(|| format!("fetching {image} from {}", upstreams.describe()))?;
+    if !filter::is_index_media_type(&manifest.media_type) {
+        return Ok((manifest, GpuRequirements::new()));
+    }
+    let requirements = read_index_requirements(&upstream, &image.name, &manifest)
+        .await
+        .with_context(|| format!("reading the configs of {image}'s builds"))?;
+    Ok((manifest, requirements))
 }
 
 /// `sha256:` and the first 12 hex digits: enough to tell entries apart and to find them in `index inspect`.

@@ -28,12 +28,15 @@ pub async fn run(args: PinsArgs) -> anyhow::Result<()> {
     let image: ImageRef = args.image.parse().with_context(|| format!("image {:?}", args.image))?;
     // The embedded store is single-process: read the types, then close it before the upstream fetch.
     let machine_types = crate::store::open(&args.store.store).await?.list_machine_types().await?;
-    let manifest = fetch(&image, &args.upstreams).await?;
+    let (manifest, requirements) = fetch(&image, &args.upstreams).await?;
     let index = filter::is_index_media_type(&manifest.media_type);
     let rows: Vec<serde_json::Value> = machine_types
         .iter()
         .map(|machine| {
-            let served = if index { filter::filter_index(&manifest, machine) } else { Ok(manifest.clone()) };
+            let served = match index {
+                true => filter::filter_index_gpu(&manifest, machine, &requirements),
+                false => Ok(manifest.clone()),
+            };
             let (digest, builds, error) = match served {
                 Ok(served) if index => {
                     let builds = filter::client_choices(&served.bytes, machine).unwrap_or_default();

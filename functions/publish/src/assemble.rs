@@ -4,6 +4,7 @@
 
 use metahub_core::filter::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX};
 use metahub_core::machine::{Feature, level_variant};
+use metahub_core::nvidia::Requirements;
 use metahub_core::reference::{Digest, ImageRef};
 use metahub_core::{Error, Result};
 use serde_json::{Map, Value, json};
@@ -155,6 +156,9 @@ pub struct Entry {
     pub size: u64,
     pub platform: Platform,
     pub features: Vec<String>,
+    /// The `NVIDIA_REQUIRE_*` of its config, which MetaHub reads when serving: builds of one platform that differ
+    /// only in it (cu121, cu124) need no feature to be told apart.
+    pub requirements: Requirements,
 }
 
 impl Entry {
@@ -200,11 +204,14 @@ pub fn assemble(entries: &[Entry], format: Format) -> Result<Assembled> {
     let mut seen: Vec<(&Entry, BTreeSet<&str>)> = Vec::new();
     for e in &entries {
         let set: BTreeSet<&str> = e.features.iter().map(String::as_str).collect();
-        if let Some((first, _)) = seen.iter().find(|(o, s)| o.platform.key() == e.platform.key() && *s == set) {
-            let what = if set.is_empty() {
-                "are both generic (no features)".to_owned()
-            } else {
-                format!("both carry features [{}]", e.features.join(","))
+        let same = |o: &Entry, s: &BTreeSet<&str>| {
+            o.platform.key() == e.platform.key() && *s == set && o.requirements == e.requirements
+        };
+        if let Some((first, _)) = seen.iter().find(|(o, s)| same(o, s)) {
+            let what = match (set.is_empty(), e.requirements.is_empty()) {
+                (true, true) => "are both generic (no features, no NVIDIA_REQUIRE_*)".to_owned(),
+                (true, false) => format!("have the same NVIDIA requirement (cuda>={})", e.requirements.cuda()),
+                (false, _) => format!("both carry features [{}]", e.features.join(",")),
             };
             return Err(Error::manifest_invalid(format!(
                 "sources {} and {} {what} for platform {}: a machine could not tell them apart",
@@ -213,7 +220,14 @@ pub fn assemble(entries: &[Entry], format: Format) -> Result<Assembled> {
         }
         seen.push((e, set));
     }
-    let mut ordered: Vec<Entry> = entries.iter().filter(|e| e.features.is_empty()).cloned().collect();
+    // Generic first (what a client pulling from the upstream takes), then the builds with NVIDIA requirements only,
+    // oldest CUDA first (the most drivers run it), then the rest in the given order.
+    let generic = |e: &&Entry| e.features.is_empty() && e.requirements.is_empty();
+    let mut ordered: Vec<Entry> = entries.iter().filter(generic).cloned().collect();
+    let mut cuda_only: Vec<Entry> =
+        entries.iter().filter(|e| e.features.is_empty() && !e.requirements.is_empty()).cloned().collect();
+    cuda_only.sort_by_key(|e| e.requirements.cuda());
+    ordered.extend(cuda_only);
     ordered.extend(entries.iter().filter(|e| !e.features.is_empty()).cloned());
     let manifests: Vec<Value> = ordered
         .iter()
@@ -239,6 +253,7 @@ mod tests {
 
     fn entry(source: &str, arch: &str, features: &[&str]) -> Entry {
         Entry {
+            requirements: Requirements::default(),
             source: source.into(),
             digest: Digest::sha256_of(source.as_bytes()),
             media_type: OCI_MANIFEST.into(),
@@ -334,6 +349,25 @@ mod tests {
         .unwrap();
         let variants: Vec<Option<&str>> = a.entries.iter().map(|e| e.platform.variant.as_deref()).collect();
         assert_eq!(variants, [None, Some("v2"), Some("v4"), Some("v8.4")]);
+    }
+
+    #[test]
+    fn cuda_builds_need_no_feature() {
+        let cuda = |source: &str, require: &str| Entry {
+            requirements: Requirements::from_env([format!("NVIDIA_REQUIRE_CUDA={require}").as_str()]),
+            ..entry(source, "amd64", &[])
+        };
+        let a = assemble(
+            &[cuda("cu124", "cuda>=12.4"), entry("cpu", "amd64", &[]), cuda("cu121", "cuda>=12.1")],
+            Format::Oci,
+        )
+        .unwrap();
+        let order: Vec<&str> = a.entries.iter().map(|e| e.source.as_str()).collect();
+        assert_eq!(order, ["cpu", "cu121", "cu124"], "generic, then oldest CUDA first");
+        let text = String::from_utf8(a.bytes).unwrap();
+        assert!(!text.contains("features"), "no feature written: MetaHub reads the configs\n{text}");
+        let e = assemble(&[cuda("a", "cuda>=12.4"), cuda("b", "cuda>=12.4")], Format::Oci).unwrap_err();
+        assert!(e.message.contains("same NVIDIA requirement (cuda>=12.4)"), "{e}");
     }
 
     #[test]

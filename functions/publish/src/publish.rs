@@ -7,6 +7,7 @@ use bytes::Bytes;
 use metahub_core::filter::{
     ACCEPT_ALL, ATTESTATION_SUBJECT, ATTESTATION_TYPE, DOCKER_MANIFEST, OCI_MANIFEST, is_index_media_type,
 };
+use metahub_core::nvidia::Requirements;
 use metahub_core::ports::{Manifest, Upstream};
 use metahub_core::reference::{Digest, ImageRef, Reference, RepositoryName};
 use metahub_core::{Error, Result};
@@ -109,16 +110,16 @@ async fn image_child(
             "is an artifact (config type {config_type:?}), not a container image; index create takes images only"
         )));
     }
+    // The config, always: its NVIDIA_REQUIRE_* tells builds of one platform apart (cu121, cu124) without a feature.
+    let config = client.get_blob(repository, &config_digest, CONFIG_LIMIT).await?;
+    let config_json: Value = serde_json::from_slice(&config)
+        .map_err(|_| Error::manifest_invalid(format!("its config blob {config_digest} is not JSON")))?;
     let platform = match platform {
         Some(p) => p,
-        None => {
-            let config = client.get_blob(repository, &config_digest, CONFIG_LIMIT).await?;
-            let config: Value = serde_json::from_slice(&config)
-                .map_err(|_| Error::manifest_invalid(format!("its config blob {config_digest} is not JSON")))?;
-            Platform::from_json(&config)
-                .ok_or_else(|| Error::manifest_invalid("its config names no architecture or os".to_owned()))?
-        }
+        None => Platform::from_json(&config_json)
+            .ok_or_else(|| Error::manifest_invalid("its config names no architecture or os".to_owned()))?,
     };
+    let requirements = Requirements::from_config(&config).unwrap_or_default();
     if platform.os == "unknown" || platform.architecture == "unknown" {
         return Err(Error::manifest_invalid(format!(
             "has platform {platform}: an attestation or other non-runnable manifest, not an image"
@@ -132,6 +133,7 @@ async fn image_child(
             size: manifest.bytes.len() as u64,
             platform,
             features,
+            requirements,
         },
         repository: repository.clone(),
         bytes: manifest.bytes,

@@ -41,6 +41,7 @@ use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConn
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
 use metahub_core::names::Login;
+use metahub_core::nvidia::Requirements;
 use metahub_core::ports::{
     Account, AccountChange, Change, ChildRecord, Manifest, Store, machine_type_in_use, machine_type_missing,
 };
@@ -470,6 +471,11 @@ fn child_key(repository: &RepositoryName, digest: &Digest) -> Item {
     key(format!("MAN#{}@{}", repository.as_str(), digest.as_str()), "CHILD")
 }
 
+/// The NVIDIA requirements of a child manifest, by its digest (any repository: the digest fixes the config).
+fn gpu_key(digest: &Digest) -> Item {
+    key(format!("GPU#{}", digest.as_str()), "GPU")
+}
+
 fn signing_key_key() -> Item {
     key("META".to_owned(), "SIGNING_KEY")
 }
@@ -859,6 +865,36 @@ impl Store for DynamoStore {
                     .map_err(|e| self.fail("PutItem", e))?;
             }
         }
+        Ok(())
+    }
+
+    async fn gpu_requirements(&self, digest: &Digest) -> Result<Option<Requirements>> {
+        let Some(item) = self.get("GetItem", gpu_key(digest), None, &[]).await? else { return Ok(None) };
+        let json = get_s(&item, "requirements").ok_or_else(|| {
+            Error::internal(format!(
+                "stored NVIDIA requirements GPU#{} are malformed: no requirements",
+                digest.as_str()
+            ))
+        })?;
+        serde_json::from_str(json).map(Some).map_err(|e| {
+            Error::internal(format!("stored NVIDIA requirements GPU#{} are malformed: {e}", digest.as_str()))
+        })
+    }
+
+    /// Kept for [`MANIFEST_TTL`] (the table's TTL bounds them); a child pulled after that is read again.
+    async fn put_gpu_requirements(&self, digest: &Digest, requirements: &Requirements) -> Result<()> {
+        let json = serde_json::to_string(requirements)
+            .map_err(|e| Error::internal(format!("encoding NVIDIA requirements: {e}")))?;
+        let mut item = gpu_key(digest);
+        item.insert("requirements".into(), s(&json));
+        item.insert("ttl".into(), AttributeValue::N((now_epoch() + MANIFEST_TTL.as_secs()).to_string()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| self.fail("PutItem", e))?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! | `manifests`     | `<repo>@<digest>`  | (media type, exact bytes)               |
 //! | `meta`          | `signing_key`      | key bytes                               |
 //! | `changes`       | sequence number    | JSON `{"at","who","action","target"}` (the audit log) |
+//! | `gpu_requirements` | child manifest digest | JSON `{"expressions":[…]}`: its config's `NVIDIA_REQUIRE_*` (at most [`MAX_GPU_REQUIREMENTS`]) |
 //!
 //! The file is opened in redb's multi-writer mode, so `metahub machine-type put --store file:X` works while
 //! `metahub serve --store file:X` has the same file open: every process takes the file's write lock per
@@ -18,13 +19,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MachineTypeName};
 use metahub_core::names::Login;
+use metahub_core::nvidia::Requirements;
 use metahub_core::ports::{
     Account, AccountChange, Change, ChildRecord, Manifest, Store, machine_type_in_use, machine_type_missing,
 };
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
 use redb::{
-    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -41,6 +44,11 @@ const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
 /// The admin page's watched images, by reference; the value is unused.
 const WATCHED: TableDefinition<&str, ()> = TableDefinition::new("watched_images");
 const SIGNING_KEY: &str = "signing_key";
+/// The NVIDIA requirements read from each child's config, by child manifest digest.
+const GPU: TableDefinition<&str, &str> = TableDefinition::new("gpu_requirements");
+/// Children whose requirements the file keeps at most; past it, one kept entry (the first by digest: any) makes room.
+/// Forgotten ones are read again from their config when needed.
+pub const MAX_GPU_REQUIREMENTS: u64 = 100_000;
 
 /// redb's page cache defaults to 1 GiB; the store holds kilobytes to a few megabytes.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -91,6 +99,7 @@ impl FileStore {
         txn.open_table(CHILDREN).map_err(|e| store.fail(e))?;
         txn.open_table(CHANGES).map_err(|e| store.fail(e))?;
         txn.open_table(WATCHED).map_err(|e| store.fail(e))?;
+        txn.open_table(GPU).map_err(|e| store.fail(e))?;
         txn.commit().map_err(|e| store.fail(e))?;
         Ok(store)
     }
@@ -456,6 +465,38 @@ impl Store for FileStore {
             s.write(|txn| {
                 let mut table = txn.open_table(WATCHED).map_err(|e| s.fail(e))?;
                 Ok(table.insert(image.as_str(), ()).map_err(|e| s.fail(e))?.is_none())
+            })
+        })
+        .await
+    }
+
+    async fn gpu_requirements(&self, digest: &Digest) -> Result<Option<Requirements>> {
+        let key = digest.to_string();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(GPU).map_err(|e| s.fail(e))?;
+            let Some(value) = table.get(key.as_str()).map_err(|e| s.fail(e))? else { return Ok(None) };
+            serde_json::from_str(value.value())
+                .map(Some)
+                .map_err(|e| Error::internal(format!("stored NVIDIA requirements of {key} are malformed: {e}")))
+        })
+        .await
+    }
+
+    async fn put_gpu_requirements(&self, digest: &Digest, requirements: &Requirements) -> Result<()> {
+        let key = digest.to_string();
+        let json = to_json(requirements)?;
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(GPU).map_err(|e| s.fail(e))?;
+                if table.len().map_err(|e| s.fail(e))? >= MAX_GPU_REQUIREMENTS {
+                    let first = table.first().map_err(|e| s.fail(e))?.map(|(k, _)| k.value().to_owned());
+                    if let Some(first) = first {
+                        table.remove(first.as_str()).map_err(|e| s.fail(e))?;
+                    }
+                }
+                table.insert(key.as_str(), json.as_str()).map_err(|e| s.fail(e))?;
+                Ok(())
             })
         })
         .await

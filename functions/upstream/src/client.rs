@@ -382,6 +382,50 @@ impl Upstream for RegistryClient {
         Err(self.unexpected(resp, Target::Blob(&name, digest)).await)
     }
 
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        /// Redirects followed at most: registry → storage is one; a CDN in front of storage may add one more.
+        const MAX_HOPS: usize = 3;
+        let name = self.upstream_name(repository);
+        let url = self.api_url(&name, "blobs", digest.as_str())?;
+        let mut resp = self.send(Method::GET, &url, None, Self::scope(&name)).await?;
+        let mut at = url.clone();
+        for _ in 0..MAX_HOPS {
+            if !resp.status().is_redirection() {
+                break;
+            }
+            let target = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|location| at.join(location).ok())
+                .filter(|t| matches!(t.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    Error::bad_gateway(format!(
+                        "{} redirected a blob to a missing or unusable Location",
+                        self.auth.label()
+                    ))
+                })?;
+            // The storage URL is presigned (or public): sent without the registry's credentials, as clients do.
+            tracing::debug!(upstream = %self.auth.host(), "following a blob redirect to storage");
+            resp = self.http()?.get(target.clone()).send().await.map_err(|e| self.auth.transport_error(e))?;
+            at = target;
+        }
+        if resp.status() != StatusCode::OK {
+            if resp.status().is_redirection() {
+                return Err(Error::bad_gateway(format!(
+                    "{} redirected a blob more than {MAX_HOPS} times",
+                    self.auth.label()
+                )));
+            }
+            return Err(self.unexpected(resp, Target::Blob(&name, digest)).await);
+        }
+        let bytes = self.read_limited(&mut resp, max_bytes, "blob").await?;
+        if !digest.verifies(&bytes) {
+            return Err(Error::bad_gateway(format!("{} sent a blob that does not match {digest}", self.auth.label())));
+        }
+        Ok(bytes)
+    }
+
     async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {
         #[derive(Deserialize)]
         struct TagList {

@@ -4,6 +4,7 @@
 use crate::client::RegistryClient;
 use crate::config::{ClientOptions, UpstreamConfig};
 use async_trait::async_trait;
+use bytes::Bytes;
 use metahub_core::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use metahub_core::reference::{Digest, Reference, RepositoryName};
 use metahub_core::{Error, ErrorCode, Result};
@@ -121,6 +122,11 @@ impl Upstream for UpstreamRouter {
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
         let (upstream, name) = self.route(repository)?;
         upstream.blob_location(&name, digest).await
+    }
+
+    async fn small_blob(&self, repository: &RepositoryName, digest: &Digest, max_bytes: usize) -> Result<Bytes> {
+        let (upstream, name) = self.route(repository)?;
+        upstream.small_blob(&name, digest, max_bytes).await
     }
 
     async fn tags(&self, repository: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<TagPage> {

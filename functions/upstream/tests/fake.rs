@@ -409,3 +409,56 @@ async fn a_non_http_answer_is_a_bad_gateway() {
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     server.abort();
 }
+
+/// `small_blob` (image configs, for their NVIDIA requirements): follows the registry's redirect to storage without
+/// the registry's credentials, verifies the digest, and refuses what is too large or redirects without end.
+#[tokio::test]
+async fn small_blobs_follow_redirects_and_are_bounded() {
+    let config = br#"{"config":{"Env":["NVIDIA_REQUIRE_CUDA=cuda>=12.4"]}}"#.to_vec();
+    let (good, liar) = (sha256(&config), sha256(b"something else"));
+    let big = vec![b'x'; 2 << 20];
+    let big_digest = sha256(&big);
+    let loop_digest = sha256(b"loop");
+    let f = {
+        let (good, liar, big_digest, loop_digest, config, big) =
+            (good.clone(), liar.clone(), big_digest.clone(), loop_digest.clone(), config.clone(), big.clone());
+        fake(move |_| {
+            Arc::new(move |_, path, headers| {
+                if path == format!("/v2/org/img/blobs/{good}") {
+                    response(307, &[("location", "/storage/good?sig=1")], "")
+                } else if path == "/storage/good?sig=1" {
+                    // presigned storage: the registry's credentials are not sent there
+                    if headers.contains_key("authorization") {
+                        return response(400, &[], "credentials sent to storage");
+                    }
+                    response(200, &[], config.clone())
+                } else if path == format!("/v2/org/img/blobs/{liar}") {
+                    response(200, &[], config.clone())
+                } else if path == format!("/v2/org/img/blobs/{big_digest}") {
+                    response(200, &[], big.clone())
+                } else if path == format!("/v2/org/img/blobs/{loop_digest}") {
+                    response(307, &[("location", path)], "")
+                } else {
+                    response(404, &[], r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#)
+                }
+            })
+        })
+        .await
+    };
+    let c = client_for(&f.url, Some(("u", "p")), ClientOptions::default());
+    let read = |digest: &str| {
+        let digest: Digest = digest.parse().unwrap();
+        let c = &c;
+        async move { c.small_blob(&name(), &digest, 1 << 20).await }
+    };
+    assert_eq!(read(&good).await.unwrap(), config);
+    let e = read(&liar).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
+    let e = read(&big_digest).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
+    assert!(e.message.contains("larger than the limit"), "{e}");
+    let e = read(&loop_digest).await.unwrap_err();
+    assert!(e.message.contains("more than 3 times"), "{e}");
+    let e = read(&sha256(b"absent")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::BlobUnknown, "{e}");
+}

@@ -15,6 +15,7 @@
 use super::{Host, Parsed, Text, View, normalized_architecture, platform_text};
 use crate::error::Result;
 use crate::machine::{Level, MachineType, MatchMode};
+use crate::nvidia::GpuRequirements;
 use archspec::cpu::Microarchitecture;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -91,7 +92,7 @@ pub fn children(index_bytes: &[u8]) -> Result<Vec<Listed>> {
 /// The entries of an index that `machine`'s clients may take, in index order, each once.
 pub fn client_choices(index_bytes: &[u8], machine: &MachineType) -> Result<Vec<Listed>> {
     let parsed = Parsed::parse(index_bytes)?;
-    let host = Host::capable(machine);
+    let host = Host::of(machine);
     let architecture = host_architecture(machine);
     let mut forms_taken: HashSet<(String, String)> = HashSet::new();
     let mut choices = Vec::new();
@@ -155,19 +156,19 @@ fn host_architecture(machine: &MachineType) -> Option<&'static str> {
     })
 }
 
-/// Why `machine` cannot run the build listed as `platform`, or `None` when it can: its CPU level and features, its
-/// GPU capability, any other feature. A capability, whatever the match mode: an `exact` machine runs a build of
-/// fewer features too.
-pub fn cannot_run(machine: &MachineType, digest: &str, platform: &Platform) -> Option<String> {
-    let host = Host::capable(machine);
+/// Why `machine` cannot run the build `digest` listed as `platform`, or `None` when it can: its CPU level and
+/// features, its GPU capability and driver (`gpu`: the NVIDIA requirements read from the builds' configs), any other
+/// feature. A capability, whatever the match mode: an `exact` machine runs a build of fewer features too.
+pub fn cannot_run(machine: &MachineType, digest: &str, platform: &Platform, gpu: &GpuRequirements) -> Option<String> {
+    let host = Host::capable(machine, gpu);
     let view = platform.view(digest);
     host.fit(&view).err().map(|miss| host.misses_because(&view, &miss))
 }
 
 impl<'m> Host<'m> {
     /// The machine as a judge of what it can run, not of what it prefers.
-    fn capable(machine: &'m MachineType) -> Host<'m> {
-        Host { mode: MatchMode::Best, ..Host::of(machine) }
+    fn capable(machine: &'m MachineType, gpu: &'m GpuRequirements) -> Host<'m> {
+        Host { mode: MatchMode::Best, ..Host::with(machine, gpu) }
     }
 }
 
@@ -233,20 +234,22 @@ mod tests {
     #[test]
     fn a_machine_runs_its_level_and_features_only() {
         let zen2 = machine(&["cpu:zen2"]);
+        let none = GpuRequirements::new();
+        let cannot_run = |m: &MachineType, gpu: &GpuRequirements, d: &str, p: &Platform| cannot_run(m, d, p, gpu);
         let p = |arch: &str, variant: &str, features: &[&str]| Platform {
             os: "linux".into(),
             architecture: arch.into(),
             variant: variant.into(),
             features: features.iter().map(|f| f.to_string()).collect(),
         };
-        assert_eq!(cannot_run(&zen2, "d", &p("amd64", "", &[])), None);
-        assert_eq!(cannot_run(&zen2, "d", &p("amd64", "v3", &[])), None);
-        assert!(cannot_run(&zen2, "d", &p("amd64", "v4", &[])).unwrap().contains("x86_64_v4"));
-        assert!(cannot_run(&zen2, "d", &p("amd64", "", &["cpu:zen3"])).unwrap().contains("cpu:zen3"));
-        assert!(cannot_run(&zen2, "d", &p("amd64", "", &["nvcap:7.0"])).unwrap().contains("nvcap:7.0"));
+        assert_eq!(cannot_run(&zen2, &none, "d", &p("amd64", "", &[])), None);
+        assert_eq!(cannot_run(&zen2, &none, "d", &p("amd64", "v3", &[])), None);
+        assert!(cannot_run(&zen2, &none, "d", &p("amd64", "v4", &[])).unwrap().contains("x86_64_v4"));
+        assert!(cannot_run(&zen2, &none, "d", &p("amd64", "", &["cpu:zen3"])).unwrap().contains("cpu:zen3"));
+        assert!(cannot_run(&zen2, &none, "d", &p("amd64", "", &["nvcap:7.0"])).unwrap().contains("nvcap:7.0"));
         // exact mode judges capability, not preference
         let exact = MachineType::new("x", vec!["cpu:skylake".into(), "nvcap:7.0".into()], MatchMode::Exact).unwrap();
-        assert_eq!(cannot_run(&exact, "d", &p("amd64", "", &["cpu:broadwell"])), None);
+        assert_eq!(cannot_run(&exact, &none, "d", &p("amd64", "", &["cpu:broadwell"])), None);
         assert!(p("amd64", "v3", &[]).has_requirements() && !p("amd64", "v1", &[]).has_requirements());
         assert_eq!(p("amd64", "v3", &["cpu:zen3"]).to_string(), "linux/amd64/v3 [cpu:zen3]");
     }

@@ -379,3 +379,45 @@ fn property_never_serves_what_the_machine_cannot_run() {
         }
     }
 }
+
+/// The driver dimension: requirements read from the configs (by child digest) and `cuda:` entry features.
+#[test]
+fn cuda_builds_by_driver() {
+    let bytes = serde_json::to_vec(&json!({"manifests": [
+        entry("cpu", "amd64", &[]),
+        entry("cu121", "amd64", &[]),
+        entry("cu124", "amd64", &[]),
+        entry("cu126-feature", "amd64", &["cuda:12.6"]),
+        entry("arm64", "arm64", &[]),
+    ]}))
+    .unwrap();
+    let upstream = Manifest { digest: Digest::sha256_of(&bytes), media_type: OCI_INDEX.into(), bytes: bytes.into() };
+    let requirements: GpuRequirements =
+        [("cu121", "cuda>=12.1"), ("cu124", "cuda>=12.4 brand=tesla,driver>=535,driver<536")]
+            .into_iter()
+            .map(|(d, r)| (d.to_owned(), std::sync::Arc::new(Requirements { expressions: vec![r.to_owned()] })))
+            .collect();
+    let served = |features: &[&str], mode| -> Vec<String> {
+        let machine = MachineType::new("m", features.iter().map(|f| f.to_string()).collect(), mode).unwrap();
+        let out = filter_index_gpu(&upstream, &machine, &requirements).unwrap();
+        Index::parse(&out.bytes).unwrap().entries.into_iter().map(|e| e.digest).collect()
+    };
+    assert_eq!(served(&[], MatchMode::Best), ["cpu", "arm64"]);
+    assert_eq!(served(&["cuda:12.2"], MatchMode::Best), ["cu121", "arm64"]);
+    assert_eq!(served(&["cuda:12.2", "driver:535.183.01", "gpu-brand:tesla"], MatchMode::Best), ["cu124", "arm64"]);
+    assert_eq!(served(&["cuda:12.6"], MatchMode::Best), ["cu126-feature", "arm64"], "the feature outranks by count");
+    assert_eq!(served(&["cuda:12.4"], MatchMode::Best), ["cu124", "arm64"]);
+    // without the map (filter_index), no config requirement is known: only the cuda: feature applies
+    let machine = MachineType::new("m", vec![], MatchMode::Best).unwrap();
+    let plain = filter_index(&upstream, &machine).unwrap();
+    assert_eq!(Index::parse(&plain.bytes).unwrap().entries.len(), 2);
+    // nothing runnable: the 404 names the NVIDIA requirements on offer
+    let only_cuda = serde_json::to_vec(&json!({"manifests": [entry("cu124", "amd64", &[])]})).unwrap();
+    let only_cuda =
+        Manifest { digest: Digest::sha256_of(&only_cuda), media_type: OCI_INDEX.into(), bytes: only_cuda.into() };
+    let e = filter_index_gpu(&only_cuda, &machine, &requirements).unwrap_err();
+    assert!(e.message.contains("NVIDIA_REQUIRE_CUDA: cuda>=12.4"), "{}", e.message);
+    // explain's reason
+    let verdicts = explain_gpu(&Index::parse(&upstream.bytes).unwrap(), &machine, &requirements);
+    assert_eq!(verdicts[1].reason, "needs cuda>=12.1; the machine type names no GPU driver (cuda:, driver:)");
+}

@@ -71,6 +71,8 @@ pub async fn run_all(fixture: &dyn Fixture) {
     rotations_race_a_move(fixture.fresh().await).await;
     eprintln!("conformance: watched images");
     watched_images(fixture.fresh().await).await;
+    eprintln!("conformance: NVIDIA requirements");
+    gpu_requirements(fixture.fresh().await).await;
     eprintln!("conformance: malformed machine type");
     malformed_machine_type(fixture).await;
 }
@@ -245,6 +247,21 @@ pub async fn child_records(store: Arc<dyn Store>) {
     let many: Vec<ChildRecord> = (0..100u32).map(|i| record(&i.to_be_bytes(), "", &["fabric:efa"], &index)).collect();
     store.put_child_records(&other, &many).await.unwrap();
     assert_eq!(store.child_record(&other, &many[99].digest).await.unwrap(), Some(many[99].clone()));
+}
+
+pub async fn gpu_requirements(store: Arc<dyn Store>) {
+    use crate::nvidia::Requirements;
+    let child = Digest::sha256_of(b"a child manifest");
+    assert_eq!(store.gpu_requirements(&child).await.unwrap(), None);
+    let long = format!("cuda>=12.4 {}", "brand=tesla,driver>=535,driver<536 ".repeat(60));
+    let requirements = Requirements { expressions: vec![long, "brand=tesla".into()] };
+    store.put_gpu_requirements(&child, &requirements).await.unwrap();
+    store.put_gpu_requirements(&child, &requirements).await.unwrap(); // idempotent
+    assert_eq!(store.gpu_requirements(&child).await.unwrap(), Some(requirements));
+    // "none" is kept too: a config without NVIDIA_REQUIRE_* is read once
+    let plain = Digest::sha256_of(b"a plain child");
+    store.put_gpu_requirements(&plain, &Requirements::default()).await.unwrap();
+    assert_eq!(store.gpu_requirements(&plain).await.unwrap(), Some(Requirements::default()));
 }
 
 pub async fn signing_key_race(store: Arc<dyn Store>) {
