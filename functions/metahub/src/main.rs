@@ -6,6 +6,7 @@ mod cli;
 mod detect;
 mod explain;
 mod index;
+mod listen;
 mod manage;
 mod metrics;
 mod serve;
