@@ -5,9 +5,10 @@
 //! - **body**: a request body may pause at most `body_timeout` between two pieces (tower-http's
 //!   `RequestBodyTimeout`), and a whole request, body and handler included, takes at most `request_timeout`
 //!   (tower's `Timeout`; answered `503 UNAVAILABLE` in the registry's error JSON);
-//! - **connections**: at most `max_connections` are served at once. Past that, a connection is answered
-//!   `503 UNAVAILABLE` with `Retry-After` and closed (a few dozen at a time; beyond those, closed at once), so a flood
-//!   makes clients retry instead of hang, and the process never runs out of file descriptors.
+//! - **connections**: at most `max_connections` are served at once. Past that, a connection that sends its request
+//!   within a second is answered `503 UNAVAILABLE` with `Retry-After` and closed (a few dozen at a time; beyond
+//!   those, closed at once), so a flood makes clients retry instead of hang, and, with `max_connections` below the
+//!   file limit, the process never runs out of file descriptors.
 //!
 //! axum's own `serve` sets none of these (no timer, so hyper's default header timeout never applies).
 
@@ -34,7 +35,10 @@ use tower::{BoxError, ServiceBuilder};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Connections past `max_connections` that are still read and answered 503 at once; any more are closed unanswered.
-const OVERFLOW_ANSWERED: usize = 64;
+const OVERFLOW_ANSWERED: usize = 32;
+/// How long a connection past the cap may take to send its request header before it is closed unanswered: short, so
+/// that silent connections cannot hold the few answering slots either.
+const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Seconds a client refused for want of a connection slot is asked to wait.
 const RETRY_AFTER_SECONDS: u64 = 1;
 
@@ -83,6 +87,36 @@ impl Limits {
     }
 }
 
+/// File descriptors kept free for everything but client connections: the store, upstream connections, logs.
+const RESERVED_FDS: u64 = 64;
+
+/// The process's soft limit on open files, where the system tells it (Linux's `/proc/self/limits`).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// `wanted` connections, or fewer when the open-file limit could not hold them (with a warning saying so): past the
+/// limit, accepting fails and every client waits, where past the cap they are answered at once.
+fn connection_cap(wanted: u32, what: &str) -> usize {
+    let wanted = wanted as usize;
+    let Some(limit) = open_file_limit() else { return wanted };
+    let room = limit.saturating_sub(RESERVED_FDS + OVERFLOW_ANSWERED as u64).max(1);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if room < wanted {
+        tracing::warn!(
+            listener = what,
+            max_connections = wanted,
+            open_file_limit = limit,
+            serving = room,
+            "--max-connections is above what the open file limit (ulimit -n) can hold; serving fewer"
+        );
+        return room;
+    }
+    wanted
+}
+
 /// A registry error JSON answer, outside any router.
 fn error_answer(error: &Error, retry_after: Option<u64>) -> Response<Body> {
     let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -101,6 +135,18 @@ fn busy() -> Response<Body> {
     let mut answer = error_answer(&error, Some(RETRY_AFTER_SECONDS));
     answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     answer
+}
+
+/// [`busy`] as bytes on the wire, for a connection there is no slot to read from.
+fn busy_bytes() -> Vec<u8> {
+    let error = Error::unavailable("the server is serving as many connections as it may; retry shortly");
+    let body = error.to_json().to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {RETRY_AFTER_SECONDS}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes, then lets the open requests finish
@@ -128,10 +174,12 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let mut refusing = http1::Builder::new();
-    refusing.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(false);
+    let overflow_timeout = limits.header_timeout.min(OVERFLOW_HEADER_TIMEOUT);
+    refusing.timer(TokioTimer::new()).header_read_timeout(overflow_timeout).keep_alive(false);
 
-    let served = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let served = Arc::new(Semaphore::new(connection_cap(limits.max_connections, what)));
     let answered_busy = Arc::new(Semaphore::new(OVERFLOW_ANSWERED));
+    let busy_unread = busy_bytes();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -168,12 +216,15 @@ pub async fn serve(
             tracing::debug!(listener = what, %peer, "connection refused: too many connections");
             let service = tower::service_fn(|_: Request<hyper::body::Incoming>| async { Ok::<_, Infallible>(busy()) });
             let connection = refusing.serve_connection(io, TowerToHyperService::new(service));
-            let deadline = limits.header_timeout;
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(deadline, connection).await;
+                // The header read timeout bounds the read; this bounds a client that never reads the answer.
+                let _ = tokio::time::timeout(overflow_timeout * 2, connection).await;
                 drop(permit);
             });
         } else {
+            // No slot even to read the request: the answer goes out unread, in one non-blocking write, and the
+            // connection is closed at once, so that a flood costs nothing beyond the accept.
+            let _ = io.inner().try_write(&busy_unread);
             drop(io);
         }
     }
@@ -187,4 +238,34 @@ pub async fn serve(
 /// Binds `address`, naming `flag` in the error.
 pub async fn bind(address: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("{flag} {address}: cannot listen"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_fits_the_open_file_limit() {
+        if let Some(limit) = open_file_limit() {
+            assert!(limit > 0);
+            assert!(connection_cap(u32::MAX, "test") as u64 <= limit);
+        }
+        assert_eq!(connection_cap(1, "test"), 1);
+    }
+
+    #[test]
+    fn the_unread_answer_is_a_whole_http_answer() {
+        let bytes = String::from_utf8(busy_bytes()).unwrap();
+        let (head, body) = bytes.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 ") && head.contains("\r\nretry-after: 1\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(body).unwrap()["errors"][0]["code"], "UNAVAILABLE");
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        assert!(Limits::default().validated().is_ok());
+        let zero = Limits { header_timeout: Duration::ZERO, ..Limits::default() };
+        assert!(zero.validated().unwrap_err().to_string().contains("--header-timeout"));
+    }
 }
