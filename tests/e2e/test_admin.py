@@ -90,6 +90,7 @@ def test_serve_refuses_a_short_secret(workdir, upstream):
     d = workdir / "short-admin-secret"
     d.mkdir()
     (d / "secret").write_text("too-short\n")
+    (d / "secret").chmod(0o600)
     p = run([METAHUB_BIN, "serve", "--listen", "127.0.0.1:1", "--upstream", upstream.url, "--store", f"file:{d / 'store.redb'}",
              "--admin-secret-file", str(d / "secret")], check=False, timeout=30)
     assert p.returncode != 0 and b"at least 32" in p.stderr, p.stderr

@@ -316,6 +316,7 @@ def test_upstream_credentials_from_a_file(workdir, upstream, images, tmp_path):
         # a key for no configured upstream stops the server with one line naming it
         typo = tmp_path / "typo.json"
         typo.write_text(json.dumps({"auths": {"privat.io": {"username": "a", "password": "b"}}}))
+        typo.chmod(0o600)
         p = run([conftest.METAHUB_BIN, "serve", "--listen", "127.0.0.1:1", "--upstream", f"private.io={private.url}",
                  "--upstream-credentials", str(typo), "--store", f"file:{tmp_path / 's.redb'}"], check=False)
         assert p.returncode != 0 and b"privat.io" in p.stderr, p.stderr

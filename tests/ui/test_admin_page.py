@@ -62,7 +62,7 @@ def test_create_machine_type_and_account(page, hub):
 
     page.tab("changes")
     log = page.wait_text("#changes-table", "ui-login machineType=zen2")
-    assert "put-account" in log and "ui-login machineType=zen2" in log and "admin-secret (page)" in log
+    assert "put-account" in log and "ui-login machineType=zen2" in log and "admin-secret (page, session " in log
 
 
 def test_matrix_cell_follows_a_feature_edit_and_explains(page, hub):

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cache;
 pub mod error;
+pub mod files;
 pub mod filter;
 pub mod machine;
 pub mod names;

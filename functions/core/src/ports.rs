@@ -35,8 +35,37 @@ impl Account {
     }
 
     /// Whether the account may pull `repository`: no list, or a prefix of the list that ends at a path boundary.
+    /// Names as written; [`Account::may_pull_named`] applies the upstream's naming rules first.
     pub fn may_pull(&self, repository: &str) -> bool {
         self.repositories.is_empty() || self.repositories.iter().any(|p| repository_matches(p, repository))
+    }
+
+    /// Whether the account may pull `repository`, with the repository and every entry of the list read by
+    /// `canonical` (the upstream's naming rules, [`Upstream::canonical_name`]) before they are compared:
+    /// - an entry ending in `/` is a namespace and grants every repository under it (`org/` grants `org/app`;
+    ///   `library/` grants Docker Hub's official images);
+    /// - any other entry is a repository name, spelled as its upstream spells it (Docker Hub's `nginx` is
+    ///   `library/nginx`), and grants that repository and the ones below it, whole segments only: `org/app` grants
+    ///   `org/app` and `org/app/sub`, never `org/application`; with Docker Hub, `nginx` grants `nginx` and
+    ///   `library/nginx`, never `nginx/app`.
+    pub fn may_pull_named(
+        &self,
+        repository: &RepositoryName,
+        canonical: &dyn Fn(&RepositoryName) -> RepositoryName,
+    ) -> bool {
+        if self.repositories.is_empty() {
+            return true;
+        }
+        let repository = canonical(repository);
+        self.repositories.iter().any(|entry| {
+            if entry.ends_with('/') {
+                return repository_matches(entry, repository.as_str());
+            }
+            match entry.parse::<RepositoryName>() {
+                Ok(name) => repository_matches(canonical(&name).as_str(), repository.as_str()),
+                Err(_) => false,
+            }
+        })
     }
 }
 
@@ -262,6 +291,11 @@ pub trait Store: Send + Sync {
         let _ = (digest, requirements);
         Ok(())
     }
+    /// Ends the admin page session `id` (signed out) for every process that shares this store; the record may be
+    /// forgotten after `expires_at` (Unix seconds), when the session's cookie expires anyway.
+    async fn revoke_session(&self, id: &str, expires_at: u64) -> Result<()>;
+    /// Whether the admin page session `id` was signed out.
+    async fn session_revoked(&self, id: &str) -> Result<bool>;
 }
 
 /// An upstream registry, reached only for names the configuration routes to it.
@@ -315,5 +349,70 @@ pub trait Upstream: Send + Sync {
     fn name_in_namespace(&self, host: &str, name: &RepositoryName) -> Result<RepositoryName> {
         let _ = name;
         Err(crate::Error::denied(format!("MetaHub mirrors no registry {host:?} (ns)")))
+    }
+
+    /// `name` spelled as its upstream knows it, under the same route prefix: Docker Hub's one-segment names are
+    /// `library/<name>`. Allow-lists compare names in this form, so that `nginx` and `library/nginx` are one image.
+    fn canonical_name(&self, name: &RepositoryName) -> RepositoryName {
+        name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(entries: &[&str]) -> Account {
+        let mut account = crate::testing::conformance::account("m", "t");
+        account.repositories = entries.iter().map(|e| e.to_string()).collect();
+        account
+    }
+
+    /// Docker Hub's rule, as `RegistryClient::canonical_name` applies it on the default route.
+    fn docker_hub(name: &RepositoryName) -> RepositoryName {
+        if name.segments() == 1 { name.with_prefix("library") } else { name.clone() }
+    }
+
+    fn as_written(name: &RepositoryName) -> RepositoryName {
+        name.clone()
+    }
+
+    fn may(account: &Account, repository: &str, naming: &dyn Fn(&RepositoryName) -> RepositoryName) -> bool {
+        account.may_pull_named(&repository.parse().unwrap(), naming)
+    }
+
+    #[test]
+    fn an_entry_grants_whole_segments_only() {
+        let account = allowed(&["org/app"]);
+        for naming in [&as_written as &dyn Fn(&RepositoryName) -> RepositoryName, &docker_hub] {
+            assert!(may(&account, "org/app", naming));
+            assert!(may(&account, "org/app/sub", naming));
+            assert!(!may(&account, "org/application", naming), "a prefix ends at a `/`");
+            assert!(!may(&account, "org/ap", naming));
+            assert!(!may(&account, "org", naming));
+            assert!(!may(&account, "other/org/app", naming));
+        }
+        assert!(account.may_pull("org/app") && !account.may_pull("org/application"));
+        let namespace = allowed(&["org/"]);
+        assert!(may(&namespace, "org/app", &as_written) && may(&namespace, "org/app/x", &as_written));
+        assert!(!may(&namespace, "organisation/app", &as_written) && !may(&namespace, "org", &as_written));
+        assert!(may(&allowed(&[]), "anything/at/all", &docker_hub), "no list: every repository");
+    }
+
+    #[test]
+    fn docker_hub_one_segment_entries_are_official_images() {
+        let account = allowed(&["nginx"]);
+        assert!(may(&account, "nginx", &docker_hub));
+        assert!(may(&account, "library/nginx", &docker_hub), "the same image, spelled in full");
+        assert!(!may(&account, "nginx/app", &docker_hub), "nginx is library/nginx, not the nginx/ namespace");
+        assert!(!may(&account, "nginxy", &docker_hub));
+        let full = allowed(&["library/nginx"]);
+        assert!(may(&full, "nginx", &docker_hub) && !may(&full, "nginx/app", &docker_hub));
+        let official = allowed(&["library/"]);
+        assert!(may(&official, "alpine", &docker_hub) && !may(&official, "org/alpine", &docker_hub));
+        // elsewhere a one-segment entry is a namespace, granted segment by segment
+        let org = allowed(&["org"]);
+        assert!(may(&org, "org/app", &as_written) && !may(&org, "orgs/app", &as_written));
+        assert!(!may(&org, "org/app", &docker_hub), "on Docker Hub `org` is library/org");
     }
 }

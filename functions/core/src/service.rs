@@ -5,7 +5,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL};
 use crate::machine::{MachineType, MatchMode};
 use crate::observe::{self, Answer, ObservedUpstream};
-use crate::ports::{BlobLocation, ChildRecord, Manifest, Store, Upstream};
+use crate::ports::{Account, BlobLocation, ChildRecord, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use std::sync::{Arc, LazyLock};
 
@@ -25,14 +25,17 @@ pub struct RegistryService {
     /// The upstream behind its caches, and what the pull flow keeps in memory.
     cache: PullCache,
     index_digest_pulls: IndexDigestPulls,
+    /// The upstream itself, for its naming rules ([`Upstream::canonical_name`]).
+    naming: Arc<dyn Upstream>,
 }
 
 impl RegistryService {
     pub fn new(store: Arc<dyn Store>, upstream: Arc<dyn Upstream>, options: CacheOptions) -> Self {
         RegistryService {
             store,
-            cache: PullCache::new(Arc::new(ObservedUpstream::new(upstream)), &options),
+            cache: PullCache::new(Arc::new(ObservedUpstream::new(upstream.clone())), &options),
             index_digest_pulls: IndexDigestPulls::default(),
+            naming: upstream,
         }
     }
 
@@ -44,6 +47,12 @@ impl RegistryService {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Whether `account` may pull `repository`, its allow-list read by the upstream's naming rules
+    /// ([`Account::may_pull_named`]).
+    pub fn may_pull(&self, account: &Account, repository: &RepositoryName) -> bool {
+        account.may_pull_named(repository, &|name| self.naming.canonical_name(name))
     }
 
     /// The upstream port, through its caches.

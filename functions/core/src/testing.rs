@@ -35,6 +35,7 @@ struct MemoryState {
     changes: Vec<Change>,
     watched: BTreeSet<String>,
     gpu: HashMap<Digest, Requirements>,
+    revoked_sessions: HashMap<String, u64>,
 }
 
 impl MemoryStore {
@@ -160,6 +161,16 @@ impl Store for MemoryStore {
     }
     async fn unwatch_image(&self, image: &str) -> Result<bool> {
         Ok(self.state().watched.remove(image))
+    }
+    async fn revoke_session(&self, id: &str, expires_at: u64) -> Result<()> {
+        let mut state = self.state();
+        let now = crate::token::now_seconds();
+        state.revoked_sessions.retain(|_, until| *until > now);
+        state.revoked_sessions.insert(id.to_owned(), expires_at);
+        Ok(())
+    }
+    async fn session_revoked(&self, id: &str) -> Result<bool> {
+        Ok(self.state().revoked_sessions.contains_key(id))
     }
 }
 

@@ -70,8 +70,10 @@ impl AdminAuth {
 pub struct AdminPrincipal(pub String);
 
 const SECRET_PRINCIPAL: &str = "admin-secret";
-/// The admin page signed in with the secret.
-const PAGE_PRINCIPAL: &str = "admin-secret (page)";
+/// The admin page signed in with the secret, in the session `id`: the audit log tells two sign-ins apart.
+fn page_principal(session_id: &str) -> String {
+    format!("admin-secret (page, session {session_id})")
+}
 
 pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
@@ -94,6 +96,8 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/changes", get(changes).fallback(method_not_allowed))
         .route_layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(app, require_admin))
+        // Outermost: refusals get the headers too.
+        .layer(axum::middleware::from_fn(admin_ui::security_headers))
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {
@@ -129,9 +133,9 @@ pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Requ
             let secret = secret.expose_str();
             match bearer(request.headers()) {
                 // No Authorization header: the admin page, signed in with a session cookie.
-                None => match admin_ui::check_session(&request, secret) {
-                    Ok(()) => {
-                        request.extensions_mut().insert(AdminPrincipal(PAGE_PRINCIPAL.to_owned()));
+                None => match admin_ui::check_session(&app, request.method(), request.headers(), secret).await {
+                    Ok(session) => {
+                        request.extensions_mut().insert(AdminPrincipal(page_principal(&session.id)));
                     }
                     Err(why) => return refuse(why, &app),
                 },

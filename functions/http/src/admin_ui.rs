@@ -6,9 +6,12 @@
 //!   data route goes through `require_admin`. Behind the admin function's `AWS_IAM` Function URL, AWS refuses every
 //!   unsigned request, assets included: operators reach it through `metahub admin ui`, which signs with SigV4.
 //! - **Sign-in** (`metahub serve --admin-secret-file`): the page POSTs the secret once to `/admin/session`; the answer
-//!   sets `metahub_admin=<expiry>.<HMAC(secret, expiry)>`, `HttpOnly; SameSite=Strict; Path=/admin`, so no script can
-//!   read it and no other site's request carries it. Stateless (any process checks it), it ends after
-//!   [`SESSION_LIFETIME`], at sign-out, and for every session at once when the secret changes.
+//!   sets `metahub_admin=<session id>.<expiry>.<HMAC(secret, id.expiry)>`, `HttpOnly; SameSite=Strict; Path=/admin`,
+//!   so no script can read it and no other site's request carries it. Each sign-in gets its own random session id,
+//!   which the audit log records with every change made in that session. Any process checks the cookie by its HMAC
+//!   and asks the store whether the session was signed out ([`Store::revoke_session`], so a sign-out holds across
+//!   Lambda instances); it ends after [`SESSION_LIFETIME`], at sign-out, and for every session at once when the
+//!   secret changes.
 //! - **CSRF**: a write authenticated by that cookie must also carry `X-MetaHub-CSRF: <HMAC(secret, cookie)>`. Only a
 //!   same-origin script can read that token (from `/admin/session`), and no other origin can send a custom header
 //!   without a CORS preflight, which is never granted. SameSite=Strict already keeps the cookie off cross-site requests.
@@ -30,6 +33,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use metahub_core::admin::AdminPort;
 use metahub_core::machine::MachineType;
+#[cfg(doc)]
+use metahub_core::ports::Store;
 use metahub_core::reference::ImageRef;
 use metahub_core::token::now_seconds;
 use metahub_core::{Error, ErrorCode};
@@ -75,7 +80,8 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-async fn security_headers(request: Request, next: Next) -> Response {
+/// What every admin answer carries, JSON included: no sniffing, no framing, no caching, no referrer.
+pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
@@ -95,9 +101,15 @@ fn mac(secret: &str, purpose: &str, value: &str) -> Hmac<Sha256> {
     mac
 }
 
-fn session_value(secret: &str, expires: u64) -> String {
-    let tag = mac(secret, "session", &expires.to_string()).finalize().into_bytes();
-    format!("{expires}.{}", URL_SAFE_NO_PAD.encode(tag))
+/// A new session id: 128 random bits, URL-safe (no `.`, which separates the cookie's fields).
+fn new_session_id() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+}
+
+fn session_value(secret: &str, id: &str, expires: u64) -> String {
+    let signed = format!("{id}.{expires}");
+    let tag = mac(secret, "session", &signed).finalize().into_bytes();
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag))
 }
 
 fn csrf_token(secret: &str, session: &str) -> String {
@@ -114,29 +126,58 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
 }
 
-/// Whether `value` is a session this secret issued that has not expired.
-fn session_valid(secret: &str, value: &str) -> bool {
-    let Some((expires, tag)) = value.split_once('.') else { return false };
-    let (Ok(expires_at), Ok(tag)) = (expires.parse::<u64>(), URL_SAFE_NO_PAD.decode(tag)) else { return false };
-    expires_at > now_seconds() && mac(secret, "session", expires).verify_slice(&tag).is_ok()
+/// A session cookie this secret issued, not yet expired (whether it was signed out is the store's to say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub id: String,
+    pub expires_at: u64,
 }
 
-/// Authenticates a request by its session cookie (the page's requests), for `require_admin`: `Ok` with a valid,
-/// unexpired session and, on a write, the matching CSRF header; otherwise the reason to refuse.
-pub(crate) fn check_session(request: &Request, secret: &str) -> Result<(), &'static str> {
-    let Some(session) = session_cookie(request.headers()) else {
+/// The session `value` names, if this secret issued it and it has not expired.
+fn session_valid(secret: &str, value: &str) -> Option<Session> {
+    let (signed, tag) = value.rsplit_once('.')?;
+    let (id, expires) = signed.split_once('.')?;
+    let (Ok(expires_at), Ok(tag)) = (expires.parse::<u64>(), URL_SAFE_NO_PAD.decode(tag)) else { return None };
+    if id.is_empty() || expires_at <= now_seconds() || mac(secret, "session", signed).verify_slice(&tag).is_err() {
+        return None;
+    }
+    Some(Session { id: id.to_owned(), expires_at })
+}
+
+/// The session of a valid cookie that was not signed out; a store failure counts as signed out (refuse, not trust).
+async fn live_session(app: &App, secret: &str, value: &str) -> Option<Session> {
+    let session = session_valid(secret, value)?;
+    match app.registry.store().session_revoked(&session.id).await {
+        Ok(false) => Some(session),
+        Ok(true) => None,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "checking an admin session against the store failed");
+            None
+        }
+    }
+}
+
+/// Authenticates a request by its session cookie (the page's requests), for `require_admin`: the session of a
+/// valid, unexpired, not signed-out cookie with, on a write, the matching CSRF header; otherwise the reason to refuse.
+pub(crate) async fn check_session(
+    app: &App,
+    method: &Method,
+    headers: &HeaderMap,
+    secret: &str,
+) -> Result<Session, &'static str> {
+    let Some(session) = session_cookie(headers) else {
         return Err("admin credentials required: Authorization: Bearer <admin secret>, or sign in at /admin/");
     };
-    if !session_valid(secret, session) {
-        return Err("the admin session has expired or is invalid: sign in again at /admin/");
-    }
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        let given = request.headers().get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+    let Some(live) = live_session(app, secret, session).await else {
+        return Err("the admin session has expired, was signed out or is invalid: sign in again at /admin/");
+    };
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        let given = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
         if !constant_time_eq(given, csrf_token(secret, session).as_bytes()) {
             return Err("a write from the admin page must carry its X-MetaHub-CSRF token");
         }
     }
-    Ok(())
+    Ok(live)
 }
 
 fn cookie(value: &str, max_age: u64, app: &App) -> HeaderValue {
@@ -162,10 +203,11 @@ async fn session(State(app): State<Arc<App>>, request: Request) -> Response {
             if admin::bearer(request.headers()).is_some_and(|b| constant_time_eq(b.as_bytes(), secret.as_bytes())) {
                 return ok_json(json!({"signedIn": true, "mode": "secret", "via": "bearer", "csrf": ""}));
             }
-            match session_cookie(request.headers()).filter(|s| session_valid(secret, s)) {
-                Some(s) => {
-                    ok_json(json!({"signedIn": true, "mode": "secret", "via": "cookie", "csrf": csrf_token(secret, s)}))
-                }
+            let Some(value) = session_cookie(request.headers()) else { return signed_out("secret") };
+            match live_session(&app, secret, value).await {
+                Some(_) => ok_json(
+                    json!({"signedIn": true, "mode": "secret", "via": "cookie", "csrf": csrf_token(secret, value)}),
+                ),
                 None => signed_out("secret"),
             }
         }
@@ -195,17 +237,27 @@ async fn sign_in(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         tracing::warn!("admin page sign-in with a wrong secret refused");
         return Err(Error::unauthorized("invalid admin secret").into());
     }
-    let value = session_value(secret, now_seconds() + SESSION_LIFETIME);
+    let id = new_session_id();
+    let value = session_value(secret, &id, now_seconds() + SESSION_LIFETIME);
+    tracing::info!(session = %id, "admin page signed in");
     let mut response =
         ok_json(json!({"signedIn": true, "mode": "secret", "via": "cookie", "csrf": csrf_token(secret, &value)}));
     response.headers_mut().insert(header::SET_COOKIE, cookie(&value, SESSION_LIFETIME, &app));
     Ok(response)
 }
 
-async fn sign_out(State(app): State<Arc<App>>) -> Response {
+/// Ends the session on the server (recorded in the store: every process refuses its cookie from now on), then in
+/// the browser.
+async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let AdminAuth::Secret(secret) = &app.admin
+        && let Some(session) = session_cookie(&headers).and_then(|v| session_valid(secret.expose_str(), v))
+    {
+        app.registry.store().revoke_session(&session.id, session.expires_at).await?;
+        tracing::info!(session = %session.id, "admin page signed out");
+    }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, cookie("", 0, &app));
-    response
+    Ok(response)
 }
 
 async fn list_watched(State(app): State<Arc<App>>, who: admin::Principal) -> Result<Response, ApiError> {
@@ -292,15 +344,24 @@ mod tests {
 
     #[test]
     fn sessions_are_bound_to_the_secret_and_expire() {
-        let live = session_value(SECRET, now_seconds() + 60);
-        assert!(session_valid(SECRET, &live));
-        assert!(!session_valid("another secret of thirty-two chars", &live));
-        assert!(!session_valid(SECRET, &session_value(SECRET, now_seconds() - 1)), "expired");
-        let (_, tag) = live.split_once('.').unwrap();
-        assert!(!session_valid(SECRET, &format!("{}.{tag}", now_seconds() + 999_999)), "expiry is signed");
-        for junk in ["", ".", "x.y", "1.", "99999999999.%%%"] {
-            assert!(!session_valid(SECRET, junk), "{junk:?}");
+        let expires_at = now_seconds() + 60;
+        let live = session_value(SECRET, "abc", expires_at);
+        assert_eq!(session_valid(SECRET, &live), Some(Session { id: "abc".into(), expires_at }));
+        assert!(session_valid("another secret of thirty-two chars", &live).is_none());
+        assert!(session_valid(SECRET, &session_value(SECRET, "abc", now_seconds() - 1)).is_none(), "expired");
+        let (_, tag) = live.rsplit_once('.').unwrap();
+        assert!(session_valid(SECRET, &format!("abc.{}.{tag}", now_seconds() + 999_999)).is_none(), "expiry is signed");
+        assert!(session_valid(SECRET, &format!("abd.{expires_at}.{tag}")).is_none(), "the id is signed");
+        for junk in ["", ".", "..", "x.y", "1.", "a.1.", ".1.x", "a.99999999999.%%%"] {
+            assert!(session_valid(SECRET, junk).is_none(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn every_session_gets_its_own_id() {
+        let ids: std::collections::HashSet<String> = (0..100).map(|_| new_session_id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(ids.iter().all(|id| id.len() == 22 && !id.contains('.')));
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl AccountCheck {
         let account = self.current(app, &claims.sub).await?;
         match account {
             Some(a) if account_fingerprint(&a) == *fp => match repository {
-                Some(r) if !a.may_pull(r.as_str()) => {
+                Some(r) if !app.registry.may_pull(&a, r) => {
                     Err(Error::denied(format!("account {:?} may not pull {r}", claims.sub)))
                 }
                 _ => Ok(()),

@@ -116,7 +116,7 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
                 .scopes
                 .iter()
                 .filter_map(|s| Access::granted_for_scope(s))
-                .filter(|a| account.may_pull(&a.name))
+                .filter(|a| a.name.parse().is_ok_and(|name| app.registry.may_pull(&account, &name)))
                 .collect();
             let fp = Some(account_fingerprint(&account));
             app.keys.issue_with_fingerprint(account.login.as_str(), account.machine_type.as_str(), fp, access)?

@@ -7,6 +7,7 @@ mod credential_provider;
 mod detect;
 mod explain;
 mod index;
+mod listen;
 mod manage;
 mod metrics;
 mod pins;

@@ -22,8 +22,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 }
 
 /// Serves `GET /metrics` on `listen` until the process ends.
-pub async fn serve(listen: SocketAddr, handle: PrometheusHandle) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--metrics-listen {listen}"))?;
+pub async fn serve(listen: SocketAddr, handle: PrometheusHandle, limits: crate::listen::Limits) -> anyhow::Result<()> {
+    let listener = crate::listen::bind(listen, "--metrics-listen").await?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         // Drains histogram samples into their buckets so that memory stays bounded between scrapes.
@@ -42,7 +42,7 @@ pub async fn serve(listen: SocketAddr, handle: PrometheusHandle) -> anyhow::Resu
     );
     tracing::info!(%listen, "metrics served at /metrics");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, routes).await {
+        if let Err(e) = crate::listen::serve(listener, routes, limits, "metrics", std::future::pending()).await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
     });

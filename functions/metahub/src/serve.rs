@@ -52,9 +52,17 @@ pub struct ServeArgs {
     /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
     #[arg(long)]
     admin_secret_file: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (off by default); keep ADDR private.
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default); a loopback address unless
+    /// --metrics-public is given too.
     #[arg(long, env = "METAHUB_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Allow a --metrics-listen address that is not loopback: the metrics name accounts' machine types and
+    /// repositories, so keep that address on a private network.
+    #[arg(long, env = "METAHUB_METRICS_PUBLIC")]
+    metrics_public: bool,
+    /// Timeouts and the connection cap of every listener.
+    #[command(flatten)]
+    limits: crate::listen::Limits,
 }
 
 fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
@@ -64,9 +72,7 @@ fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
 /// The admin API's authentication: the secret from `--admin-secret-file` or `METAHUB_ADMIN_SECRET`, if any.
 fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
     let secret = match file {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading --admin-secret-file {}", path.display()))?
-        }
+        Some(path) => metahub_core::files::read_private(path, "--admin-secret-file")?,
         None => match std::env::var("METAHUB_ADMIN_SECRET") {
             Ok(secret) if !secret.trim().is_empty() => secret,
             _ => return Ok(AdminAuth::Disabled),
@@ -78,8 +84,15 @@ fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
+    let limits = args.limits.validated()?;
     if let Some(listen) = args.metrics_listen {
-        crate::metrics::serve(listen, crate::metrics::install()?).await?;
+        if !listen.ip().is_loopback() && !args.metrics_public {
+            anyhow::bail!(
+                "--metrics-listen {listen} is not a loopback address: the metrics name machine types and repositories; \
+                 add --metrics-public to serve them there anyway (on a private network only)"
+            );
+        }
+        crate::metrics::serve(listen, crate::metrics::install()?, limits).await?;
     }
     let store = crate::store::open(&args.store.store).await?;
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
@@ -106,13 +119,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = app::build(settings, store, Arc::new(upstream), &key)?;
 
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = crate::listen::bind(args.listen, "--listen").await?;
     tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, "metahub serving");
-    axum::serve(listener, metahub_http::router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serving")
+    crate::listen::serve(listener, metahub_http::router(app), limits, "registry", async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .context("serving")
 }

@@ -44,8 +44,7 @@ impl UpstreamArgs {
             credentials = UpstreamCredentials::for_default(user, password);
         }
         if let Some(path) = &self.upstream_credentials {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --upstream-credentials {}", path.display()))?;
+            let text = metahub_core::files::read_private(path, "--upstream-credentials")?;
             let file = UpstreamCredentials::parse(&text).with_context(|| format!("{}", path.display()))?;
             credentials = credentials.merge(file);
         }

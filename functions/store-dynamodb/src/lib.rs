@@ -8,6 +8,7 @@
 //! | signing key      | `META`                 | `SIGNING_KEY` | `key` (B)                                          |
 //! | audit log entry  | `CHANGES`              | `<at, 20 digits>#<ns, 9 digits>-<random>` | `at` (N), `who`, `action`, `target` (S) |
 //! | watched image    | `WATCHED`              | `<image reference>` |                                             |
+//! | signed-out admin page session | `SESSION#<id>` | `REVOKED` | `ttl` (N): the session's expiry, when DynamoDB may drop it |
 //!
 //! Invariants, and how each holds without a race:
 //! - an account's machine type exists: `put_account` is one `TransactWriteItems` that writes the account and
@@ -1029,5 +1030,23 @@ impl Store for DynamoStore {
             .await
             .map_err(|e| self.fail("DeleteItem", e))?;
         Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn revoke_session(&self, id: &str, expires_at: u64) -> Result<()> {
+        let mut item = key(format!("SESSION#{id}"), "REVOKED");
+        item.insert("ttl".into(), AttributeValue::N(expires_at.to_string()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| self.fail("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn session_revoked(&self, id: &str) -> Result<bool> {
+        // Strongly consistent: a sign-out holds on the next request, whichever Lambda instance serves it.
+        Ok(self.get("GetItem", key(format!("SESSION#{id}"), "REVOKED"), Some("pk"), &[]).await?.is_some())
     }
 }

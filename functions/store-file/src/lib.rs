@@ -8,6 +8,7 @@
 //! | `meta`          | `signing_key`      | key bytes                               |
 //! | `changes`       | sequence number    | JSON `{"at","who","action","target"}` (the audit log) |
 //! | `gpu_requirements` | child manifest digest | JSON `{"expressions":[…]}`: its config's `NVIDIA_REQUIRE_*` (at most [`MAX_GPU_REQUIREMENTS`]) |
+//! | `revoked_sessions` | admin page session id | its expiry, Unix seconds (signed-out sessions)     |
 //!
 //! The file is opened in redb's multi-writer mode, so `metahub machine-type put --store file:X` works while
 //! `metahub serve --store file:X` has the same file open: every process takes the file's write lock per
@@ -43,6 +44,8 @@ const CHILDREN: TableDefinition<&str, &str> = TableDefinition::new("child_record
 const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
 /// The admin page's watched images, by reference; the value is unused.
 const WATCHED: TableDefinition<&str, ()> = TableDefinition::new("watched_images");
+/// Admin page sessions signed out before their expiry: session id → expiry (Unix seconds), after which it is dropped.
+const REVOKED_SESSIONS: TableDefinition<&str, u64> = TableDefinition::new("revoked_sessions");
 const SIGNING_KEY: &str = "signing_key";
 /// The NVIDIA requirements read from each child's config, by child manifest digest.
 const GPU: TableDefinition<&str, &str> = TableDefinition::new("gpu_requirements");
@@ -67,14 +70,20 @@ impl std::fmt::Debug for FileStore {
 }
 
 impl FileStore {
-    /// Opens the store at `path`, creating the parent directories and the file when missing.
+    /// Opens the store at `path`, creating the parent directories (0700) and the file (0600) when missing. The file
+    /// holds the token signing key and the password hashes: an existing one that other users may read is refused.
     pub fn open(path: &Path) -> Result<FileStore> {
         let shown = path.display();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            private_dir_builder().create(parent).map_err(|e| {
                 Error::unavailable(format!("store file {shown}: cannot create directory {}: {e}", parent.display()))
             })?;
         }
+        metahub_core::files::refuse_shared(path, "store file")?;
+        // redb initialises an empty file as a new store: create it owner-only first, whatever the umask.
+        private_file_options()
+            .open(path)
+            .map_err(|e| Error::unavailable(format!("store file {shown} cannot be created: {e}")))?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .set_concurrency_mode(ConcurrencyMode::MultiWriter)
@@ -100,6 +109,7 @@ impl FileStore {
         txn.open_table(CHANGES).map_err(|e| store.fail(e))?;
         txn.open_table(WATCHED).map_err(|e| store.fail(e))?;
         txn.open_table(GPU).map_err(|e| store.fail(e))?;
+        txn.open_table(REVOKED_SESSIONS).map_err(|e| store.fail(e))?;
         txn.commit().map_err(|e| store.fail(e))?;
         Ok(store)
     }
@@ -162,6 +172,24 @@ impl FileStore {
         }
         Ok(account)
     }
+}
+
+/// Creates directories (parents included) accessible by their owner only.
+fn private_dir_builder() -> std::fs::DirBuilder {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+}
+
+/// Opens a file for writing, creating it readable and writable by its owner only when missing.
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
 }
 
 fn manifest_key(repository: &RepositoryName, digest: &Digest) -> String {
@@ -512,6 +540,31 @@ impl Store for FileStore {
         })
         .await
     }
+
+    async fn revoke_session(&self, id: &str, expires_at: u64) -> Result<()> {
+        let id = id.to_owned();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(REVOKED_SESSIONS).map_err(|e| s.fail(e))?;
+                // Sessions past their expiry need no record: their cookies are refused anyway.
+                let now = metahub_core::token::now_seconds();
+                table.retain(|_, until| until > now).map_err(|e| s.fail(e))?;
+                table.insert(id.as_str(), expires_at).map_err(|e| s.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn session_revoked(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(REVOKED_SESSIONS).map_err(|e| s.fail(e))?;
+            Ok(table.get(id.as_str()).map_err(|e| s.fail(e))?.is_some())
+        })
+        .await
+    }
 }
 
 /// A generated manifest must be stored under its own digest.
@@ -549,5 +602,40 @@ mod change_tests {
         let targets: Vec<String> = store.changes(3).await.unwrap().into_iter().map(|c| c.target).collect();
         assert_eq!(targets, ["t3", "t2", "t1"]);
         assert_eq!(store.changes(100).await.unwrap().len(), 4);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod permission_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_store_and_its_directory_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/sub/store.redb");
+        FileStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("new/sub")), 0o700);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_store_others_may_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let key = FileStore::open(&path).unwrap().signing_key_or_insert(&[7; 32]).await.unwrap();
+        for shared in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(shared)).unwrap();
+            let e = FileStore::open(&path).unwrap_err();
+            assert!(e.message.contains(&format!("chmod 600 {}", path.display())), "{}", e.message);
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let reopened = FileStore::open(&path).unwrap();
+        assert_eq!(reopened.signing_key_or_insert(&[9; 32]).await.unwrap(), key, "the fix loses nothing");
     }
 }

@@ -79,6 +79,7 @@ async fn locked_file_is_a_clear_error() {
     let path = dir.path().join("store.redb");
     // A writer in redb's exclusive mode (another tool, or an old metahub) locks the whole file.
     let _exclusive = redb::Database::create(&path).unwrap();
+    owner_only(&path);
     let e = FileStore::open(&path).unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
     assert!(e.message.contains("in use by another metahub process") && e.message.contains("store.redb"), "{e}");
@@ -95,7 +96,14 @@ async fn unusable_path_is_unavailable_naming_it() {
 
     let garbage = dir.path().join("garbage.redb");
     std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+    owner_only(&garbage);
     let e = FileStore::open(&garbage).unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
     assert!(e.message.contains("garbage.redb"), "{e}");
+}
+
+/// Files these tests write themselves are made owner-only, as `FileStore` demands of a store.
+fn owner_only(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -481,6 +481,10 @@ impl Upstream for RegistryClient {
             .any(|f| f.trim() == "artifactType");
         Ok(Some(Referrers { manifests: index.manifests, artifact_type_filtered: applied }))
     }
+
+    fn canonical_name(&self, name: &RepositoryName) -> RepositoryName {
+        self.upstream_name(name)
+    }
 }
 
 /// The `Link: <…>; rel="next"` of a tag list: `None` without one; `Some(last)` with the `last` its URL names (when it

@@ -160,6 +160,16 @@ impl Upstream for UpstreamRouter {
             _ => Err(refuse()),
         }
     }
+
+    fn canonical_name(&self, name: &RepositoryName) -> RepositoryName {
+        let Some(r) = self.routes.iter().find(|r| r.prefix.is_empty() || name.strip_prefix(&r.prefix).is_some()) else {
+            return name.clone();
+        };
+        match name.strip_prefix(&r.prefix) {
+            Some(rest) if !r.prefix.is_empty() => r.upstream.canonical_name(&rest).with_prefix(&r.prefix),
+            _ => r.upstream.canonical_name(name),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -262,5 +272,32 @@ mod tests {
         let cfgs = [UpstreamConfig::from_url("http://127.0.0.1:1").unwrap().with_prefix("p")];
         let r = UpstreamRouter::new(&cfgs, &ClientOptions::default()).unwrap();
         assert_eq!(r.prefixes().collect::<Vec<_>>(), ["p"]);
+    }
+
+    #[test]
+    fn canonical_names_follow_the_routed_upstream() {
+        let configs = [
+            UpstreamConfig::parse_spec("https://registry-1.docker.io").unwrap(),
+            UpstreamConfig::parse_spec("hub=https://registry-1.docker.io").unwrap(),
+            UpstreamConfig::parse_spec("ghcr.io=https://ghcr.io").unwrap(),
+        ];
+        let router = UpstreamRouter::new(&configs, &ClientOptions::default()).unwrap();
+        for (name, canonical) in [
+            ("nginx", "library/nginx"),
+            ("library/nginx", "library/nginx"),
+            ("nginx/app", "nginx/app"),
+            ("hub/nginx", "hub/library/nginx"),
+            ("hub/org/app", "hub/org/app"),
+            ("ghcr.io/org", "ghcr.io/org"),
+            ("ghcr.io/org/app", "ghcr.io/org/app"),
+        ] {
+            assert_eq!(router.canonical_name(&name.parse().unwrap()).as_str(), canonical, "{name}");
+        }
+        let plain = UpstreamRouter::new(
+            &[UpstreamConfig::parse_spec("http://127.0.0.1:5000").unwrap()],
+            &ClientOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(plain.canonical_name(&"nginx".parse().unwrap()).as_str(), "nginx", "other registries: as written");
     }
 }

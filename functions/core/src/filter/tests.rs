@@ -97,6 +97,27 @@ fn exact_mode_table() {
 }
 
 #[test]
+fn exact_mode_refuses_an_entry_with_a_strict_subset_of_the_features() {
+    // The machine is skylake with a GPU; the only skylake build was made for skylake without one. Exact mode asks
+    // for the very feature set, so the generic build is due, not the skylake one.
+    let bytes = serde_json::to_vec(&json!({"manifests": [
+        entry("generic", "amd64", &[]), entry("skylake", "amd64", &["cpu:skylake"])]}))
+    .unwrap();
+    for features in [vec!["cpu:skylake", "nvcap:7.0"], vec!["nvcap:7.0", "cpu:skylake"]] {
+        let machine =
+            MachineType::new("m", features.iter().map(|s| s.to_string()).collect(), MatchMode::Exact).unwrap();
+        let out = filter(&bytes, OCI_INDEX, &machine).unwrap();
+        let v: Value = serde_json::from_slice(&out.bytes).unwrap();
+        let digests: Vec<&str> =
+            v["manifests"].as_array().unwrap().iter().map(|e| e["digest"].as_str().unwrap()).collect();
+        assert_eq!(digests, ["generic"], "{features:?}");
+    }
+    // and the same entry is served in exact mode to the machine whose features it names
+    let skylake = MachineType::new("m", vec!["cpu:skylake".into()], MatchMode::Exact).unwrap();
+    assert!(String::from_utf8_lossy(&filter(&bytes, OCI_INDEX, &skylake).unwrap().bytes).contains("\"skylake\""));
+}
+
+#[test]
 fn unknown_fields_survive_and_output_is_deterministic() {
     let machine = MachineType::new("m", vec!["cpu:skylake".into()], MatchMode::Best).unwrap();
     let a = filter(&index(), OCI_INDEX, &machine).unwrap();

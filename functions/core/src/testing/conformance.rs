@@ -75,6 +75,45 @@ pub async fn run_all(fixture: &dyn Fixture) {
     gpu_requirements(fixture.fresh().await).await;
     eprintln!("conformance: malformed machine type");
     malformed_machine_type(fixture).await;
+    eprintln!("conformance: revoked sessions");
+    revoked_sessions(fixture.fresh().await).await;
+    eprintln!("conformance: allow-lists");
+    allow_lists(fixture.fresh().await).await;
+}
+
+/// An allow-list as the store gives it back is matched on whole segments, after the upstream's naming rules
+/// (here Docker Hub's: a one-segment name is `library/<name>`).
+pub async fn allow_lists(store: Arc<dyn Store>) {
+    store.put_machine_type(&MachineType::new(n("t"), vec![], MatchMode::Best).unwrap()).await.unwrap();
+    let mut written = account("allowed", "t");
+    written.repositories = vec!["nginx".into(), "org/app".into(), "team/".into()];
+    store.put_account(&written).await.unwrap();
+    let read = store.account(&l("allowed")).await.unwrap().unwrap();
+    assert_eq!(read.repositories, written.repositories);
+    let docker_hub =
+        |name: &RepositoryName| if name.segments() == 1 { name.with_prefix("library") } else { name.clone() };
+    for (repository, granted) in [
+        ("nginx", true),
+        ("library/nginx", true),
+        ("nginx/app", false),
+        ("org/app", true),
+        ("org/app/sub", true),
+        ("org/application", false),
+        ("team/x", true),
+        ("teams/x", false),
+    ] {
+        assert_eq!(read.may_pull_named(&repository.parse().unwrap(), &docker_hub), granted, "{repository}");
+    }
+}
+
+pub async fn revoked_sessions(store: Arc<dyn Store>) {
+    let until = crate::token::now_seconds() + 3600;
+    assert!(!store.session_revoked("s1").await.unwrap());
+    store.revoke_session("s1", until).await.unwrap();
+    assert!(store.session_revoked("s1").await.unwrap());
+    assert!(!store.session_revoked("s2").await.unwrap(), "another session stays valid");
+    store.revoke_session("s1", until).await.unwrap();
+    assert!(store.session_revoked("s1").await.unwrap(), "revoking twice is harmless");
 }
 
 pub async fn watched_images(store: Arc<dyn Store>) {
