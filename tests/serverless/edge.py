@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
+import cfn_template
 
 from lambda_harness import Function, event, launch_function
 from tls_ca import Certificate
@@ -79,29 +79,8 @@ TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", 
 # --------------------------------------------------------------------------------------------- template.yaml
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short forms (`!Ref X` -> {"Ref": X}, `!Sub s` -> {"Fn::Sub": s}, ...)."""
-
-
-def _cfn_tag(loader: _CfnLoader, suffix: str, node: yaml.Node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {("Condition" if suffix == "Condition" else f"Fn::{suffix}"): value}
-
-
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 def load_template(path: Path = TEMPLATE) -> dict:
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return cfn_template.load_template(path)
 
 
 class Evaluator:
