@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::config::{HttpClient, RuntimeComponents, SharedHttpClient};
 use aws_sdk_dynamodb::error::{BuildError, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
@@ -262,6 +263,12 @@ impl DynamoStore {
             }
             _ => Error::unavailable(format!("DynamoDB table {table}: {op} failed: {}", causes(&err))),
         }
+    }
+
+    /// A PutItem of `item` that expires with the generated indexes, [`MANIFEST_TTL`] from now.
+    fn put_expiring(&self, mut item: Item) -> PutItemFluentBuilder {
+        item.insert("ttl".into(), AttributeValue::N((now_epoch() + MANIFEST_TTL.as_secs()).to_string()));
+        self.client.put_item().table_name(&self.table).set_item(Some(item))
     }
 
     async fn get(&self, op: &str, key: Item, projection: Option<&str>, names: &[(&str, &str)]) -> Result<Option<Item>> {
@@ -828,14 +835,7 @@ impl Store for DynamoStore {
         let mut item = manifest_key(repository, &manifest.digest);
         item.insert("mediaType".into(), s(&manifest.media_type));
         item.insert("body".into(), AttributeValue::B(Blob::new(manifest.bytes.to_vec())));
-        item.insert("ttl".into(), AttributeValue::N((now_epoch() + MANIFEST_TTL.as_secs()).to_string()));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| self.fail("PutItem", e))?;
+        self.put_expiring(item).send().await.map_err(|e| self.fail("PutItem", e))?;
         Ok(())
     }
 
@@ -851,15 +851,12 @@ impl Store for DynamoStore {
 
     async fn put_child_records(&self, repository: &RepositoryName, records: &[ChildRecord]) -> Result<()> {
         // One PutItem each (the registry function's role allows PutItem on MAN#* only), several at a time.
-        let ttl = (now_epoch() + MANIFEST_TTL.as_secs()).to_string();
         for chunk in records.chunks(CHILD_WRITES_AT_ONCE) {
             let mut writes = tokio::task::JoinSet::new();
             for record in chunk {
                 let mut item = child_key(repository, &record.digest);
                 item.insert("record".into(), s(record.value_json()));
-                item.insert("ttl".into(), AttributeValue::N(ttl.clone()));
-                let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
-                writes.spawn(put.send());
+                writes.spawn(self.put_expiring(item).send());
             }
             while let Some(done) = writes.join_next().await {
                 done.map_err(|e| Error::internal(format!("a child record write failed to run: {e}")))?
@@ -888,14 +885,7 @@ impl Store for DynamoStore {
             .map_err(|e| Error::internal(format!("encoding NVIDIA requirements: {e}")))?;
         let mut item = gpu_key(digest);
         item.insert("requirements".into(), s(&json));
-        item.insert("ttl".into(), AttributeValue::N((now_epoch() + MANIFEST_TTL.as_secs()).to_string()));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| self.fail("PutItem", e))?;
+        self.put_expiring(item).send().await.map_err(|e| self.fail("PutItem", e))?;
         Ok(())
     }
 
