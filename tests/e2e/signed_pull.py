@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pytest
 import requests
 
 import registry_push
@@ -248,3 +250,93 @@ def verify_served_signatures(front: Front, published: Published, digest: str, ma
                                              (key or published.key).public_key(), digest, identity))
     assert payloads, "an attachment with no signature"
     return payloads
+
+
+# --------------------------------------------------------------------------------------------- the scenario
+# (run by tests/e2e/test_signatures.py against `metahub serve` and tests/serverless/test_edge_signatures.py against
+# the edge)
+
+# machine type -> the build it is served of org/app (tests/e2e/test_pull.py's EXPECTED_AMD64)
+EXPECTED = {"skylake": "cpu-skylake", "zen2": "cpu-x86_64_v3"}
+COSIGN_SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
+
+
+def check_signed_pull(front, published, node, images, machine_type, how, tmp_path):
+    """The scenario of one pull, shared with the edge: skopeo asks for the signature of exactly the build the front
+    serves the machine type, the front answers it, and it verifies (publisher's key) or not (another key)."""
+    child = images.images[EXPECTED[machine_type]].digest
+    assert front.served_child(machine_type) == child
+    ref = f"{front.host}/{REPO}:latest" if how == "tag" else f"{front.host}/{REPO}@{child}"
+    seen = len(front.lookups())
+    pull = skopeo_pull(front, ref, machine_type, node["policy"], node["registries.d"], tmp_path / "pulled")
+    # Real skopeo accepts it; Debian's stops at the crypto step, after the lookup, which is checked below instead.
+    assert pull.outcome in {"accepted", "sigstore-disabled"}, pull.stderr[-2000:]
+    assert pull.looked_up == [child], f"skopeo looked up {pull.looked_up}, not the build it copies ({child})"
+    answered = [(r, s) for r, s in front.lookups()[seen:] if r.endswith(".sig")]
+    assert answered == [(sigstore_sign.attachment_tag(child), 200)], answered
+    payloads = verify_served_signatures(front, published, child, machine_type, ref)
+    assert [p["critical"]["identity"]["docker-reference"] for p in payloads] == [published.reference()]
+    with pytest.raises(sigstore_sign.InvalidSignature):
+        verify_served_signatures(front, published, child, machine_type, ref, key=published.other_key)
+
+
+def check_unsigned_and_other_key_refused(front, published, node, images, tmp_path):
+    # org/app holds the same builds, never signed: refused, after a lookup the front answered 404
+    child = images.images[EXPECTED["skylake"]].digest
+    seen = len(front.lookups())
+    pull = skopeo_pull(front, f"{front.host}/{UNSIGNED_REPO}:latest", "skylake", node["policy"], node["registries.d"],
+                       tmp_path / "unsigned")
+    assert pull.outcome == "unsigned", pull.stderr[-2000:]
+    assert pull.looked_up == [child]
+    assert [(r, s) for r, s in front.lookups()[seen:] if r.endswith(".sig")] == [(sigstore_sign.attachment_tag(child), 404)]
+    # a policy for another key: never accepted (real skopeo: the signature fails; Debian's: sigstore disabled), and
+    # the signature skopeo found does not verify against that key
+    pull = skopeo_pull(front, f"{front.host}/{REPO}:latest", "skylake", node["policy-other-key"], node["registries.d"],
+                       tmp_path / "other-key")
+    assert pull.outcome in {"bad-signature", "sigstore-disabled"}, pull.stderr[-2000:]
+    assert pull.looked_up == [child]
+    with pytest.raises(sigstore_sign.InvalidSignature):
+        verify_served_signatures(front, published, child, "skylake", f"{front.host}/{REPO}:latest", key=published.other_key)
+
+
+def check_filtered_index_has_no_publisher_signature(front, published):
+    """What does not verify through a filtering front: the publisher signed the upstream index, the node's tag
+    resolves to the filtered index, which nobody signed (docs/signatures.md)."""
+    token = front.token("skylake")
+    filtered = front.get(f"{REPO}/manifests/latest", token, method="HEAD").headers["Docker-Content-Digest"]
+    assert filtered != published.index_digest
+    r = front.get(f"{REPO}/manifests/{sigstore_sign.attachment_tag(filtered)}", token, registry_push.OCI_MANIFEST)
+    assert r.status_code == 404, r.text
+    # the upstream index's own signature is still there, under the upstream digest, and verifies
+    verify_served_signatures(front, published, published.index_digest, "skylake", f"{front.host}/{REPO}@{published.index_digest}")
+
+
+def check_attestations_and_child_referrers(front, published, images):
+    """cosign's `.att` attachment of a child, and the child's referrers (the OCI 1.1 way to attach), through the
+    front; a child nothing refers to has an empty referrers index."""
+    child = images.images[EXPECTED["zen2"]].digest
+    sigstore_sign.push_attestation(published.upstream_url, REPO, child, published.key, {"builder": "e2e"})
+    token = front.token("zen2")
+    r = front.get(f"{REPO}/manifests/{child.replace(':', '-', 1)}.att", token, registry_push.OCI_MANIFEST)
+    assert r.status_code == 200, r.text
+    layer = r.json()["layers"][0]
+    assert layer["mediaType"] == sigstore_sign.IN_TOTO
+    statement = sigstore_sign.verify_dsse(front.blob(REPO, layer["digest"], token), published.key.public_key())
+    assert statement["subject"][0]["digest"] == {"sha256": child.split(":", 1)[1]}
+    with pytest.raises(sigstore_sign.InvalidSignature):
+        sigstore_sign.verify_dsse(front.blob(REPO, layer["digest"], token), published.other_key.public_key())
+
+    size = len(images.images[EXPECTED["zen2"]].manifest)
+    entry = registry_push.push_referrer(published.upstream_url, REPO, child, size, COSIGN_SIGNATURE,
+                                        b'{"signed":"' + child.encode() + b'"}', subject_media_type=registry_push.OCI_MANIFEST)
+    r = front.get(f"{REPO}/referrers/{child}", token, registry_push.OCI_INDEX)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == registry_push.OCI_INDEX
+    assert r.json()["manifests"] == [entry]
+    r = front.get(f"{REPO}/referrers/{child}?artifactType={urllib.parse.quote(COSIGN_SIGNATURE, safe='')}", token, registry_push.OCI_INDEX)
+    assert r.status_code == 200 and r.headers["OCI-Filters-Applied"] == "artifactType"
+    assert r.json()["manifests"] == [entry]
+    other = images.images[EXPECTED["skylake"]].digest
+    r = front.get(f"{REPO}/referrers/{other}", front.token("skylake"), registry_push.OCI_INDEX)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"schemaVersion": 2, "mediaType": registry_push.OCI_INDEX, "manifests": []}
