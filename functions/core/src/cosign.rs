@@ -110,18 +110,6 @@ pub struct SignatureArtifact {
     pub blobs: Vec<(Digest, &'static str, Bytes)>,
 }
 
-impl SignatureArtifact {
-    /// The descriptor that lists it among the subject's referrers.
-    pub fn referrer(&self) -> serde_json::Value {
-        json!({
-            "mediaType": OCI_MANIFEST,
-            "digest": self.manifest.digest.as_str(),
-            "size": self.manifest.bytes.len(),
-            "artifactType": SIGNATURE_ARTIFACT_TYPE,
-        })
-    }
-}
-
 /// `subject` signed as `docker_reference` (`<registry host>/<repository>`, no tag: what cosign signs).
 pub fn sign(signer: &SelectionSigner, docker_reference: &str, subject: &Manifest) -> SignatureArtifact {
     let payload = payload(docker_reference, &subject.digest);

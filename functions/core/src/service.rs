@@ -11,8 +11,10 @@ use std::sync::{Arc, LazyLock};
 
 mod listing;
 mod referrers;
+mod signatures;
 
 pub use referrers::{ReferrersIndex, is_referrers_tag};
+pub use signatures::SelectionSigning;
 
 static ACCEPT: LazyLock<Vec<String>> = LazyLock::new(|| ACCEPT_ALL.iter().map(|s| s.to_string()).collect());
 
@@ -22,6 +24,8 @@ pub struct RegistryService {
     /// The upstream behind its caches, and what the pull flow keeps in memory.
     cache: PullCache,
     index_digest_pulls: IndexDigestPulls,
+    /// Sign each filtered index generated (`--selection-signing-key`): off when `None`.
+    selection_signing: Option<SelectionSigning>,
 }
 
 impl RegistryService {
@@ -30,6 +34,7 @@ impl RegistryService {
             store,
             cache: PullCache::new(Arc::new(ObservedUpstream::new(upstream)), &options),
             index_digest_pulls: IndexDigestPulls::default(),
+            selection_signing: None,
         }
     }
 
@@ -67,6 +72,19 @@ impl RegistryService {
             // A referrers tag lists artifacts, not platforms: served as the upstream has it.
             Reference::Tag(tag) if is_referrers_tag(tag.as_str()) => {
                 self.upstream().get_manifest(repository, reference, &ACCEPT).await
+            }
+            // MetaHub's own signature of a filtered index it generated; any other `.sig` tag is the upstream's.
+            Reference::Tag(tag) if self.selection_signing.is_some() => {
+                match crate::cosign::signature_tag_subject(tag.as_str()) {
+                    Some(subject) => match self.selection_signature(repository, &subject).await? {
+                        Some(signature) => {
+                            observe::answer(Answer::Generated);
+                            Ok(signature)
+                        }
+                        None => self.manifest_by_tag(repository, reference, machine_type).await,
+                    },
+                    None => self.manifest_by_tag(repository, reference, machine_type).await,
+                }
             }
             Reference::Tag(_) => self.manifest_by_tag(repository, reference, machine_type).await,
             Reference::Digest(digest) => self.manifest_by_digest(repository, digest, machine_type).await,
@@ -147,6 +165,7 @@ impl RegistryService {
         if !self.cache.has_generated(repository, &manifest.digest) {
             self.store.put_generated_manifest(repository, &manifest).await?;
             self.remember_source(repository, &manifest.digest, &head.digest).await?;
+            self.sign_selection(repository, &manifest).await?;
             self.cache.keep_generated(repository, &manifest);
         }
         Ok(manifest)

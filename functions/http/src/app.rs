@@ -5,7 +5,8 @@
 use crate::{AdminAuth, App, HttpConfig};
 use metahub_core::cache::CacheOptions;
 use metahub_core::ports::{Store, Upstream};
-use metahub_core::service::{IndexDigestPulls, RegistryService};
+use metahub_core::cosign::SelectionSigner;
+use metahub_core::service::{IndexDigestPulls, RegistryService, SelectionSigning};
 use metahub_core::token::TokenKeys;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub struct Settings {
     pub index_digest_pulls: IndexDigestPulls,
     /// How `/admin/*` authenticates.
     pub admin: AdminAuth,
+    /// Sign each filtered index with this key (`--selection-signing-key`); off when `None`.
+    pub selection_signer: Option<Arc<SelectionSigner>>,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             cache: CacheOptions::default(),
             index_digest_pulls: IndexDigestPulls::default(),
             admin: AdminAuth::Disabled,
+            selection_signer: None,
         }
     }
 }
@@ -59,8 +63,29 @@ pub fn build(
     signing_key: &[u8],
 ) -> metahub_core::Result<Arc<App>> {
     let keys = TokenKeys::new(signing_key, &settings.http.service, settings.token_ttl.as_secs())?;
-    let registry =
+    let mut registry =
         RegistryService::new(store, upstream, settings.cache).with_index_digest_pulls(settings.index_digest_pulls);
+    if let Some(signer) = settings.selection_signer {
+        // signatures name the image as pulled through MetaHub: `<public host[:port]>/<repository>`
+        let registry_host = registry_host(&settings.http.public_url)?;
+        registry = registry.with_selection_signing(SelectionSigning { signer, registry_host });
+    }
     let http = HttpConfig { public_url: settings.http.public_url.trim_end_matches('/').to_owned(), ..settings.http };
     Ok(App::with_admin(registry, keys, http, settings.admin))
+}
+
+/// The `host[:port]` of the public URL, as clients write it in image names.
+fn registry_host(public_url: &str) -> metahub_core::Result<String> {
+    let bad = || {
+        metahub_core::Error::new(
+            metahub_core::ErrorCode::Unsupported,
+            format!("signing selections needs a public URL with a host, not {public_url:?}"),
+        )
+    };
+    let url = url::Url::parse(public_url).map_err(|_| bad())?;
+    let host = url.host_str().ok_or_else(bad)?;
+    Ok(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
 }

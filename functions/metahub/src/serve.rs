@@ -4,10 +4,12 @@ use crate::cli::StoreArg;
 use anyhow::Context;
 use clap::Args;
 use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES, DEFAULT_MAX_STALE};
+use metahub_core::cosign::SelectionSigner;
 use metahub_core::service::IndexDigestPulls;
 use metahub_http::{AdminAuth, HttpConfig, app};
 use metahub_upstream::ClientOptions;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +57,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default); keep ADDR private.
     #[arg(long, env = "METAHUB_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Sign each filtered index with this ECDSA P-256 key (PEM, PKCS#8), served as its cosign signature (the tag
+    /// `sha256-<hex>.sig` and its referrers); the file must not be readable by group or others. The PEM may also
+    /// come from METAHUB_SELECTION_SIGNING_KEY. Neither: no signatures. See docs/signatures.md.
+    #[arg(long, env = "METAHUB_SELECTION_SIGNING_KEY_FILE")]
+    selection_signing_key: Option<PathBuf>,
 }
 
 fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
@@ -75,9 +82,36 @@ fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
     AdminAuth::secret(&secret).map_err(|e| anyhow::anyhow!("admin secret: {}", e.message))
 }
 
+/// The selection signing key from `--selection-signing-key` or `METAHUB_SELECTION_SIGNING_KEY`, if any. A key file
+/// that group or others can read is refused: the key signs what every node trusts.
+fn selection_signer(file: Option<&Path>) -> anyhow::Result<Option<Arc<SelectionSigner>>> {
+    let source = file.map_or_else(|| "METAHUB_SELECTION_SIGNING_KEY".to_owned(), |p| p.display().to_string());
+    let pem = match file {
+        Some(path) => {
+            let what = || format!("--selection-signing-key {}", path.display());
+            let mode = std::fs::metadata(path).with_context(what)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "{} is readable by group or others (mode {:o}): chmod 600 it",
+                    what(),
+                    mode & 0o777
+                );
+            }
+            std::fs::read_to_string(path).with_context(what)?
+        }
+        None => match std::env::var("METAHUB_SELECTION_SIGNING_KEY") {
+            Ok(pem) if !pem.trim().is_empty() => pem,
+            _ => return Ok(None),
+        },
+    };
+    let signer = SelectionSigner::from_pkcs8_pem(&pem).map_err(|e| anyhow::anyhow!("{source}: {}", e.message))?;
+    Ok(Some(Arc::new(signer)))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
+    let selection_signer = selection_signer(args.selection_signing_key.as_deref())?;
     if let Some(listen) = args.metrics_listen {
         crate::metrics::serve(listen, crate::metrics::install()?).await?;
     }
@@ -103,12 +137,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         index_digest_pulls: args.index_digest_pulls,
         admin,
+        selection_signer: selection_signer.clone(),
     };
     let app = app::build(settings, store, Arc::new(upstream), &key)?;
 
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, "metahub serving");
+    let selection_key = selection_signer.as_ref().map(|s| s.fingerprint().to_owned());
+    tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, selection_key_sha256 = selection_key.as_deref(), "metahub serving");
     axum::serve(listener, metahub_http::router(app).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

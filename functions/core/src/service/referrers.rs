@@ -74,10 +74,20 @@ impl RegistryService {
         artifact_type: Option<&str>,
     ) -> Result<ReferrersIndex> {
         let subject = self.referrers_subject(repository, digest).await?;
-        let found = match self.upstream().referrers(repository, &subject, artifact_type).await? {
+        let mut found = match self.upstream().referrers(repository, &subject, artifact_type).await? {
             Some(answer) => answer,
             None => self.referrers_from_tag(repository, &subject).await?.unwrap_or_default(),
         };
+        if subject != *digest
+            && let Some(signature) = self.selection_signature(repository, digest).await?
+        {
+            // MetaHub's own signature of the filtered index (its `subject`), filtered by artifactType like the rest
+            let descriptor = json!({"mediaType": signature.media_type, "digest": signature.digest.as_str(),
+                "size": signature.bytes.len(), "artifactType": crate::cosign::SIGNATURE_ARTIFACT_TYPE});
+            if !found.artifact_type_filtered || artifact_type == Some(crate::cosign::SIGNATURE_ARTIFACT_TYPE) {
+                found.manifests.push(descriptor);
+            }
+        }
         Ok(referrers_index(found, artifact_type))
     }
 
