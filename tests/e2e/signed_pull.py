@@ -23,6 +23,7 @@ from typing import Callable
 
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
 
 import registry_push
 import sigstore_sign
@@ -340,3 +341,43 @@ def check_attestations_and_child_referrers(front, published, images):
     r = front.get(f"{REPO}/referrers/{other}", front.token("skylake"), registry_push.OCI_INDEX)
     assert r.status_code == 200, r.text
     assert r.json() == {"schemaVersion": 2, "mediaType": registry_push.OCI_INDEX, "manifests": []}
+
+
+# --------------------------------------------------------------------------------------------- MetaHub's own signature
+# (`--selection-signing-key`: tests/e2e/test_selection_signature.py, tests/serverless/test_edge_signatures.py)
+
+
+def check_selection_signature(front: Front, repo: str, digest: str, machine_type: str, public: ec.EllipticCurvePublicKey) -> dict:
+    """MetaHub's `.sig` of `digest`, its payload and config served from the store (200, not 307), the payload
+    naming `digest` as pulled through the front, its P-256 signature valid for `public`. Returns the manifest."""
+    token = front.token(machine_type, repo)
+    r = front.get(f"{repo}/manifests/{sigstore_sign.attachment_tag(digest)}", token, registry_push.OCI_MANIFEST)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"] == registry_push.OCI_MANIFEST
+    assert r.headers["Docker-Content-Digest"] == registry_push.sha256(r.content)
+    manifest = r.json()
+    assert manifest["subject"]["digest"] == digest
+    assert manifest["artifactType"] == "application/vnd.dev.cosign.artifact.sig.v1+json"
+    blobs = {}
+    for desc in [manifest["config"], *manifest["layers"]]:
+        b = front.get(f"{repo}/blobs/{desc['digest']}", token)
+        assert b.status_code == 200, (desc, b.status_code, b.headers.get("Location"))
+        assert registry_push.sha256(b.content) == desc["digest"] and len(b.content) == desc["size"]
+        assert b.headers["Content-Type"] == desc["mediaType"]
+        blobs[desc["digest"]] = b.content
+    layer = manifest["layers"][0]
+    assert layer["mediaType"] == sigstore_sign.SIMPLESIGNING
+    payload = blobs[layer["digest"]]
+    doc = sigstore_sign.verify(payload, layer["annotations"][sigstore_sign.SIGNATURE_ANNOTATION], public, digest,
+                               f"{front.host}/{repo}@{digest}")
+    assert doc["critical"]["identity"]["docker-reference"] == f"{front.host}/{repo}"
+    assert doc["optional"] is None  # cosign's own form: nothing optional, so the same bytes every time
+    config = json.loads(blobs[manifest["config"]["digest"]])
+    assert config["rootfs"]["diff_ids"] == [layer["digest"]]
+    return manifest
+
+
+def filtered_digest(front: Front, machine_type: str, repo: str = "org/app") -> str:
+    r = front.get(f"{repo}/manifests/latest", front.token(machine_type, repo), method="HEAD")
+    assert r.status_code == 200, r.headers
+    return r.headers["Docker-Content-Digest"]

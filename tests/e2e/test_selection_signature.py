@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import registry_push
 import sigstore_sign
 from conftest import METAHUB_BIN, creds, free_port, start_configured_metahub
-from signed_pull import Front
+from signed_pull import Front, check_selection_signature, filtered_digest
 
 SIGNED_LOG = "signed a selection"
 
@@ -55,42 +55,6 @@ def signed_count(hub) -> int:
     return sum(1 for line in hub.log().splitlines() if SIGNED_LOG in line)
 
 
-def check_signature(front: Front, repo: str, digest: str, machine_type: str, public: ec.EllipticCurvePublicKey) -> dict:
-    """MetaHub's `.sig` of `digest`, its payload and config served from the store (200, not 307), the payload
-    naming `digest` as pulled through the front, its P-256 signature valid for `public`. Returns the manifest."""
-    token = front.token(machine_type, repo)
-    r = front.get(f"{repo}/manifests/{sigstore_sign.attachment_tag(digest)}", token, registry_push.OCI_MANIFEST)
-    assert r.status_code == 200, r.text
-    assert r.headers["Content-Type"] == registry_push.OCI_MANIFEST
-    assert r.headers["Docker-Content-Digest"] == registry_push.sha256(r.content)
-    manifest = r.json()
-    assert manifest["subject"]["digest"] == digest
-    assert manifest["artifactType"] == "application/vnd.dev.cosign.artifact.sig.v1+json"
-    blobs = {}
-    for desc in [manifest["config"], *manifest["layers"]]:
-        b = front.get(f"{repo}/blobs/{desc['digest']}", token)
-        assert b.status_code == 200, (desc, b.status_code, b.headers.get("Location"))
-        assert registry_push.sha256(b.content) == desc["digest"] and len(b.content) == desc["size"]
-        assert b.headers["Content-Type"] == desc["mediaType"]
-        blobs[desc["digest"]] = b.content
-    layer = manifest["layers"][0]
-    assert layer["mediaType"] == sigstore_sign.SIMPLESIGNING
-    payload = blobs[layer["digest"]]
-    doc = sigstore_sign.verify(payload, layer["annotations"][sigstore_sign.SIGNATURE_ANNOTATION], public, digest,
-                               f"{front.host}/{repo}@{digest}")
-    assert doc["critical"]["identity"]["docker-reference"] == f"{front.host}/{repo}"
-    assert doc["optional"] is None  # cosign's own form: nothing optional, so the same bytes every time
-    config = json.loads(blobs[manifest["config"]["digest"]])
-    assert config["rootfs"]["diff_ids"] == [layer["digest"]]
-    return manifest
-
-
-def filtered_digest(front: Front, machine_type: str, repo: str = "org/app") -> str:
-    r = front.get(f"{repo}/manifests/latest", front.token(machine_type, repo), method="HEAD")
-    assert r.status_code == 200, r.headers
-    return r.headers["Docker-Content-Digest"]
-
-
 def test_each_filtered_index_is_signed_once_and_served_as_cosign_looks_for_it(hub, front, key, images, workdir):
     """What `cosign verify --key` does with a tag pulled through MetaHub: resolve it (the filtered digest), read the
     `.sig` tag of that digest and its payload, check the payload names that digest and the signature checks out."""
@@ -100,7 +64,7 @@ def test_each_filtered_index_is_signed_once_and_served_as_cosign_looks_for_it(hu
     assert len(set(digests.values())) == 2 and images.tags["org/app"][2] not in digests.values()
     assert signed_count(hub) == before + 2, "one signature per filtered index, made when it is generated"
     for mt, digest in digests.items():
-        manifest = check_signature(front, "org/app", digest, mt, public)
+        manifest = check_selection_signature(front, "org/app", digest, mt, public)
         # referrers of the filtered digest list it, with or without the artifactType filter
         token = front.token(mt, "org/app")
         r = front.get(f"org/app/referrers/{digest}", token, registry_push.OCI_INDEX)
@@ -115,7 +79,7 @@ def test_each_filtered_index_is_signed_once_and_served_as_cosign_looks_for_it(hu
     # warm pulls and lookups sign nothing
     for mt, digest in digests.items():
         assert filtered_digest(front, mt) == digest
-        check_signature(front, "org/app", digest, mt, public)
+        check_selection_signature(front, "org/app", digest, mt, public)
     assert signed_count(hub) == before + 2
     # every other blob still redirects to the upstream
     layer = images.images["cpu-skylake"].layer
@@ -123,12 +87,12 @@ def test_each_filtered_index_is_signed_once_and_served_as_cosign_looks_for_it(hu
     assert r.status_code == 307 and r.headers["Location"].startswith(hub.upstream.url)
     # a signature of another key does not verify
     with pytest.raises(InvalidSignature):
-        check_signature(front, "org/app", digests["skylake"], "skylake", ec.generate_private_key(ec.SECP256R1()).public_key())
+        check_selection_signature(front, "org/app", digests["skylake"], "skylake", ec.generate_private_key(ec.SECP256R1()).public_key())
     # after a restart (a cold instance on the same store): served from the store, not signed again
     hub.restart(workdir)
     for mt, digest in digests.items():
         assert filtered_digest(front, mt) == digest
-        check_signature(front, "org/app", digest, mt, public)
+        check_selection_signature(front, "org/app", digest, mt, public)
     assert signed_count(hub) == before + 2, "the restarted process signed nothing"
 
 

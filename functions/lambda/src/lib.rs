@@ -20,6 +20,7 @@
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
 //! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
+//! | `METAHUB_SELECTION_SIGNING_KEY_PARAM` | SSM SecureString name (registry function): PEM PKCS#8 ECDSA P-256 key that signs each filtered index (docs/signatures.md); needs `METAHUB_PUBLIC_URL`, the host signatures name |
 //! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the default upstream, or Docker `config.json` JSON (`{"auths": {"<PREFIX or host>": {"auth": …}}}`) for several |
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
@@ -80,6 +81,7 @@ pub struct Settings {
     pub origin_secret_param: Option<String>,
     pub origin_secret_version: Option<u64>,
     pub upstream_credentials_param: Option<String>,
+    pub selection_signing_key_param: Option<String>,
 }
 
 impl Settings {
@@ -148,6 +150,7 @@ impl Settings {
                     .transpose()?
                     .unwrap_or(defaults.index_digest_pulls),
                 admin: AdminAuth::Disabled,
+                selection_signer: None,
             },
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             budget,
@@ -158,6 +161,7 @@ impl Settings {
             origin_secret_param,
             origin_secret_version,
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
+            selection_signing_key_param: get("METAHUB_SELECTION_SIGNING_KEY_PARAM"),
         })
     }
 }
@@ -250,6 +254,12 @@ async fn app_with(
              CloudFront, METAHUB_ORIGIN_SECRET_PARAM makes it optional: the viewer's host is then trusted"
         );
     }
+    if settings.selection_signing_key_param.is_some() && settings.app.http.public_url.is_empty() {
+        bail!(
+            "METAHUB_SELECTION_SIGNING_KEY_PARAM needs METAHUB_PUBLIC_URL: selection signatures name images as \
+             pulled through MetaHub (<public host>/<repository>)"
+        );
+    }
 
     // The SSM reads (one call, see `parameters`) and, without a key parameter, the store's key run concurrently.
     let secrets = parameters::read(ssm, &settings);
@@ -267,7 +277,12 @@ async fn app_with(
         }
     };
     let (secrets, store_key) = tokio::try_join!(secrets, store_key)?;
-    let parameters::Secrets { signing_key, origin_secrets: origin_secret, upstream_credentials: credentials } = secrets;
+    let parameters::Secrets {
+        signing_key,
+        origin_secrets: origin_secret,
+        upstream_credentials: credentials,
+        selection_signer,
+    } = secrets;
     let signing_key = signing_key.or(store_key).context("no signing key")?;
 
     let mut upstreams = upstream_configs(&settings.upstream)?;
@@ -277,6 +292,7 @@ async fn app_with(
     let app_settings = app::Settings {
         http: HttpConfig { origin_secret, ..settings.app.http.clone() },
         admin,
+        selection_signer,
         ..settings.app.clone()
     };
     tracing::info!(?settings, origin_check = app_settings.http.origin_secret.is_some(), "metahub function ready");

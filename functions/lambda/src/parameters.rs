@@ -8,13 +8,16 @@
 use anyhow::{Context, anyhow, bail};
 use metahub_http::OriginSecrets;
 
+use metahub_core::cosign::SelectionSigner;
 use metahub_upstream::UpstreamCredentials;
+use std::sync::Arc;
 
 use crate::{Settings, decode_signing_key, one_line, parse_upstream_credentials};
 
 const SIGNING_KEY: &str = "METAHUB_SIGNING_KEY_PARAM";
 const ORIGIN_SECRET: &str = "METAHUB_ORIGIN_SECRET_PARAM";
 const UPSTREAM_CREDENTIALS: &str = "METAHUB_UPSTREAM_CREDENTIALS_PARAM";
+const SELECTION_SIGNING_KEY: &str = "METAHUB_SELECTION_SIGNING_KEY_PARAM";
 
 /// The values read from SSM, decoded; `None` (or no credentials) where no parameter is configured.
 #[derive(Default)]
@@ -22,6 +25,8 @@ pub struct Secrets {
     pub signing_key: Option<Vec<u8>>,
     pub origin_secrets: Option<OriginSecrets>,
     pub upstream_credentials: UpstreamCredentials,
+    /// The registry function's key for signing filtered indexes (PEM PKCS#8 ECDSA P-256).
+    pub selection_signer: Option<Arc<SelectionSigner>>,
 }
 
 /// One parameter SSM answered: its name (without selector), version and value.
@@ -53,6 +58,7 @@ pub fn first_request(settings: &Settings) -> Request {
         }
     }
     names.extend(settings.upstream_credentials_param.clone());
+    names.extend(settings.selection_signing_key_param.clone());
     names.dedup();
     Request { names }
 }
@@ -94,6 +100,17 @@ pub fn read_first(settings: &Settings, answers: &[Answer]) -> anyhow::Result<(Se
         })
         .transpose()?
         .unwrap_or_default();
+    let selection_signer = settings
+        .selection_signing_key_param
+        .as_deref()
+        .map(|name| {
+            // the error names the parameter and what is wrong, never the value
+            let pem = &required(answers, SELECTION_SIGNING_KEY, name, None)?.value;
+            SelectionSigner::from_pkcs8_pem(pem)
+                .map(Arc::new)
+                .map_err(|e| anyhow!("SSM parameter {name:?} ({SELECTION_SIGNING_KEY}): {}", e.message))
+        })
+        .transpose()?;
     let mut next = None;
     let origin_secrets = match &settings.origin_secret_param {
         None => None,
@@ -115,7 +132,7 @@ pub fn read_first(settings: &Settings, answers: &[Answer]) -> anyhow::Result<(Se
             Some(secrets)
         }
     };
-    Ok((Secrets { signing_key, origin_secrets, upstream_credentials }, next))
+    Ok((Secrets { signing_key, origin_secrets, upstream_credentials, selection_signer }, next))
 }
 
 /// The previous origin secret from the answers of the second call: only a readable, non-empty value that differs
