@@ -4,8 +4,8 @@
 
 use crate::{AdminAuth, App, HttpConfig};
 use metahub_core::cache::CacheOptions;
-use metahub_core::ports::{Store, Upstream};
 use metahub_core::cosign::SelectionSigner;
+use metahub_core::ports::{Store, Upstream};
 use metahub_core::service::{IndexDigestPulls, RegistryService, SelectionSigning};
 use metahub_core::token::TokenKeys;
 use std::sync::Arc;

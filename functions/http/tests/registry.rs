@@ -198,7 +198,11 @@ async fn referrers_are_an_oci_index_even_when_there_are_none() {
     // (path, manifests, OCI-Filters-Applied): the upstream has no referrers API, only the tag scheme for SKYLAKE
     let cases = [
         (format!("/v2/org/app/referrers/{SKYLAKE}"), listed.clone(), ""),
-        (format!("/v2/org/app/referrers/{SKYLAKE}?artifactType={}", signature.replace('+', "%2B")), listed, "artifactType"),
+        (
+            format!("/v2/org/app/referrers/{SKYLAKE}?artifactType={}", signature.replace('+', "%2B")),
+            listed,
+            "artifactType",
+        ),
         (format!("/v2/org/app/referrers/{SKYLAKE}?artifactType=application%2Fx-none"), empty.clone(), "artifactType"),
         (format!("/v2/org/app/referrers/{GENERIC}"), empty.clone(), ""),
         (format!("/v2/org/app/referrers/{}", Digest::sha256_of(b"no such manifest")), empty.clone(), ""),

@@ -91,11 +91,7 @@ fn selection_signer(file: Option<&Path>) -> anyhow::Result<Option<Arc<SelectionS
             let what = || format!("--selection-signing-key {}", path.display());
             let mode = std::fs::metadata(path).with_context(what)?.permissions().mode();
             if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "{} is readable by group or others (mode {:o}): chmod 600 it",
-                    what(),
-                    mode & 0o777
-                );
+                anyhow::bail!("{} is readable by group or others (mode {:o}): chmod 600 it", what(), mode & 0o777);
             }
             std::fs::read_to_string(path).with_context(what)?
         }
