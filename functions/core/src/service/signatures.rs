@@ -123,3 +123,80 @@ impl RegistryService {
         self.store.generated_manifest(&repository.with_prefix(BLOB_NAMESPACE), digest).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheOptions;
+    use crate::filter::{OCI_INDEX, OCI_MANIFEST};
+    use crate::machine::{MachineType, MatchMode};
+    use crate::ports::Store as _;
+    use crate::reference::Reference;
+    use crate::testing::{FakeUpstream, MemoryStore};
+
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgxebCpRwuv92jtGjC
+sB4YMIanlDhzGAtnW/zr2W4voh+hRANCAARM+Of2qILiEDXJQsde5/jKdnBx6X5I
+h4Gh+LPKtA+nUceNdh9tHxvE9a5Zut+X3DtLiam/83RY6A+w36kwp7zD
+-----END PRIVATE KEY-----";
+
+    fn index() -> String {
+        let entry = |hex: char, features: &[&str]| {
+            json!({"mediaType": OCI_MANIFEST, "digest": format!("sha256:{}", hex.to_string().repeat(64)), "size": 1,
+                   "platform": {"os": "linux", "architecture": "amd64", "features": features}})
+        };
+        json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
+               "manifests": [entry('1', &[]), entry('2', &["cpu:haswell"])]})
+        .to_string()
+    }
+
+    async fn service(store: Arc<MemoryStore>, upstream: Arc<FakeUpstream>, signed: bool) -> RegistryService {
+        let hsw = MachineType::new("hsw", vec!["cpu:haswell".into()], MatchMode::Best).unwrap();
+        store.put_machine_type(&hsw).await.unwrap();
+        let service = RegistryService::new(store, upstream, CacheOptions::default());
+        if !signed {
+            return service;
+        }
+        let signer = Arc::new(SelectionSigner::from_pkcs8_pem(KEY).unwrap());
+        service.with_selection_signing(SelectionSigning { signer, registry_host: "hub.example:5000".into() })
+    }
+
+    #[tokio::test]
+    async fn a_filtered_index_is_signed_once_for_every_instance() {
+        let (store, upstream) = (Arc::new(MemoryStore::default()), Arc::new(FakeUpstream::default()));
+        upstream.tag("org/app", "latest", OCI_INDEX, index());
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let tag: Reference = "latest".parse().unwrap();
+        let first = service(store.clone(), upstream.clone(), true).await;
+        let filtered = first.manifest(&repo, &tag, "hsw").await.unwrap();
+        // the index, its source link, the signature, its payload and config, the signature link
+        assert_eq!(store.generated_count(), 6);
+        let signature = first.selection_signature(&repo, &filtered.digest).await.unwrap().expect("signed");
+        first.manifest(&repo, &tag, "hsw").await.unwrap();
+        let sig_tag: Reference = format!("{}.sig", filtered.digest.as_str().replacen(':', "-", 1)).parse().unwrap();
+        assert_eq!(first.manifest(&repo, &sig_tag, "hsw").await.unwrap(), signature);
+        // another instance (cold caches, same store): the stored signature, nothing new
+        let second = service(store.clone(), upstream.clone(), true).await;
+        second.manifest(&repo, &tag, "hsw").await.unwrap();
+        assert_eq!(second.selection_signature(&repo, &filtered.digest).await.unwrap(), Some(signature.clone()));
+        assert_eq!(store.generated_count(), 6);
+        // its blobs are MetaHub's own; a digest MetaHub did not make has no signature of MetaHub's
+        let m: serde_json::Value = serde_json::from_slice(&signature.bytes).unwrap();
+        for desc in [&m["config"], &m["layers"][0]] {
+            let digest: Digest = desc["digest"].as_str().unwrap().parse().unwrap();
+            let blob = second.own_blob(&repo, &digest).await.unwrap().expect("served from the store");
+            assert_eq!(Digest::sha256_of(&blob.bytes), digest);
+        }
+        let upstream_index = Digest::sha256_of(index().as_bytes());
+        assert_eq!(second.selection_signature(&repo, &upstream_index).await.unwrap(), None);
+        assert_eq!(
+            second.selection_signature(&repo, &signature.digest).await.unwrap(),
+            None,
+            "signatures are not signed"
+        );
+        // without a key: no lookups, no signatures
+        let unsigned = service(store.clone(), upstream, false).await;
+        assert_eq!(unsigned.selection_signature(&repo, &filtered.digest).await.unwrap(), None);
+        assert_eq!(unsigned.own_blob(&repo, &signature.digest).await.unwrap(), None);
+    }
+}
