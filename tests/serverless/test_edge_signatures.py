@@ -101,6 +101,7 @@ def signing_edge(workdir, moto, redirecting_upstream, serve_hub, parameters):
         env = {**full_env(moto, redirecting_upstream), "METAHUB_STORE": serve_hub.store, "METAHUB_PUBLIC_URL": holder["edge"].url}
         if binary == "metahub-registry":
             env["METAHUB_SELECTION_SIGNING_KEY_PARAM"] = SELECTION_KEY_PARAM
+            env["METAHUB_SELECTION_SIGNING_HOST"] = holder["edge"].host  # as template.yaml sets it (DomainName)
         fn = launch_function(workdir, binary, env, f"signing-{name}")[0]
         holder["functions"].append(fn)
         return fn

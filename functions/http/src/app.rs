@@ -28,6 +28,8 @@ pub struct Settings {
     pub admin: AdminAuth,
     /// Sign each filtered index with this key (`--selection-signing-key`); off when `None`.
     pub selection_signer: Option<Arc<SelectionSigner>>,
+    /// The registry host those signatures name; by default the public URL's `host[:port]`.
+    pub selection_host: Option<String>,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             index_digest_pulls: IndexDigestPulls::default(),
             admin: AdminAuth::Disabled,
             selection_signer: None,
+            selection_host: None,
         }
     }
 }
@@ -67,7 +70,10 @@ pub fn build(
         RegistryService::new(store, upstream, settings.cache).with_index_digest_pulls(settings.index_digest_pulls);
     if let Some(signer) = settings.selection_signer {
         // signatures name the image as pulled through MetaHub: `<public host[:port]>/<repository>`
-        let registry_host = registry_host(&settings.http.public_url)?;
+        let registry_host = match settings.selection_host {
+            Some(host) => host,
+            None => registry_host(&settings.http.public_url)?,
+        };
         registry = registry.with_selection_signing(SelectionSigning { signer, registry_host });
     }
     let http = HttpConfig { public_url: settings.http.public_url.trim_end_matches('/').to_owned(), ..settings.http };

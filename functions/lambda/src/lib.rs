@@ -20,7 +20,7 @@
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
 //! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
-//! | `METAHUB_SELECTION_SIGNING_KEY_PARAM` | SSM SecureString name (registry function): PEM PKCS#8 ECDSA P-256 key that signs each filtered index (docs/signatures.md); needs `METAHUB_PUBLIC_URL`, the host signatures name |
+//! | `METAHUB_SELECTION_SIGNING_KEY_PARAM` | SSM SecureString name (registry function): PEM PKCS#8 ECDSA P-256 key that signs each filtered index (docs/signatures.md); needs the host signatures name: `METAHUB_SELECTION_SIGNING_HOST` (template: `DomainName`), else `METAHUB_PUBLIC_URL`'s |
 //! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the default upstream, or Docker `config.json` JSON (`{"auths": {"<PREFIX or host>": {"auth": …}}}`) for several |
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
@@ -151,6 +151,7 @@ impl Settings {
                     .unwrap_or(defaults.index_digest_pulls),
                 admin: AdminAuth::Disabled,
                 selection_signer: None,
+                selection_host: get("METAHUB_SELECTION_SIGNING_HOST"),
             },
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             budget,
@@ -254,10 +255,13 @@ async fn app_with(
              CloudFront, METAHUB_ORIGIN_SECRET_PARAM makes it optional: the viewer's host is then trusted"
         );
     }
-    if settings.selection_signing_key_param.is_some() && settings.app.http.public_url.is_empty() {
+    if settings.selection_signing_key_param.is_some()
+        && settings.app.http.public_url.is_empty()
+        && settings.app.selection_host.is_none()
+    {
         bail!(
-            "METAHUB_SELECTION_SIGNING_KEY_PARAM needs METAHUB_PUBLIC_URL: selection signatures name images as \
-             pulled through MetaHub (<public host>/<repository>)"
+            "METAHUB_SELECTION_SIGNING_KEY_PARAM needs METAHUB_SELECTION_SIGNING_HOST (or METAHUB_PUBLIC_URL): \
+             selection signatures name images as pulled through MetaHub (<host>/<repository>)"
         );
     }
 

@@ -279,4 +279,21 @@ mod tests {
         let e = format!("{:#}", read_first(&all(), &answers).err().unwrap());
         assert!(e.contains(UPSTREAM_CREDENTIALS) && !e.contains("nocolon"), "no secret in the message: {e}");
     }
+
+    #[test]
+    fn the_selection_signing_key_comes_in_the_same_call() {
+        const PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgxebCpRwuv92jtGjC
+sB4YMIanlDhzGAtnW/zr2W4voh+hRANCAARM+Of2qILiEDXJQsde5/jKdnBx6X5I
+h4Gh+LPKtA+nUceNdh9tHxvE9a5Zut+X3DtLiam/83RY6A+w36kwp7zD
+-----END PRIVATE KEY-----";
+        let s = settings(&[(SIGNING_KEY, "/k"), (SELECTION_SIGNING_KEY, "/sel")]);
+        assert_eq!(first_request(&s).names, ["/k", "/sel"]);
+        let (secrets, _) = read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, PEM)]).unwrap();
+        assert!(secrets.selection_signer.is_some());
+        let bad = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----";
+        let e = format!("{:#}", read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, bad)]).err().unwrap());
+        assert!(e.contains("\"/sel\"") && e.contains(SELECTION_SIGNING_KEY) && !e.contains("c2VjcmV0"), "{e}");
+        assert!(read_first(&settings(&[]), &[]).unwrap().0.selection_signer.is_none());
+    }
 }

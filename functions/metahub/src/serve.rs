@@ -134,6 +134,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         index_digest_pulls: args.index_digest_pulls,
         admin,
         selection_signer: selection_signer.clone(),
+        selection_host: None,
     };
     let app = app::build(settings, store, Arc::new(upstream), &key)?;
 
