@@ -207,7 +207,7 @@ def render(m: dict, args) -> str:
           "## What `--tag-ttl` (`METAHUB_TAG_TTL`) saves, and what it costs", "",
           "With a TTL of T seconds an instance reuses a tag's upstream check for T seconds instead of a HEAD per request. "
           "For one tag pulled at r pulls/s on one instance, HEADs per pull ≈ 1 / (1 + r·T):", "",
-          "| pulls/s on one instance | T = 0 (default) | T = 10 s | T = 60 s |", "|---:|---:|---:|---:|"]
+          "| pulls/s on one instance | T = 0 | T = 10 s | T = 60 s |", "|---:|---:|---:|---:|"]
     for rate in (0.01, 0.1, 1, 10):
         L.append(f"| {rate:g} | 1 | {1 / (1 + rate * 10):.3f} | {1 / (1 + rate * 60):.3f} |")
     saved_ms = m["rtt"] * 1769 / 1769  # the HEAD's wait, not CPU
@@ -217,8 +217,9 @@ def render(m: dict, args) -> str:
           "Docker Hub's limit, so the TTL does not protect the rate limit; it lowers latency (one round trip less per "
           "pull) and upstream load (bench: 5–6× more requests/s served).",
           "- Freshness: a tag moved upstream (a new push of `:latest`) is served at its old digest for up to T seconds "
-          "by each instance that checked it last; a client pulling by digest is never affected. Off by default because "
-          "the saving is small and `docker pull` right after `docker push` is a common workflow.", ""]
+          "by each instance that checked it last; a client pulling by digest is never affected. The default is 1 s "
+          "(issue 32): a fleet rollout then costs the upstream one HEAD per tag per second and instance, not one per "
+          "node, while `docker pull` right after `docker push` waits at most a second; `0` checks on every pull.", ""]
     return "\n".join(L)
 
 

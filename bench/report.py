@@ -177,7 +177,9 @@ def render(e2e: dict, crit: dict, notes: list[str]) -> str:
           "BENCH_SECONDS=5 bench/run.sh # shorter wrk runs (max 10)", "bench/e2e.py --help",
           "bench/e2e.py --only lambda && bench/report.py --lambda-only   # only the Lambda figures",
           "bench/cost.py                # docs/cost.md from the same measurements",
-          "bench/crate_sizes.py BIN     # code size per crate of an unstripped build (how to make one: --help)", "```", "",
+          "bench/crate_sizes.py BIN     # code size per crate of an unstripped build (how to make one: --help)",
+          "bench/rollout.py --help      # a fleet rollout: N nodes, P at a time, against serve, the upstream and the Lambda stand-in",
+          "bench/saturated_clients.py   # what containerd and podman do with a 503 + Retry-After", "```", "",
           f"This run's end-to-end part took {e2e.get('elapsed_s', 0):.0f} s.", ""]
     return "\n".join(L)
 
@@ -311,6 +313,11 @@ def main() -> None:
 
             section = render_serverless(json.loads(Path(a.serverless).read_text()))
             text = text.replace("## How to run", section + "\n## How to run", 1)
+    # Sections written by hand from other runs (bench/rollout.py) are kept as they are.
+    old = Path(a.out).read_text() if Path(a.out).is_file() else ""
+    kept = re.search(r"<!-- rollout.*?<!-- /rollout -->\n", old, re.S)
+    if kept and kept.group(0) not in text:
+        text = text.replace("## How to run", kept.group(0) + "\n## How to run", 1)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(text)
     print(text)

@@ -54,12 +54,13 @@ echo "seeding $store"
 "${metahub[@]}" machine-type put v100        --feature cpu:skylake_avx512 --feature nvcap:7.0 --store "$store"
 "${metahub[@]}" machine-type put c5-exact    --feature cpu:skylake_avx512 --feature instType:c5 --match exact --store "$store"
 
-declare -A created=()
+created=""  # "login password" lines (bash 3.2, macOS: no associative arrays)
 for mt in skylake cascadelake zen3 graviton3 v100; do
   login="fleet-$mt"
   password="${METAHUB_SEED_PASSWORD:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')}"
   printf '%s' "$password" | "${metahub[@]}" account put "$login" --machine-type "$mt" --password-stdin --store "$store"
-  created[$login]="$password"
+  created="$created$login $password
+"
 done
 
 "${metahub[@]}" machine-type list --store "$store"
@@ -68,5 +69,5 @@ done
 if [[ -z "${METAHUB_SEED_PASSWORD:-}" ]]; then
   echo
   echo "accounts created (passwords shown once):"
-  for login in "${!created[@]}"; do printf '  %-20s %s\n' "$login" "${created[$login]}"; done
+  printf '%s' "$created" | while read -r login password; do printf '  %-20s %s\n' "$login" "$password"; done
 fi

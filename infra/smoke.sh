@@ -51,7 +51,7 @@ application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.m
 # request NAME METHOD URL [curl args...]: body in $work/NAME.body, headers in $work/NAME.headers, status echoed
 request() {
   local name="$1" method="$2" target="$3"; shift 3
-  local head=()
+  local head=(--silent)  # never empty: bash 3.2 (macOS) calls "${empty[@]}" unbound under set -u
   [[ "$method" == HEAD ]] && head=(--head)
   curl "${curl_opts[@]}" "${head[@]}" -X "$method" -o "$work/$name.body" -D "$work/$name.headers" \
     -w '%{http_code}' "$@" "$target" 2>"$work/$name.err" || echo "000"
@@ -82,7 +82,10 @@ if [[ "$(header ping Cache-Control)" == *no-store* ]]; then ok "401 says Cache-C
 else fail "401 without Cache-Control no-store"; fi
 
 # 2. a login
-status=$(request token GET "${realm:-$url/token}?service=${service:-metahub}&scope=repository:$repo:pull" -u "$login:$password")
+# The credentials go to curl in a config file (mode 600), never on its command line, where ps would show them.
+curl_quote() { local v="${1//\\/\\\\}"; printf '"%s"' "${v//\"/\\\"}"; }
+(umask 077; printf 'user = %s\n' "$(curl_quote "$login:$password")" > "$work/credentials.curl")
+status=$(request token GET "${realm:-$url/token}?service=${service:-metahub}&scope=repository:$repo:pull" --config "$work/credentials.curl")
 token=$(json_get "$work/token.body" 'd.get("token") or d.get("access_token") or ""')
 if [[ "$status" == 200 && -n "$token" ]]; then ok "login as $login -> token"
 else fail "login as $login -> $status $(head -c 300 "$work/token.body")"; fi

@@ -17,7 +17,7 @@ test      apt    docker-registry                    cmd:docker-registry
 test      apt    skopeo                             cmd:skopeo
 test      apt    podman                             cmd:podman
 test      apt    containerd                         cmd:containerd cmd:ctr
-test      apt    docker.io                          cmd:dockerd
+test      apt    docker.io                          cmd:dockerd cmd:docker
 test      apt    golang-github-containers-common    file:/etc/containers/policy.json
 test      apt    python3                            cmd:python3
 test      apt    python3-pip                        py:pip
@@ -31,6 +31,13 @@ test      pip    pynacl                             py:nacl
 test      apt    chromium                           cmd:chromium
 test      apt    chromium-driver                    cmd:chromedriver
 test      pip    selenium                           py:selenium
+test      apt    apache2-utils                      cmd:htpasswd
+test      apt    bash                               cmd:bash
+test      apt    mount                              cmd:umount
+test      apt    nodejs                             cmd:node
+test      pip    grpcio                             py:grpc
+test      pip    grpcio-tools                       py:grpc_tools
+test      pip    pyyaml                             py:yaml
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest

@@ -27,11 +27,13 @@ TARGET_DIR=${CARGO_TARGET_DIR:-target}
 export METAHUB_BIN=${METAHUB_BIN:-$(cd "$TARGET_DIR" && pwd)/debug/metahub}
 log "pytest tests/e2e (METAHUB_BIN=$METAHUB_BIN)"
 status=0
-# -rs lists every skip; skip_policy (tests/skip_policy.py) fails the run on a skip that is not allowed there
+# -rs lists every skip; skip_policy (tests/skip_policy.py) fails the run on a skip that is not allowed there;
+# programs (tests/programs.py) ends it at once when a program install.sh declares is missing, and fails a test
+# that starts one it does not declare
 export PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"
 run_pytest() { # each folder alone: they have conftest modules of the same name
   set +e
-  timeout "$1" "$PY" -m pytest "$2" -q -rs -p no:cacheprovider -p skip_policy
+  timeout "$1" "$PY" -m pytest "$2" -q -rs -p no:cacheprovider -p skip_policy -p programs
   local rc=$?
   set -e
   if [ "$rc" -eq 5 ]; then echo "pytest collected no tests in $2: that is a failure here" >&2; fi

@@ -38,7 +38,7 @@ install_groups=(deploy)
 step cfn-lint cfn-lint template.yaml
 step sam-validate sam validate --lint --template-file template.yaml
 # -rs and skip_policy: a skipped template test fails the checks (tests/skip_policy.py)
-step template-tests env PYTHONPATH="$root/tests" python3 -m pytest -q -rs -p skip_policy tests/deploy/test_template.py
+step template-tests env PYTHONPATH="$root/tests" python3 -m pytest -q -rs -p skip_policy tests/deploy/test_template.py tests/deploy/test_iam_check.py
 
 sam_build() {
   local missing=()

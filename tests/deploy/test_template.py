@@ -34,6 +34,22 @@ FUNCTIONS = {
 
 # ---------------------------------------------------------------- helpers
 
+def render(node, **parameters):
+    """`node` of template.yaml as CloudFormation renders it for `parameters` (tests/iam_check.py's renderer)."""
+    import iam_check
+
+    return iam_check.Renderer(iam_check.load_template(TEMPLATE), {k: str(v) for k, v in parameters.items()}).render(node)
+
+
+def distribution_config(**parameters) -> dict:
+    import iam_check
+
+    raw = iam_check.load_template(TEMPLATE)["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
+    return render(raw, **parameters)
+
+
+SECONDARY_URL = "https://abcdefghij0123456789.lambda-url.us-west-2.on.aws/"
+
 @pytest.fixture(scope="module")
 def tpl() -> dict:
     from cfnlint.decode import decode
@@ -147,41 +163,111 @@ def test_authorization_reaches_the_origin(tpl):
 
 def test_routes(tpl):
     cfg = tpl["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
-    origins = {o["Id"]: o for o in cfg["Origins"]}
-    by_path = {b.get("PathPattern"): b["TargetOriginId"] for b in behaviours(tpl)}
-    assert by_path == {None: "registry", "/v2/*": "registry", "/token": "token"}
+    origins = {o["Id"]: o for o in cfg["Origins"] if "Id" in o}
+    by_path = {b.get("PathPattern"): list(branches(b["TargetOriginId"])) for b in behaviours(tpl)}
+    assert by_path == {None: ["registry-group", "registry"], "/v2/*": ["registry-group", "registry"], "/token": ["token"]}
     for origin_id, fn in (("registry", "RegistryFunction"), ("token", "TokenFunction")):
         dom = origins[origin_id]["DomainName"]
         assert dom == {"Fn::Select": [2, {"Fn::Split": ["/", {"Fn::GetAtt": [f"{fn}Url", "FunctionUrl"]}]}]}
         assert origins[origin_id]["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
+    # Without a second region: one origin per function, no group.
+    single = distribution_config()
+    assert [o["Id"] for o in single["Origins"]] == ["registry", "token"] and "OriginGroups" not in single
+
+
+def test_origin_read_timeout_follows_the_function_timeout():
+    """Finding 6: CloudFront waits as long as a function may take (it answers 503 itself before that)."""
+    for timeout in (10, 60):
+        cfg = distribution_config(FunctionTimeout=timeout, SecondaryRegistryFunctionUrl=SECONDARY_URL)
+        assert {o["CustomOriginConfig"]["OriginReadTimeout"] for o in cfg["Origins"]} == {str(timeout)}
+    assert "60" >= str(TEMPLATE_PARAMS()["FunctionTimeout"]["MaxValue"]), "CloudFront's default ceiling is 60 s"
+
+
+def TEMPLATE_PARAMS() -> dict:
+    import iam_check
+
+    return iam_check.load_template(TEMPLATE)["Parameters"]
+
+
+def test_second_region_fails_over_the_registry_behaviours():
+    """SecondaryRegistryFunctionUrl: /v2/* and the default behaviour go to an origin group that fails over on 5xx and
+    timeouts to the second region's registry function, with the same origin secret header; /token keeps POST and its
+    one origin (CloudFront fails over GET/HEAD/OPTIONS only and refuses groups on behaviours that allow more)."""
+    cfg = distribution_config(SecondaryRegistryFunctionUrl=SECONDARY_URL, OriginSecretParameterName="/m/o")
+    origins = {o["Id"]: o for o in cfg["Origins"]}
+    assert origins["registry-secondary"]["DomainName"] == "abcdefghij0123456789.lambda-url.us-west-2.on.aws"
+    assert origins["registry-secondary"]["OriginCustomHeaders"] == origins["registry"]["OriginCustomHeaders"]
+    (group,) = cfg["OriginGroups"]["Items"]
+    assert [m["OriginId"] for m in group["Members"]["Items"]] == ["registry", "registry-secondary"]
+    assert set(group["FailoverCriteria"]["StatusCodes"]["Items"]) == {500, 502, 503, 504}
+    by_path = {b.get("PathPattern"): b for b in [cfg["DefaultCacheBehavior"], *cfg["CacheBehaviors"]]}
+    for path in (None, "/v2/*"):
+        assert by_path[path]["TargetOriginId"] == "registry-group"
+        assert set(by_path[path]["AllowedMethods"]) == {"GET", "HEAD", "OPTIONS"}
+    assert by_path["/token"]["TargetOriginId"] == "token" and "POST" in by_path["/token"]["AllowedMethods"]
+
+
+def test_second_region_global_table_and_secondary_stack(tpl):
+    params = tpl["Parameters"]
+    assert params["SecondaryRegion"]["Default"] == "" and params["CreateDistribution"]["Default"] == "true"
+    table = tpl["Resources"]["GlobalTable"]
+    assert table["Condition"] == "CreateGlobalTable" and table["DeletionPolicy"] == "Retain"
+    regions = [r["Region"] for r in table["Properties"]["Replicas"]]
+    assert regions == [{"Ref": "AWS::Region"}, {"Ref": "SecondaryRegion"}]
+    assert table["Properties"]["KeySchema"] == tpl["Resources"]["Table"]["Properties"]["KeySchema"]
+    assert table["Properties"]["GlobalSecondaryIndexes"] == tpl["Resources"]["Table"]["Properties"]["GlobalSecondaryIndexes"]
+    assert tpl["Resources"]["Table"]["Condition"] == "CreateRegionalTable"
+    assert "SecondaryRegionDiffers" in tpl["Rules"]
+    # The second region's stack: functions and URLs only.
+    for name in ("Distribution", "ViewerHostFunction"):
+        assert tpl["Resources"][name]["Condition"] == "WantsDistribution", name
+    for name in ("RegistryDomain", "PublicUrl", "LoginCommand", "CloudFrontDomain"):
+        assert tpl["Outputs"][name]["Condition"] == "WantsDistribution", name
 
 
 def test_push_verbs_reach_the_function_and_viewers_use_https(tpl):
-    cfg = tpl["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
+    cfg = distribution_config()
     assert cfg["HttpVersion"] == "http2and3"
-    for b in behaviours(tpl):
+    for b in [cfg["DefaultCacheBehavior"], *cfg["CacheBehaviors"]]:
         assert set(b["AllowedMethods"]) == {"GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"}
+    for b in behaviours(tpl):
         assert b["ViewerProtocolPolicy"] in ("https-only", "redirect-to-https")
         assert b.get("Compress") is False, "compression must not touch digest-addressed bodies"
 
 
 def test_origin_secret_header_is_set_and_checked(tpl):
     cfg = tpl["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
-    expected = [
-        {"Fn::Sub": "{{resolve:ssm:${OriginSecretParameterName}:${OriginSecretParameterVersion}}}"},
-        {"Fn::Sub": "{{resolve:ssm:${OriginSecretParameterName}}}"},
-    ]
-    assert {o["Id"] for o in cfg["Origins"]} == {"registry", "token"}
-    for origin in cfg["Origins"]:
-        headers = {h["HeaderName"]: h["HeaderValue"] for h in origin.get("OriginCustomHeaders", [])}
-        assert list(branches(headers.get("X-Origin-Verify"))) == expected, origin["Id"]
+    assert {o["Id"] for o in cfg["Origins"] if "Id" in o} == {"registry", "token"}
+    for params in ({}, {"OriginSecretParameterName": "/m/o"}, {"OriginSecretParameterVersion": "3"}):
+        rendered = distribution_config(**params)
+        name = params.get("OriginSecretParameterName", "/metahub/metahub-test/origin-verify")
+        want = "{{resolve:ssm:" + name + (":3" if "OriginSecretParameterVersion" in params else "") + "}}"
+        for origin in rendered["Origins"]:
+            assert origin["OriginCustomHeaders"] == [{"HeaderName": "X-Origin-Verify", "HeaderValue": want}], origin["Id"]
     param = tpl["Parameters"]["OriginSecretParameterName"]
-    assert param["Default"].startswith("/"), "a parameter name, not a value"
+    assert param["Default"] == "", "empty: the stack's own name (finding 7)"
     # Every function behind CloudFront knows where to read the value, and may read it.
     for fn in ("RegistryFunction", "TokenFunction"):
-        assert function_env(tpl, fn)["METAHUB_ORIGIN_SECRET_PARAM"] == {"Ref": "OriginSecretParameterName"}
+        env = render(function_env(tpl, fn), OriginSecretParameterName="/m/o")
+        assert env["METAHUB_ORIGIN_SECRET_PARAM"] == "/m/o"
         granted = role_actions(tpl, FUNCTIONS[fn]["role"])["ssm:GetParameters"]
-        assert any("${OriginSecretParameterName}" in json.dumps(r) for r in granted), fn
+        assert any("OriginSecretParameterName" in json.dumps(r) for r in granted), fn
+
+
+def test_parameter_names_are_unique_per_stack_and_region(tpl):
+    """Finding 7: SSM names default to the stack's own, account-global names carry stack and region."""
+    for fn in ("RegistryFunction", "TokenFunction"):
+        env = render(function_env(tpl, fn))
+        assert env["METAHUB_SIGNING_KEY_PARAM"] == "/metahub/metahub-test/signing-key"
+        assert env["METAHUB_ORIGIN_SECRET_PARAM"] == "/metahub/metahub-test/origin-verify"
+    for resource, key in (("ViewerHostFunction", "Name"), ("Dashboard", "DashboardName")):
+        name = json.dumps(tpl["Resources"][resource]["Properties"][key])
+        assert "${AWS::StackName}" in name and "${AWS::Region}" in name, resource
+    hsts = json.dumps(tpl["Resources"]["HstsPolicy"]["Properties"]["ResponseHeadersPolicyConfig"]["Name"])
+    assert "${AWS::StackName}" in hsts and "${AWS::Region}" in hsts
+    rotate = (ROOT / "infra" / "rotate-origin-secret.sh").read_text()
+    assert "OriginSecretParameter" in rotate, "the script reads the stack's own parameter name"
+    assert "/metahub/origin-verify" not in rotate
 
 
 # ---------------------------------------------------------------- functions
@@ -263,6 +349,9 @@ def test_no_secret_values_in_environment(tpl, expanded):
             )
             if key.endswith("_PARAM"):
                 for b in branches(value):
+                    if isinstance(b, dict) and "Fn::Sub" in b:  # the stack's own default name
+                        assert b["Fn::Sub"].startswith("/metahub/${AWS::StackName}/"), f"{fn}.{key}"
+                        continue
                     assert isinstance(b, dict) and set(b) == {"Ref"}, f"{fn}.{key} must name a parameter"
                     assert b["Ref"].endswith("ParameterName"), f"{fn}.{key}"
                     default = tpl["Parameters"][b["Ref"]]["Default"]
@@ -280,7 +369,7 @@ def test_no_secret_values_in_environment(tpl, expanded):
 def test_behind_cloudfront_functions_get_the_signing_key_name(tpl):
     for fn in ("RegistryFunction", "TokenFunction"):
         env = function_env(tpl, fn)
-        assert env["METAHUB_SIGNING_KEY_PARAM"] == {"Ref": "SigningKeyParameterName"}
+        assert render(env["METAHUB_SIGNING_KEY_PARAM"], SigningKeyParameterName="/m/k") == "/m/k"
         assert env["METAHUB_STORE"]["Fn::Sub"][0] == "dynamodb:${Table}"
     assert function_env(tpl, "RegistryFunction")["METAHUB_UPSTREAM"] == {"Ref": "UpstreamUrl"}
     assert tpl["Parameters"]["UpstreamUrl"]["Default"] == "https://registry-1.docker.io"
@@ -334,12 +423,19 @@ def test_least_privilege_per_function(tpl):
         assert name in registry_params and name in token_params
     assert "UpstreamCredentialsParameterName" in registry_params
     assert "UpstreamCredentialsParameterName" not in token_params
-    assert not {a for a in role_actions(tpl, "AdminRole") if a.startswith(("ssm:", "secretsmanager:", "kms:"))}
+    # The admin function reads only the upstream credentials (finding 5: a matrix of private images), if configured.
+    admin_params = json.dumps(role_actions(tpl, "AdminRole")["ssm:GetParameters"])
+    assert "UpstreamCredentialsParameterName" in admin_params
+    assert "SigningKeyParameterName" not in admin_params and "OriginSecretParameterName" not in admin_params
     assert "METAHUB_SIGNING_KEY_PARAM" not in function_env(tpl, "AdminFunction")
+    admin_env = render(function_env(tpl, "AdminFunction"), UpstreamCredentialsParameterName="/m/up")
+    assert admin_env["METAHUB_UPSTREAM_CREDENTIALS_PARAM"] == "/m/up"
+    assert "METAHUB_UPSTREAM_CREDENTIALS_PARAM" not in render(function_env(tpl, "AdminFunction"))
     conditional = [
         st for _, st in statements(tpl) if "UpstreamCredentialsParameterName" in json.dumps(st)
     ]
     assert conditional and '"HasUpstreamCredentials"' in json.dumps(tpl["Resources"]["RegistryRole"])
+    assert '"HasUpstreamCredentials"' in json.dumps(tpl["Resources"]["AdminRole"])
     assert all("secretsmanager" not in json.dumps(st) for _, st in statements(tpl))
 
 
@@ -415,13 +511,18 @@ def table_arn(resource) -> bool:
     return "table/${T}" in text and "/index/" not in text
 
 
-def test_admin_may_query_the_audit_log_on_the_table(tpl):
-    # GET /admin/changes queries pk=CHANGES on the table; a grant on the index alone is AccessDenied.
+def test_admin_may_query_the_partitions_it_reads_on_the_table(tpl):
+    # GET /admin/changes queries pk=CHANGES on the table, the admin page's watched images and matrix pk=WATCHED
+    # (finding 1 of issue 28: the grant named CHANGES only); a grant on the index alone is AccessDenied. Every Query
+    # the store code makes on the table, and only those partitions (tests/iam_check.py checks the calls themselves).
     code = (ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs").read_text()
-    partition = re.search(r'const CHANGES_PK: &str = "([^"]+)"', code).group(1)
+    constants = dict(re.findall(r'const ([A-Z_]+_PK): &str = "([^"]+)"', code))
+    queried = re.findall(r'\.query\(\)[^;]*?expression_attribute_values\(":pk", s\(([A-Z_]+_PK)\)\)', code, re.S)
+    partitions = sorted({constants[c] for c in queried})
+    assert partitions == ["CHANGES", "WATCHED"], partitions
     on_table = [st for st in statements_with(tpl, "AdminRole", "dynamodb:Query") if all(table_arn(r) for r in as_list(st["Resource"]))]
     assert len(on_table) == 1, on_table
-    assert on_table[0]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [partition]}}
+    assert on_table[0]["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": partitions}}
 
 
 def test_registry_writes_only_generated_indexes(tpl):
@@ -444,9 +545,8 @@ def test_token_function_writes_nothing(tpl):
               "dynamodb:TransactWriteItems", "ssm:PutParameter"}
     assert not writes & set(role_actions(tpl, "TokenRole")), role_actions(tpl, "TokenRole")
     # ...which holds because the signing key always comes from SSM (the table-kept key is never inserted).
-    assert tpl["Parameters"]["SigningKeyParameterName"]["Default"].startswith("/")
-    assert "^$" not in tpl["Parameters"]["SigningKeyParameterName"]["AllowedPattern"]
-    assert function_env(tpl, "TokenFunction")["METAHUB_SIGNING_KEY_PARAM"] == {"Ref": "SigningKeyParameterName"}
+    # (empty is the stack's own name, never "no parameter")
+    assert render(function_env(tpl, "TokenFunction")["METAHUB_SIGNING_KEY_PARAM"]) == "/metahub/metahub-test/signing-key"
 
 
 CACHEABLE_ERRORS = {400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504}
@@ -466,16 +566,36 @@ def test_error_answers_are_never_cached(tpl):
     assert "header::CACHE_CONTROL" in common and '"no-store"' in common and '"private, no-store"' in common
 
 
+def test_scripts_run_on_bash_3_2_and_keep_passwords_off_command_lines():
+    """Finding 9: macOS ships bash 3.2 (no mapfile, no associative arrays); smoke.sh never passes the password as an
+    argument; deploy.sh runs the smoke test when given an account, and checks the concurrency quota."""
+    for script in (ROOT / "infra").glob("*.sh"):
+        text = script.read_text()
+        for feature in ("mapfile", "readarray", "declare -A", "local -n", "${!", ",,}", "^^}"):
+            assert feature not in text, f"{script.name}: {feature} needs bash 4"
+    smoke = (ROOT / "infra" / "smoke.sh").read_text()
+    assert '-u "$login:$password"' not in smoke and "--config" in smoke
+    deploy = (ROOT / "infra" / "deploy.sh").read_text()
+    assert "--smoke-login" in deploy and 'bash "$here/smoke.sh"' in deploy
+    assert "get-account-settings" in deploy and "L-B99A9384" in deploy
+
+
 def test_timeouts_derive_from_the_one_function_timeout(tpl):
     glob = tpl["Globals"]["Function"]
     assert glob["Timeout"] == {"Ref": "FunctionTimeout"}
     assert glob["Environment"]["Variables"]["METAHUB_FUNCTION_TIMEOUT"] == {"Ref": "FunctionTimeout"}
-    for fn in FUNCTIONS:
+    for fn in ("RegistryFunction", "TokenFunction"):
         props = tpl["Resources"][fn]["Properties"]
         assert "Timeout" not in props, f"{fn}: one timeout, set in Globals"
+    for fn in FUNCTIONS:
         env = function_env(tpl, fn)
         assert not {"METAHUB_UPSTREAM_TIMEOUT"} & set(env), f"{fn}: derived, not set by hand"
-    assert tpl["Parameters"]["FunctionTimeout"]["MaxValue"] <= 900
+    assert tpl["Parameters"]["FunctionTimeout"]["MaxValue"] <= 60, "CloudFront's origin read timeout follows it"
+    # Finding 5: the admin function has its own, longer timeout, passed to it the same way.
+    admin = tpl["Resources"]["AdminFunction"]["Properties"]
+    assert admin["Timeout"] == {"Ref": "AdminFunctionTimeout"}
+    assert function_env(tpl, "AdminFunction")["METAHUB_FUNCTION_TIMEOUT"] == {"Ref": "AdminFunctionTimeout"}
+    assert tpl["Parameters"]["AdminFunctionTimeout"]["Default"] > tpl["Parameters"]["FunctionTimeout"]["Default"]
 
 
 def test_origin_secret_rotation_pins_one_version_for_cloudfront_and_functions(tpl):
@@ -497,7 +617,8 @@ def test_one_pass_deploy_viewer_host_reaches_the_functions(tpl):
     assert "PublicUrl" not in tpl["Parameters"]
     for f in FUNCTIONS:
         assert "METAHUB_PUBLIC_URL" not in function_env(tpl, f)
-    assert "second" not in (ROOT / "infra" / "deploy.sh").read_text().lower()
+    deploy = (ROOT / "infra" / "deploy.sh").read_text().lower()
+    assert "second pass" not in deploy and "second deploy" not in deploy
 
 
 def test_function_urls_grant_invoke_function_too(tpl):
@@ -519,16 +640,87 @@ def test_token_rate_limit_is_optional_and_off_by_default(tpl):
     p = tpl["Parameters"]["TokenRateLimit"]
     assert p["Default"] == 0 and "$" in p["Description"], "off by default, with its cost"
     acl = tpl["Resources"]["TokenRateLimitWebAcl"]
-    assert acl["Condition"] == "HasTokenRateLimit"
+    assert acl["Condition"] == "CreatesWebAcl"
     assert acl["Properties"]["Scope"] == "CLOUDFRONT"
     (rule,) = acl["Properties"]["Rules"]
     rate = rule["Statement"]["RateBasedStatement"]
     assert rate["Limit"] == {"Ref": "TokenRateLimit"} and rate["AggregateKeyType"] == "IP"
     match = rate["ScopeDownStatement"]["ByteMatchStatement"]
     assert match["SearchString"] == "/token" and match["FieldToMatch"] == {"UriPath": {}}
-    cfg = tpl["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
-    assert cfg["WebACLId"] == {"Fn::If": ["HasTokenRateLimit", {"Fn::GetAtt": ["TokenRateLimitWebAcl", "Arn"]}, {"Ref": "AWS::NoValue"}]}
+    assert "WebACLId" not in distribution_config()
+    assert distribution_config(TokenRateLimit=1000)["WebACLId"] == "<TokenRateLimitWebAcl.Arn>"
     assert "TokenRateLimitNeedsUsEast1" in tpl["Rules"]
+
+
+# ---------------------------------------------------------------- issue 28: edge hardening, concurrency, alarms
+
+def test_web_acl_arn_parameter(tpl):
+    arn = "arn:aws:wafv2:us-east-1:123456789012:global/webacl/managed/0123"
+    assert distribution_config(WebAclArn=arn)["WebACLId"] == arn
+    assert re.fullmatch(tpl["Parameters"]["WebAclArn"]["AllowedPattern"], arn)
+    assert not re.fullmatch(tpl["Parameters"]["WebAclArn"]["AllowedPattern"], arn.replace("global", "regional"))
+    rule = tpl["Rules"]["OneWebAcl"]
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "TokenRateLimit"}, 0]}
+
+
+def test_viewer_tls_and_hsts(tpl):
+    custom = distribution_config(DomainName="registry.example.com",
+                                 CertificateArn="arn:aws:acm:us-east-1:123456789012:certificate/x")
+    assert custom["ViewerCertificate"]["MinimumProtocolVersion"] == "TLSv1.2_2021"
+    assert distribution_config()["ViewerCertificate"] == {"CloudFrontDefaultCertificate": True}
+    policy = tpl["Resources"]["HstsPolicy"]
+    assert policy["Condition"] == "HasHsts" and tpl["Parameters"]["HstsMaxAge"]["Default"] >= 31536000
+    hsts = policy["Properties"]["ResponseHeadersPolicyConfig"]["SecurityHeadersConfig"]["StrictTransportSecurity"]
+    assert hsts["AccessControlMaxAgeSec"] == {"Ref": "HstsMaxAge"} and hsts["Override"] is True
+    for b in [distribution_config()["DefaultCacheBehavior"], *distribution_config()["CacheBehaviors"]]:
+        assert b["ResponseHeadersPolicyId"] == "metahub-test-HstsPolicy"
+    off = distribution_config(HstsMaxAge=0)
+    assert all("ResponseHeadersPolicyId" not in b for b in [off["DefaultCacheBehavior"], *off["CacheBehaviors"]])
+
+
+def test_access_logs_are_optional(tpl):
+    assert "Logging" not in distribution_config()
+    logging = distribution_config(AccessLogBucket="my-logs.s3.amazonaws.com")["Logging"]
+    assert logging == {"Bucket": "my-logs.s3.amazonaws.com", "Prefix": "metahub-test/", "IncludeCookies": False}
+    assert not re.fullmatch(tpl["Parameters"]["AccessLogBucket"]["AllowedPattern"], "my-logs")
+
+
+def test_reserved_concurrency_is_optional(tpl):
+    assert tpl["Parameters"]["ReservedConcurrency"]["Default"] == 0
+    for fn in ("RegistryFunction", "TokenFunction"):
+        props = tpl["Resources"][fn]["Properties"]
+        assert render(props["ReservedConcurrentExecutions"], ReservedConcurrency=50) == "50"
+        assert "ReservedConcurrentExecutions" not in render(props)
+    assert "ReservedConcurrentExecutions" not in tpl["Resources"]["AdminFunction"]["Properties"]
+
+
+ALARMS = {"RegistryErrorsAlarm": ("AWS/Lambda", "Errors"), "RegistryThrottlesAlarm": ("AWS/Lambda", "Throttles"),
+          "TokenErrorsAlarm": ("AWS/Lambda", "Errors"), "TokenThrottlesAlarm": ("AWS/Lambda", "Throttles"),
+          "TableReadThrottlesAlarm": ("AWS/DynamoDB", "ReadThrottleEvents"),
+          "TableWriteThrottlesAlarm": ("AWS/DynamoDB", "WriteThrottleEvents"),
+          "CloudFront5xxAlarm": ("AWS/CloudFront", "5xxErrorRate")}
+
+
+def test_alarms_go_to_the_optional_topic_and_have_a_runbook_entry(tpl):
+    assert tpl["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    alarms = resources(tpl, "AWS::CloudWatch::Alarm")
+    assert set(alarms) == set(ALARMS)
+    runbook = (ROOT / "docs" / "deploy.md").read_text()
+    assert "## Alarms fired" in runbook
+    for name, (namespace, metric) in ALARMS.items():
+        props = alarms[name]["Properties"]
+        assert (props["Namespace"], props["MetricName"]) == (namespace, metric), name
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopicArn"}] and props["OKActions"] == [{"Ref": "AlarmTopicArn"}]
+        assert props["TreatMissingData"] == "notBreaching"
+        assert f"### {name}" in runbook, f"the runbook says what {name} means"
+        assert name in json.dumps(props["AlarmDescription"])
+        assert alarms[name]["Condition"] == ("HasCloudFrontAlarm" if namespace == "AWS/CloudFront" else "HasAlarms")
+    assert alarms["CloudFront5xxAlarm"]["Properties"]["Threshold"] == {"Ref": "CloudFront5xxRateThreshold"}
+    assert tpl["Parameters"]["CloudFront5xxRateThreshold"]["Default"] == 5
+    # CloudFront's metrics exist in us-east-1 only
+    assert {"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]} in tpl["Conditions"]["HasCloudFrontAlarm"]["Fn::And"]
+    functions = {json.dumps(alarms[n]["Properties"]["Dimensions"]) for n in ALARMS if n.startswith(("Registry", "Token"))}
+    assert functions == {json.dumps([{"Name": "FunctionName", "Value": {"Ref": f}}]) for f in ("RegistryFunction", "TokenFunction")}
 
 
 def test_no_stale_not_there_yet_texts():

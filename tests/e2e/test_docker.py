@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import DockerEngine, creds, get_token, v2
+from conftest import DockerEngine, creds, get_token, skopeo_raw, v2
 from test_pull import ALL_TYPES, EXPECTED_AMD64
 
 
@@ -56,12 +56,17 @@ def test_docker_pull_by_filtered_digest(metahub, docker: DockerEngine):
 
 
 def test_docker_pull_by_upstream_child_digest(metahub, images, docker: DockerEngine):
-    """A digest metahub did not make is the upstream's: served verbatim whatever the machine type."""
-    child = images.images["nvcap-7.0"].digest
-    client, _ = docker.login(metahub.host, creds("zen2"))
+    """A child digest is the upstream's manifest: served verbatim to a machine type that runs it, refused to one
+    that does not."""
+    child = images.images["cpu-skylake"].digest
+    skopeo_raw(f"{metahub.host}/org/app:latest", creds("zen2"))  # MetaHub has read the index
+    client, _ = docker.login(metahub.host, creds("cascadelake-a100"))
     pulled = client.pull(f"{metahub.host}/org/app@{child}")
-    assert pulled.label == pulled.text == "nvcap-7.0"
+    assert pulled.label == pulled.text == "cpu-skylake"
     assert pulled.repo_digest == child
+    client, _ = docker.login(metahub.host, creds("zen2"))
+    refused = client("pull", "-q", f"{metahub.host}/org/app@{images.images['nvcap-7.0'].digest}", check=False)
+    assert refused.returncode != 0 and b"denied" in refused.stderr.lower(), refused
 
 
 def test_docker_pull_through_redirecting_upstream(metahub_redirect, redirecting_upstream, docker: DockerEngine):

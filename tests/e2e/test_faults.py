@@ -147,7 +147,8 @@ def test_upstream_stopped(workdir, images):
     hub = None
     try:
         registry_push.push_test_content(up.url)
-        hub = start_configured_metahub(workdir, up, "metahub-stopped", ["--upstream-timeout", "2s"])
+        # the tag window off: the pull right after the upstream stops must meet it
+        hub = start_configured_metahub(workdir, up, "metahub-stopped", ["--upstream-timeout", "2s", "--tag-ttl", "0"])
         token = get_token(hub, "cascadelake-a100")
         first = v2(hub, "org/app/manifests/latest", token)
         assert first.status_code == 200

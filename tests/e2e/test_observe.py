@@ -25,7 +25,8 @@ def observed(workdir, proxy, images):
         workdir,
         proxy,
         "metahub-observe",
-        ["--upstream-timeout", "2s", "--metrics-listen", f"127.0.0.1:{port}"],
+        # the tag window off: each pull's upstream calls are counted
+        ["--upstream-timeout", "2s", "--tag-ttl", "0", "--metrics-listen", f"127.0.0.1:{port}"],
         env={"METAHUB_LOG_FORMAT": "json"},
     )
     hub.metrics_url = f"http://127.0.0.1:{port}/metrics"

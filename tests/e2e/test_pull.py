@@ -9,7 +9,7 @@ import json
 import pytest
 import requests
 
-from conftest import MACHINE_TYPES, creds, get_token, skopeo_copy_variant, skopeo_raw, v2
+from conftest import MACHINE_TYPES, assert_registry_error, creds, get_token, skopeo_copy_variant, skopeo_raw, v2
 from registry_push import ALL_MANIFEST_TYPES, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, sha256
 
 # What each machine type gets for org/app (and org/applist) on linux/amd64. Per the archspec DAG
@@ -96,12 +96,16 @@ def test_pull_by_filtered_digest(metahub, containerd, podman, tmp_path):
 
 
 def test_pull_by_upstream_child_digest(metahub, images, podman, tmp_path):
-    """A digest metahub did not make is the upstream's, served verbatim whatever the machine type."""
-    child = images.images["nvcap-7.0"].digest
-    ref = f"{metahub.host}/org/app@{child}"
-    label, text, _ = skopeo_copy_variant(ref, tmp_path / "img", creds("zen2"))
-    assert label == text == "nvcap-7.0"
-    assert podman.pull_variant(ref, creds("zen2")) == "nvcap-7.0"
+    """A child digest is the upstream's manifest, served verbatim to a machine that runs it, and refused to one
+    that does not (the index lists it under requirements the machine lacks): test_pins.py has every client."""
+    skopeo_raw(f"{metahub.host}/org/app:latest", creds("zen2"))  # MetaHub has read the index
+    runs = f"{metahub.host}/org/app@{images.images['cpu-skylake'].digest}"
+    label, text, _ = skopeo_copy_variant(runs, tmp_path / "img", creds("cascadelake-a100"))
+    assert label == text == "cpu-skylake"
+    assert podman.pull_variant(runs, creds("cascadelake-a100")) == "cpu-skylake"
+    cannot = f"{metahub.host}/org/app@{images.images['nvcap-7.0'].digest}"
+    with pytest.raises(AssertionError, match="(?i)denied"):
+        podman.pull_variant(cannot, creds("zen2"))
 
 
 def test_single_manifest_passes_through(metahub, images, tmp_path):
@@ -175,12 +179,15 @@ def test_head_then_get_by_digest(metahub):
     assert head2.status_code == 200 and head2.headers["Docker-Content-Digest"] == digest
 
 
-def test_filtered_digest_is_served_to_another_machine_type(metahub):
-    """A filtered index is content: once made, its digest names the same bytes for anyone allowed to pull."""
+def test_filtered_digest_is_served_to_another_machine_type_that_runs_it(metahub):
+    """A filtered index is content: once made, its digest names the same bytes for any machine type that runs the
+    build its clients take from it (a cascadelake runs skylake's), and is refused to one that does not."""
     digest = v2(metahub, "org/app/manifests/latest", get_token(metahub, "skylake"), method="HEAD").headers["Docker-Content-Digest"]
-    r = v2(metahub, f"org/app/manifests/{digest}", get_token(metahub, "zen2"))
+    r = v2(metahub, f"org/app/manifests/{digest}", get_token(metahub, "cascadelake-a100"))
     assert r.status_code == 200
     assert sha256(r.content) == digest
+    r = v2(metahub, f"org/app/manifests/{digest}", get_token(metahub, "zen2"))
+    assert_registry_error(r.status_code, r.content, 403, {"DENIED"})
 
 
 def test_get_by_upstream_index_digest_is_verbatim(metahub, upstream, images):

@@ -17,6 +17,8 @@ import requests
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests" / "e2e"))
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
+import iam_check  # noqa: E402  (tests/iam_check.py)
 import log_secrets  # noqa: E402  (the e2e check that no secret reaches a log)
 import registry_push  # noqa: E402  (the e2e helper's deterministic test images)
 from lambda_harness import (  # noqa: E402
@@ -59,6 +61,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter):
+    iam_check.terminal_summary(terminalreporter)
     if TIMINGS:
         terminalreporter.section("Lambda function start-up (process start -> ...)")
         for name, t in sorted(TIMINGS.items()):
@@ -67,6 +70,15 @@ def pytest_terminal_summary(terminalreporter):
             )
 
 
+
+
+@pytest.fixture(autouse=True)
+def iam_checked():
+    """Every AWS call the function instances made during the test is allowed by their role in template.yaml."""
+    yield
+    denied = iam_check.denied_message()
+    if denied:
+        pytest.fail(denied, pytrace=False)
 
 
 @pytest.fixture(scope="session")

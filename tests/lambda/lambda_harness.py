@@ -29,6 +29,9 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from runtime_api import Outcome, RuntimeApi, start_runtime_api  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tests"))
+import iam_check  # noqa: E402  (every instance's AWS calls go through a recorder, checked against its role)
+
 METAHUB_BIN = os.environ.get("METAHUB_BIN", str(ROOT / "target" / "debug" / "metahub"))
 BIN_DIR = Path(os.environ.get("METAHUB_LAMBDA_BIN_DIR", str(Path(METAHUB_BIN).parent)))
 START_TIMEOUT = 30
@@ -243,6 +246,7 @@ class Function:
     proc: Proc
     invocations: int = 0
     first: Response | None = None
+    recorder: "iam_check.Recorder | None" = None  # its AWS calls, for the IAM check
 
     def invoke(self, ev: dict, timeout: float = 60) -> Response:
         assert self.proc.alive(), f"{self.binary} exited with {self.proc.popen.returncode}:\n{self.proc.tail()}"
@@ -255,6 +259,8 @@ class Function:
     def stop(self) -> None:
         self.proc.stop()
         self.runtime.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
 
 
 def function_env(runtime: RuntimeApi, binary: str, extra: dict[str, str]) -> dict[str, str]:
@@ -281,9 +287,19 @@ def launch_function(workdir: Path, binary: str, env: dict[str, str], name: str |
     if not os.access(path, os.X_OK):
         pytest.fail(f"{path} not found: build it (cargo build --workspace --bins) or set METAHUB_LAMBDA_BIN_DIR")
     runtime = start_runtime_api()
+    recorder = None
+    if binary == "metahub-token":
+        # template.yaml gives the token function no upstream (it contacts none), so no upstream credentials either
+        env = {k: v for k, v in env.items() if k != "METAHUB_UPSTREAM_CREDENTIALS_PARAM"}
+    if env.get("AWS_ENDPOINT_URL") and os.environ.get("METAHUB_IAM_CHECK", "1") != "0":
+        # Between the instance and moto: a proxy that records every AWS call for the IAM check (tests/iam_check.py;
+        # METAHUB_IAM_CHECK=0 leaves it out, for benchmarks).
+        parameters, why_not = iam_check.template_parameters(binary, env)
+        recorder = iam_check.start_recorder(name or binary, binary, env["AWS_ENDPOINT_URL"], parameters, why_not)
+        env = {**env, "AWS_ENDPOINT_URL": recorder.endpoint}
     request_id = runtime.submit(first) if first is not None else None
     proc = Proc(name or binary, [str(path)], workdir, function_env(runtime, binary, env))
-    return Function(binary, runtime, proc), request_id
+    return Function(binary, runtime, proc, recorder=recorder), request_id
 
 
 def start_function(workdir: Path, binary: str, env: dict[str, str], first: dict | None, name: str | None = None) -> Function:
@@ -308,7 +324,7 @@ def full_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
         "METAHUB_SERVICE": SERVICE,
         "METAHUB_UPSTREAM": upstream.url,
         "METAHUB_TOKEN_TTL": "300",
-        "METAHUB_TAG_TTL": "",
+        "METAHUB_TAG_TTL": "1s",
         "METAHUB_SIGNING_KEY_PARAM": SIGNING_KEY_PARAM,
         "METAHUB_ORIGIN_SECRET_PARAM": ORIGIN_SECRET_PARAM,
         "METAHUB_UPSTREAM_CREDENTIALS_PARAM": UPSTREAM_CREDENTIALS_PARAM,
@@ -317,9 +333,10 @@ def full_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
 
 
 def admin_env(moto: Moto, upstream: Upstream) -> dict[str, str]:
-    """What template.yaml gives the admin function: the store, the upstream, no secrets (it issues no tokens)."""
+    """What template.yaml gives the admin function: the store, the upstream and its credentials (for /admin/explain
+    and /admin/matrix of private images), no token secrets (it issues no tokens)."""
     env = full_env(moto, upstream)
-    for secret in ("METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM", "METAHUB_UPSTREAM_CREDENTIALS_PARAM"):
+    for secret in ("METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM"):
         env.pop(secret)
     return env
 

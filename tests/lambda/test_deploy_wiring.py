@@ -117,3 +117,135 @@ def test_no_answer_is_cacheable(registry_fn, token, path):
     for headers in ({}, {"authorization": f"Bearer {token}"}):
         r = registry_fn.request("GET", path, headers=headers)
         assert "no-store" in r.headers.get("cache-control", ""), (path, r.status, r.headers)
+
+
+# --------------------------------------------------------------------------------------------- signing key rotation
+
+ROTATING_KEY_PARAM = "/metahub/test/rotating-signing-key"
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def kid_of(token: str) -> str | None:
+    return json.loads(_unb64url(token.split(".")[0])).get("kid")
+
+
+def resigned(token: str, key: bytes, kid: str, lifetime: int = 3600) -> str:
+    """`token`'s claims (its account fingerprint included), re-signed with `key` as version `kid`, living longer."""
+    import hashlib
+    import hmac
+    import time as _time
+
+    claims = json.loads(_unb64url(token.split(".")[1]))
+    claims["exp"] = int(_time.time()) + lifetime
+    signing_input = _b64url(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode()) + "." + _b64url(json.dumps(claims).encode())
+    return signing_input + "." + _b64url(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())
+
+
+def key_id(key: bytes) -> str:
+    """The `kid` of tokens signed with `key` (metahub_core::token::key_id)."""
+    import hashlib
+
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def put_key(moto) -> tuple[bytes, int]:
+    import base64
+
+    key = os.urandom(32)
+    ssm(moto).put_parameter(Name=ROTATING_KEY_PARAM, Type="SecureString", Value=base64.b64encode(key).decode(), Overwrite=True)
+    return key, ssm(moto).get_parameter(Name=ROTATING_KEY_PARAM)["Parameter"]["Version"]
+
+
+def login(token_fn) -> str:
+    from lambda_harness import LOGIN, PASSWORD, basic
+
+    r = token_fn.request("GET", "/token", query=f"service={SERVICE}&scope=repository:org/app:pull",
+                         headers={"authorization": basic(LOGIN, PASSWORD)})
+    assert r.status == 200, r.body
+    return r.json()["token"]
+
+
+def pull_status(registry_fn, token: str) -> int:
+    return registry_fn.request("GET", "/v2/", headers={"authorization": f"Bearer {token}"}).status
+
+
+def poll(check, what: str, seconds: float = 60):
+    import time as _time
+
+    deadline = _time.monotonic() + seconds
+    while _time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        _time.sleep(0.25)
+    raise AssertionError(f"not within {seconds}s: {what}")
+
+
+def test_signing_key_rotation_refuses_no_token_between_instances(workdir, moto, upstream, seeded):
+    """Issue 28, finding 2. A rotation is a new SSM version of the signing key; a redeploy with nothing else changed
+    starts no new instance, so instances that read the old key and instances that read the new one serve side by
+    side. Tokens of either are good at the other, and the old key is dropped one token lifetime later."""
+    functions = []
+
+    def start(binary, name, refresh, **extra):
+        env = {**full_env(moto, upstream), "METAHUB_SIGNING_KEY_PARAM": ROTATING_KEY_PARAM,
+               "METAHUB_SIGNING_KEY_REFRESH": refresh, **extra}
+        fn = start_function(workdir, binary, env, None, name=name)
+        functions.append(fn)
+        return fn
+
+    try:
+        k1, v1 = put_key(moto)
+        # Warm instances that read version 1 and do not re-read during this phase (refresh 1 h).
+        old_token = start("metahub-token", "token-key-v1", "3600s")
+        old_registry = start("metahub-registry", "registry-key-v1", "3600s")
+        from_old = login(old_token)
+        assert kid_of(from_old) == key_id(k1)
+
+        k2, v2 = put_key(moto)
+        assert v2 == v1 + 1
+        # Instances started after the rotation read version 2 and version 1.
+        new_token = start("metahub-token", "token-key-v2", "3600s")
+        new_registry = start("metahub-registry", "registry-key-v2", "3600s")
+        # Version 2 does not sign before every instance can have read it (one refresh interval): the new token
+        # instance still signs with version 1, which the old registry instance knows...
+        from_new = login(new_token)
+        assert kid_of(from_new) == key_id(k1)
+        assert pull_status(old_registry, from_new) == 200
+        # ...and the new registry instance takes the old instance's tokens.
+        assert pull_status(new_registry, from_old) == 200
+        # A token of version 2 (as signed once it is active) is good at the new instances already.
+        assert pull_status(new_registry, resigned(from_old, k2, key_id(k2))) == 200
+
+        # The switch, with instances that re-read every second (and tokens that live 2 s, to see the old key go).
+        fast = {"METAHUB_TOKEN_TTL": "2"}
+        registry_before = start("metahub-registry", "registry-before-v3", "1s", **fast)
+        assert pull_status(registry_before, resigned(from_old, k2, key_id(k2))) == 200
+        k3, v3 = put_key(moto)
+        token_after = start("metahub-token", "token-after-v3", "1s", **fast)
+        # One refresh interval after it was written, version 3 signs...
+        signed_v3 = poll(lambda: (t := login(token_after)) and kid_of(t) == key_id(k3) and t, "version 3 signs")
+        # ...and the instance that read version 2 before the rotation has re-read the key by then: no refusal.
+        assert pull_status(registry_before, signed_v3) == 200
+        # The previous version still verifies for one token lifetime after version 3 started signing...
+        assert pull_status(registry_before, resigned(from_old, k2, key_id(k2))) == 200
+        # ...then it is dropped; a version two rotations old, or a key never published, never verifies.
+        poll(lambda: pull_status(registry_before, resigned(from_old, k2, key_id(k2))) == 401, "version 2 dropped")
+        assert pull_status(registry_before, resigned(from_old, k1, key_id(k1))) == 401
+        assert pull_status(registry_before, resigned(from_old, os.urandom(32), key_id(k3))) == 401
+        assert pull_status(registry_before, signed_v3) in (200, 401)  # alive or expired (2 s): never a 5xx
+        assert k3 != k2
+    finally:
+        for fn in functions:
+            fn.stop()

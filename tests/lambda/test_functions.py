@@ -215,6 +215,27 @@ def test_admin_api_with_iam_caller(admin_fn):
     assert h.status == 200 and h.body == b""
 
 
+def test_admin_page_routes_watched_images_and_matrix(admin_fn, images):
+    """The admin page's data routes on the admin function: they query the WATCHED partition of the table, which the
+    admin role must allow (the IAM check fails this test otherwise: on AWS both routes would answer 503)."""
+    def call(method, path, body=None, query=""):
+        return admin_fn.request(method, path, origin=False, iam_caller=ADMIN_ARN, query=query,
+                                headers={"content-type": "application/json"} if body else None, body=body)
+
+    added = call("POST", "/admin/watched-images", b'{"image":"org/app"}')
+    assert added.status in (200, 201), added.body
+    listed = call("GET", "/admin/watched-images")
+    assert listed.status == 200, listed.body
+    assert "org/app:latest" in listed.json()
+    matrix = call("GET", "/admin/matrix")
+    assert matrix.status == 200, matrix.body
+    row = next(r for r in matrix.json()["images"] if r["image"] == "org/app:latest")
+    skylake = [m["name"] for m in matrix.json()["machineTypes"]].index(MACHINE_TYPE[0])
+    assert images.images["cpu-skylake"].digest in row["cells"][skylake]["served"], row
+    gone = call("DELETE", "/admin/watched-images", query="image=org/app")
+    assert gone.status == 204, gone.body
+
+
 def test_admin_refuses_requests_without_iam_caller(admin_fn, token):
     for headers in ({}, bearer(token)):
         r = admin_fn.request("GET", "/admin/machine-types", origin=False, headers=headers)

@@ -54,6 +54,20 @@ def pytest_runtest_makereport(item, call):
             report.sections.append((f"log {p.name} ({p.log_path})", p.tail()))
 
 
+@pytest.fixture(autouse=True)
+def iam_checked():
+    """Every AWS call the function instances made during the test is allowed by their role in template.yaml
+    (tests/iam_check.py: each instance reaches moto through a recording proxy)."""
+    yield
+    denied = lambda_harness.iam_check.denied_message()
+    if denied:
+        pytest.fail(denied, pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter):
+    lambda_harness.iam_check.terminal_summary(terminalreporter)
+
+
 def moto_endpoint(moto) -> str:
     return f"http://127.0.0.1:{moto.port}"
 
@@ -75,20 +89,59 @@ def parameters(moto) -> bytes:
     return seed_parameters(moto_endpoint(moto))
 
 
-def start_edge_for(workdir, moto, upstream, table_store: str, resolve_ssm=None) -> edge_mod.Edge:
+SECOND_REGION = "us-west-2"
+SECONDARY_REGISTRY_URL = f"https://registryfunction2nd.lambda-url.{SECOND_REGION}.on.aws/"
+
+
+def start_edge_for(workdir, moto, upstream, table_store: str, resolve_ssm=None, parameters=None) -> edge_mod.Edge:
     """An edge stand-in in front of function instances configured as template.yaml deploys them, with the public
-    URL set to the edge's own address (what infra/deploy.sh does with the distribution's domain)."""
+    URL set to the edge's own address (what infra/deploy.sh does with the distribution's domain). With
+    `SecondaryRegistryFunctionUrl` in `parameters`, the second region's registry instances run in SECOND_REGION (their
+    own table replica and SSM copies, see `replicate_to_second_region`)."""
     resolve = resolve_ssm or (lambda name: ssm_value(moto_endpoint(moto), name))
-    distribution = edge_mod.read_distribution(resolve, TEMPLATE_PARAMETERS)
+    distribution = edge_mod.read_distribution(resolve, {**TEMPLATE_PARAMETERS, **(parameters or {})})
     holder: dict[str, edge_mod.Edge] = {}
 
-    def start_instance(binary: str, name: str):
+    def start_instance(binary: str, name: str, region: str = "primary"):
         env = {**full_env(moto, upstream), "METAHUB_STORE": table_store, "METAHUB_PUBLIC_URL": holder["edge"].url}
+        if region == "secondary":
+            env |= {"AWS_REGION": SECOND_REGION, "AWS_DEFAULT_REGION": SECOND_REGION}
         return launch_function(workdir, binary, env, name)[0]
 
     certificate = tls_ca.make_certificate(Path(tempfile.mkdtemp(prefix="edge-tls-", dir=workdir)))
     holder["edge"] = edge_mod.start_edge(distribution, start_instance, certificate)
     return holder["edge"]
+
+
+def replicate_to_second_region(moto, table: str) -> int:
+    """What a DynamoDB global table and infra/deploy.sh --secondary-region do, done by hand on moto (which replicates
+    nothing): the table's items copied to its replica in SECOND_REGION, and the SSM parameters copied there with the
+    same values. Returns the number of items copied."""
+    import boto3
+
+    def client(service, region):
+        return boto3.client(service, endpoint_url=moto_endpoint(moto), region_name=region, aws_access_key_id="test",
+                            aws_secret_access_key="test")
+
+    source, replica = client("dynamodb", "us-east-1"), client("dynamodb", SECOND_REGION)
+    described = source.describe_table(TableName=table)["Table"]
+    try:
+        replica.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", AttributeDefinitions=described["AttributeDefinitions"],
+                             KeySchema=described["KeySchema"],
+                             GlobalSecondaryIndexes=[{"IndexName": g["IndexName"], "KeySchema": g["KeySchema"],
+                                                      "Projection": g["Projection"]} for g in described.get("GlobalSecondaryIndexes", [])])
+    except replica.exceptions.ResourceInUseException:
+        pass
+    copied = 0
+    for page in source.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
+        for item in page["Items"]:
+            replica.put_item(TableName=table, Item=item)
+            copied += 1
+    ssm_a, ssm_b = client("ssm", "us-east-1"), client("ssm", SECOND_REGION)
+    for name in (SIGNING_KEY_PARAM, ORIGIN_SECRET_PARAM, lambda_harness.UPSTREAM_CREDENTIALS_PARAM):
+        p = ssm_a.get_parameter(Name=name, WithDecryption=True)["Parameter"]
+        ssm_b.put_parameter(Name=name, Type=p["Type"], Value=p["Value"], Overwrite=True)
+    return copied
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,12 @@ What it takes from template.yaml (so a change there changes what the tests see):
   * the managed origin request policy: AllViewerExceptHostHeader forwards every viewer header but Host (the
     origin gets the Function URL's domain), every query string and cookie - so Authorization reaches the function;
   * the function timeout (Globals or the function's own Timeout).
-  * a viewer-request CloudFront Function's code, run in node on each request (cloudfront-js event shape).
+  * a viewer-request CloudFront Function's code, run in node on each request (cloudfront-js event shape);
+  * a response headers policy's Strict-Transport-Security and X-Content-Type-Options headers;
+  * an origin group (a second region, `SecondaryRegistryFunctionUrl`): a GET, HEAD or OPTIONS request the primary
+    origin answers with one of the group's failover statuses, or does not answer within the timeout, is sent to the
+    secondary origin — the same function binary started with the second region's configuration. Other methods never
+    fail over, as on CloudFront. `Pool.stop_function()` stands for a region's function going away.
 A policy, a cache policy or an edge function it does not model is refused when the template is read, rather than
 silently behaving differently from the deployed edge.
 
@@ -137,6 +142,8 @@ class Evaluator:
         if key == "Fn::If":
             name, then, otherwise = arg
             return self.eval(then if self.condition(name) else otherwise)
+        if key == "Fn::GetAtt" and arg[1] == "Arn" or key == "Ref" and arg in self.template.get("Resources", {}):
+            return arg if key == "Ref" else f"<{arg[0]}.Arn>"
         if key == "Fn::Equals":
             a, b = self.eval(arg)
             return a == b
@@ -172,6 +179,7 @@ class Target:
     domain: str  # <id>.lambda-url.<region>.on.aws: the Host the function sees
     timeout: float  # seconds
     auth_type: str = "NONE"  # of its Function URL: NONE, or AWS_IAM (SigV4-signed callers only)
+    region: str = "primary"  # "secondary": the second region's stack of the same template
 
 
 @dataclass
@@ -181,11 +189,20 @@ class Behaviour:
     allowed_methods: frozenset[str]
     forwards_host: bool
     viewer_request: str | None = None  # the code of a viewer-request CloudFront Function (cloudfront-js), if any
+    response_headers: tuple[tuple[str, str], ...] = ()  # what its response headers policy adds
+    failover: "OriginGroup | None" = None  # when origin_id is an origin group
 
     def matches(self, path: str) -> bool:
         # CloudFront patterns: * any run of characters (slashes too), ? one character; case-sensitive
         regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in self.path_pattern)
         return re.fullmatch(regex, path) is not None
+
+
+@dataclass
+class OriginGroup:
+    primary: str
+    secondary: str
+    statuses: frozenset[int]
 
 
 @dataclass
@@ -214,6 +231,13 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
             return resolve_ssm(name if not version else f"{name}:{version}")
         return re.sub(r"\{\{resolve:ssm:([^}]+)\}\}", one, value)
 
+    def drop_none(node):
+        if isinstance(node, list):
+            return [drop_none(n) for n in node if n is not None]
+        if isinstance(node, dict):
+            return {k: drop_none(v) for k, v in node.items() if v is not None}
+        return node
+
     domains = {}
     for function_id, res in resources.items():
         if res["Type"] == "AWS::Serverless::Function" and "FunctionUrlConfig" in res.get("Properties", {}):
@@ -223,13 +247,44 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
             domains[domain] = Target(function_id, res["Metadata"]["BuildProperties"]["Binary"], domain, timeout,
                                      props["FunctionUrlConfig"]["AuthType"])
 
+    # The second region's stack is this template too: its registry Function URL (a parameter) runs the same binary.
+    secondary_url = ev.parameters.get("SecondaryRegistryFunctionUrl") or ""
+    if secondary_url:
+        registry = next(t for t in domains.values() if t.function_id == "RegistryFunction")
+        domains[secondary_url.split("/")[2]] = Target(registry.function_id, registry.binary, secondary_url.split("/")[2],
+                                                       registry.timeout, registry.auth_type, "secondary")
+
     targets, origin_headers = {}, {}
-    for origin in config["Origins"]:
-        domain = ev.eval(origin["DomainName"])
+    for origin in drop_none(ev.eval(config["Origins"])):
+        domain = origin["DomainName"]
         if domain not in domains:
             raise NotImplementedError(f"origin {origin['Id']}: {domain} is not a Function URL of this template")
         targets[origin["Id"]] = domains[domain]
-        origin_headers[origin["Id"]] = {h["HeaderName"]: resolve(ev.eval(h["HeaderValue"])) for h in origin.get("OriginCustomHeaders", [])}
+        origin_headers[origin["Id"]] = {h["HeaderName"]: resolve(h["HeaderValue"]) for h in origin.get("OriginCustomHeaders", [])}
+    groups = {}
+    for group in (drop_none(ev.eval(config.get("OriginGroups"))) or {}).get("Items", []):
+        primary, secondary = (m["OriginId"] for m in group["Members"]["Items"])
+        groups[group["Id"]] = OriginGroup(primary, secondary, frozenset(int(c) for c in group["FailoverCriteria"]["StatusCodes"]["Items"]))
+
+    def response_headers(policy_id) -> tuple[tuple[str, str], ...]:
+        if policy_id is None:
+            return ()
+        policy = resources.get(policy_id, {})
+        if policy.get("Type") != "AWS::CloudFront::ResponseHeadersPolicy":
+            raise NotImplementedError(f"response headers policy {policy_id} is not modelled")
+        config_ = drop_none(ev.eval(policy["Properties"]["ResponseHeadersPolicyConfig"]))
+        security = config_.get("SecurityHeadersConfig", {})
+        if set(config_) - {"Name", "Comment", "SecurityHeadersConfig"} or set(security) - {"StrictTransportSecurity", "ContentTypeOptions"}:
+            raise NotImplementedError(f"{policy_id}: only HSTS and X-Content-Type-Options are modelled")
+        out = []
+        if "StrictTransportSecurity" in security:
+            hsts = security["StrictTransportSecurity"]
+            value = f"max-age={hsts['AccessControlMaxAgeSec']}" + ("; includeSubDomains" if hsts.get("IncludeSubdomains") else "") \
+                + ("; preload" if hsts.get("Preload") else "")
+            out.append(("Strict-Transport-Security", value))
+        if "ContentTypeOptions" in security:
+            out.append(("X-Content-Type-Options", "nosniff"))
+        return tuple(out)
 
     def behaviour(raw: dict, pattern: str) -> Behaviour:
         if raw.get("CachePolicyId") != CACHING_DISABLED:
@@ -249,7 +304,9 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
             if association.get("EventType") != "viewer-request" or function.get("Type") != "AWS::CloudFront::Function":
                 raise NotImplementedError(f"{pattern}: only viewer-request CloudFront Functions are modelled: {association}")
             code = function["Properties"]["FunctionCode"]
-        return Behaviour(pattern, raw["TargetOriginId"], frozenset(raw["AllowedMethods"]), FORWARDS_HOST[policy], code)
+        target = ev.eval(raw["TargetOriginId"])
+        return Behaviour(pattern, target, frozenset(ev.eval(raw["AllowedMethods"])), FORWARDS_HOST[policy], code,
+                         response_headers(ev.eval(raw.get("ResponseHeadersPolicyId"))), groups.get(target))
 
     behaviours = [behaviour(b, b["PathPattern"]) for b in config.get("CacheBehaviors", [])]
     behaviours.append(behaviour(config["DefaultCacheBehavior"], "*"))
@@ -261,7 +318,9 @@ def read_distribution(resolve_ssm: Callable[[str], str], parameters: dict[str, s
 
 class Pool:
     """The instances of one function. A request takes an idle instance or starts one (a cold start, as Lambda scales
-    out); with `cold_every_request`, every request starts a fresh instance that is stopped after it."""
+    out); with `cold_every_request`, every request starts a fresh instance that is stopped after it. With
+    `max_instances`, at most that many run at once and a request waits for one to be free (what this machine can run
+    of the hundreds Lambda would start: several instances, each with its own caches, not Lambda's latency)."""
 
     def __init__(self, target: Target, start: Callable[[str], Function]):
         self.target = target
@@ -269,25 +328,44 @@ class Pool:
         self._idle: list[Function] = []
         self._all: list[Function] = []
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
+        self.max_instances: int | None = None
+        self._running = 0
         self._names = itertools.count(1)
         self.cold_every_request = False
         self.cold_starts = 0
         self.invocations = 0
+        self.stopped = False  # the function is gone (a region's outage): every invocation fails
         self.max_concurrent = 0
         self._busy = 0
 
     def _take(self) -> tuple[Function, bool]:
         with self._lock:
             self.invocations += 1
+            while True:
+                while self._idle and not self.cold_every_request:
+                    fn = self._idle.pop()
+                    if fn.proc.alive():
+                        self._busy += 1
+                        self.max_concurrent = max(self.max_concurrent, self._busy)
+                        return fn, False
+                    self._running -= 1
+                if self.max_instances is None or self._running < self.max_instances:
+                    break
+                self._freed.wait(timeout=1)
             self._busy += 1
+            self._running += 1
             self.max_concurrent = max(self.max_concurrent, self._busy)
-            while self._idle and not self.cold_every_request:
-                fn = self._idle.pop()
-                if fn.proc.alive():
-                    return fn, False
             self.cold_starts += 1
             name = f"{self.target.binary}-{next(self._names)}"
-        fn = self._start(name)
+        try:
+            fn = self._start(name)
+        except BaseException:
+            with self._lock:
+                self._busy -= 1
+                self._running -= 1
+                self._freed.notify()
+            raise
         with self._lock:
             self._all.append(fn)
         return fn, True
@@ -295,13 +373,25 @@ class Pool:
     def _give_back(self, fn: Function, healthy: bool) -> None:
         with self._lock:
             self._busy -= 1
+            self._freed.notify()
             if healthy and not self.cold_every_request:
                 self._idle.append(fn)
                 return
+            self._running -= 1
         fn.stop()
+
+    def stop_function(self) -> None:
+        """The function goes away, as in a region's outage: running instances are stopped, no new one starts, and
+        every invocation fails (the Function URL answers 5xx, or nothing)."""
+        self.stopped = True
+        self.stop()
 
     def invoke(self, ev: dict) -> tuple[Outcome | None, bool]:
         """The function's outcome (None on a timeout) and whether this was a cold start."""
+        if self.stopped:
+            with self._lock:
+                self.invocations += 1
+            return None, False
         fn, cold = self._take()
         try:
             request_id = fn.runtime.submit(ev)
@@ -324,6 +414,7 @@ class Pool:
         """Every idle instance goes away: the next request is a cold start, as after Lambda reclaims them."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._running -= len(idle)
         for fn in idle:
             fn.stop()
 
@@ -352,6 +443,8 @@ class Edge:
     server: http.server.ThreadingHTTPServer | None = None
     ca_file: Path | None = None  # the CA that signed the edge's certificate (for clients that verify)
     log: list[tuple[str, str, int, str, bool]] = field(default_factory=list)  # (method, path, status, origin, cold)
+    failed_over: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, primary's status)
+    on_request: list[Callable[["Edge", str], None]] = field(default_factory=list)  # called with each origin id served
 
     @property
     def port(self) -> int:
@@ -366,8 +459,8 @@ class Edge:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def pool(self, binary: str) -> Pool:
-        return next(p for p in self.pools.values() if p.target.binary == binary)
+    def pool(self, binary: str, region: str = "primary") -> Pool:
+        return next(p for p in self.pools.values() if p.target.binary == binary and p.target.region == region)
 
     def set_cold_every_request(self, cold: bool) -> None:
         for p in self.pools.values():
@@ -391,20 +484,31 @@ class Edge:
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, client_ip: str) -> EdgeResponse:
         behaviour = self.distribution.behaviour_for(target.partition("?")[0])
         if method not in behaviour.allowed_methods:
-            return EdgeResponse(403, [("Content-Type", "text/html"), ("Server", "CloudFront")],
-                                b"This distribution is not configured to allow the HTTP request method that was used for this request.")
-        origin = behaviour.origin_id
-        pool = self.pools[origin]
+            refusal = b"This distribution is not configured to allow the HTTP request method that was used for this request."
+            return EdgeResponse(403, [("Content-Type", "text/html"), ("Server", "CloudFront"),
+                                      ("Content-Length", str(len(refusal)))], refusal)
         if behaviour.viewer_request:
             headers = run_viewer_request(behaviour.viewer_request, method, target, headers, client_ip)
+        group = behaviour.failover
+        origin = group.primary if group else behaviour.origin_id
+        response, cold = self.forward(method, target, headers, body, client_ip, behaviour, origin)
+        if group and method in ("GET", "HEAD", "OPTIONS") and response.status in group.statuses | {502, 504}:
+            # CloudFront's origin failover: a failover status, no connection or no answer in time (a 502/504 here)
+            self.failed_over.append((method, target, response.status))
+            origin = group.secondary
+            response, cold = self.forward(method, target, headers, body, client_ip, behaviour, origin)
+        response.headers += [("Via", "1.1 edge-stand-in.cloudfront.net (CloudFront)"), ("X-Cache", "Miss from cloudfront"),
+                             ("X-Amz-Cf-Id", base64.b64encode(uuid.uuid4().bytes).decode()), *behaviour.response_headers]
+        self.log.append((method, target, response.status, origin, cold))
+        for hook in list(self.on_request):
+            hook(self, origin)
+        return response
+
+    def forward(self, method, target, headers, body, client_ip, behaviour, origin) -> tuple[EdgeResponse, bool]:
         forwarded = self.origin_request_headers(headers, client_ip, behaviour, origin)
         ev = function_url_event(method, target, forwarded, body, client_ip, self.distribution.targets[origin])
-        outcome, cold = pool.invoke(ev)
-        response = function_url_response(method, outcome)
-        response.headers += [("Via", "1.1 edge-stand-in.cloudfront.net (CloudFront)"), ("X-Cache", "Miss from cloudfront"),
-                             ("X-Amz-Cf-Id", base64.b64encode(uuid.uuid4().bytes).decode())]
-        self.log.append((method, target, response.status, origin, cold))
-        return response
+        outcome, cold = self.pools[origin].invoke(ev)
+        return function_url_response(method, outcome), cold
 
     def origin_request_headers(self, headers: list[tuple[str, str]], client_ip: str, behaviour: Behaviour, origin: str) -> dict[str, str]:
         """The viewer's headers as CloudFront sends them to the origin: the policy's selection, its own headers, and
@@ -597,11 +701,15 @@ def start_edge(distribution: Distribution, start_instance: Callable[[str, str], 
     """Serve `distribution` over HTTPS with `certificate` on a free 127.0.0.1 port. `start_instance(binary, name)`
     starts one instance."""
     pools = {}
-    by_binary: dict[str, Pool] = {}
+    by_binary: dict[tuple[str, str], Pool] = {}
     for origin, target in distribution.targets.items():
-        if target.binary not in by_binary:
-            by_binary[target.binary] = Pool(target, lambda name, b=target.binary: start_instance(b, name))
-        pools[origin] = by_binary[target.binary]
+        key = (target.binary, target.region)
+        if key not in by_binary:
+            if target.region == "primary":
+                by_binary[key] = Pool(target, lambda name, b=target.binary: start_instance(b, name))
+            else:  # the second region's instances: start_instance(binary, name, region=...)
+                by_binary[key] = Pool(target, lambda name, b=target.binary, r=target.region: start_instance(b, f"{name}-{r}", region=r))
+        pools[origin] = by_binary[key]
     edge = Edge(distribution, pools, ca_file=certificate.ca_file)
     edge.server = serve_http(edge.handle, "edge", certificate)
     return edge

@@ -19,7 +19,7 @@ from lambda_harness import SERVICE, event
 
 # What each machine type gets for org/app on linux/amd64 (tests/e2e/test_pull.py's EXPECTED_AMD64).
 EXPECTED = {"skylake": "cpu-skylake", "zen2": "cpu-x86_64_v3"}
-CHILD = "nvcap-7.0"  # an upstream child digest: served verbatim, whatever the machine type
+CHILD = "cpu-x86_64_v3"  # an upstream child digest both types run: served verbatim
 
 
 def sha256(b: bytes) -> str:
@@ -81,6 +81,32 @@ def test_client_pulls_through_the_edge(request, client, machine_type, how, edge,
 
 
 _FETCHED: set[tuple[str, str]] = set()
+
+
+# --------------------------------------------------------------------------------------------- pins (issue 25)
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_a_pin_is_a_build_the_puller_runs_or_a_refusal(request, client, cold_edge, images, tmp_path):
+    """Through the edge, every request on a cold instance (so judged from the store, not one instance's memory):
+    skylake's resolved digest is refused to zen2 (no skylake build runs there) and served to cascadelake-a100 (a
+    cascadelake runs it); the skylake child likewise."""
+    skylake = filtered_digest(cold_edge, "skylake")
+    refs = (f"{cold_edge.host}/org/app@{skylake}", f"{cold_edge.host}/org/app@{images.images['cpu-skylake'].digest}")
+    for i, ref in enumerate(refs):
+        (tmp_path / f"ok{i}").mkdir()
+        (tmp_path / f"refused{i}").mkdir()
+        assert CLIENTS[client](request, ref, creds("cascadelake-a100"), tmp_path / f"ok{i}") == "cpu-skylake"
+        if client == "docker":
+            request.getfixturevalue("docker").remove_images()  # the refused pull must ask the registry again
+        with pytest.raises(AssertionError) as refused:
+            CLIENTS[client](request, ref, creds("zen2"), tmp_path / f"refused{i}")
+        assert any(w in str(refused.value).lower() for w in ("denied", "403", "forbidden")), refused.value
+    for method in ("GET", "HEAD"):
+        r = v2(cold_edge, method, f"org/app/manifests/{skylake}", token_for(cold_edge, "zen2"))
+        assert r.status_code == 403, r.text
+    err = v2(cold_edge, "GET", f"org/app/manifests/{skylake}", token_for(cold_edge, "zen2")).json()["errors"][0]
+    assert err["code"] == "DENIED" and err["detail"]["pullInstead"] == [f"org/app@{images.images['cpu-x86_64_v3'].digest}"], err
 
 
 # --------------------------------------------------------------------------------------------- headers through the conversion

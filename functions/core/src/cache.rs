@@ -2,15 +2,16 @@
 //! (filtered indexes, generated indexes, the last index served per tag) and the caching decorator of the upstream
 //! port, [`CachingUpstream`]; both are built on the small [`BoundedMap`].
 //!
-//! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD on every
-//! request (free against Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD.
-//! An optional tag TTL (off by default) reuses a HEAD's answer for a while. Blob locations (presigned URLs expire)
+//! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD (free against
+//! Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD, and a HEAD's answer is
+//! reused for a short window after it came ([`DEFAULT_TAG_TTL`]; `None` asks upstream on every request): a fleet
+//! pulling one tag at once costs the upstream a HEAD per window, not one per node. Blob locations (presigned URLs expire)
 //! are reused for [`BLOB_LOCATION_TTL`]; lookups of one blob in flight at the same moment share one request.
 
 use crate::error::Result;
 use crate::machine::MachineType;
 use crate::observe::{self, Cache};
-use crate::ports::{BlobLocation, Manifest, ManifestHead, Referrers, TagPage, Upstream};
+use crate::ports::{BlobLocation, ChildRecord, Manifest, ManifestHead, Referrers, TagPage, Upstream};
 use crate::reference::{Digest, Reference, RepositoryName};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -27,7 +28,8 @@ pub struct CacheOptions {
     /// Bytes all the caches together hold at most (manifests weighed by their size): half for upstream manifests,
     /// the rest shared by filtered indexes, generated indexes and the last index served per tag.
     pub max_bytes: usize,
-    /// Reuse a tag's upstream HEAD for this long; `None` (the default) checks upstream on every request.
+    /// Reuse a tag's upstream HEAD for this long after its answer ([`DEFAULT_TAG_TTL`] by default); `None` checks
+    /// upstream on every request (checks in flight together still share one HEAD).
     pub tag_ttl: Option<Duration>,
     /// While the upstream fails, the last index served for a tag is served again for at most this long after it
     /// was last fresh; zero: never.
@@ -36,12 +38,19 @@ pub struct CacheOptions {
 
 /// [`CacheOptions::max_bytes`] by default: keeps `metahub serve` well under 128 MiB.
 pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+/// [`CacheOptions::tag_ttl`] by default: a tag moved upstream is seen at most this long (plus one HEAD) later.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(1);
 /// [`CacheOptions::max_stale`] by default.
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        CacheOptions { max_entries: 4096, max_bytes: DEFAULT_CACHE_BYTES, tag_ttl: None, max_stale: DEFAULT_MAX_STALE }
+        CacheOptions {
+            max_entries: 4096,
+            max_bytes: DEFAULT_CACHE_BYTES,
+            tag_ttl: Some(DEFAULT_TAG_TTL),
+            max_stale: DEFAULT_MAX_STALE,
+        }
     }
 }
 
@@ -65,6 +74,10 @@ pub struct PullCache {
     /// while the upstream is down, for at most `max_stale`.
     last_served: BoundedMap<(RepositoryName, Reference, String), (Instant, Manifest)>,
     max_stale: Duration,
+    /// What this process read or stored of children of upstream indexes: a pull by a child's digest is judged by it.
+    children: BoundedMap<(RepositoryName, Digest), ChildRecord>,
+    /// The upstream indexes whose children this process stored: each is written once per process.
+    recorded: BoundedMap<(RepositoryName, Digest), ()>,
 }
 
 impl PullCache {
@@ -78,6 +91,8 @@ impl PullCache {
             generated: BoundedMap::new(entries, sixth, manifest_weight),
             last_served: BoundedMap::new(entries, sixth, |(_, m)| manifest_weight(m)),
             max_stale: options.max_stale,
+            children: BoundedMap::new(entries, sixth / 4, |r| r.platform.features.iter().map(String::len).sum()),
+            recorded: BoundedMap::new(entries, sixth / 16, |_| 0),
         }
     }
 
@@ -142,6 +157,26 @@ impl PullCache {
         let (fresh_at, manifest) = self.last_served.get(&(repository.clone(), tag.clone(), fingerprint(machine)))?;
         let age = fresh_at.elapsed();
         (age <= self.max_stale).then_some((age, manifest))
+    }
+}
+
+/// Child records (see [`crate::ports::ChildRecord`]).
+impl PullCache {
+    pub fn child(&self, repository: &RepositoryName, digest: &Digest) -> Option<ChildRecord> {
+        self.children.get(&(repository.clone(), digest.clone()))
+    }
+
+    pub fn keep_child(&self, repository: &RepositoryName, record: &ChildRecord) {
+        self.children.insert((repository.clone(), record.digest.clone()), record.clone());
+    }
+
+    /// Whether this process stored the children of the upstream index `index` of `repository`.
+    pub fn children_recorded(&self, repository: &RepositoryName, index: &Digest) -> bool {
+        self.recorded.get(&(repository.clone(), index.clone())).is_some()
+    }
+
+    pub fn note_children_recorded(&self, repository: &RepositoryName, index: &Digest) {
+        self.recorded.insert((repository.clone(), index.clone()), ());
     }
 }
 
@@ -216,6 +251,16 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedMap<K, V> {
         }
     }
 
+    /// Drops `key`'s entry, if any.
+    pub fn remove(&self, key: &K) {
+        let mut guard = self.lock();
+        let entries = &mut *guard;
+        if let Some((_, weight)) = entries.map.remove(key) {
+            entries.bytes -= weight;
+            entries.order.retain(|k| k != key);
+        }
+    }
+
     /// The bytes held, as weighed.
     pub fn weight(&self) -> usize {
         self.lock().bytes
@@ -277,6 +322,7 @@ pub struct CachingUpstream {
     inner: Arc<dyn Upstream>,
     manifests: BoundedMap<(RepositoryName, Digest), Manifest>,
     heads: SingleFlight<TagKey, ManifestHead>,
+    gets: SingleFlight<(RepositoryName, Digest), Manifest>,
     tag_ttl: Option<Duration>,
     recent_heads: BoundedMap<TagKey, (Instant, ManifestHead)>,
     blobs: SingleFlight<(RepositoryName, Digest), BlobLocation>,
@@ -295,6 +341,7 @@ impl CachingUpstream {
             inner,
             manifests: BoundedMap::new(capacity, max_bytes, manifest_weight),
             heads: SingleFlight::new(),
+            gets: SingleFlight::new(),
             tag_ttl,
             recent_heads: BoundedMap::new(capacity, max_bytes / 16, |(_, h)| h.media_type.len()),
             blobs: SingleFlight::new(),
@@ -358,10 +405,18 @@ impl Upstream for CachingUpstream {
         {
             return Ok(m);
         }
-        let manifest = self.inner.get_manifest(repository, reference, accept).await?;
-        // Whatever the reference, the bytes are immutable under their digest (the adapter verified it).
-        self.manifests.insert((repository.clone(), manifest.digest.clone()), manifest.clone());
-        Ok(manifest)
+        let fetch = || async {
+            let manifest = self.inner.get_manifest(repository, reference, accept).await?;
+            // Whatever the reference, the bytes are immutable under their digest (the adapter verified it). Kept
+            // before the shared call retires, so that no caller in between finds neither.
+            self.manifests.insert((repository.clone(), manifest.digest.clone()), manifest.clone());
+            Ok(manifest)
+        };
+        match reference {
+            // A fleet asking for one new index or image at once: one upstream GET.
+            Reference::Digest(digest) => self.gets.run((repository.clone(), digest.clone()), fetch).await,
+            Reference::Tag(_) => fetch().await,
+        }
     }
 
     async fn blob_location(&self, repository: &RepositoryName, digest: &Digest) -> Result<BlobLocation> {
@@ -419,6 +474,7 @@ mod tests {
         }
         async fn get_manifest(&self, _: &RepositoryName, _: &Reference, _: &[String]) -> Result<Manifest> {
             self.gets.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
             Ok(Manifest { digest: Digest::sha256_of(b"m"), media_type: "x".into(), bytes: Bytes::from_static(b"m") })
         }
         async fn blob_location(&self, _: &RepositoryName, d: &Digest) -> Result<BlobLocation> {
@@ -469,6 +525,56 @@ mod tests {
             cache.head_manifest(&repo, &tag, &[]).await.unwrap();
         }
         assert_eq!(spy.heads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_gets_of_one_digest_share_one_request() {
+        let spy = Arc::new(Spy::default());
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, None));
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let by_digest = Reference::Digest(Digest::sha256_of(b"m"));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, repo, reference) = (cache.clone(), repo.clone(), by_digest.clone());
+                tokio::spawn(async move { cache.get_manifest(&repo, &reference, &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(spy.gets.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.gets.len(), 0, "nothing left in flight");
+    }
+
+    #[tokio::test]
+    async fn the_tag_window_bounds_heads_by_time_and_none_checks_every_time() {
+        assert_eq!(CacheOptions::default().tag_ttl, Some(DEFAULT_TAG_TTL), "on by default");
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let tag: Reference = "latest".parse().unwrap();
+        // the window: one HEAD for every check within it, another once it is over
+        let spy = Arc::new(Spy::default());
+        let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, Some(Duration::from_millis(300))));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, repo, tag) = (cache.clone(), repo.clone(), tag.clone());
+                tokio::spawn(async move { cache.head_manifest(&repo, &tag, &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        cache.head_manifest(&repo, &tag, &[]).await.unwrap();
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 1, "in flight together, then within the window");
+        tokio::time::sleep(Duration::from_millis(310)).await;
+        cache.head_manifest(&repo, &tag, &[]).await.unwrap();
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 2, "the window is over: asked again");
+        // none (`--tag-ttl 0`): every check one after the other goes upstream, as before the window
+        let spy = Arc::new(Spy::default());
+        let cache = CachingUpstream::new(spy.clone(), 16, 1 << 20, None);
+        for _ in 0..3 {
+            cache.head_manifest(&repo, &tag, &[]).await.unwrap();
+        }
+        assert_eq!(spy.heads.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Deref;
 
+mod runnable;
+pub use runnable::{Listed, Platform, cannot_run, children, client_choices};
+
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -541,6 +544,12 @@ fn select<'e>(entries: &'e [View<'_>], host: &Host) -> Vec<Outcome<'e>> {
 pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
     let host = Host::of(machine);
     let views = &index.parsed.views;
+    if machine.match_mode == MatchMode::Unfiltered {
+        let reason = "unfiltered: this machine type (a resolver) is served the whole index";
+        return (index.entries.iter())
+            .map(|entry| Verdict { entry: entry.clone(), fits: true, served: true, reason: reason.to_owned() })
+            .collect();
+    }
     let outcomes = select(views, &host);
     (views.iter().zip(&index.entries).zip(outcomes))
         .map(|((view, entry), outcome)| {
@@ -565,10 +574,14 @@ pub fn explain(index: &Index, machine: &MachineType) -> Vec<Verdict> {
 
 /// Filters `upstream` (an OCI index or Docker manifest list, as the upstream serves it) for `machine`. When filtering
 /// keeps every entry unchanged, the answer is `upstream` itself: the upstream's bytes under the upstream's digest
-/// (signatures and pins of the index stay valid); else the filtered bytes under their own digest.
+/// (signatures and pins of the index stay valid); else the filtered bytes under their own digest. An `unfiltered`
+/// machine type (a resolver) is answered with `upstream` itself, once it parses as an index.
 pub fn filter_index(upstream: &Manifest, machine: &MachineType) -> Result<Manifest> {
     let (bytes, media_type) = (&upstream.bytes[..], upstream.media_type.as_str());
     let index = Parsed::parse(bytes)?;
+    if machine.match_mode == MatchMode::Unfiltered {
+        return Ok(upstream.clone());
+    }
     let outcomes = select(&index.views, &Host::of(machine));
     if !outcomes.iter().any(|o| matches!(o, Outcome::Best)) {
         return Err(nothing_fits(machine, &index.views));

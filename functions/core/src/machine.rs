@@ -263,6 +263,9 @@ pub enum MatchMode {
     Best,
     /// Only entries whose feature set equals the machine's (the 2019 semantics).
     Exact,
+    /// The whole index, as the upstream wrote it, by tag and by digest: for resolvers (admission controllers,
+    /// GitOps tools, scanners, mirrors) that pin a digest every node then pulls, never for a node itself.
+    Unfiltered,
 }
 
 impl FromStr for MatchMode {
@@ -271,7 +274,8 @@ impl FromStr for MatchMode {
         match s {
             "best" => Ok(MatchMode::Best),
             "exact" => Ok(MatchMode::Exact),
-            _ => Err(Error::invalid(format!("match mode {s:?} is neither best nor exact"))),
+            "unfiltered" => Ok(MatchMode::Unfiltered),
+            _ => Err(Error::invalid(format!("match mode {s:?} is none of best, exact, unfiltered"))),
         }
     }
 }
@@ -281,6 +285,7 @@ impl fmt::Display for MatchMode {
         f.write_str(match self {
             MatchMode::Best => "best",
             MatchMode::Exact => "exact",
+            MatchMode::Unfiltered => "unfiltered",
         })
     }
 }

@@ -2,6 +2,7 @@
 //! domain and the transports only ever see these traits.
 
 use crate::error::Result;
+use crate::filter::Platform;
 use crate::machine::{MachineType, MachineTypeName};
 use crate::names::Login;
 use crate::reference::{Digest, Reference, RepositoryName};
@@ -117,6 +118,38 @@ pub struct Manifest {
     pub bytes: Bytes,
 }
 
+/// What MetaHub read of a child manifest in an upstream index: the platform the index lists it under (what running
+/// it requires) and that index. Kept by (repository, child digest), so that a pull of the child by its digest is
+/// judged on any instance, and the refusal can name the caller's own build of the same index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRecord {
+    pub digest: Digest,
+    pub platform: Platform,
+    pub index: Digest,
+}
+
+#[derive(Deserialize)]
+struct StoredChild {
+    platform: Platform,
+    index: String,
+}
+
+impl ChildRecord {
+    /// How the stores keep everything but the key: `{"platform":{…},"index":"sha256:…"}`.
+    pub fn value_json(&self) -> String {
+        serde_json::json!({"platform": self.platform, "index": self.index.as_str()}).to_string()
+    }
+
+    /// A record as a store holds it, naming the item when it is malformed.
+    pub fn from_value_json(digest: Digest, text: &str) -> Result<ChildRecord> {
+        let malformed =
+            |why: String| crate::Error::internal(format!("stored child record of {digest} is malformed: {why}"));
+        let stored: StoredChild = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+        let index = stored.index.parse().map_err(|e: crate::Error| malformed(e.message))?;
+        Ok(ChildRecord { digest, platform: stored.platform, index })
+    }
+}
+
 /// What a HEAD of a manifest tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestHead {
@@ -194,6 +227,12 @@ pub trait Store: Send + Sync {
     /// A filtered index MetaHub generated for `repository`, by its digest.
     async fn generated_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<Manifest>>;
     async fn put_generated_manifest(&self, repository: &RepositoryName, manifest: &Manifest) -> Result<()>;
+
+    /// What MetaHub read of a child manifest of `repository` in an upstream index.
+    async fn child_record(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<ChildRecord>>;
+    /// Keeps the records of an upstream index's children (a later record of the same child replaces it); they live
+    /// as long as a generated index does.
+    async fn put_child_records(&self, repository: &RepositoryName, records: &[ChildRecord]) -> Result<()>;
 
     /// The token signing key: the stored one, or `candidate` stored atomically when there is none yet.
     async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>>;

@@ -3,9 +3,9 @@
 use crate::cache::{CacheOptions, CachingUpstream, Kept, PullCache};
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL};
-use crate::machine::MachineType;
+use crate::machine::{MachineType, MatchMode};
 use crate::observe::{self, Answer, ObservedUpstream};
-use crate::ports::{BlobLocation, Manifest, Store, Upstream};
+use crate::ports::{BlobLocation, ChildRecord, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
 use std::sync::{Arc, LazyLock};
 
@@ -149,6 +149,7 @@ impl RegistryService {
                     observe::answer(Answer::Verbatim);
                     return Ok(index);
                 }
+                self.record_children(repository, &index).await?;
                 let filtered = filter::filter_index(&index, machine)?;
                 self.cache.keep_filtered(&head.digest, machine, &filtered);
                 filtered
@@ -171,64 +172,195 @@ impl RegistryService {
         Ok(manifest)
     }
 
+    /// A manifest by digest is never filtered (clients verify digests) and never a build the caller cannot run:
+    /// a generated index (made for any machine type), an upstream index or a child is served when every build the
+    /// caller's clients may take from it is one the caller runs, else refused naming what to pull instead.
     async fn manifest_by_digest(
         &self,
         repository: &RepositoryName,
         digest: &Digest,
         machine_type: &str,
     ) -> Result<Manifest> {
+        let machine = self.machine_type(machine_type).await?;
+        let (manifest, generated) = self.stored_or_upstream(repository, digest).await?;
+        if machine.match_mode == MatchMode::Unfiltered {
+            return Ok(manifest);
+        }
+        if !filter::is_index_media_type(&manifest.media_type) {
+            self.check_child(repository, digest, &machine).await?;
+        } else if generated {
+            self.check_generated(repository, &manifest, &machine).await?;
+        } else {
+            self.check_upstream_index(repository, &manifest, &machine).await?;
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest `digest` names: a generated index (`true`) from memory or the store, else the upstream's.
+    async fn stored_or_upstream(&self, repository: &RepositoryName, digest: &Digest) -> Result<(Manifest, bool)> {
         match self.cache.manifest(repository, digest) {
             Some(Kept::Generated(m)) => {
                 observe::answer(Answer::Generated);
-                return Ok(m);
+                return Ok((m, true));
             }
             Some(Kept::Upstream(m)) => {
                 observe::answer(Answer::Verbatim);
-                return self.upstream_by_digest(repository, m, machine_type).await;
+                return Ok((m, false));
             }
             None => {}
         }
         if let Some(m) = self.store.generated_manifest(repository, digest).await? {
             observe::answer(Answer::Generated);
             self.cache.keep_generated(repository, &m);
-            return Ok(m);
+            return Ok((m, true));
         }
         observe::answer(Answer::Verbatim);
         let m = self.upstream().get_manifest(repository, &Reference::Digest(digest.clone()), &ACCEPT).await?;
-        self.upstream_by_digest(repository, m, machine_type).await
+        Ok((m, false))
     }
 
-    /// An upstream manifest pulled by its digest. An index cannot be filtered then (the client verifies the digest):
-    /// `Refuse` names what to pull instead — unless filtering keeps that index unchanged for this machine type, as
-    /// when a tag pull was answered with it verbatim and the client (containerd) follows up by digest.
-    async fn upstream_by_digest(
+    /// An upstream index pulled by its digest cannot be filtered (the client verifies the digest). `Refuse` names
+    /// what to pull instead unless filtering keeps the index unchanged for this machine type (as when a tag pull was
+    /// answered with it verbatim and containerd follows up by digest); `Verbatim` serves it when the machine runs
+    /// every build its clients may take from it.
+    async fn check_upstream_index(
         &self,
         repository: &RepositoryName,
-        manifest: Manifest,
-        machine_type: &str,
-    ) -> Result<Manifest> {
-        if self.index_digest_pulls == IndexDigestPulls::Verbatim || !filter::is_index_media_type(&manifest.media_type) {
-            return Ok(manifest);
+        index: &Manifest,
+        machine: &MachineType,
+    ) -> Result<()> {
+        self.record_children(repository, index).await?;
+        if self.index_digest_pulls == IndexDigestPulls::Refuse {
+            let filtered = filter::filter_index(index, machine)?;
+            if filtered.digest == index.digest {
+                return Ok(());
+            }
+            let children = pins(repository, &self.own_builds(Some(index), machine).await);
+            return Err(Error::denied(format!(
+                "{} is an upstream index: pulled by its digest it cannot be filtered for machine type \"{}\", and this \
+                 registry refuses such pulls; pull by tag, or by the digest of the image served: {}",
+                index.digest,
+                machine.name,
+                children.join(", ")
+            ))
+            .with_detail(serde_json::json!({"indexDigest": index.digest.to_string(), "pullInstead": children})));
         }
-        let machine = self.machine_type(machine_type).await?;
-        let filtered = filter::filter_index(&manifest, &machine)?;
-        if filtered.digest == manifest.digest {
-            return Ok(manifest);
+        for choice in filter::client_choices(&index.bytes, machine)? {
+            if let Some(why) = filter::cannot_run(machine, &choice.digest, &choice.platform) {
+                let own = self.own_builds(Some(index), machine).await;
+                return Err(refusal(repository, &index.digest, machine, &choice.platform, why, &own));
+            }
         }
-        let children: Vec<String> = filter::Index::parse(&filtered.bytes)?
-            .entries
-            .iter()
-            .filter(|e| e.attests.is_none())
-            .map(|e| format!("{repository}@{}", e.digest))
+        Ok(())
+    }
+
+    /// A filtered index MetaHub generated, perhaps for another machine type: its entries stand under their plain
+    /// platform, so what each requires is read from the record of its child.
+    async fn check_generated(
+        &self,
+        repository: &RepositoryName,
+        generated: &Manifest,
+        machine: &MachineType,
+    ) -> Result<()> {
+        for choice in filter::client_choices(&generated.bytes, machine)? {
+            let platform = match choice.digest.parse::<Digest>() {
+                Ok(child) => match self.child_record(repository, &child).await? {
+                    Some(record) => record.platform,
+                    None => (self.record_from_source(repository, &generated.digest, &child).await?)
+                        .map_or(choice.platform, |r| r.platform),
+                },
+                Err(_) => choice.platform,
+            };
+            if let Some(why) = filter::cannot_run(machine, &choice.digest, &platform) {
+                let source = self.source_index(repository, &generated.digest).await.ok().flatten();
+                let own = self.own_builds(source.as_ref(), machine).await;
+                return Err(refusal(repository, &generated.digest, machine, &platform, why, &own));
+            }
+        }
+        Ok(())
+    }
+
+    /// A child manifest: refused when an index MetaHub read lists it under a platform the machine does not run.
+    /// A child of an index MetaHub never read is served (nothing tells what it requires).
+    async fn check_child(&self, repository: &RepositoryName, digest: &Digest, machine: &MachineType) -> Result<()> {
+        let Some(record) = self.child_record(repository, digest).await? else {
+            return Ok(());
+        };
+        let Some(why) = filter::cannot_run(machine, digest.as_str(), &record.platform) else {
+            return Ok(());
+        };
+        let index = self.upstream().get_manifest(repository, &Reference::Digest(record.index), &ACCEPT).await.ok();
+        let own = self.own_builds(index.as_ref(), machine).await;
+        Err(refusal(repository, digest, machine, &record.platform, why, &own))
+    }
+
+    /// The record of a child, from memory or the store.
+    async fn child_record(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<ChildRecord>> {
+        if let Some(record) = self.cache.child(repository, digest) {
+            return Ok(Some(record));
+        }
+        let record = self.store.child_record(repository, digest).await?;
+        if let Some(record) = &record {
+            self.cache.keep_child(repository, record);
+        }
+        Ok(record)
+    }
+
+    /// Stores what `index` lists each child as (once per process and index): a later pull of a child by its digest,
+    /// or of a generated index holding it, is judged by it on any instance. Builds with requirements come first
+    /// within the bound: a child without a record is served.
+    async fn record_children(&self, repository: &RepositoryName, index: &Manifest) -> Result<()> {
+        if self.cache.children_recorded(repository, &index.digest) {
+            return Ok(());
+        }
+        let mut listed = filter::children(&index.bytes)?;
+        listed.sort_by_key(|l| !l.platform.has_requirements()); // stable: index order within each kind
+        let records: Vec<ChildRecord> = listed
+            .into_iter()
+            .filter_map(|l| {
+                Some(ChildRecord { digest: l.digest.parse().ok()?, platform: l.platform, index: index.digest.clone() })
+            })
+            .take(MAX_CHILD_RECORDS)
             .collect();
-        Err(Error::denied(format!(
-            "{} is an upstream index: pulled by its digest it cannot be filtered for machine type {:?}, and this \
-             registry refuses such pulls; pull by tag, or by the digest of the image served: {}",
-            manifest.digest,
-            machine.name,
-            children.join(", ")
-        ))
-        .with_detail(serde_json::json!({"indexDigest": manifest.digest.to_string(), "pullInstead": children})))
+        self.store.put_child_records(repository, &records).await?;
+        for record in &records {
+            self.cache.keep_child(repository, record);
+        }
+        self.cache.note_children_recorded(repository, &index.digest);
+        Ok(())
+    }
+
+    /// For a generated index stored before child records existed: records the children of the upstream index it
+    /// was filtered from, and answers `child`'s.
+    async fn record_from_source(
+        &self,
+        repository: &RepositoryName,
+        generated: &Digest,
+        child: &Digest,
+    ) -> Result<Option<ChildRecord>> {
+        let Some(index) = self.source_index(repository, generated).await? else {
+            return Ok(None);
+        };
+        self.record_children(repository, &index).await?;
+        Ok(self.cache.child(repository, child))
+    }
+
+    /// The upstream index a generated index was filtered from.
+    async fn source_index(&self, repository: &RepositoryName, generated: &Digest) -> Result<Option<Manifest>> {
+        let source = self.referrers_subject(repository, generated).await?;
+        if source == *generated {
+            return Ok(None);
+        }
+        let index = self.upstream().get_manifest(repository, &Reference::Digest(source), &ACCEPT).await?;
+        Ok(filter::is_index_media_type(&index.media_type).then_some(index))
+    }
+
+    /// The builds this machine type is served from the upstream `index`, as its clients take them: durable pins (an
+    /// upstream manifest, unlike a generated index, never expires).
+    async fn own_builds(&self, index: Option<&Manifest>, machine: &MachineType) -> Vec<Digest> {
+        let Some(index) = index else { return Vec::new() };
+        let choices = filter::filter_index(index, machine).and_then(|f| filter::client_choices(&f.bytes, machine));
+        choices.map(|c| c.into_iter().filter_map(|c| c.digest.parse().ok()).collect()).unwrap_or_default()
     }
 
     /// The upstream's manifest for `image`, unfiltered: what `explain` reads.
@@ -270,6 +402,41 @@ impl std::str::FromStr for IndexDigestPulls {
             _ => Err(Error::invalid(format!("{s:?} is neither verbatim nor refuse"))),
         }
     }
+}
+
+/// Child records kept per upstream index at most: an index of more builds has its first ones with requirements
+/// recorded, and a pull of an unrecorded child by its digest is served.
+pub const MAX_CHILD_RECORDS: usize = 1024;
+
+/// `DENIED`: the pinned digest holds a build the machine cannot run; pull by tag or by the machine's own digest.
+fn refusal(
+    repository: &RepositoryName,
+    pinned: &Digest,
+    machine: &MachineType,
+    platform: &filter::Platform,
+    why: String,
+    own: &[Digest],
+) -> Error {
+    let own = pins(repository, own);
+    let instead = match own.is_empty() {
+        false => format!("pull by tag, or {} (the build for \"{}\")", own.join(" or "), machine.name),
+        true => "pull by tag".to_owned(),
+    };
+    Error::denied(format!(
+        "{repository}@{pinned} holds a build machine type \"{}\" cannot run ({platform}: {why}); {instead}",
+        machine.name
+    ))
+    .with_detail(serde_json::json!({
+        "digest": pinned.to_string(),
+        "machineType": machine.name,
+        "platform": platform.to_string(),
+        "reason": why,
+        "pullInstead": own,
+    }))
+}
+
+fn pins(repository: &RepositoryName, digests: &[Digest]) -> Vec<String> {
+    digests.iter().map(|d| format!("{repository}@{d}")).collect()
 }
 
 /// Failures of the upstream itself, as opposed to answers about the image (unknown, denied).

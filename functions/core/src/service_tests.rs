@@ -34,6 +34,11 @@ async fn new_service(upstream: Arc<FakeUpstream>, options: CacheOptions) -> (Reg
     (RegistryService::new(store.clone(), upstream, options), store)
 }
 
+/// The tag window off (`--tag-ttl 0`): every tag pull asks upstream, as these tests count.
+fn window_off() -> CacheOptions {
+    CacheOptions { tag_ttl: None, ..CacheOptions::default() }
+}
+
 fn app() -> (RepositoryName, Reference) {
     ("org/app".parse().unwrap(), "latest".parse().unwrap())
 }
@@ -58,7 +63,7 @@ async fn a_generic_head_content_type_does_not_bypass_filtering() {
 #[tokio::test]
 async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
     let upstream = upstream();
-    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let first = service.manifest(&repo, &tag, "hsw").await.unwrap();
     let second = service.manifest(&repo, &tag, "hsw").await.unwrap();
@@ -72,7 +77,7 @@ async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
 #[tokio::test]
 async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
     let upstream = upstream();
-    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
     upstream.set_down(true);
@@ -82,7 +87,7 @@ async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
     let e = service.manifest(&repo, &tag, "hsw").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
 
-    let options = CacheOptions { max_stale: Duration::ZERO, ..CacheOptions::default() };
+    let options = CacheOptions { max_stale: Duration::ZERO, ..window_off() };
     let (service, _) = new_service(upstream.clone(), options).await;
     upstream.set_down(false);
     service.manifest(&repo, &tag, "zen2").await.unwrap();
@@ -104,7 +109,7 @@ async fn a_digest_announced_but_not_served_is_the_upstreams_fault() {
 
     // With an index served before, the stale fallback covers it as it covers an upstream that is down.
     let upstream = self::upstream();
-    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, _) = new_service(upstream.clone(), window_off()).await;
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
     let moved = upstream.tag("org/app", "latest", filter::OCI_INDEX, INDEX.replace("2222", "3333"));
     upstream.stop_serving(&moved.digest);
@@ -210,7 +215,7 @@ async fn pull(
 #[tokio::test]
 async fn each_pull_path_notes_its_answer_cache_lookups_and_upstream_calls() {
     let upstream = upstream();
-    let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let (filtered, first) = pull(&service, &repo, &tag, "zen2").await;
     assert_eq!(first.answer, Some(Answer::Filtered));
@@ -236,7 +241,7 @@ async fn each_pull_path_notes_its_answer_cache_lookups_and_upstream_calls() {
     }
 
     // Another instance reads the generated index from the store once, then keeps it.
-    let other = RegistryService::new(store, upstream.clone(), CacheOptions::default());
+    let other = RegistryService::new(store, upstream.clone(), window_off());
     let (served, cold) = pull(&other, &repo, &by_digest(&filtered.digest), "zen2").await;
     assert_eq!((served, cold.answer, cold.cache.len()), (filtered.clone(), Some(Answer::Generated), 0));
     let (_, warm) = pull(&other, &repo, &by_digest(&filtered.digest), "zen2").await;
@@ -268,7 +273,7 @@ async fn an_index_filtering_leaves_whole_is_served_as_the_upstreams_and_not_stor
 #[tokio::test]
 async fn stale_serving_covers_only_what_was_served_fresh() {
     let upstream = upstream();
-    let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
+    let (service, _) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
     let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
     upstream.set_down(true);
@@ -281,4 +286,190 @@ async fn stale_serving_covers_only_what_was_served_fresh() {
     let e = service.manifest(&repo, &by_digest(&Digest::sha256_of(IMAGE.as_bytes())), "hsw").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
     assert_eq!(service.manifest(&repo, &by_digest(&fresh.digest), "hsw").await.unwrap(), fresh);
+}
+
+/// Never a build the machine cannot run (issue 25): the issue's fixture — generic, broadwell, skylake,
+/// skylake+V100, zen3 and arm64 builds, all under the plain platform with features.
+mod pins {
+    use super::*;
+
+    fn build(n: u8, arch: &str, features: &[&str]) -> String {
+        let features = serde_json::to_string(features).unwrap();
+        format!(
+            r#"{{"mediaType":"{}","digest":"sha256:{}","size":1,"platform":{{"os":"linux","architecture":"{arch}","features":{features}}}}}"#,
+            filter::OCI_MANIFEST,
+            n.to_string().repeat(64)
+        )
+    }
+
+    fn child(n: u8) -> Digest {
+        format!("sha256:{}", n.to_string().repeat(64)).parse().unwrap()
+    }
+
+    fn index(builds: &[String]) -> String {
+        format!(r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{}]}}"#, filter::OCI_INDEX, builds.join(","))
+    }
+
+    const GENERIC: u8 = 1;
+    const BROADWELL: u8 = 2;
+    const SKYLAKE: u8 = 3;
+    const V100: u8 = 4;
+    const ZEN3: u8 = 5;
+
+    fn fixture() -> String {
+        index(&[
+            build(GENERIC, "amd64", &[]),
+            build(BROADWELL, "amd64", &["cpu:broadwell"]),
+            build(SKYLAKE, "amd64", &["cpu:skylake"]),
+            build(V100, "amd64", &["cpu:skylake", "nvcap:7.0"]),
+            build(ZEN3, "amd64", &["cpu:zen3"]),
+            build(6, "arm64", &[]),
+        ])
+    }
+
+    async fn service(upstream: Arc<FakeUpstream>) -> (RegistryService, Arc<MemoryStore>) {
+        service_with(upstream, window_off()).await
+    }
+
+    async fn service_with(upstream: Arc<FakeUpstream>, options: CacheOptions) -> (RegistryService, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::default());
+        let types: &[(&str, &[&str], MatchMode)] = &[
+            ("zen2", &["cpu:zen2"], MatchMode::Best),
+            ("zen4", &["cpu:zen4"], MatchMode::Best),
+            ("haswell", &["cpu:haswell"], MatchMode::Best),
+            ("broadwell", &["cpu:broadwell"], MatchMode::Best),
+            ("clx", &["cpu:cascadelake"], MatchMode::Best),
+            ("skl-v100", &["cpu:skylake", "nvcap:7.0"], MatchMode::Best),
+            ("graviton", &["cpu:neoverse_v1"], MatchMode::Best),
+            ("resolver", &[], MatchMode::Unfiltered),
+        ];
+        for (name, features, mode) in types {
+            let features = features.iter().map(|f| f.to_string()).collect();
+            store.put_machine_type(&MachineType::new(name, features, *mode).unwrap()).await.unwrap();
+        }
+        (RegistryService::new(store.clone(), upstream, options), store)
+    }
+
+    fn fixture_upstream() -> Arc<FakeUpstream> {
+        let upstream = Arc::new(FakeUpstream::default());
+        upstream.tag("org/app", "latest", filter::OCI_INDEX, fixture());
+        upstream
+    }
+
+    /// The digest `resolver` was served by tag.
+    async fn resolved(service: &RegistryService, resolver: &str) -> Digest {
+        let (repo, tag) = app();
+        service.manifest(&repo, &tag, resolver).await.unwrap().digest
+    }
+
+    async fn pin(service: &RegistryService, digest: &Digest, machine_type: &str) -> Result<Manifest> {
+        service.manifest(&app().0, &by_digest(digest), machine_type).await
+    }
+
+    #[tokio::test]
+    async fn another_types_digest_is_served_only_when_the_machine_runs_it() {
+        let (service, _) = service(fixture_upstream()).await;
+        let zen4 = resolved(&service, "zen4").await;
+        let e = pin(&service, &zen4, "zen2").await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Denied, "{e}");
+        assert!(e.message.contains("cpu:zen3") && e.message.contains("\"zen2\""), "{e}");
+        // the refusal names zen2's own build: the generic one
+        assert_eq!(e.detail.unwrap()["pullInstead"], serde_json::json!([format!("org/app@{}", child(GENERIC))]));
+
+        let v100 = resolved(&service, "skl-v100").await;
+        assert_eq!(pin(&service, &v100, "broadwell").await.unwrap_err().code, ErrorCode::Denied);
+        let broadwell = resolved(&service, "broadwell").await;
+        assert_eq!(pin(&service, &broadwell, "haswell").await.unwrap_err().code, ErrorCode::Denied);
+        // safe pins keep working: a cascadelake runs broadwell; zen4 runs its own; arm64 gets its platform's entry
+        assert_eq!(pin(&service, &broadwell, "clx").await.unwrap().digest, broadwell);
+        assert_eq!(pin(&service, &zen4, "zen4").await.unwrap().digest, zen4);
+        assert_eq!(pin(&service, &zen4, "graviton").await.unwrap().digest, zen4, "its arm64 entry is generic");
+        // HEAD answers the same (the transports HEAD through the same manifest call)
+    }
+
+    #[tokio::test]
+    async fn child_digests_are_judged_by_what_the_index_lists_them_as() {
+        let upstream = fixture_upstream();
+        for (n, bytes) in [(SKYLAKE, "skylake"), (GENERIC, "generic"), (ZEN3, "zen3")] {
+            upstream.put_at(child(n), filter::OCI_MANIFEST, IMAGE.replace("{}", &format!(r#"{{"b":"{bytes}"}}"#)));
+        }
+        let (service, store) = service(upstream.clone()).await;
+        // never read: served (nothing tells what it requires)
+        assert!(pin(&service, &child(SKYLAKE), "zen2").await.is_ok());
+        resolved(&service, "clx").await; // reads the index
+        let e = pin(&service, &child(SKYLAKE), "zen2").await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Denied, "{e}");
+        assert!(e.message.contains("cpu:skylake"), "{e}");
+        assert!(pin(&service, &child(SKYLAKE), "clx").await.is_ok());
+        assert!(pin(&service, &child(GENERIC), "zen2").await.is_ok());
+
+        // another instance knows it from the store alone, without asking upstream more than for the child itself
+        let other = RegistryService::new(store, upstream.clone(), CacheOptions::default());
+        let gets = upstream.gets();
+        assert_eq!(pin(&other, &child(ZEN3), "haswell").await.unwrap_err().code, ErrorCode::Denied);
+        assert!(upstream.gets() <= gets + 2, "the child, and the index for the refusal's suggestion");
+    }
+
+    #[tokio::test]
+    async fn the_upstream_index_is_served_when_the_first_plain_entry_runs() {
+        let upstream = Arc::new(FakeUpstream::default());
+        let generic_first = upstream.put(filter::OCI_INDEX, fixture());
+        let skylake_first = upstream
+            .put(filter::OCI_INDEX, index(&[build(SKYLAKE, "amd64", &["cpu:skylake"]), build(GENERIC, "amd64", &[])]));
+        let (service, _) = service(upstream).await;
+        assert!(pin(&service, &generic_first.digest, "zen2").await.is_ok());
+        let e = pin(&service, &skylake_first.digest, "zen2").await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Denied, "{e}");
+        assert_eq!(e.detail.unwrap()["pullInstead"], serde_json::json!([format!("org/app@{}", child(GENERIC))]));
+        assert!(pin(&service, &skylake_first.digest, "clx").await.is_ok());
+        assert!(pin(&service, &skylake_first.digest, "graviton").await.is_ok(), "no arm64 entry: nothing to take");
+    }
+
+    #[tokio::test]
+    async fn a_resolver_gets_the_whole_index_and_its_digest_is_judged_per_node() {
+        let (service, _) = service(fixture_upstream()).await;
+        let whole = resolved(&service, "resolver").await;
+        assert_eq!(whole, Digest::sha256_of(fixture().as_bytes()), "by tag: the upstream digest");
+        for node in ["zen2", "haswell", "clx", "graviton"] {
+            assert!(pin(&service, &whole, node).await.is_ok(), "{node}: the generic entry comes first");
+        }
+        let zen4 = resolved(&service, "zen4").await;
+        assert!(pin(&service, &zen4, "resolver").await.is_ok(), "a resolver reads any digest");
+    }
+
+    #[tokio::test]
+    async fn a_warm_pull_asks_upstream_no_more_than_before() {
+        let upstream = fixture_upstream();
+        upstream.put_at(child(SKYLAKE), filter::OCI_MANIFEST, IMAGE);
+        let (service, _) = service(upstream.clone()).await;
+        // containerd's pull as clx: HEAD the tag, GET the filtered index by its digest, GET the child
+        let containerd = || async {
+            let filtered = resolved(&service, "clx").await;
+            pin(&service, &filtered, "clx").await.unwrap();
+            pin(&service, &child(SKYLAKE), "clx").await.unwrap();
+        };
+        containerd().await;
+        let (heads, gets) = (upstream.heads(), upstream.gets());
+        containerd().await;
+        assert_eq!((upstream.heads() - heads, upstream.gets() - gets), (1, 0), "one HEAD of the tag, nothing else");
+        // and with the tag window, not even that
+        let (windowed, _) = service_with(upstream.clone(), CacheOptions::default()).await;
+        let (_, tag) = app();
+        windowed.manifest(&app().0, &tag, "clx").await.unwrap();
+        let heads = upstream.heads();
+        windowed.manifest(&app().0, &tag, "clx").await.unwrap();
+        assert_eq!(upstream.heads(), heads);
+    }
+
+    #[tokio::test]
+    async fn refusals_name_no_upstream_and_no_other_machine_type() {
+        let (service, _) = service(fixture_upstream()).await;
+        let zen4 = resolved(&service, "zen4").await;
+        let e = pin(&service, &zen4, "zen2").await.unwrap_err();
+        let text = format!("{} {}", e.message, e.detail.unwrap());
+        assert!(!text.contains("zen4") && !text.contains("fake") && !text.contains("http"), "{text}");
+        // unknown and malformed digests answer as before
+        let unknown = Digest::sha256_of(b"nothing");
+        assert_eq!(pin(&service, &unknown, "zen2").await.unwrap_err().code, ErrorCode::ManifestUnknown);
+    }
 }

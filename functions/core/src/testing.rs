@@ -8,8 +8,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::machine::{MachineType, MachineTypeName};
 use crate::names::Login;
 use crate::ports::{
-    Account, AccountChange, BlobLocation, Change, Manifest, ManifestHead, Store, Upstream, machine_type_in_use,
-    machine_type_missing,
+    Account, AccountChange, BlobLocation, Change, ChildRecord, Manifest, ManifestHead, Store, Upstream,
+    machine_type_in_use, machine_type_missing,
 };
 use crate::reference::{Digest, Reference, RepositoryName};
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ struct MemoryState {
     machine_types: BTreeMap<MachineTypeName, MachineType>,
     accounts: BTreeMap<Login, Account>,
     generated: HashMap<(RepositoryName, Digest), Manifest>,
+    children: HashMap<(RepositoryName, Digest), ChildRecord>,
     signing_key: Option<Vec<u8>>,
     changes: Vec<Change>,
     watched: BTreeSet<String>,
@@ -117,6 +118,16 @@ impl Store for MemoryStore {
         self.state().generated.insert((repository.clone(), manifest.digest.clone()), manifest.clone());
         Ok(())
     }
+    async fn child_record(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<ChildRecord>> {
+        Ok(self.state().children.get(&(repository.clone(), digest.clone())).cloned())
+    }
+    async fn put_child_records(&self, repository: &RepositoryName, records: &[ChildRecord]) -> Result<()> {
+        let mut state = self.state();
+        for record in records {
+            state.children.insert((repository.clone(), record.digest.clone()), record.clone());
+        }
+        Ok(())
+    }
     async fn signing_key_or_insert(&self, candidate: &[u8]) -> Result<Vec<u8>> {
         Ok(self.state().signing_key.get_or_insert_with(|| candidate.to_vec()).clone())
     }
@@ -172,6 +183,13 @@ impl FakeUpstream {
     pub fn put(&self, media_type: &str, bytes: impl Into<Bytes>) -> Manifest {
         let bytes = bytes.into();
         let manifest = Manifest { digest: Digest::sha256_of(&bytes), media_type: media_type.to_owned(), bytes };
+        self.script().manifests.insert(manifest.digest.clone(), manifest.clone());
+        manifest
+    }
+
+    /// Serves `bytes` under `digest`, whatever they hash to: a child that a fixture index lists by a made-up digest.
+    pub fn put_at(&self, digest: Digest, media_type: &str, bytes: impl Into<Bytes>) -> Manifest {
+        let manifest = Manifest { digest, media_type: media_type.to_owned(), bytes: bytes.into() };
         self.script().manifests.insert(manifest.digest.clone(), manifest.clone());
         manifest
     }

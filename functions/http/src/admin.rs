@@ -228,6 +228,9 @@ trait Deletable: FromStr<Err = Error> {
         admin: &'a AdminService,
         name: &'a Self,
     ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+    /// What this process drops once `name` is deleted.
+    fn deleted(_app: &App, _name: &Self) {}
 }
 
 impl Deletable for MachineTypeName {
@@ -246,6 +249,10 @@ impl Deletable for Login {
     ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
         admin.delete_account(login)
     }
+
+    fn deleted(app: &App, login: &Self) {
+        app.account_changed(login.as_str());
+    }
 }
 
 /// Deletes one machine type or account, recorded: 204, or `NAME_UNKNOWN` when there is none of that name.
@@ -255,7 +262,10 @@ async fn delete<N: Deletable>(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let admin = operator(&app, who)?;
-    N::delete(&admin, &name.parse()?).await?;
+    let name = name.parse()?;
+    let deleted = N::delete(&admin, &name).await;
+    N::deleted(&app, &name);
+    deleted?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -307,7 +317,11 @@ async fn put_account(
         password: NewPassword::from_fields(body.password, body.password_hash)?,
         repositories: body.repositories,
     };
-    Ok(ok_json(admin.put_account(account).await?.to_json()))
+    let changed = account.login.to_string();
+    let written = admin.put_account(account).await;
+    // Even after an error: a failed audit record follows an applied change.
+    app.account_changed(&changed);
+    Ok(ok_json(written?.to_json()))
 }
 
 async fn rotate_password(
@@ -320,7 +334,9 @@ async fn rotate_password(
     let login: Login = login.parse()?;
     let body: PasswordBody = parse_body(&body)?;
     let password = NewPassword::from_fields(body.password, body.password_hash)?;
-    Ok(ok_json(admin.rotate_password(&login, password).await?.to_json()))
+    let written = admin.rotate_password(&login, password).await;
+    app.account_changed(login.as_str());
+    Ok(ok_json(written?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -339,7 +355,9 @@ async fn set_account_machine_type(
     let admin = operator(&app, who)?;
     let login: Login = login.parse()?;
     let body: MachineTypeOfAccount = parse_body(&body)?;
-    Ok(ok_json(admin.move_account(&login, body.machine_type.parse()?).await?.to_json()))
+    let written = admin.move_account(&login, body.machine_type.parse()?).await;
+    app.account_changed(login.as_str());
+    Ok(ok_json(written?.to_json()))
 }
 
 pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {

@@ -66,18 +66,39 @@ pub fn build(
     signing_key: &[u8],
 ) -> metahub_core::Result<Arc<App>> {
     let keys = TokenKeys::new(signing_key, &settings.http.service, settings.token_ttl.as_secs())?;
+    selection_signing(&settings)?; // a bad host is an error here, before anything is built
+    Ok(build_with_keys(settings, store, upstream, keys))
+}
+
+/// [`build`] with token keys made by the caller (versioned keys that rotate, in Lambda).
+pub fn build_with_keys(
+    settings: Settings,
+    store: Arc<dyn Store>,
+    upstream: Arc<dyn Upstream>,
+    keys: TokenKeys,
+) -> Arc<App> {
+    let signing = selection_signing(&settings);
     let mut registry =
         RegistryService::new(store, upstream, settings.cache).with_index_digest_pulls(settings.index_digest_pulls);
-    if let Some(signer) = settings.selection_signer {
-        // signatures name the image as pulled through MetaHub: `<public host[:port]>/<repository>`
-        let registry_host = match settings.selection_host {
-            Some(host) => host,
-            None => registry_host(&settings.http.public_url)?,
-        };
-        registry = registry.with_selection_signing(SelectionSigning { signer, registry_host });
+    match signing {
+        Ok(Some(signing)) => registry = registry.with_selection_signing(signing),
+        Ok(None) => {}
+        // callers check first (`build`, the Lambda init): not reached with their settings
+        Err(e) => tracing::error!(error = %e.message, "selection signing is off"),
     }
     let http = HttpConfig { public_url: settings.http.public_url.trim_end_matches('/').to_owned(), ..settings.http };
-    Ok(App::with_admin(registry, keys, http, settings.admin))
+    App::with_admin(registry, keys, http, settings.admin)
+}
+
+/// What selection signatures are made with, when a key is set: the key, and the host they name (the image as pulled
+/// through MetaHub: `<host[:port]>/<repository>`), `selection_host` or else the public URL's.
+pub fn selection_signing(settings: &Settings) -> metahub_core::Result<Option<SelectionSigning>> {
+    let Some(signer) = settings.selection_signer.clone() else { return Ok(None) };
+    let registry_host = match &settings.selection_host {
+        Some(host) => host.clone(),
+        None => registry_host(&settings.http.public_url)?,
+    };
+    Ok(Some(SelectionSigning { signer, registry_host }))
 }
 
 /// The `host[:port]` of the public URL, as clients write it in image names.

@@ -62,6 +62,11 @@ impl AccountCheck {
         Ok(account)
     }
 
+    /// The account changed in this process: the next check reads the store.
+    pub(crate) fn forget(&self, login: &str) {
+        self.recent.remove(&login.to_owned());
+    }
+
     /// Refuses a token whose account is gone or changed since login, or that names a repository the account may
     /// no longer pull; an anonymous token only while anonymous pulls of its machine type are on.
     async fn check(&self, app: &App, claims: &Claims, repository: Option<&RepositoryName>) -> Result<(), Error> {

@@ -11,6 +11,7 @@ mod registry;
 mod response;
 mod throttle;
 mod token;
+mod verified;
 
 use axum::Router;
 use axum::routing::{any, get};
@@ -65,6 +66,7 @@ pub struct App {
     throttle: throttle::LoginThrottle,
     hashing: throttle::HashingGate,
     accounts: auth::AccountCheck,
+    verified: verified::VerifiedLogins,
 }
 
 impl App {
@@ -82,7 +84,20 @@ impl App {
             throttle: throttle::LoginThrottle::default(),
             hashing: throttle::HashingGate::for_this_machine(),
             accounts: auth::AccountCheck::default(),
+            verified: verified::VerifiedLogins::default(),
         })
+    }
+
+    /// `login`'s account was written or deleted through this process: its verified credentials and the state tokens
+    /// are checked against are dropped at once (other processes see it within [`auth::ACCOUNT_RECHECK`]).
+    pub fn account_changed(&self, login: &str) {
+        self.verified.forget(login);
+        self.accounts.forget(login);
+    }
+
+    /// Password hashes checked since start (argon2id runs): what logins cost, for tests and benchmarks.
+    pub fn password_checks(&self) -> u64 {
+        self.hashing.checks()
     }
 }
 

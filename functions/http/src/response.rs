@@ -39,11 +39,26 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = self.error.code.as_str(), message = %self.error.message, "request failed");
         }
+        let retry_after = retry_after(&self.error, status, &self.headers);
         let body = self.error.to_json().to_string();
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         response.headers_mut().extend(self.headers);
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
+}
+
+/// Every 503 and 429 says when to come back (clients back off on it rather than fail at once): the upstream's own
+/// `Retry-After` when it gave seconds, else 1 s; unless the answer already carries one (the login throttle's).
+fn retry_after(error: &Error, status: StatusCode, headers: &[(header::HeaderName, HeaderValue)]) -> Option<u64> {
+    let refused = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS;
+    if !refused || headers.iter().any(|(name, _)| name == header::RETRY_AFTER) {
+        return None;
+    }
+    let upstream = error.detail.as_ref().and_then(|d| d.get("retryAfter")).and_then(|v| v.as_str()?.parse().ok());
+    Some(upstream.unwrap_or(1))
 }
 
 pub async fn not_found() -> ApiError {
@@ -123,6 +138,27 @@ mod tests {
     use super::*;
     use axum::http::Method;
     use tower::ServiceExt;
+
+    #[test]
+    fn every_refusal_says_when_to_come_back() {
+        let retry = |error: Error, headers: Vec<(header::HeaderName, HeaderValue)>| {
+            let response = ApiError { error: Box::new(error), headers }.into_response();
+            response
+                .headers()
+                .get_all(header::RETRY_AFTER)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(retry(Error::unavailable("store down"), vec![]), ["1"]);
+        let limited = Error::new(ErrorCode::TooManyRequests, "rate limited")
+            .with_detail(serde_json::json!({ "retryAfter": "30" }));
+        assert_eq!(retry(limited, vec![]), ["30"], "the upstream's own");
+        let throttled = vec![(header::RETRY_AFTER, HeaderValue::from(8u64))];
+        assert_eq!(retry(Error::new(ErrorCode::TooManyRequests, "slow down"), throttled), ["8"], "kept, not doubled");
+        assert!(retry(Error::unauthorized("who"), vec![]).is_empty());
+        assert!(retry(Error::bad_gateway("odd"), vec![]).is_empty());
+    }
 
     #[tokio::test]
     async fn head_answers_keep_gets_headers_without_the_body() {

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
@@ -110,6 +111,17 @@ fn unbump(map: &mut HashMap<String, WindowCount>, key: &str) {
     }
 }
 
+/// How long the pair must still wait before its next try, when it is backing off.
+fn backoff_left(pair: &PairRecord, limits: &Limits, now: Instant) -> Option<Duration> {
+    let last = pair.last?;
+    if pair.failures < limits.free_failures {
+        return None;
+    }
+    let excess = (pair.failures - limits.free_failures).min(16);
+    let wait = Duration::from_secs(1 << excess).min(limits.max_backoff);
+    wait.checked_sub(now.duration_since(last)).filter(|left| !left.is_zero())
+}
+
 impl LoginThrottle {
     #[cfg(test)]
     fn new(limits: Limits) -> Self {
@@ -141,15 +153,8 @@ impl LoginThrottle {
         if pair.last.is_some_and(|last| now.duration_since(last) >= limits.forget_after) {
             *pair = PairRecord::default();
         }
-        if pair.failures >= limits.free_failures
-            && let Some(last) = pair.last
-        {
-            let excess = (pair.failures - limits.free_failures).min(16);
-            let wait = Duration::from_secs(1 << excess).min(limits.max_backoff);
-            let waited = now.duration_since(last);
-            if waited < wait {
-                return refuse(wait - waited);
-            }
+        if let Some(left) = backoff_left(pair, limits, now) {
+            return refuse(left);
         }
         let failed_before = pair.failures > 0;
         if failed_before && current(&mut state.logins, login, now, window) >= limits.login_ceiling {
@@ -163,6 +168,28 @@ impl LoginThrottle {
         bump(&mut state.logins, login, now);
         bump(&mut state.sources, source, now);
         Ok(())
+    }
+
+    /// Whether an attempt of this pair would be refused now, without counting one: credentials verified a moment
+    /// ago are never accepted where the throttle would refuse a check (a refused guess must not learn whether it
+    /// was right).
+    pub fn refuses(&self, login: &str, source: Option<&str>) -> bool {
+        let limits = &self.limits;
+        let (now, window) = (Instant::now(), limits.max_backoff);
+        let source = source.unwrap_or_default().to_owned();
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let failures = match state.pairs.get(&(login.to_owned(), source.clone())) {
+            Some(pair) if pair.last.is_some_and(|last| now.duration_since(last) < limits.forget_after) => {
+                if backoff_left(pair, limits, now).is_some() {
+                    return true;
+                }
+                pair.failures
+            }
+            _ => 0,
+        };
+        (failures > 0 && current(&mut state.logins, &login.to_owned(), now, window) >= limits.login_ceiling)
+            || current(&mut state.sources, &source, now, window) >= limits.source_ceiling
     }
 
     /// Drops what refuses nothing any more, then, if still too many, every pair record that is not backing off:
@@ -245,6 +272,8 @@ impl Attempt<'_> {
 /// allocated and freed by the same few threads, so the allocator keeps at most a few of them.
 pub struct HashingGate {
     admission: Arc<Semaphore>,
+    /// Checks handed to the workers so far.
+    checks: AtomicU64,
     jobs: Mutex<std::sync::mpsc::Sender<Job>>,
 }
 
@@ -280,13 +309,22 @@ impl HashingGate {
                 tracing::error!(error = %e, "cannot start a password-check thread");
             }
         }
-        HashingGate { admission: Arc::new(Semaphore::new(workers + queue)), jobs: Mutex::new(sender) }
+        HashingGate {
+            admission: Arc::new(Semaphore::new(workers + queue)),
+            checks: AtomicU64::new(0),
+            jobs: Mutex::new(sender),
+        }
     }
 
     /// One worker per core (at most 4): argon2 is CPU-bound, more would only add memory.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self::new(cores.clamp(1, 4), 32)
+    }
+
+    /// How many password checks were handed to the workers since start.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// A place in the gate, or [`Busy`] at once.
@@ -307,6 +345,7 @@ impl Admission<'_> {
             drop(permit);
         });
         lock(&self.gate.jobs).send(job).map_err(|_| Busy)?;
+        self.gate.checks.fetch_add(1, Ordering::Relaxed);
         answer.await.map_err(|_| Busy)
     }
 }
@@ -346,6 +385,23 @@ mod tests {
         assert!(t.reserve(&key("alice", "s0"), now).is_err());
         t.reserve(&key("alice", "clean"), now).unwrap();
         t.reserve(&key("bob", "s0"), now).unwrap();
+    }
+
+    #[test]
+    fn refuses_answers_as_an_attempt_would_without_counting_one() {
+        let t = LoginThrottle::default();
+        let now = Instant::now();
+        assert!(!t.refuses("alice", Some("a")));
+        for _ in 0..5 {
+            t.reserve(&key("alice", "a"), now).unwrap();
+        }
+        assert!(t.refuses("alice", Some("a")), "backing off");
+        assert!(!t.refuses("alice", Some("b")), "another source is not");
+        for i in 0..30 {
+            t.reserve(&key(&format!("u{i}"), "spray"), now).unwrap();
+        }
+        assert!(t.refuses("anyone", Some("spray")), "the source ceiling");
+        assert_eq!(lock(&t.state).pairs.len(), 31, "asking adds no record");
     }
 
     #[test]

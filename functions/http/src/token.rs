@@ -3,6 +3,7 @@
 use crate::App;
 use crate::auth::{credentials_of_scheme, source_of};
 use crate::response::ApiError;
+use crate::verified::{CredentialId, Flight, hash_digest};
 use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -11,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
 use metahub_core::admin::{self, LoginCheck};
+use metahub_core::names::Login;
 use metahub_core::observe::{self, LoginResult};
 use metahub_core::ports::Account;
 use metahub_core::token::{Access, account_fingerprint};
@@ -139,11 +141,29 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
 }
 
 /// The core login use case in its two halves, around this transport's guards: the throttle per account and source,
-/// and the hashing gate the argon2id check runs in.
+/// and the hashing gate the argon2id check runs in. Credentials verified a moment ago skip both halves (see
+/// [`crate::verified`]); everything else, every wrong password included, goes through them as before.
 async fn login_account(app: &App, source: Option<String>, login: &str, password: String) -> Result<Account, ApiError> {
     let invalid = || ApiError::from(Error::unauthorized("invalid username or password"));
     // Nothing malformed reaches the throttle's maps or the hash; it cannot be a real account either.
     let Some(login) = admin::login_attempt(login, &password) else { return Err(invalid()) };
+    let id = app.verified.id(login.as_str(), &password);
+    if let Some(account) = recently_verified(app, &login, source.as_deref(), &id).await {
+        return Ok(account);
+    }
+    // The same credentials being checked right now (a fleet logging in at once): wait for that answer instead of
+    // queueing for the gate. The lead is held until this check is over, remembered or not.
+    let _lead = match app.verified.join(id) {
+        Flight::Lead(lead) => Some(lead),
+        Flight::Wait(wait) => {
+            wait.done().await;
+            if let Some(account) = recently_verified(app, &login, source.as_deref(), &id).await {
+                return Ok(account);
+            }
+            None
+        }
+        Flight::Alone => None,
+    };
     let busy = || {
         ApiError::from(Error::new(ErrorCode::Unavailable, "too many logins at once; try again shortly"))
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
@@ -169,6 +189,7 @@ async fn login_account(app: &App, source: Option<String>, login: &str, password:
     match verified {
         Some(account) => {
             attempt.succeeded();
+            app.verified.remember(id, login.as_str(), &account.password_hash);
             observe::login(login.as_str(), LoginResult::Ok);
             observe::machine_type(account.machine_type.as_str());
             Ok(account)
@@ -178,6 +199,30 @@ async fn login_account(app: &App, source: Option<String>, login: &str, password:
             tracing::info!(login = login.as_str(), "failed login");
             Err(invalid())
         }
+    }
+}
+
+/// The account of credentials verified less than [`crate::verified::VERIFIED_LIFETIME`] ago, read from the store as
+/// every login reads it, while its hash is still the one they matched and the throttle would not refuse this
+/// attempt; `None` sends the login through the throttle and the hash. A change made anywhere (another process or
+/// Lambda instance) is seen here at once: only the hash is skipped, never the read.
+async fn recently_verified(app: &App, login: &Login, source: Option<&str>, id: &CredentialId) -> Option<Account> {
+    let verified_hash = app.verified.get(id)?;
+    if app.throttle.refuses(login.as_str(), source) {
+        return None;
+    }
+    match app.registry.store().account(login).await {
+        Ok(Some(account)) if hash_digest(&account.password_hash) == verified_hash => {
+            observe::login(login.as_str(), LoginResult::Ok);
+            observe::machine_type(account.machine_type.as_str());
+            Some(account)
+        }
+        Ok(_) => {
+            app.verified.drop_entry(id);
+            None
+        }
+        // The store failed: the full path says so.
+        Err(_) => None,
     }
 }
 

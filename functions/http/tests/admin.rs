@@ -539,3 +539,120 @@ async fn account_changes_revoke_tokens_and_repositories_are_enforced() {
         setup_account(&h, &[]).await;
     }
 }
+
+/// `GET /token` with Basic credentials, through a router of its own (so that tasks can run it concurrently).
+async fn token_answer(app: Arc<App>, login: &str, password: &str) -> (StatusCode, Value) {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{login}:{password}"));
+    let request = Request::builder()
+        .uri("/token?service=metahub&scope=repository:org/app:pull")
+        .header(header::AUTHORIZATION, format!("Basic {basic}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = metahub_http::router(app).oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_password_verified_a_moment_ago_costs_no_second_hash_and_a_wrong_one_is_never_remembered() {
+    let h = secret_harness();
+    setup_account(&h, &[]).await;
+    assert_eq!(h.app.password_checks(), 0);
+    for _ in 0..3 {
+        assert_eq!(token_answer(h.app.clone(), "m-skl", "battery staple").await.0, StatusCode::OK);
+    }
+    assert_eq!(h.app.password_checks(), 1, "hit after the first check");
+    for i in 1..=3 {
+        let (s, v) = token_answer(h.app.clone(), "m-skl", "battery stapler").await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{v}");
+        assert_eq!(h.app.password_checks(), 1 + i, "every wrong password is hashed");
+    }
+    // an unknown login is hashed (against the dummy) every time too
+    for _ in 0..2 {
+        assert_eq!(token_answer(h.app.clone(), "ghost", "battery staple").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(h.app.password_checks(), 6);
+    assert_eq!(token_answer(h.app.clone(), "m-skl", "battery staple").await.0, StatusCode::OK);
+    assert_eq!(h.app.password_checks(), 6, "the right one is still remembered");
+}
+
+#[tokio::test]
+async fn a_fleet_logging_in_at_once_shares_one_hash() {
+    let h = secret_harness();
+    setup_account(&h, &[]).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let app = h.app.clone();
+            tokio::spawn(async move { token_answer(app, "m-skl", "battery staple").await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(h.app.password_checks(), 1);
+}
+
+#[tokio::test]
+async fn account_changes_drop_verified_credentials_at_once() {
+    let h = secret_harness();
+    for mt in ["a", "b"] {
+        h.admin("PUT", &format!("/admin/machine-types/{mt}"), Some(json!({"features": []}))).await;
+    }
+    let put = json!({"machineType": "a", "password": "pw-0123456789"});
+    assert_eq!(h.admin("PUT", "/admin/accounts/n1", Some(put.clone())).await.0, StatusCode::OK);
+    let machine_type_of = |v: &Value| h.app.keys.verify(v["token"].as_str().unwrap()).unwrap().mt;
+    let (s, v) = token_answer(h.app.clone(), "n1", "pw-0123456789").await;
+    assert_eq!((s, machine_type_of(&v).as_str()), (StatusCode::OK, "a"));
+
+    // a new password: the old one is refused (and hashed again), the new one accepted
+    let (s, _) = h.admin("PUT", "/admin/accounts/n1/password", Some(json!({"password": "pw-rotated-01"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let checks = h.app.password_checks();
+    assert_eq!(token_answer(h.app.clone(), "n1", "pw-0123456789").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.app.password_checks(), checks + 1);
+    assert_eq!(token_answer(h.app.clone(), "n1", "pw-rotated-01").await.0, StatusCode::OK);
+
+    // another machine type: the next token carries it
+    let (s, _) = h.admin("PUT", "/admin/accounts/n1/machine-type", Some(json!({"machineType": "b"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = token_answer(h.app.clone(), "n1", "pw-rotated-01").await;
+    assert_eq!((s, machine_type_of(&v).as_str()), (StatusCode::OK, "b"));
+
+    // deleted: refused
+    assert_eq!(h.admin("DELETE", "/admin/accounts/n1", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(token_answer(h.app.clone(), "n1", "pw-rotated-01").await.0, StatusCode::UNAUTHORIZED);
+
+    // changed in the store by someone else (another process, another Lambda instance): seen at once
+    assert_eq!(h.admin("PUT", "/admin/accounts/n1", Some(put)).await.0, StatusCode::OK);
+    assert_eq!(token_answer(h.app.clone(), "n1", "pw-0123456789").await.0, StatusCode::OK);
+    let mut account = h.store.account(&l("n1")).await.unwrap().unwrap();
+    account.password_hash = metahub_core::password::hash_password("pw-elsewhere-1").unwrap().into();
+    h.store.put_account(&account).await.unwrap();
+    assert_eq!(token_answer(h.app.clone(), "n1", "pw-0123456789").await.0, StatusCode::UNAUTHORIZED);
+    account.machine_type = n("b");
+    h.store.put_account(&account).await.unwrap();
+    let (s, v) = token_answer(h.app.clone(), "n1", "pw-elsewhere-1").await;
+    assert_eq!((s, machine_type_of(&v).as_str()), (StatusCode::OK, "b"));
+    account.machine_type = n("a");
+    h.store.put_account(&account).await.unwrap();
+    let (s, v) = token_answer(h.app.clone(), "n1", "pw-elsewhere-1").await;
+    assert_eq!((s, machine_type_of(&v).as_str()), (StatusCode::OK, "a"), "a hit reads the account as stored");
+    h.store.delete_account(&l("n1")).await.unwrap();
+    assert_eq!(token_answer(h.app.clone(), "n1", "pw-elsewhere-1").await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_remembered_password_is_not_answered_where_the_throttle_refuses() {
+    let h = secret_harness();
+    setup_account(&h, &[]).await;
+    assert_eq!(token_answer(h.app.clone(), "m-skl", "battery staple").await.0, StatusCode::OK);
+    for _ in 0..5 {
+        assert_eq!(token_answer(h.app.clone(), "m-skl", "wrong guess").await.0, StatusCode::UNAUTHORIZED);
+    }
+    // backing off: the right password (remembered) gets the same refusal a guess gets, so a refused guess learns
+    // nothing
+    let (s, v) = token_answer(h.app.clone(), "m-skl", "battery staple").await;
+    assert_eq!((s, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"), "{v}");
+}

@@ -10,7 +10,7 @@
 //! | `METAHUB_FUNCTION_TIMEOUT` | the function's timeout (the template passes the one value it also sets as `Timeout`); every other timeout is derived from it, see [`Budget`]. Default 10s |
 //! | `METAHUB_UPSTREAM` | upstream registries, comma-separated `[PREFIX=]URL` (as `metahub serve --upstream`), default `https://registry-1.docker.io` |
 //! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
-//! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long (`10s`, or seconds); default off |
+//! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long after it answered (`1s`, `500ms`, or seconds); default 1s, `0`: every pull checks upstream |
 //! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
 //! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes, at most 1 hour |
 //! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
@@ -18,6 +18,7 @@
 //! | `METAHUB_MAX_STALE` | while the upstream fails, serve a tag's last index at most this long; default 24h, `0`: never |
 //! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | grant credential-less token requests this machine type |
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
+//! | `METAHUB_SIGNING_KEY_REFRESH` | how often an instance re-reads the signing key parameter (`60s` default, at least 1s); a new key version signs only this long after it was written, so every instance knows it first (see `metahub_core::token::TokenKeys`) |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
 //! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
 //! | `METAHUB_SELECTION_SIGNING_KEY_PARAM` | SSM SecureString name (registry function): PEM PKCS#8 ECDSA P-256 key that signs each filtered index (docs/signatures.md); needs the host signatures name: `METAHUB_SELECTION_SIGNING_HOST` (template: `DomainName`), else `METAHUB_PUBLIC_URL`'s |
@@ -34,6 +35,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES};
+use metahub_core::token::TokenKeys;
 use metahub_http::access_log::RequestId;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, app};
 use metahub_store_dynamodb::DynamoStore;
@@ -44,6 +46,8 @@ use std::time::Duration;
 mod parameters;
 
 pub const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every instance re-reads the signing key this often: one small SSM call a minute per busy instance.
+pub const DEFAULT_SIGNING_KEY_REFRESH: Duration = Duration::from_secs(60);
 
 /// How one request's time is shared out, all derived from the function's timeout: a request never outlives the
 /// function (Lambda would kill the instance, its caches and throttle state with it, and the client would get a bare
@@ -78,6 +82,8 @@ pub struct Settings {
     pub budget: Budget,
     pub upstream_timeout: Duration,
     pub signing_key_param: Option<String>,
+    /// How often the signing key is re-read, and how long a new version waits before it signs.
+    pub signing_key_refresh: Duration,
     pub origin_secret_param: Option<String>,
     pub origin_secret_version: Option<u64>,
     pub upstream_credentials_param: Option<String>,
@@ -129,7 +135,10 @@ impl Settings {
                 },
                 token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(defaults.token_ttl),
                 cache: CacheOptions {
-                    tag_ttl: duration("METAHUB_TAG_TTL")?.filter(|d| !d.is_zero()),
+                    tag_ttl: match duration("METAHUB_TAG_TTL")? {
+                        Some(ttl) => Some(ttl).filter(|d| !d.is_zero()),
+                        None => defaults.cache.tag_ttl,
+                    },
                     max_bytes: match get("METAHUB_CACHE_MIB") {
                         Some(v) => v
                             .parse::<usize>()
@@ -159,6 +168,9 @@ impl Settings {
             upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?
                 .map_or(budget.upstream_request, |t| t.min(budget.upstream_request)),
             signing_key_param: get("METAHUB_SIGNING_KEY_PARAM"),
+            signing_key_refresh: duration("METAHUB_SIGNING_KEY_REFRESH")?
+                .unwrap_or(DEFAULT_SIGNING_KEY_REFRESH)
+                .max(Duration::from_secs(1)),
             origin_secret_param,
             origin_secret_version,
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
@@ -287,7 +299,29 @@ async fn app_with(
         upstream_credentials: credentials,
         selection_signer,
     } = secrets;
-    let signing_key = signing_key.or(store_key).context("no signing key")?;
+    let service = &settings.app.http.service;
+    let ttl = settings.app.token_ttl.as_secs();
+    let keys = match (signing_key, store_key) {
+        (Some(versions), _) => TokenKeys::versioned(
+            versions.current,
+            versions.previous,
+            service,
+            ttl,
+            settings.signing_key_refresh.as_secs(),
+        ),
+        (None, Some(key)) => TokenKeys::new(&key, service, ttl),
+        (None, None) => bail!("no signing key"),
+    }
+    .map_err(|e| anyhow!("token keys: {e}"))?;
+    if settings.signing_key_param.is_some() {
+        let refresher = KeyRefresher {
+            ssm: ssm.clone(),
+            settings: settings.clone(),
+            keys: keys.clone(),
+            last: tokio::sync::Mutex::new(std::time::Instant::now()),
+        };
+        let _ = KEY_REFRESHER.set(Arc::new(refresher));
+    }
 
     let mut upstreams = upstream_configs(&settings.upstream)?;
     credentials.apply(&mut upstreams).map_err(|e| anyhow!("METAHUB_UPSTREAM_CREDENTIALS_PARAM: {e}"))?;
@@ -300,7 +334,50 @@ async fn app_with(
         ..settings.app.clone()
     };
     tracing::info!(?settings, origin_check = app_settings.http.origin_secret.is_some(), "metahub function ready");
-    app::build(app_settings, store, Arc::new(upstream), &signing_key).map_err(|e| anyhow!("token keys: {e}"))
+    app::selection_signing(&app_settings).map_err(|e| anyhow!("selection signing: {}", e.message))?;
+    Ok(app::build_with_keys(app_settings, store, Arc::new(upstream), keys))
+}
+
+/// The signing key re-read of this instance (registry and token functions with `METAHUB_SIGNING_KEY_PARAM`). A
+/// process-wide value because it is set while the app is built and used by [`lambda_router`]'s layer, which each
+/// function's `main.rs` applies through [`serve`] without knowing about it.
+static KEY_REFRESHER: std::sync::OnceLock<Arc<KeyRefresher>> = std::sync::OnceLock::new();
+
+struct KeyRefresher {
+    ssm: aws_sdk_ssm::Client,
+    settings: Settings,
+    keys: TokenKeys,
+    /// When the keys were last read; locked across a re-read so that one request does it.
+    last: tokio::sync::Mutex<std::time::Instant>,
+}
+
+impl KeyRefresher {
+    /// Re-reads the signing key when the copy is older than the refresh interval, before the request is served (an
+    /// instance thawed after a long pause must know a version others may already sign with). A failed read keeps
+    /// the keys in use and is retried at the next interval.
+    async fn refresh_if_stale(&self) {
+        let mut last = self.last.lock().await;
+        if last.elapsed() < self.settings.signing_key_refresh {
+            return;
+        }
+        match parameters::read_signing_keys(&self.ssm, &self.settings).await {
+            Ok(versions) => {
+                let version = versions.current.version;
+                if let Err(e) = self.keys.update(versions.current, versions.previous) {
+                    tracing::warn!(error = %e.message, version, "the new signing key is unusable; keeping the one in use");
+                }
+            }
+            Err(e) => tracing::warn!(error = %one_line(&format!("{e:#}")), "could not re-read the signing key"),
+        }
+        *last = std::time::Instant::now();
+    }
+}
+
+async fn with_fresh_keys(request: Request, next: Next) -> Response {
+    if let Some(refresher) = KEY_REFRESHER.get() {
+        refresher.refresh_if_stale().await;
+    }
+    next.run(request).await
 }
 
 /// [`app_from_env`], or: log the error on one line, report it to the Lambda Runtime API as an init error, exit 1.
@@ -430,6 +507,7 @@ fn join_repeated_headers(headers: &mut axum::http::HeaderMap) {
 pub fn lambda_router(router: Router, budget: Budget) -> Router {
     router
         .layer(axum::middleware::from_fn(for_function_url))
+        .layer(axum::middleware::from_fn(with_fresh_keys))
         .layer(axum::middleware::from_fn(move |request: Request, next: Next| within_budget(budget, request, next)))
         .layer(axum::middleware::map_request(with_request_id))
 }
@@ -492,7 +570,7 @@ mod tests {
         assert_eq!(s.upstream_timeout, s.budget.upstream_request);
         assert_eq!(s.upstream, DEFAULT_UPSTREAM);
         assert_eq!(s.app.http.service, "metahub");
-        assert_eq!(s.app.cache.tag_ttl, None);
+        assert_eq!(s.app.cache.tag_ttl, Some(metahub_core::cache::DEFAULT_TAG_TTL));
         assert_eq!(s.app.index_digest_pulls, metahub_core::service::IndexDigestPulls::Verbatim);
         assert_eq!(s.app.token_ttl, app::DEFAULT_TOKEN_TTL);
         assert_eq!(s.signing_key_param, None);
@@ -515,6 +593,11 @@ mod tests {
         assert_eq!(s.app.token_ttl, Duration::from_secs(600));
         assert_eq!(s.app.http.anonymous_machine_type, None);
         assert_eq!(s.signing_key_param.as_deref(), Some("/metahub/key"));
+        // 0 turns the tag window off: every pull checks upstream
+        for zero in ["0", "0s"] {
+            let vars = [BASE.to_vec(), vec![("METAHUB_TAG_TTL", zero)]].concat();
+            assert_eq!(settings(&vars).unwrap().app.cache.tag_ttl, None, "{zero}");
+        }
         assert_eq!(s.upstream, "http://127.0.0.1:5000");
     }
 

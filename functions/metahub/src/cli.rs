@@ -1,6 +1,6 @@
 //! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
 
-use crate::{admin_ui, detect, explain, index, manage, serve};
+use crate::{admin_ui, credential_provider, detect, explain, index, manage, pins, serve};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 
@@ -41,9 +41,14 @@ enum Command {
     Detect(detect::DetectArgs),
     /// Every entry of an image's index for a machine type: fits or not, why, and the one served.
     Explain(explain::ExplainArgs),
+    /// The digest every machine type is served for an image, and the build its clients take: pins per node pool.
+    Pins(pins::PinsArgs),
     /// Assemble per-microarchitecture images into one index with features, or inspect one.
     #[command(subcommand)]
     Index(index::IndexCommand),
+    /// A kubelet image credential provider: reads a CredentialProviderRequest on stdin, writes the node pool's
+    /// MetaHub account as a CredentialProviderResponse on stdout (see docs/nodes.md).
+    CredentialProvider(credential_provider::CredentialProviderArgs),
 }
 
 #[derive(Subcommand)]
@@ -69,7 +74,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Ui(args)) => admin_ui::run(args).await,
         Command::Detect(args) => detect::run(args).await,
         Command::Explain(args) => explain::run(args).await,
+        Command::Pins(args) => pins::run(args).await,
         Command::Index(cmd) => index::run(cmd).await,
+        Command::CredentialProvider(args) => credential_provider::run(args).await,
     }
 }
 

@@ -8,7 +8,7 @@ use crate::upstreams::UpstreamArgs;
 use anyhow::{Context, bail};
 use clap::Args;
 use metahub_core::filter::{self, ACCEPT_ALL, Index, Verdict};
-use metahub_core::ports::Upstream;
+use metahub_core::ports::{Manifest, Upstream};
 use metahub_core::reference::ImageRef;
 use metahub_upstream::ClientOptions;
 use serde_json::json;
@@ -40,12 +40,7 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
         // The store closes here: the embedded store is single-process, so it is not held during the upstream fetch.
     };
 
-    let upstream = args.upstreams.router(&ClientOptions::default())?;
-    let accept: Vec<String> = ACCEPT_ALL.iter().map(|s| (*s).to_owned()).collect();
-    let manifest = upstream
-        .get_manifest(&image.name, &image.reference, &accept)
-        .await
-        .with_context(|| format!("fetching {image} from {}", args.upstreams.describe()))?;
+    let manifest = fetch(&image, &args.upstreams).await?;
 
     if !filter::is_index_media_type(&manifest.media_type) {
         let why = "a single manifest, not an index: it passes through verbatim to every machine type";
@@ -108,8 +103,18 @@ pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The upstream's manifest of `image`, as `serve` routes its name.
+pub(crate) async fn fetch(image: &ImageRef, upstreams: &UpstreamArgs) -> anyhow::Result<Manifest> {
+    let upstream = upstreams.router(&ClientOptions::default())?;
+    let accept: Vec<String> = ACCEPT_ALL.iter().map(|s| (*s).to_owned()).collect();
+    upstream
+        .get_manifest(&image.name, &image.reference, &accept)
+        .await
+        .with_context(|| format!("fetching {image} from {}", upstreams.describe()))
+}
+
 /// `sha256:` and the first 12 hex digits: enough to tell entries apart and to find them in `index inspect`.
-fn short(digest: &str) -> String {
+pub(crate) fn short(digest: &str) -> String {
     match digest.split_once(':') {
         Some((algo, hex)) => format!("{algo}:{}", hex.get(..12).unwrap_or(hex)),
         None => digest.to_owned(),

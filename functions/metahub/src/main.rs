@@ -3,11 +3,13 @@
 mod admin_client;
 mod admin_ui;
 mod cli;
+mod credential_provider;
 mod detect;
 mod explain;
 mod index;
 mod manage;
 mod metrics;
+mod pins;
 mod serve;
 mod store;
 mod upstreams;

@@ -53,6 +53,8 @@ pub enum MachineTypeCommand {
         /// `cpu:<archspec name>`, `nvcap:<major>.<minor>` or any `key:value`; repeat for several.
         #[arg(long = "feature")]
         features: Vec<String>,
+        /// `best` (the most specific build the machine runs), `exact` (features equal the machine's), or
+        /// `unfiltered` (the whole index: for resolvers such as admission controllers and GitOps tools, never nodes).
         #[arg(long = "match", default_value = "best")]
         match_mode: MatchMode,
         #[command(flatten)]

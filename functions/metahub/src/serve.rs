@@ -3,7 +3,7 @@
 use crate::cli::StoreArg;
 use anyhow::Context;
 use clap::Args;
-use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES, DEFAULT_MAX_STALE};
+use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES, DEFAULT_MAX_STALE, DEFAULT_TAG_TTL};
 use metahub_core::cosign::SelectionSigner;
 use metahub_core::service::IndexDigestPulls;
 use metahub_http::{AdminAuth, HttpConfig, app};
@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -31,9 +30,10 @@ pub struct ServeArgs {
     /// Grant token requests without credentials this machine type (off by default).
     #[arg(long, env = "METAHUB_ANONYMOUS_MACHINE_TYPE")]
     anonymous_machine_type: Option<String>,
-    /// Reuse a tag's upstream check for this long (e.g. `10s`); off by default: every pull checks upstream.
-    #[arg(long, env = "METAHUB_TAG_TTL", value_parser = humantime::parse_duration)]
-    tag_ttl: Option<Duration>,
+    /// Reuse a tag's upstream check for this long after it answered: a tag moved upstream is served at most this
+    /// long late, and a fleet pulling one tag costs one upstream HEAD per window. `0s`: every pull checks upstream.
+    #[arg(long, env = "METAHUB_TAG_TTL", default_value_t = DEFAULT_TAG_TTL.into())]
+    tag_ttl: humantime::Duration,
     /// A pull by the digest of an upstream index (a pin) cannot be filtered: `verbatim` serves the whole index,
     /// `refuse` answers DENIED naming the digest of the image the machine type is served. See the README.
     #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value_t = IndexDigestPulls::default(), value_parser = parse_index_digest_pulls)]
@@ -126,7 +126,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         token_ttl: *args.token_ttl,
         cache: CacheOptions {
-            tag_ttl: args.tag_ttl,
+            tag_ttl: Some(*args.tag_ttl).filter(|d| !d.is_zero()),
             max_bytes: usize::try_from(args.cache_mib << 20).context("--cache-mib is too large")?,
             max_stale: *args.max_stale,
             ..CacheOptions::default()

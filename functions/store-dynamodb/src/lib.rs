@@ -41,7 +41,9 @@ use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConn
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
 use metahub_core::names::Login;
-use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
+use metahub_core::ports::{
+    Account, AccountChange, Change, ChildRecord, Manifest, Store, machine_type_in_use, machine_type_missing,
+};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
 use std::collections::HashMap;
@@ -58,6 +60,8 @@ pub const MANIFEST_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MACHINE_TYPE_CACHE_TTL: Duration = Duration::from_secs(30);
 /// DynamoDB refuses items over 400 KB; keep room for the key and attribute names.
 const MAX_MANIFEST_BYTES: usize = 390 * 1024;
+/// Child records written concurrently by one `put_child_records`.
+const CHILD_WRITES_AT_ONCE: usize = 16;
 /// Attempts of a transaction that conflicts with a concurrent one on the same items.
 const TRANSACTION_ATTEMPTS: u32 = 12;
 
@@ -460,6 +464,12 @@ fn manifest_key(repository: &RepositoryName, digest: &Digest) -> Item {
     key(format!("MAN#{}@{}", repository.as_str(), digest.as_str()), "MAN")
 }
 
+/// A child record sits beside the generated indexes (`MAN#…`, which the registry function may write), under its own
+/// sort key: never read as a manifest, and never scanned as a machine type or account.
+fn child_key(repository: &RepositoryName, digest: &Digest) -> Item {
+    key(format!("MAN#{}@{}", repository.as_str(), digest.as_str()), "CHILD")
+}
+
 fn signing_key_key() -> Item {
     key("META".to_owned(), "SIGNING_KEY")
 }
@@ -819,6 +829,36 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(|e| self.fail("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn child_record(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<ChildRecord>> {
+        let Some(item) = self.get("GetItem", child_key(repository, digest), None, &[]).await? else {
+            return Ok(None);
+        };
+        let value = get_s(&item, "record").ok_or_else(|| {
+            Error::internal(format!("stored child record of {}@{} has no record", repository.as_str(), digest))
+        })?;
+        ChildRecord::from_value_json(digest.clone(), value).map(Some)
+    }
+
+    async fn put_child_records(&self, repository: &RepositoryName, records: &[ChildRecord]) -> Result<()> {
+        // One PutItem each (the registry function's role allows PutItem on MAN#* only), several at a time.
+        let ttl = (now_epoch() + MANIFEST_TTL.as_secs()).to_string();
+        for chunk in records.chunks(CHILD_WRITES_AT_ONCE) {
+            let mut writes = tokio::task::JoinSet::new();
+            for record in chunk {
+                let mut item = child_key(repository, &record.digest);
+                item.insert("record".into(), s(record.value_json()));
+                item.insert("ttl".into(), AttributeValue::N(ttl.clone()));
+                let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+                writes.spawn(put.send());
+            }
+            while let Some(done) = writes.join_next().await {
+                done.map_err(|e| Error::internal(format!("a child record write failed to run: {e}")))?
+                    .map_err(|e| self.fail("PutItem", e))?;
+            }
+        }
         Ok(())
     }
 

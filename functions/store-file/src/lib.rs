@@ -18,7 +18,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use metahub_core::machine::{MachineType, MachineTypeName};
 use metahub_core::names::Login;
-use metahub_core::ports::{Account, AccountChange, Change, Manifest, Store, machine_type_in_use, machine_type_missing};
+use metahub_core::ports::{
+    Account, AccountChange, Change, ChildRecord, Manifest, Store, machine_type_in_use, machine_type_missing,
+};
 use metahub_core::reference::{Digest, RepositoryName};
 use metahub_core::{Error, Result};
 use redb::{
@@ -32,6 +34,8 @@ const MACHINE_TYPES: TableDefinition<&str, &str> = TableDefinition::new("machine
 const ACCOUNTS: TableDefinition<&str, &str> = TableDefinition::new("accounts");
 const MANIFESTS: TableDefinition<&str, (&str, &[u8])> = TableDefinition::new("manifests");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The children of upstream indexes MetaHub read, by `repository@digest`: `ChildRecord::value_json`.
+const CHILDREN: TableDefinition<&str, &str> = TableDefinition::new("child_records");
 /// The audit log, keyed by a sequence number taken in the appending transaction: newest is last, even within a second.
 const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
 /// The admin page's watched images, by reference; the value is unused.
@@ -84,6 +88,7 @@ impl FileStore {
         }
         txn.open_table(MANIFESTS).map_err(|e| store.fail(e))?;
         txn.open_table(META).map_err(|e| store.fail(e))?;
+        txn.open_table(CHILDREN).map_err(|e| store.fail(e))?;
         txn.open_table(CHANGES).map_err(|e| store.fail(e))?;
         txn.open_table(WATCHED).map_err(|e| store.fail(e))?;
         txn.commit().map_err(|e| store.fail(e))?;
@@ -339,6 +344,38 @@ impl Store for FileStore {
                 table
                     .insert(key.as_str(), (manifest.media_type.as_str(), &manifest.bytes[..]))
                     .map_err(|e| s.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn child_record(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<ChildRecord>> {
+        let key = manifest_key(repository, digest);
+        let digest = digest.clone();
+        self.blocking(move |s| {
+            let txn = s.db.begin_read().map_err(|e| s.fail(e))?;
+            let table = txn.open_table(CHILDREN).map_err(|e| s.fail(e))?;
+            let Some(value) = table.get(key.as_str()).map_err(|e| s.fail(e))? else {
+                return Ok(None);
+            };
+            ChildRecord::from_value_json(digest, value.value()).map(Some)
+        })
+        .await
+    }
+
+    async fn put_child_records(&self, repository: &RepositoryName, records: &[ChildRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, String)> =
+            records.iter().map(|r| (manifest_key(repository, &r.digest), r.value_json())).collect();
+        self.blocking(move |s| {
+            s.write(|txn| {
+                let mut table = txn.open_table(CHILDREN).map_err(|e| s.fail(e))?;
+                for (key, value) in &rows {
+                    table.insert(key.as_str(), value.as_str()).map_err(|e| s.fail(e))?;
+                }
                 Ok(())
             })
         })

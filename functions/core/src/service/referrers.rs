@@ -52,7 +52,7 @@ impl RegistryService {
     }
 
     /// The upstream index `digest` was filtered from, when MetaHub generated it; else `digest` itself.
-    async fn referrers_subject(&self, repository: &RepositoryName, digest: &Digest) -> Result<Digest> {
+    pub(super) async fn referrers_subject(&self, repository: &RepositoryName, digest: &Digest) -> Result<Digest> {
         let (name, bytes) = source_link(repository, digest);
         let Some(link) = self.store.generated_manifest(&name, &Digest::sha256_of(&bytes)).await? else {
             return Ok(digest.clone());

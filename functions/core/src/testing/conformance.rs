@@ -2,9 +2,10 @@
 //!
 //! An adapter's test implements [`Fixture`] and calls [`run_all`]; a failing scenario panics with its name.
 
+use crate::filter::Platform;
 use crate::machine::{MachineType, MachineTypeName, MatchMode};
 use crate::names::Login;
-use crate::ports::{Account, AccountChange, Manifest, Store};
+use crate::ports::{Account, AccountChange, ChildRecord, Manifest, Store};
 use crate::reference::{Digest, RepositoryName};
 use crate::{Error, ErrorCode};
 use async_trait::async_trait;
@@ -56,6 +57,8 @@ pub async fn run_all(fixture: &dyn Fixture) {
     delete_refused_names_accounts(fixture.fresh().await).await;
     eprintln!("conformance: manifests");
     manifests(fixture.fresh().await).await;
+    eprintln!("conformance: child records");
+    child_records(fixture.fresh().await).await;
     eprintln!("conformance: signing key race");
     signing_key_race(fixture.fresh().await).await;
     eprintln!("conformance: concurrent machine type updates");
@@ -209,6 +212,39 @@ pub async fn manifests(store: Arc<dyn Store>) {
 
     let lying = Manifest { digest: Digest::sha256_of(b"something else"), ..manifest };
     assert!(store.put_generated_manifest(&repo, &lying).await.is_err(), "stored only under its own digest");
+}
+
+pub async fn child_records(store: Arc<dyn Store>) {
+    let repo: RepositoryName = "org/image".parse().unwrap();
+    let other: RepositoryName = "org/other".parse().unwrap();
+    let (index, later) = (Digest::sha256_of(b"index"), Digest::sha256_of(b"later index"));
+    let record = |child: &[u8], variant: &str, features: &[&str], index: &Digest| ChildRecord {
+        digest: Digest::sha256_of(child),
+        platform: Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: variant.into(),
+            features: features.iter().map(|f| f.to_string()).collect(),
+        },
+        index: index.clone(),
+    };
+    let (zen3, generic) = (record(b"zen3", "v3", &["cpu:zen3"], &index), record(b"generic", "", &[], &index));
+    assert_eq!(store.child_record(&repo, &zen3.digest).await.unwrap(), None);
+    store.put_child_records(&repo, &[]).await.unwrap();
+    store.put_child_records(&repo, &[zen3.clone(), generic.clone()]).await.unwrap();
+    assert_eq!(store.child_record(&repo, &zen3.digest).await.unwrap(), Some(zen3.clone()));
+    assert_eq!(store.child_record(&repo, &generic.digest).await.unwrap(), Some(generic));
+    assert_eq!(store.child_record(&other, &zen3.digest).await.unwrap(), None, "keyed by repository too");
+    // the same child read again in another index: the later record counts
+    let again = record(b"zen3", "v3", &["cpu:zen3"], &later);
+    store.put_child_records(&repo, std::slice::from_ref(&again)).await.unwrap();
+    assert_eq!(store.child_record(&repo, &zen3.digest).await.unwrap(), Some(again));
+    // a record is not a generated manifest: a pull of that digest is never answered from it
+    assert_eq!(store.generated_manifest(&repo, &zen3.digest).await.unwrap(), None);
+    // many children at once (an index of a hundred builds)
+    let many: Vec<ChildRecord> = (0..100u32).map(|i| record(&i.to_be_bytes(), "", &["fabric:efa"], &index)).collect();
+    store.put_child_records(&other, &many).await.unwrap();
+    assert_eq!(store.child_record(&other, &many[99].digest).await.unwrap(), Some(many[99].clone()));
 }
 
 pub async fn signing_key_race(store: Arc<dyn Store>) {
