@@ -376,11 +376,11 @@ h4Gh+LPKtA+nUceNdh9tHxvE9a5Zut+X3DtLiam/83RY6A+w36kwp7zD
 -----END PRIVATE KEY-----";
         let s = settings(&[(SIGNING_KEY, "/k"), (SELECTION_SIGNING_KEY, "/sel")]);
         assert_eq!(first_request(&s).names, ["/k", "/sel"]);
-        let (secrets, _) = read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, PEM)]).unwrap();
+        let (secrets, _) = read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, PEM)], NOW).unwrap();
         assert!(secrets.selection_signer.is_some());
         let bad = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----";
-        let e = format!("{:#}", read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, bad)]).err().unwrap());
+        let e = format!("{:#}", read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, bad)], NOW).err().unwrap());
         assert!(e.contains("\"/sel\"") && e.contains(SELECTION_SIGNING_KEY) && !e.contains("c2VjcmV0"), "{e}");
-        assert!(read_first(&settings(&[]), &[]).unwrap().0.selection_signer.is_none());
+        assert!(read_first(&settings(&[]), &[], NOW).unwrap().0.selection_signer.is_none());
     }
 }
