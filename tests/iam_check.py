@@ -520,10 +520,12 @@ ENV_TO_PARAMETER = {
     "METAHUB_SIGNING_KEY_PARAM": "SigningKeyParameterName",
     "METAHUB_ORIGIN_SECRET_PARAM": "OriginSecretParameterName",
     "METAHUB_UPSTREAM_CREDENTIALS_PARAM": "UpstreamCredentialsParameterName",
+    "METAHUB_SELECTION_SIGNING_KEY_PARAM": "SelectionSigningKeyParameterName",
 }
 # Which of them the template gives each function (a function given another one is not a template configuration).
 TEMPLATE_SECRETS = {
-    "metahub-registry": {"METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM", "METAHUB_UPSTREAM_CREDENTIALS_PARAM"},
+    "metahub-registry": {"METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM", "METAHUB_UPSTREAM_CREDENTIALS_PARAM",
+                         "METAHUB_SELECTION_SIGNING_KEY_PARAM"},
     "metahub-token": {"METAHUB_SIGNING_KEY_PARAM", "METAHUB_ORIGIN_SECRET_PARAM"},
     "metahub-admin": {"METAHUB_UPSTREAM_CREDENTIALS_PARAM"},
 }
@@ -548,6 +550,8 @@ def template_parameters(binary: str, env: dict[str, str]) -> tuple[dict[str, str
         return None, f"{sorted(extra)} set (the template never gives {binary} that)"
     for var in given:
         params[ENV_TO_PARAMETER[var]] = env[var]
+    if env.get("METAHUB_SELECTION_SIGNING_HOST"):  # the template derives it from DomainName (and needs a certificate)
+        params["DomainName"] = env["METAHUB_SELECTION_SIGNING_HOST"].rsplit(":", 1)[0]
     return params, ""
 
 

@@ -27,6 +27,7 @@ test      pip    moto[server]                       py:moto py:flask py:flask_co
 test      pip    boto3                              py:boto3
 test      pip    argon2-cffi                        py:argon2
 test      pip    cryptography                       py:cryptography
+test      pip    pynacl                             py:nacl
 test      apt    chromium                           cmd:chromium
 test      apt    chromium-driver                    cmd:chromedriver
 test      pip    selenium                           py:selenium

@@ -266,15 +266,28 @@ def test_referrers_tag_passes_unfiltered(hub, second):
     assert r.headers["Docker-Content-Digest"] == "sha256:" + hashlib.sha256(upstream_bytes).hexdigest()
 
 
-def test_no_referrers_is_404_never_405(hub, second, images):
+def test_no_referrers_is_an_empty_index_never_404(hub, second, images):
+    """distribution-spec 1.1: a registry with the referrers API answers 200 and an empty index when nothing refers
+    to a digest, whether or not the digest exists, and whatever the upstream has (distribution 2.8 has no API; no
+    `<alg>-<hex>` tag exists for these)."""
     _, pushed2, _ = second
-    child = pushed2.images["generic-amd64"].digest
-    r = referrers(hub, "ghcr.io/org/app", child)
-    assert_registry_error(r.status_code, r.content, 404, {"MANIFEST_UNKNOWN"})
-    r = referrers(hub, "org/app", images.tags["org/app"][2])
-    assert_registry_error(r.status_code, r.content, 404, {"MANIFEST_UNKNOWN"})
-    r = referrers(hub, "ghcr.io/org/app", "sha256:abc")
-    assert_registry_error(r.status_code, r.content, 400, {"DIGEST_INVALID"})
+    for repo, digest in [
+        ("ghcr.io/org/app", pushed2.images["generic-amd64"].digest),  # a child nothing refers to
+        ("org/app", images.tags["org/app"][2]),  # an index nothing refers to
+        ("ghcr.io/org/app", "sha256:" + "0" * 64),  # no such manifest
+        ("ghcr.io/org/nothing", "sha256:" + "0" * 64),  # no such repository
+    ]:
+        r = referrers(hub, repo, digest)
+        assert r.status_code == 200, (repo, digest, r.status_code, r.text)
+        assert r.headers["Content-Type"] == registry_push.OCI_INDEX
+        assert r.json() == {"schemaVersion": 2, "mediaType": registry_push.OCI_INDEX, "manifests": []}
+        assert "OCI-Filters-Applied" not in r.headers
+        r = referrers(hub, repo, digest, SIGNATURE)
+        assert r.status_code == 200 and r.json()["manifests"] == [], r.text
+        assert r.headers["OCI-Filters-Applied"] == "artifactType"
+    for malformed in ["sha256:abc", "sha256:" + "G" * 64, "md5:" + "0" * 32, "latest"]:
+        r = referrers(hub, "ghcr.io/org/app", malformed)
+        assert_registry_error(r.status_code, r.content, 400, {"DIGEST_INVALID"})
 
 
 def test_impossible_manifest_reference_is_404_after_authentication(hub):

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cosign;
 pub mod error;
 pub mod files;
 pub mod filter;

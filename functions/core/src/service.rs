@@ -12,8 +12,10 @@ use std::sync::{Arc, LazyLock};
 mod gpu;
 mod listing;
 mod referrers;
+mod signatures;
 
 pub use referrers::{ReferrersIndex, is_referrers_tag};
+pub use signatures::SelectionSigning;
 
 pub use gpu::{MAX_CHILDREN, MAX_CONFIG_BYTES, read_index_requirements, read_requirements};
 
@@ -27,6 +29,8 @@ pub struct RegistryService {
     index_digest_pulls: IndexDigestPulls,
     /// The upstream itself, for its naming rules ([`Upstream::canonical_name`]).
     naming: Arc<dyn Upstream>,
+    /// Sign each filtered index generated (`--selection-signing-key`): off when `None`.
+    selection_signing: Option<SelectionSigning>,
 }
 
 impl RegistryService {
@@ -36,6 +40,7 @@ impl RegistryService {
             cache: PullCache::new(Arc::new(ObservedUpstream::new(upstream.clone())), &options),
             index_digest_pulls: IndexDigestPulls::default(),
             naming: upstream,
+            selection_signing: None,
         }
     }
 
@@ -79,6 +84,19 @@ impl RegistryService {
             // A referrers tag lists artifacts, not platforms: served as the upstream has it.
             Reference::Tag(tag) if is_referrers_tag(tag.as_str()) => {
                 self.upstream().get_manifest(repository, reference, &ACCEPT).await
+            }
+            // MetaHub's own signature of a filtered index it generated; any other `.sig` tag is the upstream's.
+            Reference::Tag(tag) if self.selection_signing.is_some() => {
+                match crate::cosign::signature_tag_subject(tag.as_str()) {
+                    Some(subject) => match self.selection_signature(repository, &subject).await? {
+                        Some(signature) => {
+                            observe::answer(Answer::Generated);
+                            Ok(signature)
+                        }
+                        None => self.manifest_by_tag(repository, reference, machine_type).await,
+                    },
+                    None => self.manifest_by_tag(repository, reference, machine_type).await,
+                }
             }
             Reference::Tag(_) => self.manifest_by_tag(repository, reference, machine_type).await,
             Reference::Digest(digest) => self.manifest_by_digest(repository, digest, machine_type).await,
@@ -162,6 +180,7 @@ impl RegistryService {
         if !self.cache.has_generated(repository, &manifest.digest) {
             self.store.put_generated_manifest(repository, &manifest).await?;
             self.remember_source(repository, &manifest.digest, &head.digest).await?;
+            self.sign_selection(repository, &manifest).await?;
             self.cache.keep_generated(repository, &manifest);
         }
         Ok(manifest)

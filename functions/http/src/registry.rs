@@ -99,6 +99,15 @@ pub async fn dispatch(
         }
         Route::Blob(_, digest) => {
             let digest: Digest = digest.parse()?;
+            // MetaHub's own blobs (its signatures' payload and config) come from the store; all others redirect.
+            if let Some(own) = app.registry.own_blob(&name, &digest).await? {
+                let mut response = Response::new(Body::from(own.bytes.clone()));
+                let h = response.headers_mut();
+                h.insert(header::CONTENT_TYPE, header_value(&own.media_type)?);
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(own.bytes.len()));
+                h.insert(CONTENT_DIGEST, header_value(own.digest.as_str())?);
+                return Ok(response);
+            }
             let location = app.registry.blob(&name, &digest).await?;
             let mut response = Response::new(Body::empty());
             *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;

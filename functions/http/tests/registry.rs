@@ -185,3 +185,38 @@ async fn errors_are_registry_json_with_the_right_status() {
     let down = pull.get("/v2/org/app/manifests/latest").await;
     assert_eq!((down.status, down.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"));
 }
+
+#[tokio::test]
+async fn referrers_are_an_oci_index_even_when_there_are_none() {
+    let pull = setup().await;
+    let signature = "application/vnd.dev.cosign.artifact.sig.v1+json";
+    let referrer = json!({"mediaType": OCI_MANIFEST, "digest": Digest::sha256_of(b"sig").as_str(), "size": 3,
+                          "artifactType": signature});
+    let listed = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [referrer]});
+    pull.upstream.tag("org/app", &SKYLAKE.replacen(':', "-", 1), OCI_INDEX, listed.to_string());
+    let empty = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []});
+    // (path, manifests, OCI-Filters-Applied): the upstream has no referrers API, only the tag scheme for SKYLAKE
+    let cases = [
+        (format!("/v2/org/app/referrers/{SKYLAKE}"), listed.clone(), ""),
+        (
+            format!("/v2/org/app/referrers/{SKYLAKE}?artifactType={}", signature.replace('+', "%2B")),
+            listed,
+            "artifactType",
+        ),
+        (format!("/v2/org/app/referrers/{SKYLAKE}?artifactType=application%2Fx-none"), empty.clone(), "artifactType"),
+        (format!("/v2/org/app/referrers/{GENERIC}"), empty.clone(), ""),
+        (format!("/v2/org/app/referrers/{}", Digest::sha256_of(b"no such manifest")), empty.clone(), ""),
+        (format!("/v2/org/app/referrers/{GENERIC}?artifactType=a%2Fb"), empty, "artifactType"),
+    ];
+    for (path, manifests, filters) in cases {
+        let answer = pull.get(&path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {:?}", answer.json());
+        assert_eq!(answer.header("content-type"), OCI_INDEX, "{path}");
+        assert_eq!(answer.json(), manifests, "{path}");
+        assert_eq!(answer.header("oci-filters-applied"), filters, "{path}");
+    }
+    for malformed in ["sha256:abc", "latest", "md5:d41d8cd98f00b204e9800998ecf8427e"] {
+        let answer = pull.get(&format!("/v2/org/app/referrers/{malformed}")).await;
+        assert_eq!((answer.status, answer.code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"), "{malformed}");
+    }
+}

@@ -21,6 +21,7 @@
 //! | `METAHUB_SIGNING_KEY_REFRESH` | how often an instance re-reads the signing key parameter (`60s` default, at least 1s); a new key version signs only this long after it was written, so every instance knows it first (see `metahub_core::token::TokenKeys`) |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
 //! | `METAHUB_ORIGIN_SECRET_VERSION` | the parameter version CloudFront is pinned to (latest if unset); that version and the one before it are accepted, so a rotation never refuses CloudFront's edges that still send the previous value |
+//! | `METAHUB_SELECTION_SIGNING_KEY_PARAM` | SSM SecureString name (registry function): PEM PKCS#8 ECDSA P-256 key that signs each filtered index (docs/signatures.md); needs the host signatures name: `METAHUB_SELECTION_SIGNING_HOST` (template: `DomainName`), else `METAHUB_PUBLIC_URL`'s |
 //! | `METAHUB_UPSTREAM_CREDENTIALS_PARAM` | SSM SecureString name: `username:password` for the default upstream, or Docker `config.json` JSON (`{"auths": {"<PREFIX or host>": {"auth": …}}}`) for several |
 //!
 //! Secrets are only ever read from SSM, never from plain environment variables (those show in the console).
@@ -86,6 +87,7 @@ pub struct Settings {
     pub origin_secret_param: Option<String>,
     pub origin_secret_version: Option<u64>,
     pub upstream_credentials_param: Option<String>,
+    pub selection_signing_key_param: Option<String>,
 }
 
 impl Settings {
@@ -157,6 +159,8 @@ impl Settings {
                     .transpose()?
                     .unwrap_or(defaults.index_digest_pulls),
                 admin: AdminAuth::Disabled,
+                selection_signer: None,
+                selection_host: get("METAHUB_SELECTION_SIGNING_HOST"),
             },
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             budget,
@@ -170,6 +174,7 @@ impl Settings {
             origin_secret_param,
             origin_secret_version,
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
+            selection_signing_key_param: get("METAHUB_SELECTION_SIGNING_KEY_PARAM"),
         })
     }
 }
@@ -262,6 +267,15 @@ async fn app_with(
              CloudFront, METAHUB_ORIGIN_SECRET_PARAM makes it optional: the viewer's host is then trusted"
         );
     }
+    if settings.selection_signing_key_param.is_some()
+        && settings.app.http.public_url.is_empty()
+        && settings.app.selection_host.is_none()
+    {
+        bail!(
+            "METAHUB_SELECTION_SIGNING_KEY_PARAM needs METAHUB_SELECTION_SIGNING_HOST (or METAHUB_PUBLIC_URL): \
+             selection signatures name images as pulled through MetaHub (<host>/<repository>)"
+        );
+    }
 
     // The SSM reads (one call, see `parameters`) and, without a key parameter, the store's key run concurrently.
     let secrets = parameters::read(ssm, &settings);
@@ -279,7 +293,12 @@ async fn app_with(
         }
     };
     let (secrets, store_key) = tokio::try_join!(secrets, store_key)?;
-    let parameters::Secrets { signing_key, origin_secrets: origin_secret, upstream_credentials: credentials } = secrets;
+    let parameters::Secrets {
+        signing_key,
+        origin_secrets: origin_secret,
+        upstream_credentials: credentials,
+        selection_signer,
+    } = secrets;
     let service = &settings.app.http.service;
     let ttl = settings.app.token_ttl.as_secs();
     let keys = match (signing_key, store_key) {
@@ -311,9 +330,11 @@ async fn app_with(
     let app_settings = app::Settings {
         http: HttpConfig { origin_secret, ..settings.app.http.clone() },
         admin,
+        selection_signer,
         ..settings.app.clone()
     };
     tracing::info!(?settings, origin_check = app_settings.http.origin_secret.is_some(), "metahub function ready");
+    app::selection_signing(&app_settings).map_err(|e| anyhow!("selection signing: {}", e.message))?;
     Ok(app::build_with_keys(app_settings, store, Arc::new(upstream), keys))
 }
 

@@ -11,13 +11,16 @@ use anyhow::{Context, anyhow, bail};
 use metahub_core::token::{KeyVersion, previous_key_needed};
 use metahub_http::OriginSecrets;
 
+use metahub_core::cosign::SelectionSigner;
 use metahub_upstream::UpstreamCredentials;
+use std::sync::Arc;
 
 use crate::{Settings, decode_signing_key, one_line, parse_upstream_credentials};
 
 const SIGNING_KEY: &str = "METAHUB_SIGNING_KEY_PARAM";
 const ORIGIN_SECRET: &str = "METAHUB_ORIGIN_SECRET_PARAM";
 const UPSTREAM_CREDENTIALS: &str = "METAHUB_UPSTREAM_CREDENTIALS_PARAM";
+const SELECTION_SIGNING_KEY: &str = "METAHUB_SELECTION_SIGNING_KEY_PARAM";
 
 /// The values read from SSM, decoded; `None` (or no credentials) where no parameter is configured.
 #[derive(Default)]
@@ -25,6 +28,8 @@ pub struct Secrets {
     pub signing_key: Option<SigningKeys>,
     pub origin_secrets: Option<OriginSecrets>,
     pub upstream_credentials: UpstreamCredentials,
+    /// The registry function's key for signing filtered indexes (PEM PKCS#8 ECDSA P-256).
+    pub selection_signer: Option<Arc<SelectionSigner>>,
 }
 
 /// The signing key versions in use: the latest, and the one before it while it may still sign or verify.
@@ -65,6 +70,7 @@ pub fn first_request(settings: &Settings) -> Request {
         }
     }
     names.extend(settings.upstream_credentials_param.clone());
+    names.extend(settings.selection_signing_key_param.clone());
     names.dedup();
     Request { names }
 }
@@ -109,6 +115,17 @@ pub fn read_first(settings: &Settings, answers: &[Answer], now: u64) -> anyhow::
         })
         .transpose()?
         .unwrap_or_default();
+    let selection_signer = settings
+        .selection_signing_key_param
+        .as_deref()
+        .map(|name| {
+            // the error names the parameter and what is wrong, never the value
+            let pem = &required(answers, SELECTION_SIGNING_KEY, name, None)?.value;
+            SelectionSigner::from_pkcs8_pem(pem)
+                .map(Arc::new)
+                .map_err(|e| anyhow!("SSM parameter {name:?} ({SELECTION_SIGNING_KEY}): {}", e.message))
+        })
+        .transpose()?;
     let origin_secrets = match &settings.origin_secret_param {
         None => None,
         Some(name) => {
@@ -129,7 +146,7 @@ pub fn read_first(settings: &Settings, answers: &[Answer], now: u64) -> anyhow::
             Some(secrets)
         }
     };
-    Ok((Secrets { signing_key, origin_secrets, upstream_credentials }, next))
+    Ok((Secrets { signing_key, origin_secrets, upstream_credentials, selection_signer }, next))
 }
 
 /// The latest signing key version among `answers`, and the selector of the one before it if that may still be in
@@ -348,5 +365,22 @@ mod tests {
         let answers = [answer("/k", 1, KEY), answer("/o", 1, "x"), answer("/c", 1, "nocolon")];
         let e = format!("{:#}", read_first(&all(), &answers, NOW).err().unwrap());
         assert!(e.contains(UPSTREAM_CREDENTIALS) && !e.contains("nocolon"), "no secret in the message: {e}");
+    }
+
+    #[test]
+    fn the_selection_signing_key_comes_in_the_same_call() {
+        const PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgxebCpRwuv92jtGjC
+sB4YMIanlDhzGAtnW/zr2W4voh+hRANCAARM+Of2qILiEDXJQsde5/jKdnBx6X5I
+h4Gh+LPKtA+nUceNdh9tHxvE9a5Zut+X3DtLiam/83RY6A+w36kwp7zD
+-----END PRIVATE KEY-----";
+        let s = settings(&[(SIGNING_KEY, "/k"), (SELECTION_SIGNING_KEY, "/sel")]);
+        assert_eq!(first_request(&s).names, ["/k", "/sel"]);
+        let (secrets, _) = read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, PEM)], NOW).unwrap();
+        assert!(secrets.selection_signer.is_some());
+        let bad = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----";
+        let e = format!("{:#}", read_first(&s, &[answer("/k", 1, KEY), answer("/sel", 1, bad)], NOW).err().unwrap());
+        assert!(e.contains("\"/sel\"") && e.contains(SELECTION_SIGNING_KEY) && !e.contains("c2VjcmV0"), "{e}");
+        assert!(read_first(&settings(&[]), &[], NOW).unwrap().0.selection_signer.is_none());
     }
 }

@@ -4,6 +4,7 @@ use crate::cli::StoreArg;
 use anyhow::Context;
 use clap::Args;
 use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES, DEFAULT_MAX_STALE, DEFAULT_TAG_TTL};
+use metahub_core::cosign::SelectionSigner;
 use metahub_core::service::IndexDigestPulls;
 use metahub_http::{AdminAuth, HttpConfig, app};
 use metahub_upstream::ClientOptions;
@@ -63,6 +64,11 @@ pub struct ServeArgs {
     /// Timeouts and the connection cap of every listener.
     #[command(flatten)]
     limits: crate::listen::Limits,
+    /// Sign each filtered index with this ECDSA P-256 key (PEM, PKCS#8), served as its cosign signature (the tag
+    /// `sha256-<hex>.sig` and its referrers); the file must not be readable by group or others. The PEM may also
+    /// come from METAHUB_SELECTION_SIGNING_KEY. Neither: no signatures. See docs/signatures.md.
+    #[arg(long, env = "METAHUB_SELECTION_SIGNING_KEY_FILE")]
+    selection_signing_key: Option<PathBuf>,
 }
 
 fn parse_index_digest_pulls(value: &str) -> Result<IndexDigestPulls, String> {
@@ -81,10 +87,27 @@ fn admin_auth(file: Option<&Path>) -> anyhow::Result<AdminAuth> {
     AdminAuth::secret(&secret).map_err(|e| anyhow::anyhow!("admin secret: {}", e.message))
 }
 
+/// The selection signing key from `--selection-signing-key` or `METAHUB_SELECTION_SIGNING_KEY`, if any. A key file
+/// that group or others can read is refused: the key signs what every node trusts.
+fn selection_signer(file: Option<&Path>) -> anyhow::Result<Option<Arc<SelectionSigner>>> {
+    let source = file.map_or_else(|| "METAHUB_SELECTION_SIGNING_KEY".to_owned(), |p| p.display().to_string());
+    let pem = match file {
+        Some(path) => metahub_core::files::read_private(path, "--selection-signing-key")
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?,
+        None => match std::env::var("METAHUB_SELECTION_SIGNING_KEY") {
+            Ok(pem) if !pem.trim().is_empty() => pem,
+            _ => return Ok(None),
+        },
+    };
+    let signer = SelectionSigner::from_pkcs8_pem(&pem).map_err(|e| anyhow::anyhow!("{source}: {}", e.message))?;
+    Ok(Some(Arc::new(signer)))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
     let limits = args.limits.validated()?;
+    let selection_signer = selection_signer(args.selection_signing_key.as_deref())?;
     if let Some(listen) = args.metrics_listen {
         if !listen.ip().is_loopback() && !args.metrics_public {
             anyhow::bail!(
@@ -116,11 +139,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         index_digest_pulls: args.index_digest_pulls,
         admin,
+        selection_signer: selection_signer.clone(),
+        selection_host: None,
     };
     let app = app::build(settings, store, Arc::new(upstream), &key)?;
 
     let listener = crate::listen::bind(args.listen, "--listen").await?;
-    tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, "metahub serving");
+    let selection_key = selection_signer.as_ref().map(|s| s.fingerprint().to_owned());
+    tracing::info!(listen = %args.listen, %public_url, upstreams = %args.upstreams.describe(), store = %args.store.store, admin_api, selection_key_sha256 = selection_key.as_deref(), "metahub serving");
     crate::listen::serve(listener, metahub_http::router(app), limits, "registry", async {
         let _ = tokio::signal::ctrl_c().await;
     })

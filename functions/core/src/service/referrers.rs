@@ -64,9 +64,9 @@ impl RegistryService {
             .ok_or_else(|| Error::internal(format!("the store's source link of {digest} is malformed")))
     }
 
-    /// The referrers of `digest` in `repository`, only those of `artifact_type` when given. 404 `MANIFEST_UNKNOWN`
-    /// when the upstream has neither a referrers API nor a referrers tag for it: that is what makes clients fall back
-    /// to the tag scheme (never 405).
+    /// The referrers of `digest` in `repository`, only those of `artifact_type` when given. None is an empty index,
+    /// never 404 (distribution-spec 1.1: a registry that supports the referrers API answers 200 with an empty
+    /// index, whether the subject exists or not): MetaHub always supports it, whatever the upstream does.
     pub async fn referrers(
         &self,
         repository: &RepositoryName,
@@ -74,13 +74,20 @@ impl RegistryService {
         artifact_type: Option<&str>,
     ) -> Result<ReferrersIndex> {
         let subject = self.referrers_subject(repository, digest).await?;
-        let found = match self.upstream().referrers(repository, &subject, artifact_type).await? {
+        let mut found = match self.upstream().referrers(repository, &subject, artifact_type).await? {
             Some(answer) => answer,
-            None => self.referrers_from_tag(repository, &subject).await?.ok_or_else(|| {
-                Error::manifest_unknown(format!("no referrers of {digest} in {repository}"))
-                    .with_detail(json!({"subject": subject.as_str()}))
-            })?,
+            None => self.referrers_from_tag(repository, &subject).await?.unwrap_or_default(),
         };
+        if subject != *digest
+            && let Some(signature) = self.selection_signature(repository, digest).await?
+        {
+            // MetaHub's own signature of the filtered index (its `subject`), filtered by artifactType like the rest
+            let descriptor = json!({"mediaType": signature.media_type, "digest": signature.digest.as_str(),
+                "size": signature.bytes.len(), "artifactType": crate::cosign::SIGNATURE_ARTIFACT_TYPE});
+            if !found.artifact_type_filtered || artifact_type == Some(crate::cosign::SIGNATURE_ARTIFACT_TYPE) {
+                found.manifests.push(descriptor);
+            }
+        }
         Ok(referrers_index(found, artifact_type))
     }
 
@@ -121,6 +128,69 @@ fn referrers_index(found: Referrers, artifact_type: Option<&str>) -> ReferrersIn
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::CacheOptions;
+    use crate::testing::{FakeUpstream, MemoryStore};
+    use std::sync::Arc;
+
+    const SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+    /// A service over an upstream without a referrers API (distribution 2.8, the fake's default).
+    fn service(upstream: Arc<FakeUpstream>) -> RegistryService {
+        RegistryService::new(Arc::new(MemoryStore::default()), upstream, CacheOptions::default())
+    }
+
+    fn manifests(index: &ReferrersIndex) -> Vec<Value> {
+        let v: Value = serde_json::from_slice(&index.bytes).unwrap();
+        assert_eq!((v["schemaVersion"].as_i64(), v["mediaType"].as_str()), (Some(2), Some(OCI_INDEX)), "{v}");
+        v["manifests"].as_array().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn no_referrers_tag_is_an_empty_index_not_an_error() {
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        let unknown = Digest::sha256_of(b"nothing refers to this");
+        let svc = service(Arc::new(FakeUpstream::default()));
+        let index = svc.referrers(&repo, &unknown, None).await.unwrap();
+        assert!(manifests(&index).is_empty());
+        assert!(!index.artifact_type_filtered);
+        // filtered or not, an empty answer says which filter it applied
+        let index = svc.referrers(&repo, &unknown, Some(SIG)).await.unwrap();
+        assert!(manifests(&index).is_empty());
+        assert!(index.artifact_type_filtered);
+        // a repository the upstream does not know either
+        let index = svc.referrers(&"org/nothing".parse().unwrap(), &unknown, None).await.unwrap();
+        assert!(manifests(&index).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_referrers_tag_lists_them_when_the_upstream_has_no_api() {
+        let upstream = Arc::new(FakeUpstream::default());
+        let subject = Digest::sha256_of(b"a child manifest");
+        let listed = json!([
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::sha256_of(b"s").as_str(),
+             "size": 1, "artifactType": SIG},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::sha256_of(b"b").as_str(),
+             "size": 1, "artifactType": "application/spdx+json"},
+        ]);
+        let tag = subject.as_str().replacen(':', "-", 1);
+        let body = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed}).to_string();
+        upstream.tag("org/app", &tag, OCI_INDEX, body);
+        let svc = service(upstream);
+        let repo: RepositoryName = "org/app".parse().unwrap();
+        assert_eq!(manifests(&svc.referrers(&repo, &subject, None).await.unwrap()), listed.as_array().unwrap().clone());
+        let sigs = svc.referrers(&repo, &subject, Some(SIG)).await.unwrap();
+        assert_eq!(manifests(&sigs), vec![listed[0].clone()]);
+        assert!(sigs.artifact_type_filtered);
+    }
+
+    #[tokio::test]
+    async fn a_referrers_tag_that_is_not_an_index_is_the_upstreams_fault() {
+        let upstream = Arc::new(FakeUpstream::default());
+        let subject = Digest::sha256_of(b"x");
+        upstream.tag("org/app", &subject.as_str().replacen(':', "-", 1), OCI_INDEX, "{\"schemaVersion\":2}");
+        let err = service(upstream).referrers(&"org/app".parse().unwrap(), &subject, None).await.unwrap_err();
+        assert_eq!(err.code, crate::ErrorCode::BadGateway, "{err:?}");
+    }
 
     #[test]
     fn referrers_tags() {
