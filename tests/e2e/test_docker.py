@@ -60,6 +60,7 @@ def test_docker_pull_by_upstream_child_digest(metahub, images, docker: DockerEng
     that does not."""
     child = images.images["cpu-skylake"].digest
     skopeo_raw(f"{metahub.host}/org/app:latest", creds("zen2"))  # MetaHub has read the index
+    docker.remove_images()  # RepoDigests below must name this pull's digest only
     client, _ = docker.login(metahub.host, creds("cascadelake-a100"))
     pulled = client.pull(f"{metahub.host}/org/app@{child}")
     assert pulled.label == pulled.text == "cpu-skylake"

@@ -65,8 +65,9 @@ def published(redirecting_upstream):
 @pytest.fixture(scope="module")
 def hub(workdir, redirecting_upstream, published):
     port = free_port()
-    h = start_configured_metahub(workdir, redirecting_upstream, "metahub-driver", ["--metrics-listen", f"127.0.0.1:{port}"],
-                                 machine_types=MACHINE_TYPES)
+    # --tag-ttl 0: every pull checks its tag upstream, so a warm pull's upstream requests can be counted exactly
+    h = start_configured_metahub(workdir, redirecting_upstream, "metahub-driver",
+                                 ["--metrics-listen", f"127.0.0.1:{port}", "--tag-ttl", "0"], machine_types=MACHINE_TYPES)
     h.metrics_url = f"http://127.0.0.1:{port}/metrics"
     yield h
     h.stop()
