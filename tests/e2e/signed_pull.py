@@ -98,6 +98,19 @@ class Published:
 _PUBLISHED: dict[str, Published] = {}
 
 
+def node_config(directory: Path, front_host: str, published: "Published") -> dict[str, Path]:
+    """A node's configuration: registries.d with sigstore attachments for the front, a policy for the publisher's
+    key and one for another key."""
+    directory.mkdir(exist_ok=True)
+    return {
+        "registries.d": registries_d(directory / "registries.d", front_host),
+        "policy": sigstore_policy(directory / "policy.json", front_host, published.upstream_host,
+                                  published.public_key_file),
+        "policy-other-key": sigstore_policy(directory / "policy-other-key.json", front_host, published.upstream_host,
+                                            published.other_public_key_file),
+    }
+
+
 def publish(workdir: Path, upstream_url: str, images: registry_push.Pushed) -> Published:
     """Sign org/signed on the upstream at `upstream_url` (once per upstream and session)."""
     if upstream_url in _PUBLISHED:

@@ -14,7 +14,7 @@ import sigstore_sign
 from conftest import creds, start_configured_metahub
 from signed_pull import (
     EXPECTED, Front, check_attestations_and_child_referrers, check_filtered_index_has_no_publisher_signature,
-    check_signed_pull, check_unsigned_and_other_key_refused, publish, registries_d, sigstore_policy,
+    check_signed_pull, check_unsigned_and_other_key_refused, node_config, publish,
 )
 
 
@@ -50,14 +50,8 @@ def front(hub) -> Front:
 
 @pytest.fixture(scope="module")
 def node(workdir, front, published):
-    """A node's configuration: registries.d with sigstore attachments for the front, a policy for the publisher's
-    key and one for another key."""
-    d = workdir / "signatures-node"
-    d.mkdir(exist_ok=True)
-    regd = registries_d(d / "registries.d", front.host)
-    good = sigstore_policy(d / "policy.json", front.host, published.upstream_host, published.public_key_file)
-    wrong = sigstore_policy(d / "policy-other-key.json", front.host, published.upstream_host, published.other_public_key_file)
-    return {"registries.d": regd, "policy": good, "policy-other-key": wrong}
+    """A node's configuration for the front (signed_pull.node_config)."""
+    return node_config(workdir / "signatures-node", front.host, published)
 
 
 @pytest.mark.parametrize("how", ["tag", "child-digest"])

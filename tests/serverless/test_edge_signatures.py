@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import creds
 from signed_pull import (
     EXPECTED, Front, check_attestations_and_child_referrers, check_filtered_index_has_no_publisher_signature,
-    check_selection_signature, check_signed_pull, check_unsigned_and_other_key_refused, filtered_digest, publish,
-    registries_d, sigstore_policy,
+    check_selection_signature, check_signed_pull, check_unsigned_and_other_key_refused, filtered_digest, node_config,
+    publish,
 )
 
 
@@ -42,12 +42,7 @@ def front(edge) -> Front:
 
 @pytest.fixture(scope="module")
 def node(workdir, front, published):
-    d = workdir / "edge-signatures-node"
-    d.mkdir(exist_ok=True)
-    regd = registries_d(d / "registries.d", front.host)
-    good = sigstore_policy(d / "policy.json", front.host, published.upstream_host, published.public_key_file)
-    wrong = sigstore_policy(d / "policy-other-key.json", front.host, published.upstream_host, published.other_public_key_file)
-    return {"registries.d": regd, "policy": good, "policy-other-key": wrong}
+    return node_config(workdir / "edge-signatures-node", front.host, published)
 
 
 @pytest.mark.parametrize("how", ["tag", "child-digest"])
