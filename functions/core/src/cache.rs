@@ -1,6 +1,9 @@
-//! Every in-process cache of the pull flow, with its byte bound: [`PullCache`] holds what the service derives
-//! (filtered indexes, generated indexes, the last index served per tag) and the caching decorator of the upstream
-//! port, [`CachingUpstream`]; both are built on the small [`BoundedMap`].
+//! The pull flow's in-process caches, each with its byte bound: [`PullCache`] holds what the service derives
+//! (filtered indexes, generated indexes, the last index served per tag, child records, the builds' NVIDIA
+//! requirements) and the caching decorator of the upstream port, [`CachingUpstream`]; both are built on the small
+//! [`BoundedMap`]. The caches of the login live with the login, in `http`: `AccountCheck` (accounts read a moment ago,
+//! `http/src/auth.rs`) and the verified credentials (`http/src/verified.rs`); the upstream's bearer tokens in
+//! `upstream/src/auth/tokens.rs`; the DynamoDB store's machine types for `MACHINE_TYPE_CACHE_TTL` in the store itself.
 //!
 //! Manifests fetched by digest are immutable, so they are kept. Tags are checked upstream with a HEAD (free against
 //! Docker Hub's rate limit); checks of one tag in flight at the same moment share one HEAD, and a HEAD's answer is

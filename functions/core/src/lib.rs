@@ -18,6 +18,7 @@ pub mod ports;
 pub mod reference;
 pub mod secret;
 pub mod service;
+pub mod settings;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod token;

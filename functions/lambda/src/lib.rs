@@ -185,12 +185,9 @@ pub fn default_cache_bytes(function_memory_mb: Option<usize>) -> usize {
     function_memory_mb.map_or(DEFAULT_CACHE_BYTES, |mb| mb * 1_000_000 / 4)
 }
 
-/// `5m`, `10s`, `1h 30m` (humantime), or a bare number of seconds.
+/// A duration as every source reads it ([`metahub_core::settings::parse_duration`]).
 pub fn parse_duration(value: &str) -> anyhow::Result<Duration> {
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    humantime::parse_duration(value).map_err(|e| anyhow!("not a duration ({e}); write e.g. 300, 5m or 10s"))
+    metahub_core::settings::parse_duration(value).map_err(|e| anyhow!("{}", e.message))
 }
 
 /// The token signing key from an SSM value: base64 of ≥ 32 bytes, or ≥ 32 raw bytes.

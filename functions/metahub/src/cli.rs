@@ -1,4 +1,5 @@
-//! The command line, as DESIGN.md gives it. Every flag also reads a `METAHUB_*` environment variable.
+//! The command line (README, "More of the command line"; `metahub --help`). Every flag also reads a `METAHUB_*`
+//! environment variable.
 
 use crate::{admin_ui, credential_provider, detect, explain, index, manage, pins, serve};
 use clap::{Args, Parser, Subcommand};

@@ -46,13 +46,13 @@ const RETRY_AFTER_SECONDS: u64 = 1;
 #[derive(Args, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// A request's header must arrive within this; also how long a kept-alive connection may sit idle.
-    #[arg(long, env = "METAHUB_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "METAHUB_HEADER_TIMEOUT", default_value = "10s", value_parser = metahub_core::settings::parse_duration)]
     pub header_timeout: Duration,
     /// Longest pause between two pieces of a request body.
-    #[arg(long, env = "METAHUB_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "METAHUB_BODY_TIMEOUT", default_value = "10s", value_parser = metahub_core::settings::parse_duration)]
     pub body_timeout: Duration,
     /// Longest a whole request may take, from its header to its answer's header (upstream requests included).
-    #[arg(long, env = "METAHUB_REQUEST_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "METAHUB_REQUEST_TIMEOUT", default_value = "90s", value_parser = metahub_core::settings::parse_duration)]
     pub request_timeout: Duration,
     /// Connections served at once; past it, answered 503 with Retry-After and closed. Keep it below the process's
     /// file limit (`ulimit -n`).

@@ -31,23 +31,23 @@ pub struct ServeArgs {
     anonymous_machine_type: Option<String>,
     /// Reuse a tag's upstream check for this long after it answered: a tag moved upstream is served at most this
     /// long late, and a fleet pulling one tag costs one upstream HEAD per window. `0s`: every pull checks upstream.
-    #[arg(long, env = "METAHUB_TAG_TTL", default_value_t = DEFAULT_TAG_TTL.into())]
+    #[arg(long, env = "METAHUB_TAG_TTL", default_value_t = DEFAULT_TAG_TTL.into(), value_parser = duration_arg)]
     tag_ttl: humantime::Duration,
     /// A pull by the digest of an upstream index (a pin) cannot be filtered: `verbatim` serves the whole index,
     /// `refuse` answers DENIED naming the digest of the image the machine type is served. See the README.
     #[arg(long, env = "METAHUB_INDEX_DIGEST_PULLS", default_value_t = IndexDigestPulls::default(), value_parser = parse_index_digest_pulls)]
     index_digest_pulls: IndexDigestPulls,
     /// Token lifetime, at most 1h (`metahub_core::token::MAX_TOKEN_TTL`).
-    #[arg(long, env = "METAHUB_TOKEN_TTL", default_value_t = app::DEFAULT_TOKEN_TTL.into())]
+    #[arg(long, env = "METAHUB_TOKEN_TTL", default_value_t = app::DEFAULT_TOKEN_TTL.into(), value_parser = duration_arg)]
     token_ttl: humantime::Duration,
     /// Memory all caches together may hold, MiB (manifests weighed by size).
     #[arg(long, env = "METAHUB_CACHE_MIB", default_value_t = (DEFAULT_CACHE_BYTES >> 20) as u64)]
     cache_mib: u64,
     /// While the upstream fails, serve a tag's last index for at most this long (`0s`: never).
-    #[arg(long, env = "METAHUB_MAX_STALE", default_value_t = DEFAULT_MAX_STALE.into())]
+    #[arg(long, env = "METAHUB_MAX_STALE", default_value_t = DEFAULT_MAX_STALE.into(), value_parser = duration_arg)]
     max_stale: humantime::Duration,
     /// Upstream request timeout.
-    #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value_t = ClientOptions::default().timeout.into())]
+    #[arg(long, env = "METAHUB_UPSTREAM_TIMEOUT", default_value_t = ClientOptions::default().timeout.into(), value_parser = duration_arg)]
     upstream_timeout: humantime::Duration,
     /// Serve the admin API under /admin/, for requests carrying `Authorization: Bearer <the secret in PATH>`
     /// (at least 32 characters). The secret may also come from METAHUB_ADMIN_SECRET. Neither: no admin API.
@@ -103,6 +103,11 @@ fn selection_signer(file: Option<&Path>) -> anyhow::Result<Option<Arc<SelectionS
     Ok(Some(Arc::new(signer)))
 }
 
+/// A duration flag, read as the Lambda settings read the same variable (bare seconds or humantime).
+pub fn duration_arg(value: &str) -> Result<humantime::Duration, String> {
+    metahub_core::settings::parse_duration(value).map(Into::into).map_err(|e| e.message)
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before anything else: a bad secret must stop the server, not leave it running without its admin API.
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
@@ -152,4 +157,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await
     .context("serving")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// The same text means the same setting to `serve` as to the Lambda functions (`metahub_lambda::parse_duration`
+    /// reads the environment through the same `settings::parse_duration`).
+    #[test]
+    fn duration_flags_read_bare_seconds_as_the_lambda_settings_do() {
+        for (text, seconds) in [("300", 300), ("5m", 300), ("0", 0), ("0s", 0)] {
+            let serve = Serve::try_parse_from(["serve", "--tag-ttl", text, "--max-stale", text]).unwrap();
+            assert_eq!(*serve.args.tag_ttl, Duration::from_secs(seconds), "{text}");
+            assert_eq!(*serve.args.max_stale, Duration::from_secs(seconds), "{text}");
+            assert_eq!(metahub_core::settings::parse_duration(text).unwrap(), Duration::from_secs(seconds));
+        }
+        assert!(Serve::try_parse_from(["serve", "--tag-ttl", "soon"]).is_err());
+    }
 }
