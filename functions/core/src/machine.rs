@@ -331,6 +331,41 @@ fn feature_detail(feature: &str) -> serde_json::Value {
     }
 }
 
+/// A validated set of features, what a machine type and an index entry (`metahub index create`) carry alike: each
+/// parsed strictly (a `cpu:` typo gets the nearest names in the error's detail), none listed twice, and at most one
+/// of each single-valued key (`cpu:`, `nvcap:`, `cuda:`, `driver:`, `gpu-brand:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureSet(Vec<Feature>);
+
+impl FeatureSet {
+    pub fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<FeatureSet> {
+        let mut parsed: Vec<Feature> = Vec::new();
+        for text in texts {
+            let feature: Feature = text.parse().map_err(|e: Error| e.with_detail(feature_detail(text)))?;
+            if parsed.contains(&feature) {
+                return Err(Error::invalid(format!("feature {text:?} is listed twice")));
+            }
+            parsed.push(feature);
+        }
+        let cpus = parsed.iter().filter(|f| matches!(f, Feature::Cpu(_))).count();
+        let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
+        if cpus > 1 || nvcaps > 1 {
+            return Err(Error::invalid("a feature set has at most one cpu: and one nvcap: feature"));
+        }
+        for key in ["cuda:", "driver:", "gpu-brand:"] {
+            if parsed.iter().filter(|f| f.to_string().starts_with(key)).count() > 1 {
+                return Err(Error::invalid(format!("a feature set has at most one {key} feature")));
+            }
+        }
+        Ok(FeatureSet(parsed))
+    }
+
+    /// The features as text, in the order given.
+    pub fn texts(&self) -> Vec<String> {
+        self.0.iter().map(Feature::to_string).collect()
+    }
+}
+
 /// A machine type: what every account of it is served. Made by [`MachineType::new`] only (fields are private to
 /// the domain), so that a machine type in hand always has a valid name and strictly parsed features.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,25 +380,8 @@ impl MachineType {
     /// Validates the name (a [`MachineTypeName`] or text to parse as one) and every feature (strictly), refusing duplicates and two cpus or two nvcaps.
     pub fn new(name: impl AsRef<str>, features: Vec<String>, match_mode: MatchMode) -> Result<Self> {
         let name: MachineTypeName = name.as_ref().parse()?;
-        let mut parsed = Vec::new();
-        for f in &features {
-            let feature: Feature = f.parse().map_err(|e: Error| e.with_detail(feature_detail(f)))?;
-            if parsed.contains(&feature) {
-                return Err(Error::invalid(format!("feature {f:?} is listed twice")));
-            }
-            parsed.push(feature);
-        }
-        let cpus = parsed.iter().filter(|f| matches!(f, Feature::Cpu(_))).count();
-        let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
-        if cpus > 1 || nvcaps > 1 {
-            return Err(Error::invalid("a machine type has at most one cpu: and one nvcap: feature"));
-        }
-        for key in ["cuda:", "driver:", "gpu-brand:"] {
-            if features.iter().filter(|f| f.starts_with(key)).count() > 1 {
-                return Err(Error::invalid(format!("a machine type has at most one {key} feature")));
-            }
-        }
-        Ok(MachineType { name, features: parsed.iter().map(Feature::to_string).collect(), match_mode })
+        let features = FeatureSet::parse(features.iter().map(String::as_str))?;
+        Ok(MachineType { name, features: features.texts(), match_mode })
     }
 
     /// A machine type as a store holds it, validated again, naming the item when it is malformed.

@@ -3,7 +3,7 @@
 //! manifest list) are unit tested without a registry.
 
 use metahub_core::filter::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX};
-use metahub_core::machine::{Feature, level_variant};
+use metahub_core::machine::{FeatureSet, level_variant};
 use metahub_core::nvidia::Requirements;
 use metahub_core::reference::{Digest, ImageRef};
 use metahub_core::{Error, Result};
@@ -60,23 +60,9 @@ impl FromStr for SourceSpec {
         };
         let image: ImageRef =
             reference.parse().map_err(|e: Error| Error::new(e.code, format!("source {reference:?}: {}", e.message)))?;
-        let mut parsed: Vec<Feature> = Vec::new();
-        for text in features.split(',').filter(|f| !f.is_empty()) {
-            let feature: Feature =
-                text.parse().map_err(|e: Error| Error::new(e.code, format!("source {image}: {}", e.message)))?;
-            if parsed.contains(&feature) {
-                return Err(Error::manifest_invalid(format!("source {image}: feature {text:?} is listed twice")));
-            }
-            parsed.push(feature);
-        }
-        let cpus = parsed.iter().filter(|f| matches!(f, Feature::Cpu(_))).count();
-        let nvcaps = parsed.iter().filter(|f| matches!(f, Feature::NvCap { .. })).count();
-        if cpus > 1 || nvcaps > 1 {
-            return Err(Error::manifest_invalid(format!(
-                "source {image}: an entry has at most one cpu: and one nvcap: feature"
-            )));
-        }
-        Ok(SourceSpec { image, features: parsed.iter().map(Feature::to_string).collect() })
+        let features = FeatureSet::parse(features.split(',').filter(|f| !f.is_empty()))
+            .map_err(|e| Error::new(e.code, format!("source {image}: {}", e.message)))?;
+        Ok(SourceSpec { image, features: features.texts() })
     }
 }
 
