@@ -112,14 +112,6 @@ fn refuse(message: &str, app: &App) -> Response {
     error.into_response()
 }
 
-/// The credential of `Authorization: Bearer <credential>`, if the request has one.
-pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::auth::credentials_of_scheme(v, "Bearer"))
-}
-
 /// Authenticates the operator and leaves an [`AdminPrincipal`] for the handlers; refuses with 401 otherwise.
 pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     match &app.admin {
@@ -131,7 +123,7 @@ pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Requ
         }
         AdminAuth::Secret(secret) => {
             let secret = secret.expose_str();
-            match bearer(request.headers()) {
+            match crate::auth::bearer(request.headers()) {
                 // No Authorization header: the admin page, signed in with a session cookie.
                 None => match admin_ui::check_session(&app, request.method(), request.headers(), secret).await {
                     Ok(session) => {

@@ -200,7 +200,8 @@ async fn session(State(app): State<Arc<App>>, request: Request) -> Response {
         AdminAuth::Secret(secret) => {
             let secret = secret.expose_str();
             // A proxy in front that adds the bearer secret to every request (no ambient cookie: no token needed).
-            if admin::bearer(request.headers()).is_some_and(|b| constant_time_eq(b.as_bytes(), secret.as_bytes())) {
+            if crate::auth::bearer(request.headers()).is_some_and(|b| constant_time_eq(b.as_bytes(), secret.as_bytes()))
+            {
                 return ok_json(json!({"signedIn": true, "mode": "secret", "via": "bearer", "csrf": ""}));
             }
             let Some(value) = session_cookie(request.headers()) else { return signed_out("secret") };

@@ -91,6 +91,12 @@ impl AccountCheck {
     }
 }
 
+/// The credential of `Authorization: Bearer <credential>`, if the request has one: a pull token on `/v2/*`, the
+/// admin secret on `/admin/*`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| credentials_of_scheme(v, "Bearer"))
+}
+
 /// The claims of a valid bearer token that may pull `repository` (or any valid token, for the ping).
 pub async fn authorize(
     app: &App,
@@ -101,11 +107,7 @@ pub async fn authorize(
     let refuse = |error: Error, reason: Option<&str>| {
         ApiError::from(error).with_header(header::WWW_AUTHENTICATE, challenge(app, headers, scope.as_deref(), reason))
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| credentials_of_scheme(v, "Bearer"));
-    let Some(token) = token else {
+    let Some(token) = bearer(headers) else {
         return Err(refuse(Error::unauthorized("authentication required"), None));
     };
     let claims = app.keys.verify(token).map_err(|e| refuse(e, Some("invalid_token")))?;
