@@ -1,5 +1,5 @@
 //! The item codec: `Item`, the key of each kind of item (see the table in lib.rs), attribute helpers, and the
-//! decoding of machine types, accounts and audit log entries as an operator or an older MetaHub may have stored them.
+//! decoding of machine types, accounts and audit log entries, accepting what an operator may type with put-item.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use metahub_core::machine::{MachineType, MatchMode};
