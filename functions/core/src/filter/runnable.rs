@@ -12,7 +12,8 @@
 //! The prediction is the union over those rules: the first entry of each form some client may accept. An index is
 //! safe for a machine when the machine runs every predicted entry.
 
-use super::{Host, Parsed, Text, View, normalized_architecture, platform_text};
+use super::Host;
+use super::wire::{Parsed, Text, View, normalized_architecture, platform_text};
 use crate::error::Result;
 use crate::machine::{Level, MachineType, MatchMode};
 use crate::nvidia::GpuRequirements;

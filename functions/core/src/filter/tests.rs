@@ -1,5 +1,6 @@
 //! The matcher as tables: (machine features, mode) → the digests served.
 
+use super::wire::read_entries;
 use super::*;
 use serde_json::json;
 
