@@ -5,9 +5,9 @@
 //! the digest, `Location` (presigned URLs carry signatures), bodies. Metrics go to the `metrics` facade: whatever
 //! recorder the process installed (Prometheus for `metahub serve`, CloudWatch EMF in Lambda) receives them.
 
-use crate::App;
 use crate::auth::source_of;
 use crate::registry::{CONTENT_DIGEST, Route, parse_route};
+use crate::state::App;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;

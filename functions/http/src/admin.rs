@@ -5,12 +5,13 @@
 //! no HTTP client can set; `metahub serve` compares `Authorization: Bearer <admin secret>` in constant time. Every
 //! change is recorded in the store's audit log with the principal, the action and its target.
 
-use crate::App;
 use crate::admin_ui;
 use crate::response::{ApiError, constant_time_eq};
+use crate::state::App;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -27,9 +28,6 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 
 /// An admin secret shorter than this is refused at startup: it must not be guessable.
@@ -80,12 +78,12 @@ pub fn routes(app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/machine-types", get(list_machine_types).fallback(method_not_allowed))
         .route(
             "/admin/machine-types/{name}",
-            get(get_machine_type).put(put_machine_type).delete(delete::<MachineTypeName>).fallback(method_not_allowed),
+            get(get_machine_type).put(put_machine_type).delete(delete_machine_type).fallback(method_not_allowed),
         )
         .route("/admin/accounts", get(list_accounts).fallback(method_not_allowed))
         .route(
             "/admin/accounts/{login}",
-            get(get_account).put(put_account).delete(delete::<Login>).fallback(method_not_allowed),
+            get(get_account).put(put_account).delete(delete_account).fallback(method_not_allowed),
         )
         .route("/admin/accounts/{login}/password", axum::routing::put(rotate_password).fallback(method_not_allowed))
         .route(
@@ -145,12 +143,22 @@ pub(crate) async fn require_admin(State(app): State<Arc<App>>, mut request: Requ
     next.run(request).await
 }
 
-/// The principal `require_admin` left; its absence is a wiring bug, refused rather than trusted.
-pub(crate) fn principal(request_principal: Option<axum::Extension<AdminPrincipal>>) -> Result<String, ApiError> {
-    request_principal.map(|p| p.0.0).ok_or_else(|| Error::unauthorized("admin credentials required").into())
-}
+/// The operator acting on an admin request: the use cases, recorded as done by the principal `require_admin`
+/// authenticated. Its absence is a wiring bug, refused rather than trusted.
+pub(crate) struct Operator(pub(crate) AdminService);
 
-pub(crate) type Principal = Option<axum::Extension<AdminPrincipal>>;
+impl FromRequestParts<Arc<App>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let principal = parts
+            .extensions
+            .get::<AdminPrincipal>()
+            .map(|p| p.0.clone())
+            .ok_or_else(|| Error::unauthorized("admin credentials required"))?;
+        Ok(Operator(AdminService::new(app.registry.store().clone(), principal)))
+    }
+}
 
 /// A JSON body of `T`, refused with a 400 that says what is wrong.
 pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -169,25 +177,20 @@ pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::invalid(message)
 }
 
-/// The use cases for this request, recorded as done by its authenticated principal.
-pub(crate) fn operator(app: &App, who: Principal) -> Result<AdminService, ApiError> {
-    Ok(AdminService::new(app.registry.store().clone(), principal(who)?))
-}
-
 pub(crate) fn ok_json(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
 
-async fn list_machine_types(State(app): State<Arc<App>>, who: Principal) -> Result<Response, ApiError> {
-    let all = operator(&app, who)?.machine_types().await?;
+async fn list_machine_types(Operator(admin): Operator) -> Result<Response, ApiError> {
+    let all = admin.machine_types().await?;
     Ok(ok_json(all.iter().map(MachineType::to_json).collect()))
 }
 
 /// What an admin handler answers.
 type Answer = Result<Response, ApiError>;
 
-async fn get_machine_type(State(app): State<Arc<App>>, who: Principal, Path(name): Path<String>) -> Answer {
-    Ok(ok_json(operator(&app, who)?.machine_type(&name.parse()?).await?.to_json()))
+async fn get_machine_type(Operator(admin): Operator, Path(name): Path<String>) -> Answer {
+    Ok(ok_json(admin.machine_type(&name.parse()?).await?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -201,12 +204,10 @@ struct MachineTypeBody {
 }
 
 async fn put_machine_type(
-    State(app): State<Arc<App>>,
-    who: Principal,
+    Operator(admin): Operator,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
     let body: MachineTypeBody = parse_body(&body)?;
     let name: MachineTypeName = name.parse()?;
     if let Some(given) = &body.name
@@ -219,60 +220,29 @@ async fn put_machine_type(
     Ok(ok_json(written.to_json()))
 }
 
-/// What `DELETE /admin/*/{name}` removes, by the type of its name.
-trait Deletable: FromStr<Err = Error> {
-    fn delete<'a>(
-        admin: &'a AdminService,
-        name: &'a Self,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
-
-    /// What this process drops once `name` is deleted.
-    fn deleted(_app: &App, _name: &Self) {}
+/// Deletes one machine type, recorded: 204, or `NAME_UNKNOWN` when there is none of that name.
+async fn delete_machine_type(Operator(admin): Operator, Path(name): Path<String>) -> Answer {
+    admin.delete_machine_type(&name.parse()?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-impl Deletable for MachineTypeName {
-    fn delete<'a>(
-        admin: &'a AdminService,
-        name: &'a Self,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
-        admin.delete_machine_type(name)
-    }
-}
-
-impl Deletable for Login {
-    fn delete<'a>(
-        admin: &'a AdminService,
-        login: &'a Self,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>> {
-        admin.delete_account(login)
-    }
-
-    fn deleted(app: &App, login: &Self) {
-        app.account_changed(login.as_str());
-    }
-}
-
-/// Deletes one machine type or account, recorded: 204, or `NAME_UNKNOWN` when there is none of that name.
-async fn delete<N: Deletable>(
-    State(app): State<Arc<App>>,
-    who: Principal,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
-    let name = name.parse()?;
-    let deleted = N::delete(&admin, &name).await;
-    N::deleted(&app, &name);
+/// Deletes one account, recorded: 204, or `NAME_UNKNOWN` when there is none of that login.
+async fn delete_account(State(app): State<Arc<App>>, Operator(admin): Operator, Path(login): Path<String>) -> Answer {
+    let login: Login = login.parse()?;
+    let deleted = admin.delete_account(&login).await;
+    // Even after an error: a failed audit record follows an applied change.
+    app.account_changed(login.as_str());
     deleted?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_accounts(State(app): State<Arc<App>>, who: Principal) -> Result<Response, ApiError> {
-    let all = operator(&app, who)?.accounts().await?;
+async fn list_accounts(Operator(admin): Operator) -> Result<Response, ApiError> {
+    let all = admin.accounts().await?;
     Ok(ok_json(all.iter().map(Account::to_json).collect()))
 }
 
-async fn get_account(State(app): State<Arc<App>>, who: Principal, Path(login): Path<String>) -> Answer {
-    Ok(ok_json(operator(&app, who)?.account(&login.parse()?).await?.to_json()))
+async fn get_account(Operator(admin): Operator, Path(login): Path<String>) -> Answer {
+    Ok(ok_json(admin.account(&login.parse()?).await?.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -296,11 +266,10 @@ struct PasswordBody {
 
 async fn put_account(
     State(app): State<Arc<App>>,
-    who: Principal,
+    Operator(admin): Operator,
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
     let login: Login = login.parse()?;
     let body: AccountBody = parse_body(&body)?;
     if let Some(given) = &body.login
@@ -323,11 +292,10 @@ async fn put_account(
 
 async fn rotate_password(
     State(app): State<Arc<App>>,
-    who: Principal,
+    Operator(admin): Operator,
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
     let login: Login = login.parse()?;
     let body: PasswordBody = parse_body(&body)?;
     let password = NewPassword::from_fields(body.password, body.password_hash)?;
@@ -345,11 +313,10 @@ struct MachineTypeOfAccount {
 /// Moves an account to another machine type, keeping its password (which the API cannot read back to resend).
 async fn set_account_machine_type(
     State(app): State<Arc<App>>,
-    who: Principal,
+    Operator(admin): Operator,
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
     let login: Login = login.parse()?;
     let body: MachineTypeOfAccount = parse_body(&body)?;
     let written = admin.move_account(&login, body.machine_type.parse()?).await;
@@ -366,8 +333,7 @@ pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) ->
 }
 
 async fn changes(
-    State(app): State<Arc<App>>,
-    who: Principal,
+    Operator(admin): Operator,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let limit = match query.get("limit") {
@@ -377,7 +343,7 @@ async fn changes(
             v.parse::<usize>().map_err(|_| invalid(format!("limit must be a number from 1 to {MAX_CHANGES}")))?
         }
     };
-    let all = operator(&app, who)?.changes(limit).await?;
+    let all = admin.changes(limit).await?;
     Ok(ok_json(all.iter().map(Change::to_json).collect()))
 }
 
@@ -385,10 +351,9 @@ async fn changes(
 /// verdicts as `metahub explain --json`, from the same core function the registry filters with.
 async fn explain(
     State(app): State<Arc<App>>,
-    who: Principal,
+    Operator(admin): Operator,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
     let name: MachineTypeName = query_param(&query, "machineType")?.parse()?;
     let image: ImageRef = query_param(&query, "image")?.parse()?;
     let machine = admin.machine_type(&name).await?;

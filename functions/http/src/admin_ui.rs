@@ -18,9 +18,9 @@
 //! - **Content-Security-Policy** `default-src 'none'` with script, style and fetches from `'self'` only, no framing,
 //!   on every response of these routes; the script builds the page with `textContent`, never HTML from data.
 
-use crate::App;
-use crate::admin::{self, AdminAuth, AdminPrincipal, invalid, ok_json, operator, parse_body};
+use crate::admin::{self, AdminAuth, AdminPrincipal, Operator, invalid, ok_json, parse_body};
 use crate::response::{ApiError, constant_time_eq};
+use crate::state::App;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
@@ -261,8 +261,8 @@ async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Res
     Ok(response)
 }
 
-async fn list_watched(State(app): State<Arc<App>>, who: admin::Principal) -> Result<Response, ApiError> {
-    Ok(ok_json(json!(operator(&app, who)?.watched_images().await?)))
+async fn list_watched(Operator(admin): Operator) -> Result<Response, ApiError> {
+    Ok(ok_json(json!(admin.watched_images().await?)))
 }
 
 #[derive(Deserialize)]
@@ -271,19 +271,16 @@ struct WatchBody {
     image: String,
 }
 
-async fn watch(State(app): State<Arc<App>>, who: admin::Principal, body: Bytes) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
+async fn watch(Operator(admin): Operator, body: Bytes) -> Result<Response, ApiError> {
     let (image, added) = admin.watch_image(&parse_body::<WatchBody>(&body)?.image).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(json!({"image": image}))).into_response())
 }
 
 async fn unwatch(
-    State(app): State<Arc<App>>,
-    who: admin::Principal,
+    Operator(admin): Operator,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
     admin.unwatch_image(admin::query_param(&query, "image")?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -319,8 +316,7 @@ async fn matrix_row(app: &App, image: &str, machine_types: &[MachineType]) -> Va
 
 /// Every watched image × every machine type, each cell the same explanation `/admin/explain` gives. The images are
 /// fetched concurrently; an image the upstream cannot serve fills its row with its error, not the whole answer.
-async fn matrix(State(app): State<Arc<App>>, who: admin::Principal) -> Result<Response, ApiError> {
-    let admin = operator(&app, who)?;
+async fn matrix(State(app): State<Arc<App>>, Operator(admin): Operator) -> Result<Response, ApiError> {
     let machine_types = Arc::new(admin.machine_types().await?);
     let images = admin.watched_images().await?;
     let mut tasks = tokio::task::JoinSet::new();

@@ -2,7 +2,8 @@
 //! environment; Lambda's environment and SSM) into [`Settings`] and call [`build`]; the defaults are stated here
 //! (and, for the caches, in `metahub_core::cache`) once.
 
-use crate::{AdminAuth, App, HttpConfig};
+use crate::state::App;
+use crate::{AdminAuth, HttpConfig};
 use metahub_core::cache::CacheOptions;
 use metahub_core::cosign::SelectionSigner;
 use metahub_core::ports::{Store, Upstream};

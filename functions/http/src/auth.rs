@@ -1,7 +1,7 @@
 //! Bearer tokens on `/v2/*`: the challenge, verification, scope checks; and the source of a `/token` request.
 
-use crate::App;
 use crate::response::ApiError;
+use crate::state::App;
 use axum::http::{HeaderMap, HeaderValue, header};
 use metahub_core::cache::BoundedMap;
 use metahub_core::ports::Account;

@@ -1,6 +1,6 @@
 //! `/v2/<name>/tags/list` and `/v2/<name>/referrers/<digest>`: the answers and their headers.
 
-use crate::App;
+use crate::state::App;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use metahub_core::reference::{Digest, RepositoryName};

@@ -1,10 +1,10 @@
 //! `/v2/`: the ping, manifests, blobs, tag lists and referrers. Paths are parsed raw (never percent-decoded), so `%2f` or `%2e%2e` in
 //! a name is simply an invalid name.
 
-use crate::App;
 use crate::auth::authorize;
 use crate::listing;
 use crate::response::ApiError;
+use crate::state::App;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};

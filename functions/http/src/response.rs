@@ -1,6 +1,6 @@
 //! Registry errors as HTTP answers, and what every response carries.
 
-use crate::App;
+use crate::state::App;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

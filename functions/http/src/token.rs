@@ -1,8 +1,8 @@
 //! `/token`: GET with Basic auth (docker, podman, skopeo) and POST with the OAuth2 password form (containerd).
 
-use crate::App;
 use crate::auth::{credentials_of_scheme, source_of};
 use crate::response::ApiError;
+use crate::state::App;
 use crate::verified::{CredentialId, Flight, hash_digest};
 use axum::Extension;
 use axum::Json;
