@@ -16,6 +16,7 @@ mod verified;
 use axum::Router;
 use axum::routing::{any, get};
 use metahub_core::Secret;
+use metahub_core::machine::MachineTypeName;
 use metahub_core::service::RegistryService;
 use metahub_core::token::TokenKeys;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub struct HttpConfig {
     /// The `service` of challenges and the audience of tokens.
     pub service: String,
     /// When set, a token request without credentials is granted this machine type.
-    pub anonymous_machine_type: Option<String>,
+    pub anonymous_machine_type: Option<MachineTypeName>,
     /// When set, every request must carry `X-Origin-Verify` with one of these values (CloudFront adds it).
     pub origin_secret: Option<OriginSecrets>,
 }
