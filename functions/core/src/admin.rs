@@ -295,20 +295,6 @@ impl LoginCheck {
     }
 }
 
-/// The login use case in one call: the account whose password this is, else `UNAUTHORIZED` naming neither which
-/// of the two was wrong. Transports that bound hashing and throttle guesses (`/token`) run the halves,
-/// [`LoginCheck::read`] and [`LoginCheck::verify`], themselves.
-pub async fn authenticate(store: &dyn Store, login: &str, password: &str) -> Result<Account> {
-    let refused = || Error::unauthorized("invalid username or password");
-    let login = login_attempt(login, password).ok_or_else(refused)?;
-    let check = LoginCheck::read(store, &login).await?;
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || check.verify(&password))
-        .await
-        .map_err(|e| Error::internal(format!("checking the password: {e}")))?
-        .ok_or_else(refused)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,15 +421,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn authenticate_checks_the_password_of_the_account() {
+    async fn a_login_check_finds_the_account_whose_password_it_is() {
         let (store, admin) = service();
         admin.put_machine_type(MachineType::new("skl", vec![], MatchMode::Best).unwrap()).await.unwrap();
         admin.put_account(new_account("n1", "skl", "right password")).await.unwrap();
-        let account = authenticate(store.as_ref(), "n1", "right password").await.unwrap();
+        let check = |user: &'static str, password: &'static str| {
+            let store = store.clone();
+            async move {
+                let login = login_attempt(user, password)?;
+                LoginCheck::read(store.as_ref(), &login).await.unwrap().verify(password)
+            }
+        };
+        let account = check("n1", "right password").await.unwrap();
         assert_eq!((account.login.as_str(), account.machine_type.as_str()), ("n1", "skl"));
         for (user, password) in [("n1", "wrong password"), ("nobody", "right password"), ("bad name", "x")] {
-            let e = authenticate(store.as_ref(), user, password).await.unwrap_err();
-            assert_eq!((e.code, e.message.as_str()), (ErrorCode::Unauthorized, "invalid username or password"));
+            assert!(check(user, password).await.is_none(), "{user}");
         }
         let too_long = "x".repeat(MAX_PASSWORD_LEN + 1);
         assert_eq!(login_attempt("n1", &too_long), None, "never hashed");

@@ -3,7 +3,7 @@
 use crate::cache::{CacheOptions, CachingUpstream, Kept, PullCache};
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter::{self, ACCEPT_ALL};
-use crate::machine::{MachineType, MatchMode};
+use crate::machine::{MachineType, MachineTypeName, MatchMode};
 use crate::observe::{self, Answer, ObservedUpstream};
 use crate::ports::{Account, BlobLocation, ChildRecord, Manifest, Store, Upstream};
 use crate::reference::{Digest, ImageRef, Reference, RepositoryName};
@@ -66,9 +66,9 @@ impl RegistryService {
     }
 
     /// The machine type an account pulls as; a token naming a deleted type is refused.
-    pub async fn machine_type(&self, name: &str) -> Result<MachineType> {
+    pub async fn machine_type(&self, name: &MachineTypeName) -> Result<MachineType> {
         self.store
-            .machine_type(&name.parse()?)
+            .machine_type(name)
             .await?
             .ok_or_else(|| Error::denied(format!("machine type {name:?} no longer exists; ask an operator")))
     }
@@ -78,7 +78,7 @@ impl RegistryService {
         &self,
         repository: &RepositoryName,
         reference: &Reference,
-        machine_type: &str,
+        machine_type: &MachineTypeName,
     ) -> Result<Manifest> {
         match reference {
             // A referrers tag lists artifacts, not platforms: served as the upstream has it.
@@ -107,7 +107,7 @@ impl RegistryService {
         &self,
         repository: &RepositoryName,
         tag: &Reference,
-        machine_type: &str,
+        machine_type: &MachineTypeName,
     ) -> Result<Manifest> {
         let machine = self.machine_type(machine_type).await?;
         match self.fresh_manifest_by_tag(repository, tag, &machine).await {
@@ -119,7 +119,7 @@ impl RegistryService {
             Err(e) if upstream_down(&e) => match self.cache.last_served(repository, tag, &machine) {
                 Some((age, stale)) => {
                     observe::answer(Answer::Stale);
-                    tracing::warn!(%repository, %tag, machine_type, error = %e, digest = %stale.digest, age_s = age.as_secs(), "upstream failing: serving the last index served (stale)");
+                    tracing::warn!(%repository, %tag, %machine_type, error = %e, digest = %stale.digest, age_s = age.as_secs(), "upstream failing: serving the last index served (stale)");
                     Ok(stale)
                 }
                 None => Err(e),
@@ -193,7 +193,7 @@ impl RegistryService {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
-        machine_type: &str,
+        machine_type: &MachineTypeName,
     ) -> Result<Manifest> {
         let machine = self.machine_type(machine_type).await?;
         let (manifest, generated) = self.stored_or_upstream(repository, digest).await?;

@@ -20,6 +20,11 @@ fn upstream() -> Arc<FakeUpstream> {
     upstream
 }
 
+/// A machine type name, as a token carries it.
+fn mt(name: &str) -> MachineTypeName {
+    name.parse().unwrap()
+}
+
 async fn machine_types() -> Arc<MemoryStore> {
     let store = Arc::new(MemoryStore::default());
     for (name, features) in [("zen2", vec!["cpu:zen2"]), ("hsw", vec!["cpu:haswell"]), ("plain", vec![])] {
@@ -54,7 +59,7 @@ async fn a_generic_head_content_type_does_not_bypass_filtering() {
         upstream.set_head_media_type(head_type);
         let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
         let (repo, tag) = app();
-        let served = service.manifest(&repo, &tag, "zen2").await.unwrap();
+        let served = service.manifest(&repo, &tag, &mt("zen2")).await.unwrap();
         assert_ne!(served.digest, Digest::sha256_of(INDEX.as_bytes()), "HEAD said {head_type:?}: filtered");
         assert!(!String::from_utf8_lossy(&served.bytes).contains("cpu:haswell"), "a zen2 runs no haswell build");
     }
@@ -65,8 +70,8 @@ async fn every_tag_pull_asks_upstream_but_fetches_an_index_once() {
     let upstream = upstream();
     let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
-    let first = service.manifest(&repo, &tag, "hsw").await.unwrap();
-    let second = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    let first = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
+    let second = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
     assert_eq!(first, second);
     // One GET of the immutable index, and one of each child (for its config's NVIDIA requirements; these children
     // are not served, so they count as having none), once.
@@ -81,21 +86,21 @@ async fn stale_serving_is_keyed_by_features_and_bounded_in_age() {
     let upstream = upstream();
     let (service, store) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
-    let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    let fresh = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
     upstream.set_down(true);
-    assert_eq!(service.manifest(&repo, &tag, "hsw").await.unwrap(), fresh, "served stale");
+    assert_eq!(service.manifest(&repo, &tag, &mt("hsw")).await.unwrap(), fresh, "served stale");
     // the machine type's features change while the upstream is down: the old index does not fit it any more
     store.put_machine_type(&MachineType::new("hsw", vec!["cpu:zen2".into()], MatchMode::Best).unwrap()).await.unwrap();
-    let e = service.manifest(&repo, &tag, "hsw").await.unwrap_err();
+    let e = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
 
     let options = CacheOptions { max_stale: Duration::ZERO, ..window_off() };
     let (service, _) = new_service(upstream.clone(), options).await;
     upstream.set_down(false);
-    service.manifest(&repo, &tag, "zen2").await.unwrap();
+    service.manifest(&repo, &tag, &mt("zen2")).await.unwrap();
     upstream.set_down(true);
     std::thread::sleep(Duration::from_millis(2));
-    let e = service.manifest(&repo, &tag, "zen2").await.unwrap_err();
+    let e = service.manifest(&repo, &tag, &mt("zen2")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "older than max_stale: not served");
 }
 
@@ -105,17 +110,17 @@ async fn a_digest_announced_but_not_served_is_the_upstreams_fault() {
     let (service, _) = new_service(upstream.clone(), CacheOptions::default()).await;
     let (repo, tag) = app();
     upstream.stop_serving(&Digest::sha256_of(INDEX.as_bytes()));
-    let e = service.manifest(&repo, &tag, "hsw").await.unwrap_err();
+    let e = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::BadGateway, "{e}");
     assert!(e.message.contains("announced") && e.message.contains("org/app:latest"), "{e}");
 
     // With an index served before, the stale fallback covers it as it covers an upstream that is down.
     let upstream = self::upstream();
     let (service, _) = new_service(upstream.clone(), window_off()).await;
-    let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    let fresh = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
     let moved = upstream.tag("org/app", "latest", filter::OCI_INDEX, INDEX.replace("2222", "3333"));
     upstream.stop_serving(&moved.digest);
-    assert_eq!(service.manifest(&repo, &tag, "hsw").await.unwrap(), fresh, "served stale");
+    assert_eq!(service.manifest(&repo, &tag, &mt("hsw")).await.unwrap(), fresh, "served stale");
 }
 
 #[tokio::test]
@@ -123,7 +128,7 @@ async fn an_unknown_tag_or_digest_is_manifest_unknown() {
     let (service, _) = new_service(upstream(), CacheOptions::default()).await;
     let (repo, _) = app();
     for reference in [Reference::Tag("nope".parse().unwrap()), by_digest(&Digest::sha256_of(b"nothing"))] {
-        let e = service.manifest(&repo, &reference, "hsw").await.unwrap_err();
+        let e = service.manifest(&repo, &reference, &mt("hsw")).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::ManifestUnknown, "{reference}: {e}");
     }
 }
@@ -132,7 +137,7 @@ async fn an_unknown_tag_or_digest_is_manifest_unknown() {
 async fn a_single_manifest_passes_through_verbatim() {
     let (service, store) = new_service(upstream(), CacheOptions::default()).await;
     let (repo, _) = app();
-    let served = service.manifest(&repo, &"single".parse().unwrap(), "hsw").await.unwrap();
+    let served = service.manifest(&repo, &"single".parse().unwrap(), &mt("hsw")).await.unwrap();
     assert_eq!((served.digest, &served.bytes[..]), (Digest::sha256_of(IMAGE.as_bytes()), IMAGE.as_bytes()));
     assert_eq!(store.generated_count(), 0);
 }
@@ -142,16 +147,16 @@ async fn a_filtered_index_is_served_by_its_digest_from_any_instance() {
     let upstream = upstream();
     let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
     let (repo, tag) = app();
-    let filtered = service.manifest(&repo, &tag, "zen2").await.unwrap();
-    assert_eq!(service.manifest(&repo, &by_digest(&filtered.digest), "zen2").await.unwrap(), filtered);
+    let filtered = service.manifest(&repo, &tag, &mt("zen2")).await.unwrap();
+    assert_eq!(service.manifest(&repo, &by_digest(&filtered.digest), &mt("zen2")).await.unwrap(), filtered);
 
     // Another instance (a cold Lambda) has only the shared store; the upstream never had this digest.
     let other = RegistryService::new(store.clone(), upstream.clone(), CacheOptions::default());
     let gets = upstream.gets();
-    assert_eq!(other.manifest(&repo, &by_digest(&filtered.digest), "hsw").await.unwrap(), filtered);
+    assert_eq!(other.manifest(&repo, &by_digest(&filtered.digest), &mt("hsw")).await.unwrap(), filtered);
     assert_eq!(upstream.gets(), gets, "read from the store, not asked upstream");
     let elsewhere: RepositoryName = "org/other".parse().unwrap();
-    let e = other.manifest(&elsewhere, &by_digest(&filtered.digest), "zen2").await.unwrap_err();
+    let e = other.manifest(&elsewhere, &by_digest(&filtered.digest), &mt("zen2")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::ManifestUnknown, "generated digests are per repository");
 }
 
@@ -162,24 +167,24 @@ async fn upstream_digests_are_served_verbatim_or_refused_by_setting() {
     let (repo, _) = app();
     let (service, _) = new_service(upstream(), CacheOptions::default()).await;
     for digest in [&index, &image] {
-        let served = service.manifest(&repo, &by_digest(digest), "zen2").await.unwrap();
+        let served = service.manifest(&repo, &by_digest(digest), &mt("zen2")).await.unwrap();
         assert_eq!(served.digest, *digest, "verbatim by default");
     }
 
     let refusing = RegistryService::new(machine_types().await, upstream(), CacheOptions::default())
         .with_index_digest_pulls(IndexDigestPulls::Refuse);
-    let e = refusing.manifest(&repo, &by_digest(&index), "zen2").await.unwrap_err();
+    let e = refusing.manifest(&repo, &by_digest(&index), &mt("zen2")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
     let detail = e.detail.unwrap();
     assert_eq!(detail["pullInstead"], serde_json::json!([format!("org/app@sha256:{}", "1".repeat(64))]));
     // Not an index: nothing to filter. An index that filtering leaves unchanged for the machine: served as is.
-    assert_eq!(refusing.manifest(&repo, &by_digest(&image), "zen2").await.unwrap().digest, image);
+    assert_eq!(refusing.manifest(&repo, &by_digest(&image), &mt("zen2")).await.unwrap().digest, image);
     let generic_only = Arc::new(FakeUpstream::default());
     let only = INDEX.split_once(",\n{").map(|(first, _)| format!("{first}]}}")).unwrap();
     let only = generic_only.put(filter::OCI_INDEX, only);
     let refusing = RegistryService::new(machine_types().await, generic_only, CacheOptions::default())
         .with_index_digest_pulls(IndexDigestPulls::Refuse);
-    assert_eq!(refusing.manifest(&repo, &by_digest(&only.digest), "zen2").await.unwrap(), only);
+    assert_eq!(refusing.manifest(&repo, &by_digest(&only.digest), &mt("zen2")).await.unwrap(), only);
 }
 
 #[tokio::test]
@@ -198,8 +203,8 @@ async fn caches_stay_within_their_byte_budget() {
     let options = CacheOptions { max_bytes: 6 * 4096, ..CacheOptions::default() };
     let (service, _) = new_service(upstream(), options).await;
     let (repo, tag) = app();
-    service.manifest(&repo, &tag, "zen2").await.unwrap();
-    service.manifest(&repo, &tag, "hsw").await.unwrap();
+    service.manifest(&repo, &tag, &mt("zen2")).await.unwrap();
+    service.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
     assert!(service.cache.derived_weights().iter().all(|w| *w <= 4096), "{:?}", service.cache.derived_weights());
 }
 
@@ -210,7 +215,7 @@ async fn pull(
     reference: &Reference,
     machine_type: &str,
 ) -> (Manifest, Record) {
-    let (served, record) = observe::record(service.manifest(repository, reference, machine_type)).await;
+    let (served, record) = observe::record(service.manifest(repository, reference, &mt(machine_type))).await;
     (served.unwrap(), record)
 }
 
@@ -281,17 +286,17 @@ async fn stale_serving_covers_only_what_was_served_fresh() {
     let upstream = upstream();
     let (service, _) = new_service(upstream.clone(), window_off()).await;
     let (repo, tag) = app();
-    let fresh = service.manifest(&repo, &tag, "hsw").await.unwrap();
+    let fresh = service.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
     upstream.set_down(true);
-    assert_eq!(service.manifest(&repo, &tag, "hsw").await.unwrap(), fresh);
+    assert_eq!(service.manifest(&repo, &tag, &mt("hsw")).await.unwrap(), fresh);
     for (reference, machine_type) in [("latest", "zen2"), ("single", "hsw")] {
-        let e = service.manifest(&repo, &reference.parse().unwrap(), machine_type).await.unwrap_err();
+        let e = service.manifest(&repo, &reference.parse().unwrap(), &mt(machine_type)).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::Unavailable, "{reference} was never served to {machine_type}");
     }
     // By digest there is nothing stale to serve: the generated index is in memory, an upstream digest is not.
-    let e = service.manifest(&repo, &by_digest(&Digest::sha256_of(IMAGE.as_bytes())), "hsw").await.unwrap_err();
+    let e = service.manifest(&repo, &by_digest(&Digest::sha256_of(IMAGE.as_bytes())), &mt("hsw")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable);
-    assert_eq!(service.manifest(&repo, &by_digest(&fresh.digest), "hsw").await.unwrap(), fresh);
+    assert_eq!(service.manifest(&repo, &by_digest(&fresh.digest), &mt("hsw")).await.unwrap(), fresh);
 }
 
 /// Never a build the machine cannot run (issue 25): the issue's fixture — generic, broadwell, skylake,
@@ -365,11 +370,11 @@ mod pins {
     /// The digest `resolver` was served by tag.
     async fn resolved(service: &RegistryService, resolver: &str) -> Digest {
         let (repo, tag) = app();
-        service.manifest(&repo, &tag, resolver).await.unwrap().digest
+        service.manifest(&repo, &tag, &mt(resolver)).await.unwrap().digest
     }
 
     async fn pin(service: &RegistryService, digest: &Digest, machine_type: &str) -> Result<Manifest> {
-        service.manifest(&app().0, &by_digest(digest), machine_type).await
+        service.manifest(&app().0, &by_digest(digest), &mt(machine_type)).await
     }
 
     #[tokio::test]
@@ -461,9 +466,9 @@ mod pins {
         // and with the tag window, not even that
         let (windowed, _) = service_with(upstream.clone(), CacheOptions::default()).await;
         let (_, tag) = app();
-        windowed.manifest(&app().0, &tag, "clx").await.unwrap();
+        windowed.manifest(&app().0, &tag, &mt("clx")).await.unwrap();
         let heads = upstream.heads();
-        windowed.manifest(&app().0, &tag, "clx").await.unwrap();
+        windowed.manifest(&app().0, &tag, &mt("clx")).await.unwrap();
         assert_eq!(upstream.heads(), heads);
     }
 
@@ -528,7 +533,7 @@ async fn cuda_builds_are_chosen_by_driver_and_configs_are_read_once() {
     let repo: RepositoryName = "org/torch".parse().unwrap();
     let tag: Reference = "latest".parse().unwrap();
     for (name, _, want) in types {
-        let served = service.manifest(&repo, &tag, name).await.unwrap();
+        let served = service.manifest(&repo, &tag, &mt(name)).await.unwrap();
         let index = filter::Index::parse(&served.bytes).unwrap();
         let got: Vec<&str> = index
             .entries
@@ -546,12 +551,12 @@ async fn cuda_builds_are_chosen_by_driver_and_configs_are_read_once() {
     assert_eq!((upstream.gets(), upstream.config_calls()), (gets, configs));
     // Another instance (a new Lambda, a restart) finds the requirements in the store: no config read.
     let other = RegistryService::new(store.clone(), upstream.clone(), CacheOptions::default());
-    other.manifest(&repo, &tag, "r550").await.unwrap();
+    other.manifest(&repo, &tag, &mt("r550")).await.unwrap();
     assert_eq!(upstream.config_calls(), configs);
     // explain's reasoning names the driver
     let index = service.upstream_manifest(&"org/torch:latest".parse().unwrap()).await.unwrap();
     let requirements = service.gpu_requirements(&repo, &index).await.unwrap();
-    let machine = service.machine_type("r535").await.unwrap();
+    let machine = service.machine_type(&mt("r535")).await.unwrap();
     let verdicts = filter::explain_gpu(&filter::Index::parse(&index.bytes).unwrap(), &machine, &requirements);
     let cu124 = verdicts.iter().find(|v| v.entry.digest == children[3].1.as_str()).unwrap();
     assert!(!cu124.fits);
@@ -579,7 +584,7 @@ async fn oversized_or_non_json_configs_count_as_no_requirement() {
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": filter::OCI_INDEX, "manifests": entries});
     upstream.tag("org/odd", "latest", filter::OCI_INDEX, serde_json::to_vec(&index).unwrap());
     let (service, store) = new_service(upstream.clone(), CacheOptions::default()).await;
-    let served = service.manifest(&"org/odd".parse().unwrap(), &"latest".parse().unwrap(), "hsw").await.unwrap();
+    let served = service.manifest(&"org/odd".parse().unwrap(), &"latest".parse().unwrap(), &mt("hsw")).await.unwrap();
     assert_eq!(filter::Index::parse(&served.bytes).unwrap().entries.len(), 1);
     assert_eq!(store.gpu_requirements_count(), 2, "kept, so never read (nor logged) again");
 }
@@ -599,17 +604,17 @@ async fn pins_are_judged_by_the_driver_too() {
     let service = RegistryService::new(store, upstream, window_off());
     let repo: RepositoryName = "org/torch".parse().unwrap();
     let digest_of = |build: &str| children.iter().find(|(b, _)| b == build).map(|(_, d)| d.clone()).unwrap();
-    let r560 = service.manifest(&repo, &"latest".parse().unwrap(), "r560").await.unwrap();
-    let e = service.manifest(&repo, &by_digest(&r560.digest), "r535").await.unwrap_err();
+    let r560 = service.manifest(&repo, &"latest".parse().unwrap(), &mt("r560")).await.unwrap();
+    let e = service.manifest(&repo, &by_digest(&r560.digest), &mt("r535")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Denied, "{e}");
     assert!(e.message.contains("cuda>=12.6"), "{e}");
     assert_eq!(e.detail.unwrap()["pullInstead"], serde_json::json!([format!("org/torch@{}", digest_of("12.1"))]));
     let cu124 = by_digest(&digest_of("12.4"));
-    assert_eq!(service.manifest(&repo, &cu124, "r535").await.unwrap_err().code, ErrorCode::Denied);
-    assert!(service.manifest(&repo, &cu124, "r560").await.is_ok());
+    assert_eq!(service.manifest(&repo, &cu124, &mt("r535")).await.unwrap_err().code, ErrorCode::Denied);
+    assert!(service.manifest(&repo, &cu124, &mt("r560")).await.is_ok());
     // the whole index: every client takes the CPU build, listed first
     let whole = Digest::sha256_of(&upstream_index_bytes(&service, &repo).await);
-    assert!(service.manifest(&repo, &by_digest(&whole), "r535").await.is_ok());
+    assert!(service.manifest(&repo, &by_digest(&whole), &mt("r535")).await.is_ok());
 }
 
 async fn upstream_index_bytes(service: &RegistryService, repo: &RepositoryName) -> bytes::Bytes {

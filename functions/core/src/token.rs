@@ -2,6 +2,7 @@
 //! The algorithm is pinned; `exp`, `nbf`, `aud` and `iss` are always checked.
 
 use crate::error::{Error, Result};
+use crate::machine::MachineTypeName;
 use crate::reference::RepositoryName;
 use crate::secret::Secret;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -59,8 +60,9 @@ pub struct Claims {
     pub exp: u64,
     pub nbf: u64,
     pub iat: u64,
-    /// The machine type the account pulls as.
-    pub mt: String,
+    /// The machine type the account pulls as: on the wire the name as a string; a token whose `mt` is not a valid
+    /// name does not decode, so it is refused as an invalid token.
+    pub mt: MachineTypeName,
     /// The account as it was at login ([`account_fingerprint`]): a token whose account has since been deleted or
     /// changed (password, machine type, repositories) is refused. `None`: an anonymous token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,7 +260,7 @@ impl TokenKeys {
     }
 
     /// An anonymous token (no account behind it).
-    pub fn issue(&self, login: &str, machine_type: &str, access: Vec<Access>) -> Result<IssuedToken> {
+    pub fn issue(&self, login: &str, machine_type: &MachineTypeName, access: Vec<Access>) -> Result<IssuedToken> {
         self.issue_with_fingerprint(login, machine_type, None, access)
     }
 
@@ -266,7 +268,7 @@ impl TokenKeys {
     pub fn issue_with_fingerprint(
         &self,
         login: &str,
-        machine_type: &str,
+        machine_type: &MachineTypeName,
         fp: Option<String>,
         access: Vec<Access>,
     ) -> Result<IssuedToken> {
@@ -278,7 +280,7 @@ impl TokenKeys {
             exp: now + self.ttl_seconds,
             nbf: now,
             iat: now,
-            mt: machine_type.into(),
+            mt: machine_type.clone(),
             fp,
             access,
         };
@@ -335,7 +337,7 @@ mod tests {
         assert_eq!(access.actions, ["pull"]);
         assert!(Access::granted_for_scope("repository:org/img:push").is_none());
         assert!(Access::granted_for_scope("repository:../x:pull").is_none());
-        let t = keys().issue("alice", "hsw", vec![access]).unwrap();
+        let t = keys().issue("alice", &"hsw".parse().unwrap(), vec![access]).unwrap();
         let c = keys().verify(&t.token).unwrap();
         assert_eq!((c.sub.as_str(), c.mt.as_str()), ("alice", "hsw"));
         assert!(c.may_pull(&"org/img".parse().unwrap()));
@@ -351,7 +353,7 @@ mod tests {
 
     #[test]
     fn refuses_forged_expired_other_audience_and_alg_none() {
-        let t = keys().issue("alice", "hsw", vec![]).unwrap().token;
+        let t = keys().issue("alice", &"hsw".parse().unwrap(), vec![]).unwrap().token;
         assert!(TokenKeys::new(&[8u8; 32], "metahub", 300).unwrap().verify(&t).is_err());
         assert!(TokenKeys::new(&[7u8; 32], "other", 300).unwrap().verify(&t).is_err());
         let expired = TokenKeys::new(&[7u8; 32], "metahub", 1).unwrap();
@@ -368,6 +370,21 @@ mod tests {
             jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, keys().ring().current.encoding.expose())
                 .unwrap();
         assert!(keys().verify(&hs512).is_err());
+    }
+
+    #[test]
+    fn the_machine_type_travels_as_a_string_and_a_bad_one_is_an_invalid_token() {
+        let t = keys().issue("alice", &"hsw-m60".parse().unwrap(), vec![]).unwrap().token;
+        let claims = keys().verify(&t).unwrap();
+        let wire = serde_json::to_value(&claims).unwrap();
+        assert_eq!(wire["mt"], serde_json::json!("hsw-m60"), "same wire format as before");
+        let mut bad = wire.clone();
+        bad["mt"] = serde_json::json!("bad name");
+        let forged =
+            jsonwebtoken::encode(&Header::new(ALGORITHM), &bad, keys().ring().current.encoding.expose()).unwrap();
+        let e = keys().verify(&forged).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::Unauthorized);
+        assert!(e.message.starts_with("invalid token"), "{}", e.message);
     }
 
     fn version(version: u64, byte: u8, written_at: u64) -> KeyVersion {
@@ -387,16 +404,16 @@ mod tests {
         let b =
             TokenKeys::versioned(version(2, 2, now), Some(version(1, 1, now - 86_400)), "metahub", 300, 60).unwrap();
         // Until every instance can have read version 2, B signs with version 1: A accepts B's tokens...
-        let from_b = b.issue("alice", "hsw", vec![]).unwrap().token;
+        let from_b = b.issue("alice", &"hsw".parse().unwrap(), vec![]).unwrap().token;
         assert_eq!(kid_of(&from_b), Some(key_id(&[1u8; 32])));
         assert!(a.verify(&from_b).is_ok());
         // ...and B accepts A's.
-        let from_a = a.issue("alice", "hsw", vec![]).unwrap().token;
+        let from_a = a.issue("alice", &"hsw".parse().unwrap(), vec![]).unwrap().token;
         assert!(b.verify(&from_a).is_ok());
 
         // Past the activation, B signs with version 2; A has re-read by then (update) and accepts it.
         b.update(version(2, 2, now - 66), Some(version(1, 1, now - 86_400))).unwrap();
-        let from_b = b.issue("alice", "hsw", vec![]).unwrap().token;
+        let from_b = b.issue("alice", &"hsw".parse().unwrap(), vec![]).unwrap().token;
         assert_eq!(kid_of(&from_b), Some(key_id(&[2u8; 32])));
         assert!(a.verify(&from_b).is_err(), "not before A re-reads");
         a.update(version(2, 2, now - 66), Some(version(1, 1, now - 86_400))).unwrap();
@@ -418,7 +435,7 @@ mod tests {
         let b =
             TokenKeys::versioned(version(2, 2, now - 100), Some(version(1, 1, now - 900)), "metahub", 300, 60).unwrap();
         let v1 = TokenKeys::versioned(version(1, 1, 0), None, "metahub", 300, 60).unwrap();
-        let token = v1.issue("alice", "hsw", vec![]).unwrap().token;
+        let token = v1.issue("alice", &"hsw".parse().unwrap(), vec![]).unwrap().token;
         assert!(b.verify(&token).is_ok());
         // a forged kid: version 2's key does not verify version 1's signature
         let mut header = Header::new(ALGORITHM);
@@ -427,7 +444,11 @@ mod tests {
         let forged = jsonwebtoken::encode(&header, &claims, v1.ring().current.encoding.expose()).unwrap();
         assert!(b.verify(&forged).is_err());
         // an unversioned token (signed before versions were used) is tried against every key in use
-        let plain = TokenKeys::new(&[1u8; 32], "metahub", 300).unwrap().issue("alice", "hsw", vec![]).unwrap().token;
+        let plain = TokenKeys::new(&[1u8; 32], "metahub", 300)
+            .unwrap()
+            .issue("alice", &"hsw".parse().unwrap(), vec![])
+            .unwrap()
+            .token;
         assert_eq!(kid_of(&plain), None);
         assert!(b.verify(&plain).is_ok());
         assert!(!format!("{b:?}").contains("[1, 1"), "no key in Debug");

@@ -123,7 +123,7 @@ pub async fn authorize(
         ErrorCode::Unauthorized => refuse(e, Some("invalid_token")),
         _ => e.into(),
     })?;
-    metahub_core::observe::machine_type(&claims.mt);
+    metahub_core::observe::machine_type(claims.mt.as_str());
     Ok(claims)
 }
 

@@ -16,6 +16,7 @@ mod token;
 mod verified;
 
 use metahub_core::Secret;
+use metahub_core::machine::MachineTypeName;
 
 pub use admin::{AdminAuth, AdminPrincipal, MIN_ADMIN_SECRET_LEN};
 pub use response::ApiError;
@@ -31,7 +32,7 @@ pub struct HttpConfig {
     /// The `service` of challenges and the audience of tokens.
     pub service: String,
     /// When set, a token request without credentials is granted this machine type.
-    pub anonymous_machine_type: Option<String>,
+    pub anonymous_machine_type: Option<MachineTypeName>,
     /// When set, every request must carry `X-Origin-Verify` with one of these values (CloudFront adds it).
     pub origin_secret: Option<OriginSecrets>,
 }

@@ -119,7 +119,7 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
                 .filter(|a| a.name.parse().is_ok_and(|name| app.registry.may_pull(&account, &name)))
                 .collect();
             let fp = Some(account_fingerprint(&account));
-            app.keys.issue_with_fingerprint(account.login.as_str(), account.machine_type.as_str(), fp, access)?
+            app.keys.issue_with_fingerprint(account.login.as_str(), &account.machine_type, fp, access)?
         }
         None => match &app.config.anonymous_machine_type {
             Some(mt) => {

@@ -104,7 +104,7 @@ async fn refuses_missing_wrong_and_pull_credentials() {
     let (s, _) = h.send("PUT", "/admin/machine-types/x", Some(&basic), Some(r#"{"features":[]}"#)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // A valid pull token of this very server.
-    let token = h.app.keys.issue("m-x", "x", vec![]).unwrap().token;
+    let token = h.app.keys.issue("m-x", &"x".parse().unwrap(), vec![]).unwrap().token;
     assert!(!token.is_empty());
     let (s, _) = h.send("GET", "/admin/changes", Some(&format!("Bearer {token}")), None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

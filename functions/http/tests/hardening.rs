@@ -40,7 +40,7 @@ fn app_over(store: Arc<MemoryStore>, anonymous: Option<&str>) -> Arc<App> {
     let config = HttpConfig {
         public_url: "http://127.0.0.1:5000".into(),
         service: "metahub".into(),
-        anonymous_machine_type: anonymous.map(str::to_owned),
+        anonymous_machine_type: anonymous.map(|name| name.parse().unwrap()),
         origin_secret: None,
     };
     App::with_admin(registry, keys, config, AdminAuth::secret(SECRET).unwrap())
@@ -147,10 +147,19 @@ async fn an_anonymous_token_of_another_machine_type_is_refused() {
 
     let key = jsonwebtoken::EncodingKey::from_secret(&KEY).unwrap();
     let mut other = claims.clone();
-    other.mt = "skl".into();
+    other.mt = "skl".parse().unwrap();
     let other = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &other, &key).unwrap();
     let answer = pull(&app, "org/app", &other).await;
     assert_eq!((answer.status, answer.code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{}", answer.body);
+
+    // a signed token whose machine type is not a valid name is an invalid token, not a server error
+    let mut malformed = serde_json::to_value(&claims).unwrap();
+    malformed["mt"] = serde_json::json!("generic/../x");
+    let malformed =
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &malformed, &key).unwrap();
+    let answer = pull(&app, "org/app", &malformed).await;
+    assert_eq!((answer.status, answer.code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{}", answer.body);
+    assert!(answer.body.to_string().contains("invalid token"), "{}", answer.body);
 
     // and once anonymous pulls are off, no anonymous token is accepted at all
     let off = app_over(store, None);

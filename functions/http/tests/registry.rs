@@ -66,7 +66,7 @@ async fn setup() -> Pull {
     let config = HttpConfig {
         public_url: "http://127.0.0.1:5000".into(),
         service: "metahub".into(),
-        anonymous_machine_type: Some("skl".into()),
+        anonymous_machine_type: Some("skl".parse().unwrap()),
         origin_secret: None,
     };
     let app = App::new(registry, TokenKeys::new(&[9u8; 32], "metahub", 300).unwrap(), config);

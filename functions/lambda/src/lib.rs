@@ -35,6 +35,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES};
+use metahub_core::machine::MachineTypeName;
 use metahub_core::token::TokenKeys;
 use metahub_http::access_log::RequestId;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, app};
@@ -123,6 +124,12 @@ impl Settings {
                 })
             })
             .transpose()?;
+        // Checked now: a typo would otherwise fail every anonymous pull later.
+        let anonymous_machine_type = get("METAHUB_ANONYMOUS_MACHINE_TYPE")
+            .map(|v| {
+                v.parse::<MachineTypeName>().map_err(|e| anyhow!("METAHUB_ANONYMOUS_MACHINE_TYPE={v:?}: {}", e.message))
+            })
+            .transpose()?;
         let defaults = app::Settings::default();
         Ok(Settings {
             table,
@@ -130,7 +137,7 @@ impl Settings {
                 http: HttpConfig {
                     public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()).unwrap_or_default(),
                     service: get("METAHUB_SERVICE").unwrap_or(defaults.http.service),
-                    anonymous_machine_type: get("METAHUB_ANONYMOUS_MACHINE_TYPE"),
+                    anonymous_machine_type,
                     origin_secret: None,
                 },
                 token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(defaults.token_ttl),
@@ -617,6 +624,14 @@ mod tests {
             .unwrap_err()
         );
         assert!(e.starts_with("METAHUB_ORIGIN_SECRET_VERSION=\"latest\""), "{e}");
+        let e = format!(
+            "{:#}",
+            settings(&[BASE.to_vec(), vec![("METAHUB_ANONYMOUS_MACHINE_TYPE", "skylake v100")]].concat()).unwrap_err()
+        );
+        assert!(e.starts_with("METAHUB_ANONYMOUS_MACHINE_TYPE=\"skylake v100\": machine type name"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let vars = [BASE.to_vec(), vec![("METAHUB_ANONYMOUS_MACHINE_TYPE", "hsw-m60")]].concat();
+        assert_eq!(settings(&vars).unwrap().app.http.anonymous_machine_type.unwrap(), "hsw-m60");
         let e = format!(
             "{:#}",
             settings(&[("METAHUB_STORE", "dynamodb:t"), ("METAHUB_PUBLIC_URL", "d1.cloudfront.net")]).unwrap_err()

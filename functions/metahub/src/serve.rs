@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES, DEFAULT_MAX_STALE, DEFAULT_TAG_TTL};
 use metahub_core::cosign::SelectionSigner;
+use metahub_core::machine::MachineTypeName;
 use metahub_core::service::IndexDigestPulls;
 use metahub_http::{AdminAuth, HttpConfig, app};
 use metahub_upstream::ClientOptions;
@@ -27,8 +28,8 @@ pub struct ServeArgs {
     #[arg(long, env = "METAHUB_SERVICE", default_value = app::DEFAULT_SERVICE)]
     service: String,
     /// Grant token requests without credentials this machine type (off by default).
-    #[arg(long, env = "METAHUB_ANONYMOUS_MACHINE_TYPE")]
-    anonymous_machine_type: Option<String>,
+    #[arg(long, env = "METAHUB_ANONYMOUS_MACHINE_TYPE", value_parser = machine_type_name_arg)]
+    anonymous_machine_type: Option<MachineTypeName>,
     /// Reuse a tag's upstream check for this long after it answered: a tag moved upstream is served at most this
     /// long late, and a fleet pulling one tag costs one upstream HEAD per window. `0s`: every pull checks upstream.
     #[arg(long, env = "METAHUB_TAG_TTL", default_value_t = DEFAULT_TAG_TTL.into(), value_parser = duration_arg)]
@@ -104,6 +105,13 @@ fn selection_signer(file: Option<&Path>) -> anyhow::Result<Option<Arc<SelectionS
 }
 
 /// A duration flag, read as the Lambda settings read the same variable (bare seconds or humantime).
+/// Checked at start-up: a typo would otherwise fail every anonymous pull later.
+fn machine_type_name_arg(value: &str) -> Result<MachineTypeName, String> {
+    value.parse().map_err(|e: metahub_core::Error| {
+        format!("{} (--anonymous-machine-type or METAHUB_ANONYMOUS_MACHINE_TYPE)", e.message)
+    })
+}
+
 pub fn duration_arg(value: &str) -> Result<humantime::Duration, String> {
     metahub_core::settings::parse_duration(value).map(Into::into).map_err(|e| e.message)
 }
@@ -182,5 +190,15 @@ mod tests {
             assert_eq!(metahub_core::settings::parse_duration(text).unwrap(), Duration::from_secs(seconds));
         }
         assert!(Serve::try_parse_from(["serve", "--tag-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_anonymous_machine_type_is_checked_at_start_up() {
+        let serve = Serve::try_parse_from(["serve", "--anonymous-machine-type", "hsw-m60"]).unwrap();
+        assert_eq!(serve.args.anonymous_machine_type.unwrap(), "hsw-m60");
+        let e = Serve::try_parse_from(["serve", "--anonymous-machine-type", "hsw m60"]).err().unwrap().to_string();
+        let first = e.lines().next().unwrap();
+        assert!(first.contains("--anonymous-machine-type"), "{e}");
+        assert!(first.contains("METAHUB_ANONYMOUS_MACHINE_TYPE") && first.contains("machine type name"), "{e}");
     }
 }

@@ -150,6 +150,10 @@ h4Gh+LPKtA+nUceNdh9tHxvE9a5Zut+X3DtLiam/83RY6A+w36kwp7zD
         .to_string()
     }
 
+    fn mt(name: &str) -> crate::machine::MachineTypeName {
+        name.parse().unwrap()
+    }
+
     async fn service(store: Arc<MemoryStore>, upstream: Arc<FakeUpstream>, signed: bool) -> RegistryService {
         let hsw = MachineType::new("hsw", vec!["cpu:haswell".into()], MatchMode::Best).unwrap();
         store.put_machine_type(&hsw).await.unwrap();
@@ -168,16 +172,16 @@ h4Gh+LPKtA+nUceNdh9tHxvE9a5Zut+X3DtLiam/83RY6A+w36kwp7zD
         let repo: RepositoryName = "org/app".parse().unwrap();
         let tag: Reference = "latest".parse().unwrap();
         let first = service(store.clone(), upstream.clone(), true).await;
-        let filtered = first.manifest(&repo, &tag, "hsw").await.unwrap();
+        let filtered = first.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
         // the index, its source link, the signature, its payload and config, the signature link
         assert_eq!(store.generated_count(), 6);
         let signature = first.selection_signature(&repo, &filtered.digest).await.unwrap().expect("signed");
-        first.manifest(&repo, &tag, "hsw").await.unwrap();
+        first.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
         let sig_tag: Reference = format!("{}.sig", filtered.digest.as_str().replacen(':', "-", 1)).parse().unwrap();
-        assert_eq!(first.manifest(&repo, &sig_tag, "hsw").await.unwrap(), signature);
+        assert_eq!(first.manifest(&repo, &sig_tag, &mt("hsw")).await.unwrap(), signature);
         // another instance (cold caches, same store): the stored signature, nothing new
         let second = service(store.clone(), upstream.clone(), true).await;
-        second.manifest(&repo, &tag, "hsw").await.unwrap();
+        second.manifest(&repo, &tag, &mt("hsw")).await.unwrap();
         assert_eq!(second.selection_signature(&repo, &filtered.digest).await.unwrap(), Some(signature.clone()));
         assert_eq!(store.generated_count(), 6);
         // its blobs are MetaHub's own; a digest MetaHub did not make has no signature of MetaHub's
