@@ -461,19 +461,25 @@ def test_table(tpl):
     assert gsi["Projection"] == {"ProjectionType": "KEYS_ONLY"}
 
 
+STORE_SRC = ROOT / "functions" / "store-dynamodb" / "src"
+
+
+def store_code() -> str:
+    """The DynamoDB store's source, every module of it (keys, codec, the Store impl, table creation)."""
+    return "\n".join(p.read_text() for p in sorted(STORE_SRC.glob("*.rs")))
+
+
 def store_index_name() -> str:
     """The index DynamoStore queries (functions/store-dynamodb), so template and code agree."""
-    src = ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs"
-    if not src.exists():
+    if not STORE_SRC.exists():
         return "byMachineType"
-    m = re.search(r'pub const BY_MACHINE_TYPE_INDEX: &str = "([^"]+)"', src.read_text())
-    assert m, "BY_MACHINE_TYPE_INDEX not found in functions/store-dynamodb/src/lib.rs"
+    m = re.search(r'pub const BY_MACHINE_TYPE_INDEX: &str = "([^"]+)"', store_code())
+    assert m, "BY_MACHINE_TYPE_INDEX not found in functions/store-dynamodb/src"
     return m.group(1)
 
 
 def test_table_matches_the_store_code():
-    src = ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs"
-    code = src.read_text()
+    code = store_code()
     for needle in ('key("pk", KeyType::Hash)', 'key("sk", KeyType::Range)', 'key("machineType", KeyType::Hash)',
                    "ProjectionType::KeysOnly", 'attribute_name("ttl")', "BillingMode::PayPerRequest"):
         assert needle in code, f"the store's create_table changed ({needle}): update template.yaml and localstack/"
@@ -515,7 +521,7 @@ def test_admin_may_query_the_partitions_it_reads_on_the_table(tpl):
     # GET /admin/changes queries pk=CHANGES on the table, the admin page's watched images and matrix pk=WATCHED
     # (finding 1 of issue 28: the grant named CHANGES only); a grant on the index alone is AccessDenied. Every Query
     # the store code makes on the table, and only those partitions (tests/iam_check.py checks the calls themselves).
-    code = (ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs").read_text()
+    code = store_code()
     constants = dict(re.findall(r'const ([A-Z_]+_PK): &str = "([^"]+)"', code))
     queried = re.findall(r'\.query\(\)[^;]*?expression_attribute_values\(":pk", s\(([A-Z_]+_PK)\)\)', code, re.S)
     partitions = sorted({constants[c] for c in queried})
@@ -526,7 +532,7 @@ def test_admin_may_query_the_partitions_it_reads_on_the_table(tpl):
 
 
 def test_registry_writes_only_generated_indexes(tpl):
-    code = (ROOT / "functions" / "store-dynamodb" / "src" / "lib.rs").read_text()
+    code = store_code()
     prefix = re.search(r'fn manifest_key\(.*?format!\("([A-Z]+#)', code, re.S).group(1)
     # and the NVIDIA requirements it reads from image configs (issue 26)
     gpu = re.search(r'fn gpu_key\(.*?format!\("([A-Z]+#)', code, re.S).group(1)
