@@ -120,7 +120,7 @@ def test_a_pinned_digest_is_a_build_the_puller_runs_or_a_refusal(request, hub, p
     assert any(word in str(refused.value).lower() for word in ("denied", "403", "forbidden")), refused.value
 
 
-@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("method", ("GET", "HEAD"))
 def test_the_refusal_says_what_to_pull_instead(hub, pushed, method):
     zen4 = resolve(hub, "zen4")
     token = get_token(hub, login=creds("zen2"), repo="pins/app")
