@@ -9,6 +9,7 @@ pub mod cosign;
 pub mod error;
 pub mod files;
 pub mod filter;
+pub mod login;
 pub mod machine;
 pub mod names;
 pub mod nvidia;
