@@ -283,10 +283,14 @@ async fn put_account(
         password: NewPassword::from_fields(body.password, body.password_hash)?,
         repositories: body.repositories,
     };
-    let changed = account.login.to_string();
-    let written = admin.put_account(account).await;
-    // Even after an error: a failed audit record follows an applied change.
-    app.account_changed(&changed);
+    let changed = account.login.clone();
+    account_written(&app, &changed, admin.put_account(account).await)
+}
+
+/// The answer to an account write. This process forgets what it verified of the login first, even after an error:
+/// a failed audit record follows an applied change.
+fn account_written(app: &App, login: &Login, written: Result<Account, Error>) -> Result<Response, ApiError> {
+    app.account_changed(login.as_str());
     Ok(ok_json(written?.to_json()))
 }
 
@@ -299,9 +303,7 @@ async fn rotate_password(
     let login: Login = login.parse()?;
     let body: PasswordBody = parse_body(&body)?;
     let password = NewPassword::from_fields(body.password, body.password_hash)?;
-    let written = admin.rotate_password(&login, password).await;
-    app.account_changed(login.as_str());
-    Ok(ok_json(written?.to_json()))
+    account_written(&app, &login, admin.rotate_password(&login, password).await)
 }
 
 #[derive(Deserialize)]
@@ -319,9 +321,7 @@ async fn set_account_machine_type(
 ) -> Result<Response, ApiError> {
     let login: Login = login.parse()?;
     let body: MachineTypeOfAccount = parse_body(&body)?;
-    let written = admin.move_account(&login, body.machine_type.parse()?).await;
-    app.account_changed(login.as_str());
-    Ok(ok_json(written?.to_json()))
+    account_written(&app, &login, admin.move_account(&login, body.machine_type.parse()?).await)
 }
 
 pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {
