@@ -27,7 +27,7 @@ use metahub_core::reference::ImageRef;
 use metahub_core::{Error, ErrorCode, Secret};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
