@@ -495,7 +495,7 @@ fn nothing_fits(machine: &MachineType, entries: &[View], requirements: &GpuRequi
     offered.dedup();
     Error::manifest_unknown(format!(
         "no image of this index fits machine type {:?} [{}]; on offer: {}",
-        machine.name,
+        machine.name.as_str(),
         machine.features.join(", "),
         offered.join("; ")
     ))

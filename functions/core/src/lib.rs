@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cache;
 pub mod cosign;
 pub mod error;
+pub mod explain;
 pub mod files;
 pub mod filter;
 pub mod login;

@@ -32,6 +32,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use metahub_core::admin::AdminPort;
+use metahub_core::explain::Explanation;
 use metahub_core::machine::MachineType;
 #[cfg(doc)]
 use metahub_core::ports::Store;
@@ -303,9 +304,9 @@ async fn matrix_row(app: &App, image: &str, machine_types: &[MachineType]) -> Va
             };
             let cells: Vec<Value> = machine_types
                 .iter()
-                .map(|mt| {
-                    admin::explain_manifest(&parsed, &manifest, mt, &requirements)
-                        .unwrap_or_else(|e| json!({"fault": error_json(&e)}))
+                .map(|mt| match Explanation::new(&parsed, &manifest, mt, &requirements) {
+                    Ok(explained) => explained.to_json(),
+                    Err(e) => json!({"fault": error_json(&e)}),
                 })
                 .collect();
             json!({"image": image, "digest": manifest.digest.to_string(), "cells": cells})
