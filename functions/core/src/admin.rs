@@ -3,7 +3,7 @@
 //! The admin API (`http`), the CLI and Lambda call an [`AdminPort`], which is either the [`AdminService`] over a store
 //! or, for `metahub … --endpoint`, a client of a running MetaHub's admin API. In [`AdminService`] each write
 //! validates, writes and records its audit entry together; services never call transports. A machine's login and
-//! its token are [`crate::login`]'s; the explanation of a selection is [`crate::filter::explanation`]'s.
+//! its token are [`crate::login`]'s; the explanation of a selection is [`crate::explain`]'s.
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::machine::{MachineType, MachineTypeName};
