@@ -19,24 +19,38 @@ use metahub_upstream::ClientOptions;
 pub struct ExplainArgs {
     /// The machine type, as stored.
     machine_type: String,
+    #[command(flatten)]
+    source: ImageArgs,
+}
+
+/// An image, the upstreams it is read from and the store the machine types are read from: what `explain` and
+/// `pins` read.
+#[derive(Args)]
+pub struct ImageArgs {
     /// `org/image:tag`, `org/image@sha256:…` or `org/image` (tag latest) on the upstream.
     image: String,
     /// The upstreams the image is read from, as `serve` routes names to them.
     #[command(flatten)]
-    upstreams: UpstreamArgs,
+    pub upstreams: UpstreamArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     #[command(flatten)]
-    store: StoreArg,
+    pub store: StoreArg,
 }
 
-pub async fn run(args: ExplainArgs) -> anyhow::Result<()> {
-    let image: ImageRef = args.image.parse().with_context(|| format!("image {:?}", args.image))?;
+impl ImageArgs {
+    pub fn image(&self) -> anyhow::Result<ImageRef> {
+        self.image.parse().with_context(|| format!("image {:?}", self.image))
+    }
+}
+
+pub async fn run(ExplainArgs { machine_type, source: args }: ExplainArgs) -> anyhow::Result<()> {
+    let image = args.image()?;
     let machine = {
         let store = crate::store::open(&args.store.store).await?;
-        let Some(machine) = store.machine_type(&args.machine_type.parse()?).await? else {
-            bail!("no machine type {:?} in store {}", args.machine_type, args.store.store);
+        let Some(machine) = store.machine_type(&machine_type.parse()?).await? else {
+            bail!("no machine type {:?} in store {}", machine_type, args.store.store);
         };
         machine
         // The store closes here: the embedded store is single-process, so it is not held during the upstream fetch.
