@@ -139,8 +139,8 @@ impl AdminService {
 
     /// Adds an image (normalised: `org/app` → `org/app:latest`) to the watched list; the reference as kept, and
     /// whether it was new (only then is it recorded).
-    pub async fn watch_image(&self, image: &str) -> Result<(String, bool)> {
-        let image = watched_image_ref(image)?;
+    pub async fn watch_image(&self, image: &ImageRef) -> Result<(String, bool)> {
+        let image = image.to_string();
         if self.store.watched_images().await?.len() >= MAX_WATCHED_IMAGES {
             return Err(Error::denied(format!("at most {MAX_WATCHED_IMAGES} images can be watched")));
         }
@@ -152,8 +152,8 @@ impl AdminService {
     }
 
     /// Removes an image from the watched list; `NAME_UNKNOWN` when it was not there.
-    pub async fn unwatch_image(&self, image: &str) -> Result<()> {
-        let image = watched_image_ref(image)?;
+    pub async fn unwatch_image(&self, image: &ImageRef) -> Result<()> {
+        let image = image.to_string();
         if !self.store.unwatch_image(&image).await? {
             return Err(Error::new(ErrorCode::NameUnknown, format!("{image} is not watched"))
                 .with_detail(serde_json::json!({ "image": image })));
@@ -251,8 +251,9 @@ impl AdminPort for AdminService {
     }
 }
 
-/// The reference as the watched list keeps it (`org/app` → `org/app:latest`), refused when it is not one.
-pub fn watched_image_ref(image: &str) -> Result<String> {
+/// An image to watch, as the transports read it: refused with `NAME_INVALID` when it is no reference; the watched
+/// list keeps its normal form (`org/app` → `org/app:latest`).
+pub fn parse_watched_image(image: &str) -> Result<ImageRef> {
     let image = image.trim();
     let parsed: ImageRef = image.parse().map_err(|e: Error| {
         Error::new(
@@ -260,7 +261,7 @@ pub fn watched_image_ref(image: &str) -> Result<String> {
             format!("{image:?} is not an image reference (org/image:tag): {}", e.message),
         )
     })?;
-    Ok(parsed.to_string())
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -377,11 +378,12 @@ mod tests {
     #[tokio::test]
     async fn watched_images_are_normalised_and_recorded_once() {
         let (store, admin) = service();
-        assert_eq!(admin.watch_image(" org/app ").await.unwrap(), ("org/app:latest".into(), true));
-        assert_eq!(admin.watch_image("org/app:latest").await.unwrap(), ("org/app:latest".into(), false));
-        assert_eq!(admin.watch_image("<script>").await.unwrap_err().code, ErrorCode::NameInvalid);
-        admin.unwatch_image("org/app").await.unwrap();
-        assert_eq!(admin.unwatch_image("org/app").await.unwrap_err().code, ErrorCode::NameUnknown);
+        let image = |text: &str| parse_watched_image(text).unwrap();
+        assert_eq!(admin.watch_image(&image(" org/app ")).await.unwrap(), ("org/app:latest".into(), true));
+        assert_eq!(admin.watch_image(&image("org/app:latest")).await.unwrap(), ("org/app:latest".into(), false));
+        assert_eq!(parse_watched_image("<script>").unwrap_err().code, ErrorCode::NameInvalid);
+        admin.unwatch_image(&image("org/app")).await.unwrap();
+        assert_eq!(admin.unwatch_image(&image("org/app")).await.unwrap_err().code, ErrorCode::NameUnknown);
         assert_eq!(
             log(&store).await,
             [entry("watch-image", "org/app:latest"), entry("unwatch-image", "org/app:latest")]

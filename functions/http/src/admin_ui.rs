@@ -31,7 +31,7 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use metahub_core::admin::AdminPort;
+use metahub_core::admin::{AdminPort, parse_watched_image};
 use metahub_core::explain::Explanation;
 use metahub_core::machine::MachineType;
 #[cfg(doc)]
@@ -273,7 +273,7 @@ struct WatchBody {
 }
 
 async fn watch(Operator(admin): Operator, body: Bytes) -> Result<Response, ApiError> {
-    let (image, added) = admin.watch_image(&parse_body::<WatchBody>(&body)?.image).await?;
+    let (image, added) = admin.watch_image(&parse_watched_image(&parse_body::<WatchBody>(&body)?.image)?).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(json!({"image": image}))).into_response())
 }
@@ -282,7 +282,7 @@ async fn unwatch(
     Operator(admin): Operator,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    admin.unwatch_image(admin::query_param(&query, "image")?).await?;
+    admin.unwatch_image(&parse_watched_image(admin::query_param(&query, "image")?)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
