@@ -10,7 +10,7 @@ use crate::response::{ApiError, constant_time_eq};
 use crate::state::App;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -265,27 +265,26 @@ struct PasswordBody {
     password_hash: Option<String>,
 }
 
-async fn put_account(
-    State(app): State<Arc<App>>,
-    Operator(admin): Operator,
-    Path(login): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let login: Login = login.parse()?;
-    let body: AccountBody = parse_body(&body)?;
-    if let Some(given) = &body.login
-        && *given != *login.as_str()
-    {
-        return Err(invalid(format!("body names login {given:?} but the path names {login:?}")).into());
+/// An account write: the login its path names, then its JSON body of `T`, each refused with a registry error.
+struct AccountWrite<T> {
+    login: Login,
+    body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for AccountWrite<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let Path(login) = Path::<String>::from_request_parts(&mut parts, app)
+            .await
+            .map_err(|e| invalid(format!("account path: {}", e.body_text())))?;
+        let login: Login = login.parse()?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), app)
+            .await
+            .map_err(|e| Error::new(ErrorCode::TooLarge, format!("request body refused: {}", e.body_text())))?;
+        Ok(AccountWrite { login, body: parse_body(&body)? })
     }
-    let account = NewAccount {
-        login,
-        machine_type: body.machine_type.parse()?,
-        password: NewPassword::from_fields(body.password, body.password_hash)?,
-        repositories: body.repositories,
-    };
-    let changed = account.login.clone();
-    account_written(&app, &changed, admin.put_account(account).await)
 }
 
 /// The answer to an account write. This process forgets what it verified of the login first, even after an error:
@@ -295,14 +294,30 @@ fn account_written(app: &App, login: &Login, written: Result<Account, Error>) ->
     Ok(ok_json(written?.to_json()))
 }
 
+async fn put_account(
+    State(app): State<Arc<App>>,
+    Operator(admin): Operator,
+    AccountWrite { login, body }: AccountWrite<AccountBody>,
+) -> Answer {
+    if let Some(given) = &body.login
+        && *given != *login.as_str()
+    {
+        return Err(invalid(format!("body names login {given:?} but the path names {login:?}")).into());
+    }
+    let account = NewAccount {
+        login: login.clone(),
+        machine_type: body.machine_type.parse()?,
+        password: NewPassword::from_fields(body.password, body.password_hash)?,
+        repositories: body.repositories,
+    };
+    account_written(&app, &login, admin.put_account(account).await)
+}
+
 async fn rotate_password(
     State(app): State<Arc<App>>,
     Operator(admin): Operator,
-    Path(login): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let login: Login = login.parse()?;
-    let body: PasswordBody = parse_body(&body)?;
+    AccountWrite { login, body }: AccountWrite<PasswordBody>,
+) -> Answer {
     let password = NewPassword::from_fields(body.password, body.password_hash)?;
     account_written(&app, &login, admin.rotate_password(&login, password).await)
 }
@@ -317,11 +332,8 @@ struct MachineTypeOfAccount {
 async fn set_account_machine_type(
     State(app): State<Arc<App>>,
     Operator(admin): Operator,
-    Path(login): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let login: Login = login.parse()?;
-    let body: MachineTypeOfAccount = parse_body(&body)?;
+    AccountWrite { login, body }: AccountWrite<MachineTypeOfAccount>,
+) -> Answer {
     account_written(&app, &login, admin.move_account(&login, body.machine_type.parse()?).await)
 }
 
