@@ -129,13 +129,14 @@ impl SharedSettings {
     }
 }
 
-/// A duration: a bare number of seconds (`300`), or humantime's `5m`, `10s`, `1h 30m`, `500ms`.
+/// A duration: a bare number of seconds (`300`), or humantime's `5m`, `10s`, `1h 30m`, `500ms`. The error names
+/// neither the value nor the setting: its caller does.
 pub fn parse_duration(value: &str) -> Result<Duration> {
     if let Ok(seconds) = value.trim().parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
     humantime::parse_duration(value.trim())
-        .map_err(|e| Error::invalid(format!("{value:?} is not a duration ({e}); write e.g. 300, 5m or 10s")))
+        .map_err(|e| Error::invalid(format!("not a duration ({e}); write e.g. 300, 5m or 10s")))
 }
 
 /// A duration of whole seconds, 1s to the longest token lifetime.

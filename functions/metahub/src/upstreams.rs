@@ -30,7 +30,7 @@ impl UpstreamArgs {
         if specs.is_empty() {
             // An empty METAHUB_UPSTREAM is unset, as in the Lambda functions; a list of separators names nothing.
             if !self.upstreams.iter().all(|list| list.trim().is_empty()) {
-                anyhow::bail!("--upstream {:?} names no upstream", self.upstreams.join(","));
+                anyhow::bail!("--upstream (or METAHUB_UPSTREAM) {:?} names no upstream", self.upstreams.join(","));
             }
             specs.push(DEFAULT_UPSTREAM);
         }
