@@ -180,7 +180,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin = admin_auth(args.admin_secret_file.as_deref())?;
     let limits = args.limits.validated()?;
     let selection_signer = selection_signer(args.selection_signing_key.as_deref())?;
-    let (shared, upstream_timeout) = args.app_settings(|name| std::env::var(name).ok())?;
+    let (from_shared, upstream_timeout) = args.app_settings(|name| std::env::var(name).ok())?;
     if let Some(listen) = args.metrics_listen {
         if !listen.ip().is_loopback() && !args.metrics_public {
             anyhow::bail!(
@@ -194,9 +194,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let key = store.signing_key_or_insert(&rand::random::<[u8; 32]>()).await?;
     let upstream = args.upstreams.router(&ClientOptions::with_timeout(upstream_timeout))?;
 
-    let public_url = shared.http.public_url.clone();
+    let public_url = from_shared.http.public_url.clone();
     let admin_api = admin.is_enabled();
-    let settings = app::Settings { admin, selection_signer: selection_signer.clone(), ..shared };
+    let settings = app::Settings { admin, selection_signer: selection_signer.clone(), ..from_shared };
     let app = app::build(settings, store, Arc::new(upstream), &key)?;
 
     let listener = crate::listen::bind(args.listen, "--listen").await?;
@@ -360,6 +360,8 @@ mod tests {
         use clap::CommandFactory;
         let help = Serve::command().render_long_help().to_string();
         for variable in settings::VARIABLES {
+            let (flag, _) = serve(&[]).shared.flag(variable).expect("a flag for every shared variable");
+            assert!(help.contains(&format!("{flag} <")), "{flag}");
             assert!(help.contains(&format!("[env: {variable}]")), "{variable}: {help}");
         }
         for default in ["[default: 1s]", "[default: 5m]", "[default: 16]", "[default: 30s]", "[default: metahub]"] {
