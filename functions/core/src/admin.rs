@@ -1,20 +1,20 @@
-//! The operator's use cases (machine types, accounts, the audit log, the watched images) and the login.
+//! The operator's use cases: machine types, accounts, the audit log, the watched images.
 //!
 //! The admin API (`http`), the CLI and Lambda call an [`AdminPort`], which is either the [`AdminService`] over a store
-//! or, for `metahub … --endpoint`, a client of a running MetaHub's admin API. (The explain view and the token
-//! issuing are still built in `http`: issue 30.) In [`AdminService`] each write validates, writes and records its audit entry together; services never call
-//! transports.
+//! or, for `metahub … --endpoint`, a client of a running MetaHub's admin API. In [`AdminService`] each write
+//! validates, writes and records its audit entry together; services never call transports. A machine's login and
+//! its token are [`crate::login`]'s; the explanation of a selection is [`crate::explain`]'s.
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::machine::{MachineType, MachineTypeName};
 use crate::names::Login;
-use crate::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_hash, verify_password};
+use crate::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, hash_password, validate_hash};
 use crate::ports::{Account, AccountChange, Change, Store, validate_repository_prefix};
 use crate::reference::ImageRef;
 use crate::secret::Secret;
 use crate::token::now_seconds;
 use async_trait::async_trait;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 /// The most audit entries one read returns.
 pub const MAX_CHANGES: usize = 1000;
@@ -139,8 +139,8 @@ impl AdminService {
 
     /// Adds an image (normalised: `org/app` → `org/app:latest`) to the watched list; the reference as kept, and
     /// whether it was new (only then is it recorded).
-    pub async fn watch_image(&self, image: &str) -> Result<(String, bool)> {
-        let image = watched_image_ref(image)?;
+    pub async fn watch_image(&self, image: &ImageRef) -> Result<(String, bool)> {
+        let image = image.to_string();
         if self.store.watched_images().await?.len() >= MAX_WATCHED_IMAGES {
             return Err(Error::denied(format!("at most {MAX_WATCHED_IMAGES} images can be watched")));
         }
@@ -152,8 +152,8 @@ impl AdminService {
     }
 
     /// Removes an image from the watched list; `NAME_UNKNOWN` when it was not there.
-    pub async fn unwatch_image(&self, image: &str) -> Result<()> {
-        let image = watched_image_ref(image)?;
+    pub async fn unwatch_image(&self, image: &ImageRef) -> Result<()> {
+        let image = image.to_string();
         if !self.store.unwatch_image(&image).await? {
             return Err(Error::new(ErrorCode::NameUnknown, format!("{image} is not watched"))
                 .with_detail(serde_json::json!({ "image": image })));
@@ -251,8 +251,9 @@ impl AdminPort for AdminService {
     }
 }
 
-/// The reference as the watched list keeps it (`org/app` → `org/app:latest`), refused when it is not one.
-pub fn watched_image_ref(image: &str) -> Result<String> {
+/// An image to watch, as the transports read it: refused with `NAME_INVALID` when it is no reference; the watched
+/// list keeps its normal form (`org/app` → `org/app:latest`).
+pub fn parse_watched_image(image: &str) -> Result<ImageRef> {
     let image = image.trim();
     let parsed: ImageRef = image.parse().map_err(|e: Error| {
         Error::new(
@@ -260,39 +261,7 @@ pub fn watched_image_ref(image: &str) -> Result<String> {
             format!("{image:?} is not an image reference (org/image:tag): {}", e.message),
         )
     })?;
-    Ok(parsed.to_string())
-}
-
-/// Compared against when the login is unknown, so that unknown and known logins take the same time.
-static DUMMY_HASH: LazyLock<Secret<String>> =
-    LazyLock::new(|| hash_password("metahub-dummy-password").unwrap_or_default().into());
-
-/// The login a request names, when it is worth checking: a well-formed login with a password of at most
-/// [`MAX_PASSWORD_LEN`] bytes. Anything else cannot be an account's, and never reaches a throttle, the store or
-/// the hash.
-pub fn login_attempt(login: &str, password: &str) -> Option<Login> {
-    (password.len() <= MAX_PASSWORD_LEN).then(|| login.parse().ok()).flatten()
-}
-
-/// The first half of a login: the account a login names, and the hash its password is checked against.
-pub struct LoginCheck {
-    account: Option<Account>,
-}
-
-impl LoginCheck {
-    /// Reads the account (none for an unknown login).
-    pub async fn read(store: &dyn Store, login: &Login) -> Result<LoginCheck> {
-        Ok(LoginCheck { account: store.account(login).await? })
-    }
-
-    /// The second half: argon2id within the accepted parameters, against the account's hash or, for an unknown
-    /// login, a dummy one (the same time either way). Slow and blocking: run it off the async workers. The
-    /// account when the password matches.
-    pub fn verify(self, password: &str) -> Option<Account> {
-        let hash = self.account.as_ref().map_or(&*DUMMY_HASH, |a| &a.password_hash);
-        let matches = verify_password(password, hash.expose_str());
-        self.account.filter(|_| matches)
-    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -409,36 +378,15 @@ mod tests {
     #[tokio::test]
     async fn watched_images_are_normalised_and_recorded_once() {
         let (store, admin) = service();
-        assert_eq!(admin.watch_image(" org/app ").await.unwrap(), ("org/app:latest".into(), true));
-        assert_eq!(admin.watch_image("org/app:latest").await.unwrap(), ("org/app:latest".into(), false));
-        assert_eq!(admin.watch_image("<script>").await.unwrap_err().code, ErrorCode::NameInvalid);
-        admin.unwatch_image("org/app").await.unwrap();
-        assert_eq!(admin.unwatch_image("org/app").await.unwrap_err().code, ErrorCode::NameUnknown);
+        let image = |text: &str| parse_watched_image(text).unwrap();
+        assert_eq!(admin.watch_image(&image(" org/app ")).await.unwrap(), ("org/app:latest".into(), true));
+        assert_eq!(admin.watch_image(&image("org/app:latest")).await.unwrap(), ("org/app:latest".into(), false));
+        assert_eq!(parse_watched_image("<script>").unwrap_err().code, ErrorCode::NameInvalid);
+        admin.unwatch_image(&image("org/app")).await.unwrap();
+        assert_eq!(admin.unwatch_image(&image("org/app")).await.unwrap_err().code, ErrorCode::NameUnknown);
         assert_eq!(
             log(&store).await,
             [entry("watch-image", "org/app:latest"), entry("unwatch-image", "org/app:latest")]
         );
-    }
-
-    #[tokio::test]
-    async fn a_login_check_finds_the_account_whose_password_it_is() {
-        let (store, admin) = service();
-        admin.put_machine_type(MachineType::new("skl", vec![], MatchMode::Best).unwrap()).await.unwrap();
-        admin.put_account(new_account("n1", "skl", "right password")).await.unwrap();
-        let check = |user: &'static str, password: &'static str| {
-            let store = store.clone();
-            async move {
-                let login = login_attempt(user, password)?;
-                LoginCheck::read(store.as_ref(), &login).await.unwrap().verify(password)
-            }
-        };
-        let account = check("n1", "right password").await.unwrap();
-        assert_eq!((account.login.as_str(), account.machine_type.as_str()), ("n1", "skl"));
-        for (user, password) in [("n1", "wrong password"), ("nobody", "right password"), ("bad name", "x")] {
-            assert!(check(user, password).await.is_none(), "{user}");
-        }
-        let too_long = "x".repeat(MAX_PASSWORD_LEN + 1);
-        assert_eq!(login_attempt("n1", &too_long), None, "never hashed");
-        assert_eq!(login_attempt("n1", "right password"), Some(login("n1")));
     }
 }

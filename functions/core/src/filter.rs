@@ -115,7 +115,7 @@ fn depth(archspec_name: &str) -> usize {
 /// The machine type as the matcher reads it, computed once per filtering.
 struct Host<'m> {
     mode: MatchMode,
-    features: Vec<Feature>,
+    features: &'m [Feature],
     /// The cpu's name and every archspec node it runs (itself and its ancestors).
     cpu: Option<(&'m str, HashSet<&'static str>)>,
     nvcap: Option<(u32, u32)>,
@@ -135,8 +135,8 @@ impl<'m> Host<'m> {
     }
 
     fn with(machine: &'m MachineType, requirements: &'m GpuRequirements) -> Host<'m> {
-        let features = machine.parsed_features();
-        let cpu = machine.features.iter().find_map(|f| f.strip_prefix("cpu:")).map(|name| {
+        let features = machine.features.as_slice();
+        let cpu = machine.features.cpu().map(|name| {
             let mut runs: HashSet<&'static str> = HashSet::new();
             if let Some(uarch) = Microarchitecture::known_targets().get(name) {
                 runs.insert(uarch.name());
@@ -148,7 +148,14 @@ impl<'m> Host<'m> {
             Feature::NvCap { major, minor } => Some((*major, *minor)),
             _ => None,
         });
-        Host { mode: machine.match_mode, features, cpu, nvcap, gpu: GpuFacts::of(&machine.features), requirements }
+        Host {
+            mode: machine.match_mode,
+            features,
+            cpu,
+            nvcap,
+            gpu: GpuFacts::of(&machine.features.texts()),
+            requirements,
+        }
     }
 
     /// Whether the machine's cpu is `archspec_name` or descends from it.
@@ -488,7 +495,7 @@ fn nothing_fits(machine: &MachineType, entries: &[View], requirements: &GpuRequi
     offered.dedup();
     Error::manifest_unknown(format!(
         "no image of this index fits machine type {:?} [{}]; on offer: {}",
-        machine.name,
+        machine.name.as_str(),
         machine.features.join(", "),
         offered.join("; ")
     ))

@@ -333,9 +333,11 @@ fn feature_detail(feature: &str) -> serde_json::Value {
 
 /// A validated set of features, what a machine type and an index entry (`metahub index create`) carry alike: each
 /// parsed strictly (a `cpu:` typo gets the nearest names in the error's detail), none listed twice, and at most one
-/// of each single-valued key (`cpu:`, `nvcap:`, `cuda:`, `driver:`, `gpu-brand:`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeatureSet(Vec<Feature>);
+/// of each single-valued key (`cpu:`, `nvcap:`, `cuda:`, `driver:`, `gpu-brand:`). On the wire and in stores it is
+/// the list of texts, read back through the same rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct FeatureSet(pub(crate) Vec<Feature>);
 
 impl FeatureSet {
     pub fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<FeatureSet> {
@@ -364,24 +366,75 @@ impl FeatureSet {
     pub fn texts(&self) -> Vec<String> {
         self.0.iter().map(Feature::to_string).collect()
     }
+
+    /// The texts joined with `separator`, for one-line views.
+    pub fn join(&self, separator: &str) -> String {
+        self.texts().join(separator)
+    }
+
+    pub fn as_slice(&self) -> &[Feature] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The archspec name of the `cpu:` feature, if there is one.
+    pub fn cpu(&self) -> Option<&str> {
+        self.0.iter().find_map(|f| match f {
+            Feature::Cpu(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
 }
 
-/// A machine type: what every account of it is served. Made by [`MachineType::new`] only (fields are private to
-/// the domain), so that a machine type in hand always has a valid name and strictly parsed features.
+impl TryFrom<Vec<String>> for FeatureSet {
+    type Error = Error;
+
+    fn try_from(texts: Vec<String>) -> Result<FeatureSet> {
+        FeatureSet::parse(texts.iter().map(String::as_str))
+    }
+}
+
+impl From<FeatureSet> for Vec<String> {
+    fn from(set: FeatureSet) -> Vec<String> {
+        set.texts()
+    }
+}
+
+/// The texts, so that a test or a caller can compare a set with a list as written.
+impl<const N: usize> PartialEq<[&str; N]> for FeatureSet {
+    fn eq(&self, other: &[&str; N]) -> bool {
+        self.0.len() == N && self.0.iter().zip(other).all(|(f, text)| f.to_string() == *text)
+    }
+}
+
+/// A machine type: what every account of it is served. Made by [`MachineType::new`] (texts, parsed) or
+/// [`MachineType::of`] (typed) only, so that a machine type in hand always has a valid name and features.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineType {
     pub(crate) name: MachineTypeName,
-    pub(crate) features: Vec<String>,
+    pub(crate) features: FeatureSet,
     #[serde(default, rename = "match")]
     pub(crate) match_mode: MatchMode,
 }
 
 impl MachineType {
-    /// Validates the name (a [`MachineTypeName`] or text to parse as one) and every feature (strictly), refusing duplicates and two cpus or two nvcaps.
+    /// A machine type from typed parts, parsed where they came in.
+    pub fn of(name: MachineTypeName, features: FeatureSet, match_mode: MatchMode) -> Self {
+        MachineType { name, features, match_mode }
+    }
+
+    /// Parses the name and every feature (strictly, as [`FeatureSet::parse`]): for the edges that take text.
     pub fn new(name: impl AsRef<str>, features: Vec<String>, match_mode: MatchMode) -> Result<Self> {
         let name: MachineTypeName = name.as_ref().parse()?;
         let features = FeatureSet::parse(features.iter().map(String::as_str))?;
-        Ok(MachineType { name, features: features.texts(), match_mode })
+        Ok(MachineType::of(name, features, match_mode))
     }
 
     /// A machine type as a store holds it, validated again, naming the item when it is malformed.
@@ -390,16 +443,11 @@ impl MachineType {
             .map_err(|e| Error::internal(format!("stored machine type {name:?} is malformed: {}", e.message)))
     }
 
-    /// Re-validates a machine type read from a store, naming the item when it is malformed.
-    pub fn validated(self) -> Result<Self> {
-        MachineType::stored(self.name.as_str(), self.features, self.match_mode)
-    }
-
     pub fn name(&self) -> &MachineTypeName {
         &self.name
     }
 
-    pub fn features(&self) -> &[String] {
+    pub fn features(&self) -> &FeatureSet {
         &self.features
     }
 
@@ -410,10 +458,6 @@ impl MachineType {
     /// `{"name","features","match"}`, as the CLI's `--json` and the admin API show a machine type.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({"name": self.name, "features": self.features, "match": self.match_mode.to_string()})
-    }
-
-    pub fn parsed_features(&self) -> Vec<Feature> {
-        self.features.iter().map(|f| Feature::parse_lenient(f)).collect()
     }
 }
 

@@ -59,9 +59,10 @@ impl MemoryStore {
     }
 }
 
-/// A stored machine type, checked on the way out as the real stores do.
-fn checked(machine_type: &MachineType) -> Result<MachineType> {
-    machine_type.clone().validated()
+/// A stored machine type, checked on the way out as the real stores do (their items are text; a test plants a
+/// malformed one here with [`MemoryStore::put_unvalidated_machine_type`]).
+fn checked(mt: &MachineType) -> Result<MachineType> {
+    MachineType::stored(mt.name.as_str(), mt.features.texts(), mt.match_mode)
 }
 
 #[async_trait]
@@ -70,9 +71,7 @@ impl Store for MemoryStore {
         self.state().machine_types.get(name).map(checked).transpose()
     }
     async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        let valid =
-            MachineType::new(machine_type.name.clone(), machine_type.features.clone(), machine_type.match_mode)?;
-        self.state().machine_types.insert(valid.name.clone(), valid);
+        self.state().machine_types.insert(machine_type.name.clone(), machine_type.clone());
         Ok(())
     }
     async fn list_machine_types(&self) -> Result<Vec<MachineType>> {
@@ -347,6 +346,7 @@ impl Upstream for FakeUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::{Feature, FeatureSet};
     use std::sync::Arc;
 
     struct MemoryFixture {
@@ -363,7 +363,7 @@ mod tests {
         async fn put_malformed_machine_type(&self, name: &str) {
             let malformed = MachineType {
                 name: name.parse().unwrap(),
-                features: vec!["cpu:no-such-cpu".into()],
+                features: FeatureSet(vec![Feature::Cpu("no-such-cpu".into())]),
                 match_mode: Default::default(),
             };
             self.current.lock().unwrap().put_unvalidated_machine_type(malformed);

@@ -17,7 +17,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metahub_core::admin::{AdminPort, AdminService, MAX_CHANGES, NewAccount, NewPassword};
-use metahub_core::filter::{self, Index, Verdict};
+use metahub_core::explain::Explanation;
+use metahub_core::filter;
 use metahub_core::machine::{MachineType, MachineTypeName, MatchMode};
 use metahub_core::names::Login;
 use metahub_core::nvidia::GpuRequirements;
@@ -26,7 +27,7 @@ use metahub_core::reference::ImageRef;
 use metahub_core::{Error, ErrorCode, Secret};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -283,10 +284,14 @@ async fn put_account(
         password: NewPassword::from_fields(body.password, body.password_hash)?,
         repositories: body.repositories,
     };
-    let changed = account.login.to_string();
-    let written = admin.put_account(account).await;
-    // Even after an error: a failed audit record follows an applied change.
-    app.account_changed(&changed);
+    let changed = account.login.clone();
+    account_written(&app, &changed, admin.put_account(account).await)
+}
+
+/// The answer to an account write. This process forgets what it verified of the login first, even after an error:
+/// a failed audit record follows an applied change.
+fn account_written(app: &App, login: &Login, written: Result<Account, Error>) -> Result<Response, ApiError> {
+    app.account_changed(login.as_str());
     Ok(ok_json(written?.to_json()))
 }
 
@@ -299,9 +304,7 @@ async fn rotate_password(
     let login: Login = login.parse()?;
     let body: PasswordBody = parse_body(&body)?;
     let password = NewPassword::from_fields(body.password, body.password_hash)?;
-    let written = admin.rotate_password(&login, password).await;
-    app.account_changed(login.as_str());
-    Ok(ok_json(written?.to_json()))
+    account_written(&app, &login, admin.rotate_password(&login, password).await)
 }
 
 #[derive(Deserialize)]
@@ -319,9 +322,7 @@ async fn set_account_machine_type(
 ) -> Result<Response, ApiError> {
     let login: Login = login.parse()?;
     let body: MachineTypeOfAccount = parse_body(&body)?;
-    let written = admin.move_account(&login, body.machine_type.parse()?).await;
-    app.account_changed(login.as_str());
-    Ok(ok_json(written?.to_json()))
+    account_written(&app, &login, admin.move_account(&login, body.machine_type.parse()?).await)
 }
 
 pub(crate) fn query_param<'a>(query: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Error> {
@@ -347,8 +348,8 @@ async fn changes(
     Ok(ok_json(all.iter().map(Change::to_json).collect()))
 }
 
-/// Every entry of an image's index for a machine type: fits or not, why, and what a pull is served. The same
-/// verdicts as `metahub explain --json`, from the same core function the registry filters with.
+/// Every entry of an image's index for a machine type: fits or not, why, and what a pull is served. The core's
+/// [`Explanation`], as `metahub explain --json` and the matrix's cells answer it.
 async fn explain(
     State(app): State<Arc<App>>,
     Operator(admin): Operator,
@@ -359,7 +360,7 @@ async fn explain(
     let machine = admin.machine_type(&name).await?;
     let manifest = app.registry.upstream_manifest(&image).await?;
     let requirements = gpu_requirements(&app, &image, &manifest).await?;
-    Ok(ok_json(explain_manifest(&image, &manifest, &machine, &requirements)?))
+    Ok(ok_json(Explanation::new(&image, &manifest, &machine, &requirements)?.to_json()))
 }
 
 /// The NVIDIA requirements of an index's children (through the service's store and caches), none for a manifest.
@@ -372,37 +373,4 @@ pub(crate) async fn gpu_requirements(
         return Ok(GpuRequirements::new());
     }
     app.registry.gpu_requirements(&image.name, manifest).await
-}
-
-/// The explanation of one upstream manifest for one machine type, as `/admin/explain` and the matrix answer it.
-pub(crate) fn explain_manifest(
-    image: &ImageRef,
-    manifest: &Manifest,
-    machine: &MachineType,
-    requirements: &GpuRequirements,
-) -> Result<Value, Error> {
-    let mut out = json!({
-        "image": image.to_string(),
-        "digest": manifest.digest.to_string(),
-        "mediaType": manifest.media_type,
-        "machineType": machine.to_json(),
-    });
-    if !filter::is_index_media_type(&manifest.media_type) {
-        out["index"] = json!(false);
-        out["passthrough"] = json!(true);
-        out["reason"] = json!("a single manifest, not an index: it passes through verbatim to every machine type");
-        return Ok(out);
-    }
-    let index = Index::parse(&manifest.bytes)?;
-    let verdicts = filter::explain_gpu(&index, machine, requirements);
-    let (filtered_digest, error) = match filter::filter_index_gpu(manifest, machine, requirements) {
-        Ok(f) => (Some(f.digest.to_string()), None),
-        Err(e) => (None, Some(json!({"code": e.code.as_str(), "message": e.message}))),
-    };
-    out["index"] = json!(true);
-    out["entries"] = verdicts.iter().map(Verdict::to_json).collect();
-    out["served"] = verdicts.iter().filter(|v| v.served).map(|v| json!(v.entry.digest)).collect();
-    out["filteredDigest"] = json!(filtered_digest);
-    out["error"] = json!(error);
-    Ok(out)
 }

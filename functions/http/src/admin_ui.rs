@@ -31,7 +31,8 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use metahub_core::admin::AdminPort;
+use metahub_core::admin::{AdminPort, parse_watched_image};
+use metahub_core::explain::Explanation;
 use metahub_core::machine::MachineType;
 #[cfg(doc)]
 use metahub_core::ports::Store;
@@ -272,7 +273,7 @@ struct WatchBody {
 }
 
 async fn watch(Operator(admin): Operator, body: Bytes) -> Result<Response, ApiError> {
-    let (image, added) = admin.watch_image(&parse_body::<WatchBody>(&body)?.image).await?;
+    let (image, added) = admin.watch_image(&parse_watched_image(&parse_body::<WatchBody>(&body)?.image)?).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(json!({"image": image}))).into_response())
 }
@@ -281,7 +282,7 @@ async fn unwatch(
     Operator(admin): Operator,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    admin.unwatch_image(admin::query_param(&query, "image")?).await?;
+    admin.unwatch_image(&parse_watched_image(admin::query_param(&query, "image")?)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -303,9 +304,9 @@ async fn matrix_row(app: &App, image: &str, machine_types: &[MachineType]) -> Va
             };
             let cells: Vec<Value> = machine_types
                 .iter()
-                .map(|mt| {
-                    admin::explain_manifest(&parsed, &manifest, mt, &requirements)
-                        .unwrap_or_else(|e| json!({"fault": error_json(&e)}))
+                .map(|mt| match Explanation::new(&parsed, &manifest, mt, &requirements) {
+                    Ok(explained) => explained.to_json(),
+                    Err(e) => json!({"fault": error_json(&e)}),
                 })
                 .collect();
             json!({"image": image, "digest": manifest.digest.to_string(), "cells": cells})

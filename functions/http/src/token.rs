@@ -11,11 +11,10 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use bytes::Bytes;
-use metahub_core::admin::{self, LoginCheck};
+use metahub_core::login::{self, LoginCheck, TokenIssuer};
 use metahub_core::names::Login;
 use metahub_core::observe::{self, LoginResult};
 use metahub_core::ports::Account;
-use metahub_core::token::{Access, account_fingerprint};
 use metahub_core::{Error, ErrorCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -97,40 +96,25 @@ pub async fn post_token(
 }
 
 async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest) -> Result<Json<Value>, ApiError> {
-    if let Some(service) = &request.service
-        && service != &app.config.service
-    {
-        return Err(Error::unauthorized(format!("unknown service {service:?}")).into());
-    }
-    let account = match request.credentials {
+    let issuer = TokenIssuer {
+        keys: &app.keys,
+        registry: &app.registry,
+        service: &app.config.service,
+        anonymous: app.config.anonymous_machine_type.as_ref(),
+    };
+    issuer.check_service(request.service.as_deref())?;
+    let issued = match request.credentials {
         Some((login, password)) => {
             let source = source_of(app, headers, peer.map(|Extension(ConnectInfo(addr))| addr));
-            Some(login_account(app, source, &login, password).await?)
+            let account = login_account(app, source, &login, password).await?;
+            issuer.for_account(&account, &request.scopes)?
         }
-        None => None,
-    };
-    let issued = match account {
-        Some(account) => {
-            // Only what the account may pull is granted, whatever the scope asks.
-            let access = request
-                .scopes
-                .iter()
-                .filter_map(|s| Access::granted_for_scope(s))
-                .filter(|a| a.name.parse().is_ok_and(|name| app.registry.may_pull(&account, &name)))
-                .collect();
-            let fp = Some(account_fingerprint(&account));
-            app.keys.issue_with_fingerprint(account.login.as_str(), &account.machine_type, fp, access)?
-        }
-        None => match &app.config.anonymous_machine_type {
-            Some(mt) => {
-                let access = request.scopes.iter().filter_map(|s| Access::granted_for_scope(s)).collect();
-                app.keys.issue("anonymous", mt, access)?
-            }
-            None => {
-                return Err(ApiError::from(Error::unauthorized("credentials required"))
-                    .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"metahub\"")));
-            }
-        },
+        // No anonymous machine type: ask for credentials, as a registry does.
+        None => issuer.anonymous(&request.scopes).map_err(|e| match e.code {
+            ErrorCode::Unauthorized => ApiError::from(e)
+                .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"metahub\"")),
+            _ => ApiError::from(e),
+        })?,
     };
     Ok(Json(json!({
         "token": issued.token,
@@ -140,13 +124,13 @@ async fn issue(app: &App, headers: &HeaderMap, peer: Peer, request: TokenRequest
     })))
 }
 
-/// The core login use case in its two halves, around this transport's guards: the throttle per account and source,
-/// and the hashing gate the argon2id check runs in. Credentials verified a moment ago skip both halves (see
-/// [`crate::verified`]); everything else, every wrong password included, goes through them as before.
+/// [`metahub_core::login`]'s two halves, inside this transport's guards: the throttle per account and source, and
+/// the hashing gate the argon2id check runs in. Credentials verified a moment ago skip both (see
+/// [`crate::verified`]); everything else, every wrong password included, goes through them.
 async fn login_account(app: &App, source: Option<String>, login: &str, password: String) -> Result<Account, ApiError> {
     let invalid = || ApiError::from(Error::unauthorized("invalid username or password"));
     // Nothing malformed reaches the throttle's maps or the hash; it cannot be a real account either.
-    let Some(login) = admin::login_attempt(login, &password) else { return Err(invalid()) };
+    let Some(login) = login::login_attempt(login, &password) else { return Err(invalid()) };
     let id = app.verified.id(login.as_str(), &password);
     if let Some(account) = recently_verified(app, &login, source.as_deref(), &id).await {
         return Ok(account);

@@ -2,30 +2,19 @@
 //! per node pool (a Helm value, a Kustomize patch per pool). Each row is what `serve` answers that type by tag, and
 //! the build its clients then take: a durable pin, because it is the upstream's own manifest.
 
-use crate::cli::StoreArg;
-use crate::explain::{fetch, short};
-use crate::upstreams::UpstreamArgs;
-use anyhow::Context;
+use crate::explain::{ImageArgs, fetch, short};
 use clap::Args;
 use metahub_core::filter;
-use metahub_core::reference::ImageRef;
 use serde_json::json;
 
 #[derive(Args)]
 pub struct PinsArgs {
-    /// `org/image:tag` (or `org/image`, tag latest) on the upstream.
-    image: String,
     #[command(flatten)]
-    upstreams: UpstreamArgs,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    store: StoreArg,
+    source: ImageArgs,
 }
 
-pub async fn run(args: PinsArgs) -> anyhow::Result<()> {
-    let image: ImageRef = args.image.parse().with_context(|| format!("image {:?}", args.image))?;
+pub async fn run(PinsArgs { source: args }: PinsArgs) -> anyhow::Result<()> {
+    let image = args.image()?;
     // The embedded store is single-process: read the types, then close it before the upstream fetch.
     let machine_types = crate::store::open(&args.store.store).await?.list_machine_types().await?;
     let (manifest, requirements) = fetch(&image, &args.upstreams).await?;

@@ -36,11 +36,9 @@ impl Store for DynamoStore {
         Ok(Some(mt))
     }
 
-    async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        let mt =
-            MachineType::new(machine_type.name().clone(), machine_type.features().to_vec(), machine_type.match_mode())?;
+    async fn put_machine_type(&self, mt: &MachineType) -> Result<()> {
         // An update, not a put: it keeps the item's `users` set.
-        let features = mt.features().iter().map(|f| s(f.as_str())).collect();
+        let features = mt.features().texts().into_iter().map(s).collect();
         let out = self
             .client
             .update_item()

@@ -243,9 +243,9 @@ async fn against_dynamodb_api() {
     put(vec![("pk", s("MT#hsw")), ("sk", s("MT")), ("features", AttributeValue::L(vec![s("cpu:zen2")]))])
         .await
         .unwrap();
-    assert_eq!(cached.machine_type(&n("hsw")).await.unwrap().unwrap().features(), ["cpu:haswell"]);
+    assert_eq!(cached.machine_type(&n("hsw")).await.unwrap().unwrap().features().texts(), ["cpu:haswell"]);
     let uncached = DynamoStore::new(client.clone(), table.clone()).with_machine_type_cache_ttl(Duration::ZERO);
-    assert_eq!(uncached.machine_type(&n("hsw")).await.unwrap().unwrap().features(), ["cpu:zen2"]);
+    assert_eq!(uncached.machine_type(&n("hsw")).await.unwrap().unwrap().features().texts(), ["cpu:zen2"]);
 }
 
 #[tokio::test]

@@ -158,7 +158,7 @@ impl FileStore {
         if mt.name().as_str() != name {
             return Err(malformed(format!("its name field is {:?}", mt.name().as_str())));
         }
-        mt.validated()
+        Ok(mt) // the name and features were validated as they were read
     }
 
     fn decode_account(login: &str, json: &str) -> Result<Account> {
@@ -229,10 +229,9 @@ impl Store for FileStore {
         .await
     }
 
-    async fn put_machine_type(&self, machine_type: &MachineType) -> Result<()> {
-        let mt =
-            MachineType::new(machine_type.name().clone(), machine_type.features().to_vec(), machine_type.match_mode())?;
-        let json = to_json(&mt)?;
+    async fn put_machine_type(&self, mt: &MachineType) -> Result<()> {
+        let json = to_json(mt)?;
+        let mt = mt.clone();
         self.blocking(move |s| {
             s.write(|txn| {
                 let mut table = txn.open_table(MACHINE_TYPES).map_err(|e| s.fail(e))?;

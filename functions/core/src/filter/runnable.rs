@@ -144,7 +144,7 @@ fn forms(view: &View, normalized: &str, host: &Host) -> Vec<String> {
 /// The architecture (as clients normalize it) of the machine's cpu, or `None` when it names none: then its clients
 /// may run on any.
 fn host_architecture(machine: &MachineType) -> Option<&'static str> {
-    let cpu = machine.features.iter().find_map(|f| f.strip_prefix("cpu:"))?;
+    let cpu = machine.features.cpu()?;
     let family = Microarchitecture::known_targets().get(cpu)?.family().name().to_owned();
     Some(match family.as_str() {
         "x86_64" => "amd64",

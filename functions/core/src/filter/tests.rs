@@ -140,7 +140,9 @@ fn nothing_fits_names_machine_and_offer() {
     let zen2 = MachineType::new("zen2-box", vec!["cpu:zen2".into()], MatchMode::Best).unwrap();
     let err = filter(&bytes, OCI_INDEX, &zen2).unwrap_err();
     assert_eq!(err.code, crate::ErrorCode::ManifestUnknown);
-    assert!(err.message.contains("zen2-box") && err.message.contains("cpu:skylake"), "{}", err.message);
+    assert!(err.message.contains("machine type \"zen2-box\" [cpu:zen2]"), "{}", err.message);
+    assert!(err.message.contains("cpu:skylake"), "{}", err.message);
+    assert_eq!(err.detail.unwrap()["machineType"], "zen2-box");
 }
 
 #[test]

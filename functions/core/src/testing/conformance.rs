@@ -139,7 +139,7 @@ pub async fn machine_types(store: Arc<dyn Store>) {
     }
     let got = store.machine_type(&n("skylake-v100")).await.unwrap().unwrap();
     assert_eq!(got, machine_type("skylake-v100", &["cpu:skylake", "nvcap:7.0"]));
-    assert_eq!(store.machine_type(&n("any")).await.unwrap().unwrap().features, Vec::<String>::new());
+    assert!(store.machine_type(&n("any")).await.unwrap().unwrap().features.is_empty());
 
     // Replace, with another match mode and features in a given order.
     let mut exact = machine_type("skylake-v100", &["nvcap:7.0", "cpu:skylake", "fabric:efa"]);
@@ -150,12 +150,6 @@ pub async fn machine_types(store: Arc<dyn Store>) {
     let names: Vec<String> =
         store.list_machine_types().await.unwrap().into_iter().map(|m| m.name.to_string()).collect();
     assert_eq!(names, ["any", "skylake-v100", "zen3"], "sorted by name");
-
-    // Writes are validated: a bad feature is a client error, never stored.
-    let bad = MachineType { name: n("bad"), features: vec!["cpu:skylak".into()], match_mode: MatchMode::Best };
-    let e = store.put_machine_type(&bad).await.unwrap_err();
-    assert_ne!(e.code, ErrorCode::Unavailable, "{e}");
-    assert_eq!(store.machine_type(&n("bad")).await.unwrap(), None);
 
     assert!(store.delete_machine_type(&n("zen3")).await.unwrap());
     assert_eq!(store.machine_type(&n("zen3")).await.unwrap(), None);
@@ -338,7 +332,7 @@ pub async fn concurrent_machine_type_updates(store: Arc<dyn Store>) {
     }
     let shared = store.machine_type(&n("shared")).await.unwrap().unwrap();
     assert_eq!(shared.features.len(), 2);
-    assert!((0..16).any(|i| shared.features[1] == format!("nvcap:{i}.0")), "{shared:?}");
+    assert!((0..16).any(|i| shared.features.texts()[1] == format!("nvcap:{i}.0")), "{shared:?}");
     let names: Vec<String> =
         store.list_machine_types().await.unwrap().into_iter().map(|m| m.name.to_string()).collect();
     let mut expected: Vec<String> = (0..16).map(|i| format!("own-{i:02}")).collect();
