@@ -1,6 +1,8 @@
-//! The one app builder. `metahub serve` and the Lambda functions each read their settings source (flags and
-//! environment; Lambda's environment and SSM) into [`Settings`] and call [`build`]; the defaults are stated here
-//! (and, for the caches, in `metahub_core::cache`) once.
+//! The one app builder. `metahub serve` and the Lambda functions each read the settings they share with
+//! `metahub_core::settings::SharedSettings::read` (serve: flags, else the environment; Lambda: the environment),
+//! turn them into [`Settings`] here ([`Settings::from`]), add their own (admin authentication, origin secret,
+//! selection signing) and call [`build`]. The defaults are stated in `metahub_core::settings` and
+//! `metahub_core::cache`, once.
 
 use crate::state::App;
 use crate::{AdminAuth, HttpConfig};
@@ -8,14 +10,10 @@ use metahub_core::cache::CacheOptions;
 use metahub_core::cosign::SelectionSigner;
 use metahub_core::ports::{Store, Upstream};
 use metahub_core::service::{IndexDigestPulls, RegistryService, SelectionSigning};
+use metahub_core::settings::{DEFAULT_SERVICE, DEFAULT_TOKEN_TTL, SharedSettings};
 use metahub_core::token::TokenKeys;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The `service` of challenges and the audience of tokens, by default.
-pub const DEFAULT_SERVICE: &str = "metahub";
-/// Token lifetime by default (at most `metahub_core::token::MAX_TOKEN_TTL_SECONDS`).
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 /// Everything the app is built from, besides its ports and its signing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +41,25 @@ impl Default for Settings {
             admin: AdminAuth::Disabled,
             selection_signer: None,
             selection_host: None,
+        }
+    }
+}
+
+/// The shared settings as the app takes them: a public URL left unset is empty (the runtime fills in its own
+/// default first if it has one); no origin secret, admin API or selection signing.
+impl From<SharedSettings> for Settings {
+    fn from(shared: SharedSettings) -> Self {
+        Settings {
+            http: HttpConfig {
+                public_url: shared.public_url.unwrap_or_default(),
+                service: shared.service,
+                anonymous_machine_type: shared.anonymous_machine_type,
+                origin_secret: None,
+            },
+            token_ttl: shared.token_ttl,
+            cache: shared.cache,
+            index_digest_pulls: shared.index_digest_pulls,
+            ..Settings::default()
         }
     }
 }

@@ -1,22 +1,25 @@
 //! What MetaHub's three Lambda functions share: their configuration (environment + SSM Parameter Store), their
 //! logging, and serving one of `metahub-http`'s routers with `lambda_http`. Each function's `main.rs` is wiring only.
 //!
-//! Configuration (environment; an empty value counts as unset, as CloudFormation passes optional parameters):
+//! Configuration (environment; an empty value counts as unset, as CloudFormation passes optional parameters). The
+//! rows marked *shared* are read by `metahub_core::settings::SharedSettings::read`, as `metahub serve` reads the same
+//! variable or flag, with the same defaults except where a row says otherwise; a duration is seconds (`300`) or
+//! with a unit (`5m`, `500ms`):
 //!
 //! | variable | meaning |
 //! |---|---|
 //! | `METAHUB_STORE` | required, `dynamodb:TABLE` |
-//! | `METAHUB_PUBLIC_URL` | the URL clients use, for the token realm; optional behind CloudFront, where the viewer's host arrives in `X-Forwarded-Host` (trusted only with a valid origin secret) |
+//! | `METAHUB_PUBLIC_URL` | *shared*; the URL clients use, for the token realm; optional behind CloudFront, where the viewer's host arrives in `X-Forwarded-Host` (trusted only with a valid origin secret) |
 //! | `METAHUB_FUNCTION_TIMEOUT` | the function's timeout (the template passes the one value it also sets as `Timeout`); every other timeout is derived from it, see [`Budget`]. Default 10s |
-//! | `METAHUB_UPSTREAM` | upstream registries, comma-separated `[PREFIX=]URL` (as `metahub serve --upstream`), default `https://registry-1.docker.io` |
-//! | `METAHUB_SERVICE` | `service` of challenges and token audience, default `metahub` |
-//! | `METAHUB_TAG_TTL` | reuse a tag's upstream check this long after it answered (`1s`, `500ms`, or seconds); default 1s, `0`: every pull checks upstream |
-//! | `METAHUB_INDEX_DIGEST_PULLS` | a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
-//! | `METAHUB_TOKEN_TTL` | token lifetime (`5m`, or seconds); default 5 minutes, at most 1 hour |
-//! | `METAHUB_UPSTREAM_TIMEOUT` | upstream request timeout; default and ceiling: the [`Budget`]'s |
-//! | `METAHUB_CACHE_MIB` | memory all caches together may hold, MiB; default a quarter of the function's memory |
-//! | `METAHUB_MAX_STALE` | while the upstream fails, serve a tag's last index at most this long; default 24h, `0`: never |
-//! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | grant credential-less token requests this machine type |
+//! | `METAHUB_UPSTREAM` | upstream registries, `[PREFIX=]URL` separated by commas or whitespace (as `metahub serve --upstream`), default `https://registry-1.docker.io` |
+//! | `METAHUB_SERVICE` | *shared*; `service` of challenges and token audience, default `metahub` |
+//! | `METAHUB_TAG_TTL` | *shared*; reuse a tag's upstream check this long after it answered; default 1s, `0`: every pull checks upstream |
+//! | `METAHUB_INDEX_DIGEST_PULLS` | *shared*; a pull by an upstream index's digest: `verbatim` (default) or `refuse` |
+//! | `METAHUB_TOKEN_TTL` | *shared*; token lifetime, whole seconds; default 5 minutes, at most 1 hour |
+//! | `METAHUB_UPSTREAM_TIMEOUT` | *shared*; upstream request timeout; here default and ceiling: the [`Budget`]'s |
+//! | `METAHUB_CACHE_MIB` | *shared*; memory all caches together may hold, MiB; here default a quarter of the function's memory |
+//! | `METAHUB_MAX_STALE` | *shared*; while the upstream fails, serve a tag's last index at most this long; default 24h, `0`: never |
+//! | `METAHUB_ANONYMOUS_MACHINE_TYPE` | *shared*; grant credential-less token requests this machine type (checked at init) |
 //! | `METAHUB_SIGNING_KEY_PARAM` | SSM SecureString name: token key, base64 or raw, ≥ 32 bytes; unset: the key kept in the store |
 //! | `METAHUB_SIGNING_KEY_REFRESH` | how often an instance re-reads the signing key parameter (`60s` default, at least 1s); a new key version signs only this long after it was written, so every instance knows it first (see `metahub_core::token::TokenKeys`) |
 //! | `METAHUB_ORIGIN_SECRET_PARAM` | SSM String name: the `X-Origin-Verify` value CloudFront adds |
@@ -34,8 +37,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
-use metahub_core::cache::{CacheOptions, DEFAULT_CACHE_BYTES};
-use metahub_core::machine::MachineTypeName;
+use metahub_core::settings::{RuntimeDefaults, SharedSettings};
 use metahub_core::token::TokenKeys;
 use metahub_http::access_log::RequestId;
 use metahub_http::{AdminAuth, AdminPrincipal, App, HttpConfig, app};
@@ -97,7 +99,8 @@ impl Settings {
         Settings::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads settings through `lookup` (the environment, or a map in tests). Empty values count as unset.
+    /// Reads settings through `lookup` (the environment, or a map in tests). Empty values count as unset. The
+    /// settings `metahub serve` reads too come from [`SharedSettings::read`]; the rest are the functions' own.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
         let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let duration =
@@ -108,15 +111,15 @@ impl Settings {
             Some(("dynamodb", table)) if !table.is_empty() => table.to_owned(),
             _ => bail!("METAHUB_STORE={store:?}: a Lambda function needs dynamodb:TABLE"),
         };
-        let origin_secret_param = get("METAHUB_ORIGIN_SECRET_PARAM");
-        let public_url = get("METAHUB_PUBLIC_URL");
-        if let Some(url) = &public_url
-            && (!(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace))
-        {
-            bail!("METAHUB_PUBLIC_URL={url:?} is not an http(s):// URL");
-        }
         let budget =
             Budget::for_function_timeout(duration("METAHUB_FUNCTION_TIMEOUT")?.unwrap_or(DEFAULT_FUNCTION_TIMEOUT));
+        let defaults = RuntimeDefaults {
+            cache_bytes: default_cache_bytes(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok())),
+            upstream_timeout: budget.upstream_request,
+        };
+        let shared = SharedSettings::read(&lookup, defaults)?;
+        // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
+        let upstream_timeout = shared.upstream_timeout.min(budget.upstream_request);
         let origin_secret_version = get("METAHUB_ORIGIN_SECRET_VERSION")
             .map(|v| {
                 v.parse::<u64>().ok().filter(|n| *n > 0).with_context(|| {
@@ -124,61 +127,17 @@ impl Settings {
                 })
             })
             .transpose()?;
-        // Checked now: a typo would otherwise fail every anonymous pull later.
-        let anonymous_machine_type = get("METAHUB_ANONYMOUS_MACHINE_TYPE")
-            .map(|v| {
-                v.parse::<MachineTypeName>().map_err(|e| anyhow!("METAHUB_ANONYMOUS_MACHINE_TYPE={v:?}: {}", e.message))
-            })
-            .transpose()?;
-        let defaults = app::Settings::default();
         Ok(Settings {
             table,
-            app: app::Settings {
-                http: HttpConfig {
-                    public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()).unwrap_or_default(),
-                    service: get("METAHUB_SERVICE").unwrap_or(defaults.http.service),
-                    anonymous_machine_type,
-                    origin_secret: None,
-                },
-                token_ttl: duration("METAHUB_TOKEN_TTL")?.unwrap_or(defaults.token_ttl),
-                cache: CacheOptions {
-                    tag_ttl: match duration("METAHUB_TAG_TTL")? {
-                        Some(ttl) => Some(ttl).filter(|d| !d.is_zero()),
-                        None => defaults.cache.tag_ttl,
-                    },
-                    max_bytes: match get("METAHUB_CACHE_MIB") {
-                        Some(v) => v
-                            .parse::<usize>()
-                            .ok()
-                            .and_then(|mib| mib.checked_mul(1 << 20))
-                            .with_context(|| format!("METAHUB_CACHE_MIB={v:?} is not a number of MiB"))?,
-                        None => {
-                            default_cache_bytes(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").and_then(|m| m.parse().ok()))
-                        }
-                    },
-                    max_stale: duration("METAHUB_MAX_STALE")?.unwrap_or(defaults.cache.max_stale),
-                    ..defaults.cache
-                },
-                index_digest_pulls: get("METAHUB_INDEX_DIGEST_PULLS")
-                    .map(|v| {
-                        v.parse().map_err(|e: metahub_core::Error| anyhow!("METAHUB_INDEX_DIGEST_PULLS: {}", e.message))
-                    })
-                    .transpose()?
-                    .unwrap_or(defaults.index_digest_pulls),
-                admin: AdminAuth::Disabled,
-                selection_signer: None,
-                selection_host: get("METAHUB_SELECTION_SIGNING_HOST"),
-            },
+            app: app::Settings { selection_host: get("METAHUB_SELECTION_SIGNING_HOST"), ..app::Settings::from(shared) },
             upstream: get("METAHUB_UPSTREAM").unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
             budget,
-            // Never beyond the budget: a longer timeout would let Lambda kill the request instead.
-            upstream_timeout: duration("METAHUB_UPSTREAM_TIMEOUT")?
-                .map_or(budget.upstream_request, |t| t.min(budget.upstream_request)),
+            upstream_timeout,
             signing_key_param: get("METAHUB_SIGNING_KEY_PARAM"),
             signing_key_refresh: duration("METAHUB_SIGNING_KEY_REFRESH")?
                 .unwrap_or(DEFAULT_SIGNING_KEY_REFRESH)
                 .max(Duration::from_secs(1)),
-            origin_secret_param,
+            origin_secret_param: get("METAHUB_ORIGIN_SECRET_PARAM"),
             origin_secret_version,
             upstream_credentials_param: get("METAHUB_UPSTREAM_CREDENTIALS_PARAM"),
             selection_signing_key_param: get("METAHUB_SELECTION_SIGNING_KEY_PARAM"),
@@ -189,7 +148,7 @@ impl Settings {
 /// A quarter of the function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, MB): the rest is for the runtime,
 /// requests in flight and password checks. Outside Lambda, the `metahub serve` default.
 pub fn default_cache_bytes(function_memory_mb: Option<usize>) -> usize {
-    function_memory_mb.map_or(DEFAULT_CACHE_BYTES, |mb| mb * 1_000_000 / 4)
+    function_memory_mb.map_or(RuntimeDefaults::default().cache_bytes, |mb| mb * 1_000_000 / 4)
 }
 
 /// A duration as every source reads it ([`metahub_core::settings::parse_duration`]).
@@ -224,7 +183,7 @@ pub fn split_credentials(value: &str) -> anyhow::Result<(String, String)> {
 
 /// `METAHUB_UPSTREAM`: `[PREFIX=]URL` entries separated by commas or whitespace.
 pub fn upstream_configs(value: &str) -> anyhow::Result<Vec<UpstreamConfig>> {
-    let specs: Vec<&str> = value.split([',', ' ', '\n', '\t']).filter(|s| !s.is_empty()).collect();
+    let specs: Vec<&str> = UpstreamConfig::list_entries(value).collect();
     if specs.is_empty() {
         bail!("METAHUB_UPSTREAM names no upstream");
     }
@@ -576,7 +535,7 @@ mod tests {
         assert_eq!(s.app.http.service, "metahub");
         assert_eq!(s.app.cache.tag_ttl, Some(metahub_core::cache::DEFAULT_TAG_TTL));
         assert_eq!(s.app.index_digest_pulls, metahub_core::service::IndexDigestPulls::Verbatim);
-        assert_eq!(s.app.token_ttl, app::DEFAULT_TOKEN_TTL);
+        assert_eq!(s.app.token_ttl, metahub_core::settings::DEFAULT_TOKEN_TTL);
         assert_eq!(s.signing_key_param, None);
     }
 

@@ -443,7 +443,7 @@ mod tests {
         assert!(check_cache_duration(Duration::from_secs(3601)).is_err());
         assert_eq!(check_cache_duration(Duration::ZERO).unwrap(), Duration::ZERO);
         let default: humantime::Duration = DEFAULT_CACHE_DURATION.parse().unwrap();
-        assert!(default.as_secs() < metahub_http::app::DEFAULT_TOKEN_TTL.as_secs(), "shorter than a token lives");
+        assert!(default.as_secs() < metahub_core::settings::DEFAULT_TOKEN_TTL.as_secs(), "shorter than a token lives");
     }
 
     #[test]

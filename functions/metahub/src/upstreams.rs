@@ -8,16 +8,11 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct UpstreamArgs {
-    /// An upstream registry, `[PREFIX=]URL`; repeatable (or comma-separated in METAHUB_UPSTREAM). PREFIX is a first
-    /// name segment, by convention the registry host: with `ghcr.io=https://ghcr.io`, `ghcr.io/org/app` is pulled as
-    /// `org/app` from ghcr.io, and `?ns=ghcr.io` (containerd mirrors) picks it. The entry without PREFIX takes every
-    /// other name.
-    #[arg(
-        long = "upstream",
-        env = "METAHUB_UPSTREAM",
-        value_delimiter = ',',
-        default_value = DEFAULT_UPSTREAM
-    )]
+    /// An upstream registry, `[PREFIX=]URL`; repeatable, or several separated by commas or whitespace (so in
+    /// METAHUB_UPSTREAM, as the Lambda functions read it). PREFIX is a first name segment, by convention the registry
+    /// host: with `ghcr.io=https://ghcr.io`, `ghcr.io/org/app` is pulled as `org/app` from ghcr.io, and `?ns=ghcr.io`
+    /// (containerd mirrors) picks it. The entry without PREFIX takes every other name.
+    #[arg(long = "upstream", env = "METAHUB_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
     pub upstreams: Vec<String>,
     /// Login to the default upstream; its password comes from METAHUB_UPSTREAM_PASSWORD only.
     #[arg(long, env = "METAHUB_UPSTREAM_USERNAME")]
@@ -31,10 +26,16 @@ pub struct UpstreamArgs {
 impl UpstreamArgs {
     /// The configured upstreams with their credentials.
     pub fn configs(&self) -> anyhow::Result<Vec<UpstreamConfig>> {
-        let mut configs = self
-            .upstreams
-            .iter()
-            .filter(|s| !s.trim().is_empty())
+        let mut specs: Vec<&str> = self.upstreams.iter().flat_map(|list| UpstreamConfig::list_entries(list)).collect();
+        if specs.is_empty() {
+            // An empty METAHUB_UPSTREAM is unset, as in the Lambda functions; a list of separators names nothing.
+            if !self.upstreams.iter().all(|list| list.trim().is_empty()) {
+                anyhow::bail!("--upstream (or METAHUB_UPSTREAM) {:?} names no upstream", self.upstreams.join(","));
+            }
+            specs.push(DEFAULT_UPSTREAM);
+        }
+        let mut configs = specs
+            .into_iter()
             .map(|spec| UpstreamConfig::parse_spec(spec).with_context(|| format!("--upstream {spec:?}")))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut credentials = UpstreamCredentials::default();

@@ -80,6 +80,12 @@ impl UpstreamConfig {
         }
     }
 
+    /// The entries of an upstream list (`METAHUB_UPSTREAM`, each `--upstream`): [`parse_spec`](Self::parse_spec) values
+    /// separated by commas or whitespace, read alike by `metahub serve` and the Lambda functions.
+    pub fn list_entries(list: &str) -> impl Iterator<Item = &str> {
+        list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty())
+    }
+
     /// The registry hosts this upstream answers for, as `ns` names them (`host[:port]`; Docker Hub's aliases).
     pub fn hosts(&self) -> Vec<String> {
         let Ok(base) = parse_base_url(&self.url) else { return Vec::new() };
@@ -154,7 +160,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            timeout: Duration::from_secs(30),
+            timeout: metahub_core::settings::DEFAULT_UPSTREAM_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
             max_manifest_bytes: 4 * 1024 * 1024,
         }
