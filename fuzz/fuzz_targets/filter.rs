@@ -68,7 +68,7 @@ fn served_form_of(input: &Value, output: &Value) -> bool {
 
 /// Whether `machine`'s cpu is `name` or descends from it in the archspec DAG.
 fn machine_runs(machine: &MachineType, name: &str) -> bool {
-    let cpu = machine.features().iter().find_map(|f| f.strip_prefix("cpu:"));
+    let cpu = machine.features().cpu();
     let Some(host) = cpu.and_then(|c| Feature::Cpu(c.to_owned()).microarchitecture()) else { return false };
     host.name() == name || host.ancestors().iter().any(|a| a.name() == name)
 }
@@ -147,7 +147,7 @@ fuzz_target!(|data: &[u8]| {
             let features = original.get("platform").and_then(|p| p.get("features")).and_then(Value::as_array);
             for cpu in features.into_iter().flatten().filter_map(Value::as_str).filter_map(|f| f.strip_prefix("cpu:")) {
                 let known = Feature::Cpu(cpu.to_owned()).microarchitecture().is_some();
-                let same = machine.features().iter().any(|f| f.strip_prefix("cpu:") == Some(cpu));
+                let same = machine.features().cpu() == Some(cpu);
                 assert!(same || (known && machine_runs(machine, cpu)), "{} served {original}", machine.name());
             }
         }

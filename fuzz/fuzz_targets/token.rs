@@ -19,7 +19,8 @@ const LEEWAY: u64 = 5;
 static KEYS: LazyLock<TokenKeys> = LazyLock::new(|| TokenKeys::new(&KEY, AUDIENCE, 300).expect("keys"));
 static GENUINE: LazyLock<(String, Claims)> = LazyLock::new(|| {
     let access = Access::granted_for_scope("repository:org/app:pull").into_iter().collect();
-    let token = KEYS.issue("m-skylake", "skylake", access).expect("issue").token;
+    let machine_type = "skylake".parse().expect("a machine type name");
+    let token = KEYS.issue("m-skylake", &machine_type, access).expect("issue").token;
     let claims = KEYS.verify(&token).expect("a fresh token verifies");
     (token, claims)
 });
