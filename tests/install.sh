@@ -38,6 +38,7 @@ test      apt    nodejs                             cmd:node
 test      pip    grpcio                             py:grpc
 test      pip    grpcio-tools                       py:grpc_tools
 test      pip    pyyaml                             py:yaml
+test      apt    g++                                cmd:c++
 deploy    apt    python3                            cmd:python3
 deploy    apt    python3-pip                        py:pip
 deploy    pip    pytest                             py:pytest

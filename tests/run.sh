@@ -20,6 +20,10 @@ if [ "${SKIP_CARGO:-0}" != 1 ]; then
   timeout 3000 cargo build --workspace --bins
   log "cargo test --workspace"
   timeout 2400 cargo test --workspace
+  # The fuzz targets are run by fuzz/run.sh, not here, but they must keep building: they are outside the workspace
+  # and once broke unseen. Built without sanitizers, sharing the workspace's target folder: well under a minute.
+  log "cargo build --manifest-path fuzz/Cargo.toml --bins"
+  timeout 900 cargo build --manifest-path fuzz/Cargo.toml --bins --locked --target-dir "${CARGO_TARGET_DIR:-target}"
 fi
 
 # --- end-to-end
