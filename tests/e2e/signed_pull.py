@@ -267,16 +267,20 @@ def verify_served_signatures(front: Front, published: Published, digest: str, ma
 
 
 # --------------------------------------------------------------------------------------------- the scenario
-# (run by tests/e2e/test_signatures.py against `metahub serve` and tests/serverless/test_edge_signatures.py against
-# the edge)
+# The tests below are collected where they are imported: tests/e2e/test_signatures.py runs them against `metahub
+# serve` and tests/serverless/test_edge_signatures.py against the edge, each with its own `front`, `published`,
+# `node` and `images` fixtures.
 
 # machine type -> the build it is served of org/app (tests/e2e/test_pull.py's EXPECTED_AMD64)
 EXPECTED = {"skylake": "cpu-skylake", "zen2": "cpu-x86_64_v3"}
 COSIGN_SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 
 
-def check_signed_pull(front, published, node, images, machine_type, how, tmp_path):
-    """The scenario of one pull, shared with the edge: skopeo asks for the signature of exactly the build the front
+@pytest.mark.parametrize("how", ["tag", "child-digest"])
+@pytest.mark.parametrize("machine_type", sorted(EXPECTED))
+def test_the_signature_of_the_build_served_is_found_and_verifies(front, published, node, images, machine_type, how,
+                                                                 tmp_path):
+    """The scenario of one pull: skopeo asks for the signature of exactly the build the front
     serves the machine type, the front answers it, and it verifies (publisher's key) or not (another key)."""
     child = images.images[EXPECTED[machine_type]].digest
     assert front.served_child(machine_type) == child
@@ -294,7 +298,7 @@ def check_signed_pull(front, published, node, images, machine_type, how, tmp_pat
         verify_served_signatures(front, published, child, machine_type, ref, key=published.other_key)
 
 
-def check_unsigned_and_other_key_refused(front, published, node, images, tmp_path):
+def test_an_unsigned_image_and_another_key_are_refused(front, published, node, images, tmp_path):
     # org/app holds the same builds, never signed: refused, after a lookup the front answered 404
     child = images.images[EXPECTED["skylake"]].digest
     seen = len(front.lookups())
@@ -313,7 +317,7 @@ def check_unsigned_and_other_key_refused(front, published, node, images, tmp_pat
         verify_served_signatures(front, published, child, "skylake", f"{front.host}/{REPO}:latest", key=published.other_key)
 
 
-def check_filtered_index_has_no_publisher_signature(front, published):
+def test_the_filtered_index_carries_no_publisher_signature(front, published):
     """What does not verify through a filtering front: the publisher signed the upstream index, the node's tag
     resolves to the filtered index, which nobody signed (docs/signatures.md)."""
     token = front.token("skylake")
@@ -325,7 +329,7 @@ def check_filtered_index_has_no_publisher_signature(front, published):
     verify_served_signatures(front, published, published.index_digest, "skylake", f"{front.host}/{REPO}@{published.index_digest}")
 
 
-def check_attestations_and_child_referrers(front, published, images):
+def test_attestations_and_referrers_of_child_digests(front, published, images):
     """cosign's `.att` attachment of a child, and the child's referrers (the OCI 1.1 way to attach), through the
     front; a child nothing refers to has an empty referrers index."""
     child = images.images[EXPECTED["zen2"]].digest

@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import creds
-from signed_pull import (
-    EXPECTED, Front, check_attestations_and_child_referrers, check_filtered_index_has_no_publisher_signature,
-    check_selection_signature, check_signed_pull, check_unsigned_and_other_key_refused, filtered_digest, node_config,
-    publish,
+from signed_pull import EXPECTED, Front, check_selection_signature, filtered_digest, node_config, publish
+# the shared scenario: pytest collects these here, with this module's fixtures
+from signed_pull import (  # noqa: F401
+    test_an_unsigned_image_and_another_key_are_refused, test_attestations_and_referrers_of_child_digests,
+    test_the_filtered_index_carries_no_publisher_signature, test_the_signature_of_the_build_served_is_found_and_verifies,
 )
 
 
@@ -43,24 +44,6 @@ def front(edge) -> Front:
 @pytest.fixture(scope="module")
 def node(workdir, front, published):
     return node_config(workdir / "edge-signatures-node", front.host, published)
-
-
-@pytest.mark.parametrize("how", ["tag", "child-digest"])
-@pytest.mark.parametrize("machine_type", sorted(EXPECTED))
-def test_the_signature_of_the_build_served_is_found_and_verifies(front, published, node, images, machine_type, how, tmp_path):
-    check_signed_pull(front, published, node, images, machine_type, how, tmp_path)
-
-
-def test_an_unsigned_image_and_another_key_are_refused(front, published, node, images, tmp_path):
-    check_unsigned_and_other_key_refused(front, published, node, images, tmp_path)
-
-
-def test_the_filtered_index_carries_no_publisher_signature(front, published):
-    check_filtered_index_has_no_publisher_signature(front, published)
-
-
-def test_attestations_and_referrers_of_child_digests(front, published, images):
-    check_attestations_and_child_referrers(front, published, images)
 
 
 # --------------------------------------------------------------------------------------------- MetaHub's own signature
