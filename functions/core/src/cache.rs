@@ -491,6 +491,21 @@ mod tests {
     use bytes::Bytes;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// `n` callers at once, each on its own task with its own clone of `shared`; their answers, in order.
+    async fn at_once<S, T, Fut>(n: usize, shared: &S, call: impl Fn(S) -> Fut) -> Vec<T>
+    where
+        S: Clone,
+        T: Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(call(shared.clone()))).collect();
+        let mut answers = Vec::with_capacity(n);
+        for task in tasks {
+            answers.push(task.await.expect("a caller panicked"));
+        }
+        answers
+    }
+
     /// A spy upstream that counts calls and answers slowly enough for HEADs to overlap.
     #[derive(Default)]
     struct Spy {
@@ -527,14 +542,11 @@ mod tests {
         let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, None));
         let repo: RepositoryName = "org/app".parse().unwrap();
         let tag: Reference = "latest".parse().unwrap();
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let (cache, repo, tag) = (cache.clone(), repo.clone(), tag.clone());
-                tokio::spawn(async move { cache.head_manifest(&repo, &tag, &[]).await })
-            })
-            .collect();
-        for t in tasks {
-            assert!(t.await.unwrap().is_ok());
+        let shared = (cache.clone(), repo.clone(), tag.clone());
+        for answer in
+            at_once(20, &shared, |(cache, repo, tag)| async move { cache.head_manifest(&repo, &tag, &[]).await }).await
+        {
+            assert!(answer.is_ok());
         }
         assert_eq!(spy.heads.load(Ordering::SeqCst), 1);
         cache.head_manifest(&repo, &tag, &[]).await.unwrap();
@@ -567,14 +579,16 @@ mod tests {
         let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, None));
         let repo: RepositoryName = "org/app".parse().unwrap();
         let by_digest = Reference::Digest(Digest::sha256_of(b"m"));
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let (cache, repo, reference) = (cache.clone(), repo.clone(), by_digest.clone());
-                tokio::spawn(async move { cache.get_manifest(&repo, &reference, &[]).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
+        let shared = (cache.clone(), repo.clone(), by_digest.clone());
+        for answer in
+            at_once(
+                20,
+                &shared,
+                |(cache, repo, reference)| async move { cache.get_manifest(&repo, &reference, &[]).await },
+            )
+            .await
+        {
+            answer.unwrap();
         }
         assert_eq!(spy.gets.load(Ordering::SeqCst), 1);
         assert_eq!(cache.gets.len(), 0, "nothing left in flight");
@@ -588,14 +602,11 @@ mod tests {
         // the window: one HEAD for every check within it, another once it is over
         let spy = Arc::new(Spy::default());
         let cache = Arc::new(CachingUpstream::new(spy.clone(), 16, 1 << 20, Some(Duration::from_millis(300))));
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let (cache, repo, tag) = (cache.clone(), repo.clone(), tag.clone());
-                tokio::spawn(async move { cache.head_manifest(&repo, &tag, &[]).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
+        let shared = (cache.clone(), repo.clone(), tag.clone());
+        for answer in
+            at_once(20, &shared, |(cache, repo, tag)| async move { cache.head_manifest(&repo, &tag, &[]).await }).await
+        {
+            answer.unwrap();
         }
         cache.head_manifest(&repo, &tag, &[]).await.unwrap();
         assert_eq!(spy.heads.load(Ordering::SeqCst), 1, "in flight together, then within the window");
@@ -618,14 +629,10 @@ mod tests {
         let repo: RepositoryName = "org/app".parse().unwrap();
         for (blob, ok) in [(Digest::sha256_of(b"layer"), true), (Digest::sha256_of(b"missing"), false)] {
             let before = spy.blobs.load(Ordering::SeqCst);
-            let tasks: Vec<_> = (0..10)
-                .map(|_| {
-                    let (cache, repo, blob) = (cache.clone(), repo.clone(), blob.clone());
-                    tokio::spawn(async move { cache.blob_location(&repo, &blob).await })
-                })
-                .collect();
-            for t in tasks {
-                let r = t.await.unwrap();
+            let shared = (cache.clone(), repo.clone(), blob.clone());
+            for r in
+                at_once(10, &shared, |(cache, repo, blob)| async move { cache.blob_location(&repo, &blob).await }).await
+            {
                 assert_eq!(r.is_ok(), ok);
                 if let Ok(loc) = r {
                     assert_eq!(loc.url, format!("http://storage/{blob}"));
