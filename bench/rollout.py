@@ -45,17 +45,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from load_module import load_module  # noqa: E402
 
 REPO = "org/app"
-# 8 machine types: those of the e2e suite and two more
-MACHINE_TYPES: dict[str, tuple[list[str], str]] = {
-    "skylake": (["cpu:skylake"], "best"),
-    "cascadelake-a100": (["cpu:cascadelake", "nvcap:8.6"], "best"),
-    "zen2": (["cpu:zen2"], "best"),
-    "broadwell-m60": (["cpu:broadwell", "nvcap:5.2"], "best"),
-    "exact-skylake": (["cpu:skylake"], "exact"),
-    "graviton": (["cpu:neoverse_v1"], "best"),
+# The nodes' machine types: the e2e suite's (tests/e2e/conftest.py's MACHINE_TYPES, added by main() once the harness
+# is loaded) and these two more.
+MORE_MACHINE_TYPES: dict[str, tuple[list[str], str]] = {
     "icelake": (["cpu:icelake"], "best"),
     "haswell": (["cpu:haswell"], "best"),
 }
+MACHINE_TYPES: dict[str, tuple[list[str], str]] = {}
 ACCEPT = ",".join([
     "application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json",
@@ -271,6 +267,7 @@ def main() -> int:
     fixtures = load_module("serverless_conftest", ROOT / "tests" / "serverless" / "conftest.py")
     e2e, harness, edge_mod = fixtures.e2e, fixtures.lambda_harness, fixtures.edge_mod
     e2e.METAHUB_BIN = metahub
+    MACHINE_TYPES.update(e2e.MACHINE_TYPES, **MORE_MACHINE_TYPES)
     import registry_push
 
     work = Path(tempfile.mkdtemp(prefix="mh-rollout-"))
