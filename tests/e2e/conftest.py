@@ -552,22 +552,25 @@ class Containerd:
         return config["config"]["Labels"]["variant"], registry_push.read_variant_from_layer(layer), top
 
 
+# containerd plugins a pull does not need and this machine may not support: the snapshotters need special
+# filesystems (tests/e2e/cri.py's containerd disables them too)
+PULL_UNNEEDED_PLUGINS = [
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.internal.v1.opt",
+    "io.containerd.tracing.processor.v1.otlp",
+]
+
+
 @pytest.fixture(scope="session")
 def containerd(workdir) -> Containerd:
     d = workdir / "containerd"
     d.mkdir()
     sock = d / "containerd.sock"
-    # cri needs kernel features and privileges a sandbox may lack; the snapshotters below need special
-    # filesystems; none of them is needed to pull.
-    disabled = [
-        "io.containerd.grpc.v1.cri",
-        "io.containerd.snapshotter.v1.aufs",
-        "io.containerd.snapshotter.v1.btrfs",
-        "io.containerd.snapshotter.v1.devmapper",
-        "io.containerd.snapshotter.v1.zfs",
-        "io.containerd.internal.v1.opt",
-        "io.containerd.tracing.processor.v1.otlp",
-    ]
+    # cri needs kernel features and privileges a sandbox may lack; it is not needed to pull with ctr.
+    disabled = ["io.containerd.grpc.v1.cri", *PULL_UNNEEDED_PLUGINS]
     config = d / "config.toml"
     config.write_text(
         "version = 2\n"

@@ -24,19 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import registry_push
-from conftest import CMD_TIMEOUT, Proc, run, wait_until
+from conftest import CMD_TIMEOUT, PULL_UNNEEDED_PLUGINS, Proc, run, wait_until
 
 PROTO = Path(__file__).resolve().parents[1] / "cri_v1.proto"
 
-# containerd plugins a pull does not need and this machine may not support (as conftest's ctr-only containerd)
-DISABLED_PLUGINS = [
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.internal.v1.opt",
-    "io.containerd.tracing.processor.v1.otlp",
-]
 
 
 def load_stubs(out_dir: Path):
@@ -85,7 +76,7 @@ class CriNode:
             "version = 2",
             f"root = {toml_str(str(base / 'root'))}",
             f"state = {toml_str(str(base / 'state'))}",
-            f"disabled_plugins = {json.dumps(DISABLED_PLUGINS)}",
+            f"disabled_plugins = {json.dumps(PULL_UNNEEDED_PLUGINS)}",
             f"[grpc]\n  address = {toml_str(str(sock))}",
             f"[ttrpc]\n  address = {toml_str(str(sock) + '.ttrpc')}",
             '[debug]\n  address = ""\n  level = "info"',
