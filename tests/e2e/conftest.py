@@ -1165,6 +1165,18 @@ class ConfiguredMetahub(Metahub):
     def log(self) -> str:
         return self.proc.log_path.read_text(errors="replace") if self.proc else ""
 
+    def access_lines(self) -> list[dict]:
+        """The access log lines of its JSON log (METAHUB_LOG_FORMAT=json), oldest first."""
+        lines = []
+        for text in self.log().splitlines():
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                continue
+            if doc.get("target") == "metahub::access":
+                lines.append(doc)
+        return lines
+
 
 def start_configured_metahub(workdir: Path, upstream, name: str, serve_args: list[str] | None = None, env: dict | None = None,
                              machine_types: dict | None = None, store_path: Path | None = None) -> ConfiguredMetahub:

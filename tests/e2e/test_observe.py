@@ -36,21 +36,9 @@ def observed(workdir, proxy, images):
     hub.stop()
 
 
-def access_lines(hub) -> list[dict]:
-    lines = []
-    for text in hub.log().splitlines():
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            continue
-        if doc.get("target") == "metahub::access":
-            lines.append(doc)
-    return lines
-
-
 def last_access(hub, **match) -> dict:
-    found = [line for line in access_lines(hub) if all(line.get(k) == v for k, v in match.items())]
-    assert found, f"no access line with {match}; lines: {access_lines(hub)[-5:]}"
+    found = [line for line in hub.access_lines() if all(line.get(k) == v for k, v in match.items())]
+    assert found, f"no access line with {match}; lines: {hub.access_lines()[-5:]}"
     return found[-1]
 
 
@@ -181,7 +169,7 @@ def test_no_secret_in_the_log(observed):
     found = [f for f in log_secrets.leaks(log_dir, [*accounts.values(), WRONG_PASSWORD, *log_secrets.ISSUED_TOKENS], accounts)
              if f.startswith(observed.proc.log_path.name)]
     assert not found
-    assert access_lines(observed), "the check read access lines"
+    assert observed.access_lines(), "the check read access lines"
 
 
 def test_throttled_logins_are_counted(observed):

@@ -22,15 +22,7 @@ from signed_pull import (  # noqa: F401
 
 def access_lookups(hub) -> list[tuple[str, int]]:
     """(reference, status) of every manifest request in metahub's JSON access log."""
-    out = []
-    for text in hub.log().splitlines():
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            continue
-        if doc.get("target") == "metahub::access" and doc.get("route") == "manifest":
-            out.append((doc.get("reference"), doc.get("status")))
-    return out
+    return [(doc.get("reference"), doc.get("status")) for doc in hub.access_lines() if doc.get("route") == "manifest"]
 
 
 @pytest.fixture(scope="module")
