@@ -250,7 +250,7 @@ impl RegistryService {
             if filtered.digest == index.digest {
                 return Ok(());
             }
-            let children = pins(repository, &self.own_builds(repository, Some(index), machine).await);
+            let children = pins(repository, &builds_taken(&filtered, machine));
             return Err(Error::denied(format!(
                 "{} is an upstream index: pulled by its digest it cannot be filtered for machine type \"{}\", and this \
                  registry refuses such pulls; pull by tag, or by the digest of the image served: {}",
@@ -262,7 +262,8 @@ impl RegistryService {
         }
         for choice in filter::client_choices(&index.bytes, machine)? {
             if let Some(why) = filter::cannot_run(machine, &choice.digest, &choice.platform, &gpu) {
-                let own = self.own_builds(repository, Some(index), machine).await;
+                let own = filter::filter_index_gpu(index, machine, &gpu)
+                    .map_or_else(|_| Vec::new(), |f| builds_taken(&f, machine));
                 return Err(refusal(repository, &index.digest, machine, &choice.platform, why, &own));
             }
         }
@@ -383,9 +384,7 @@ impl RegistryService {
     ) -> Vec<Digest> {
         let Some(index) = index else { return Vec::new() };
         let Ok(gpu) = self.gpu_requirements(repository, index).await else { return Vec::new() };
-        let filtered = filter::filter_index_gpu(index, machine, &gpu);
-        let choices = filtered.and_then(|f| filter::client_choices(&f.bytes, machine));
-        choices.map(|c| c.into_iter().filter_map(|c| c.digest.parse().ok()).collect()).unwrap_or_default()
+        filter::filter_index_gpu(index, machine, &gpu).map_or_else(|_| Vec::new(), |f| builds_taken(&f, machine))
     }
 
     /// The upstream's manifest for `image`, unfiltered: what `explain` reads.
@@ -427,6 +426,12 @@ impl std::str::FromStr for IndexDigestPulls {
             _ => Err(Error::invalid(format!("{s:?} is neither verbatim nor refuse"))),
         }
     }
+}
+
+/// The builds `machine`'s clients take from `filtered`, the index it is served.
+fn builds_taken(filtered: &Manifest, machine: &MachineType) -> Vec<Digest> {
+    let choices = filter::client_choices(&filtered.bytes, machine).unwrap_or_default();
+    choices.into_iter().filter_map(|c| c.digest.parse().ok()).collect()
 }
 
 /// Child records kept per upstream index at most: an index of more builds has its first ones with requirements
